@@ -1,0 +1,353 @@
+"""Run configuration: frozen dataclasses, one default per field, dotted keys.
+
+Every knob of a run lives here exactly once. The same dotted name ("loss.huber_c") is used by
+the CLI (`--set loss.huber_c=0.03`), by YAML presets, by the search spaces in tune/spaces/ and
+as the column name in the Parquet result tables. An unknown key or an out-of-range value raises
+ConfigError naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is not allowed."""
+
+
+def _choice(*allowed: str) -> dict:
+    return {"choices": allowed}
+
+
+def _range(lo=None, hi=None, lo_open=False, hi_open=False) -> dict:
+    return {"range": (lo, hi, lo_open, hi_open)}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = field(default="digits", metadata=_choice("digits", "patches", "cifar10", "imagenet64"))
+    # Side length in pixels; 0 keeps the data set's native size (digits 8, cifar10 32, imagenet64 64).
+    # The "patches" data set needs one of 8, 16, 32, 64.
+    resolution: int = field(default=0, metadata=_range(0, 512))
+    # Folder (cifar10: the extracted cifar-10-batches-py; imagenet64: the folder of .npz batches).
+    path: str = ""
+    hflip: bool = True  # random horizontal flips, applied only where the data set allows them
+    holdout_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5, hi_open=True))
+    max_images: int = field(default=0, metadata=_range(0))  # 0 = all
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """NCSN++-style U-Net. The tiny defaults train in seconds on a CPU; presets scale it up."""
+
+    channels: int = field(default=32, metadata=_range(1))
+    channel_mult: tuple = (1, 2)
+    num_blocks: int = field(default=1, metadata=_range(1))
+    attn_resolutions: tuple = ()
+    dropout: float = field(default=0.3, metadata=_range(0.0, 1.0, hi_open=True))
+    fourier_scale: float = field(default=0.02, metadata=_range(0.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class PrecondConfig:
+    """Constants of the EDM/iCT parameterization (ICT_SPEC, Constants)."""
+
+    sigma_min: float = field(default=0.002, metadata=_range(0.0, lo_open=True))
+    sigma_max: float = field(default=80.0, metadata=_range(0.0, lo_open=True))
+    rho: float = field(default=7.0, metadata=_range(0.0, lo_open=True))
+    sigma_data: float = field(default=0.5, metadata=_range(0.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    # consistency: CT/iCT (Song & Dhariwal 2023); diffusion: EDM denoising loss on the same network.
+    objective: str = field(default="consistency", metadata=_choice("consistency", "diffusion"))
+    teacher: str = field(default="none", metadata=_choice("none", "ema"))  # "ema" is the CT baseline
+    ema_mu0: float = field(default=0.9, metadata=_range(0.0, 1.0, hi_open=True))
+    metric: str = field(default="pseudo_huber", metadata=_choice("pseudo_huber", "l2"))
+    # None means the paper's heuristic 0.00054 * sqrt(C*H*W), resolved once the data set is known.
+    huber_c: float | None = field(default=None, metadata=_range(0.0))
+    weighting: str = field(default="ict", metadata=_choice("ict", "uniform"))
+    noise_schedule: str = field(default="lognormal", metadata=_choice("lognormal", "uniform"))
+    p_mean: float = field(default=-1.1, metadata=_range(-10.0, 10.0))
+    p_std: float = field(default=2.0, metadata=_range(0.0, 10.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class CurriculumConfig:
+    shape: str = field(
+        default="exponential",
+        metadata=_choice("exponential", "sqrt", "constant", "linear", "square", "cosine"),
+    )
+    s0: int = field(default=10, metadata=_range(1))
+    s1: int = field(default=1280, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = field(default="radam", metadata=_choice("radam", "adam"))
+    lr: float = field(default=1e-4, metadata=_range(0.0, lo_open=True))
+    beta1: float = field(default=0.9, metadata=_range(0.0, 1.0, hi_open=True))
+    beta2: float = field(default=0.999, metadata=_range(0.0, 1.0, hi_open=True))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0))
+    grad_clip: float = field(default=0.0, metadata=_range(0.0))  # 0 = off
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    total_steps: int = field(default=2000, metadata=_range(1))
+    batch_size: int = field(default=128, metadata=_range(1))  # global, split across DDP ranks
+    seed: int = field(default=0, metadata=_range(0))
+    ema_rate: float = field(default=0.99993, metadata=_range(0.0, 1.0))  # evaluation EMA, never the teacher
+    precision: str = field(default="fp32", metadata=_choice("fp32", "bf16"))  # bf16: network under autocast
+    compile: bool = False
+    channels_last: bool = False
+    device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
+    num_threads: int = field(default=0, metadata=_range(0))  # torch CPU threads; 0 = leave as is
+    log_every: int = field(default=100, metadata=_range(1))
+    checkpoint_every: int = field(default=1000, metadata=_range(0))  # 0 = only at the end
+    keep_checkpoints: int = field(default=2, metadata=_range(1))
+    # Testing aid: the process calls os._exit(1) when it reaches this step for the first time (-1 = off).
+    fault_step: int = field(default=-1, metadata=_range(-1))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = field(default=500, metadata=_range(0))  # 0 = only at the end
+    num_samples: int = field(default=500, metadata=_range(2))
+    sigma_mid: float = field(default=0.821, metadata=_range(0.0, lo_open=True))  # two-step sampling
+    diffusion_steps: int = field(default=18, metadata=_range(2))  # Heun steps for the diffusion objective
+    # Feature network for the Frechet distance: "auto" = Inception-v3 if inception_path is set and the data
+    # are RGB at >= 32 px, otherwise a small classifier trained on the data set itself (cached).
+    features: str = field(default="auto", metadata=_choice("auto", "inception", "dataset"))
+    inception_path: str = ""  # local pt_inception-2015-12-05 weights file
+    cache_dir: str = ""  # feature nets and reference statistics; "" = ~/.cache/ict_core
+    grid: bool = True  # write a PNG grid of samples at each evaluation
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    network: NetworkConfig = NetworkConfig()
+    precond: PrecondConfig = PrecondConfig()
+    loss: LossConfig = LossConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    # ---- views -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Nested plain dict (tuples become lists), JSON- and YAML-safe."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted view: {"loss.huber_c": ..., ...}."""
+        out = {}
+        for section, values in self.to_dict().items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+    def with_overrides(self, overrides: Mapping[str, Any] | list[str] | None) -> "Config":
+        return apply_overrides(self, overrides)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+SECTIONS = {f.name: f.type for f in fields(Config)}
+
+
+def _section_classes() -> dict[str, type]:
+    hints = get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def all_keys() -> list[str]:
+    """Every allowed dotted key, in declaration order."""
+    keys = []
+    for section, cls in _section_classes().items():
+        keys += [f"{section}.{f.name}" for f in fields(cls)]
+    return keys
+
+
+def _field_of(key: str):
+    if "." not in key:
+        raise ConfigError(f"config key {key!r} must be dotted, like 'loss.huber_c'")
+    section, name = key.split(".", 1)
+    classes = _section_classes()
+    if section not in classes:
+        raise ConfigError(f"unknown config section {section!r} in key {key!r}; allowed: {', '.join(classes)}")
+    for f in fields(classes[section]):
+        if f.name == name:
+            return classes[section], f
+    allowed = ", ".join(f"{section}.{f.name}" for f in fields(classes[section]))
+    raise ConfigError(f"unknown config key {key!r}; allowed in {section!r}: {allowed}")
+
+
+def _parse_scalar(text: str) -> Any:
+    """CLI values are parsed as YAML scalars/lists: 0.03, true, none, [1,2]."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert `value` to the type of `key` and check its allowed range or choices."""
+    cls, f = _field_of(key)
+    hint = get_type_hints(cls)[f.name]
+    if isinstance(value, str) and hint is not str:
+        value = _parse_scalar(value)
+    optional = get_origin(hint) is not None and type(None) in get_args(hint)
+    base = next((a for a in get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "auto") and optional):
+        if optional:
+            return None
+        raise ConfigError(f"{key} may not be empty")
+    try:
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = value.lower() in ("true", "1", "yes")
+            elif not isinstance(value, (bool, int)) or value not in (0, 1, True, False):
+                raise ValueError
+            value = bool(value)
+        elif base is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            value = int(float(value))
+        elif base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        elif base is tuple:
+            if isinstance(value, (int,)) and not isinstance(value, bool):
+                value = (value,)
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            value = tuple(int(v) for v in value)
+        elif base is str:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be of type {base.__name__}, got {value!r}") from None
+    if base is float and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}; got {value!r}")
+    if "range" in meta:
+        lo, hi, lo_open, hi_open = meta["range"]
+        bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
+            hi is not None and (value > hi or (hi_open and value == hi))
+        )
+        if bad:
+            lo_s = "-inf" if lo is None else lo
+            hi_s = "inf" if hi is None else hi
+            interval = f"{'(' if lo_open else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
+            raise ConfigError(f"{key} must be in {interval}, got {value!r}")
+    return value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and dotted in SECTIONS:
+            out.update(_flatten(value, dotted + "."))
+        elif isinstance(value, Mapping) and not prefix:
+            raise ConfigError(f"unknown config section {key!r}; allowed: {', '.join(SECTIONS)}")
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_overrides(overrides: Mapping[str, Any] | list[str] | None) -> dict[str, Any]:
+    """Accept {"loss.huber_c": 0.03}, nested {"loss": {"huber_c": 0.03}} or ["loss.huber_c=0.03"]."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, (list, tuple)):
+        parsed = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value, e.g. loss.huber_c=0.03")
+            key, value = item.split("=", 1)
+            parsed[key.strip()] = value.strip()
+        return parsed
+    return _flatten(overrides)
+
+
+def apply_overrides(cfg: Config, overrides) -> Config:
+    flat = parse_overrides(overrides)
+    sections = {name: {} for name in SECTIONS}
+    for key, value in flat.items():
+        section, name = key.split(".", 1) if "." in key else (key, "")
+        sections.setdefault(section, {})[name] = coerce(key, value)
+    new_sections = {}
+    for name, changes in sections.items():
+        if changes:
+            new_sections[name] = dataclasses.replace(getattr(cfg, name), **changes)
+    out = dataclasses.replace(cfg, **new_sections)
+    validate(out)
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a single key's range cannot express."""
+    if cfg.curriculum.s1 < cfg.curriculum.s0:
+        raise ConfigError(f"curriculum.s1 must be >= curriculum.s0, got s0={cfg.curriculum.s0}, s1={cfg.curriculum.s1}")
+    if cfg.precond.sigma_max <= cfg.precond.sigma_min:
+        raise ConfigError(
+            f"precond.sigma_max must exceed precond.sigma_min, got {cfg.precond.sigma_max} <= {cfg.precond.sigma_min}"
+        )
+    if not cfg.network.channel_mult or any(m < 1 for m in cfg.network.channel_mult):
+        raise ConfigError(f"network.channel_mult must be a non-empty list of positive ints, got {cfg.network.channel_mult}")
+    if cfg.data.name == "patches" and cfg.data.resolution not in (8, 16, 32, 64):
+        raise ConfigError(f"data.resolution must be one of 8, 16, 32, 64 for data.name=patches, got {cfg.data.resolution}")
+    if cfg.data.name in ("cifar10", "imagenet64") and not cfg.data.path:
+        raise ConfigError(f"data.path must name a local folder for data.name={cfg.data.name} (see README, Data sets)")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name_or_path: str | None) -> Config:
+    """A preset is a YAML file of (nested or dotted) overrides on the defaults above."""
+    if not name_or_path:
+        return Config()
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(list_presets())} (or a path to a .yaml)")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"preset {path} is not valid YAML: {err}") from None
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"preset {path} must be a mapping of config keys, got {type(tree).__name__}")
+    try:
+        return apply_overrides(Config(), tree)
+    except ConfigError as err:
+        raise ConfigError(f"preset {path}: {err}") from None
+
+
+def load_config(preset: str | None = None, overrides=None) -> Config:
+    """The one entry point: defaults <- preset YAML <- overrides."""
+    return apply_overrides(load_preset(preset), overrides)
+
+
+def from_dict(tree: Mapping[str, Any]) -> Config:
+    """Inverse of Config.to_dict() / Config.flat()."""
+    return apply_overrides(Config(), dict(tree))
