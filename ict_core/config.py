@@ -113,7 +113,8 @@ class TrainConfig:
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
     num_threads: int = field(default=0, metadata=_range(0))  # torch CPU threads; 0 = leave as is
     log_every: int = field(default=100, metadata=_range(1))
-    checkpoint_every: int = field(default=1000, metadata=_range(0))  # 0 = only at the end
+    # Checkpoints are written at every evaluation; checkpoint_every > 0 adds checkpoints in between.
+    checkpoint_every: int = field(default=0, metadata=_range(0))
     keep_checkpoints: int = field(default=2, metadata=_range(1))
     # Testing aid: the process calls os._exit(1) when it reaches this step for the first time (-1 = off).
     fault_step: int = field(default=-1, metadata=_range(-1))
