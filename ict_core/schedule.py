@@ -1,0 +1,156 @@
+"""Noise levels, curricula N(k), noise-index sampling and loss weights of CT / iCT.
+
+Small pure functions in float64. Equations refer to Song & Dhariwal 2023 (iCT, arXiv 2310.14189)
+and Song et al. 2023 (CT, arXiv 2303.01469); the project's ICT_SPEC restates them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+CURRICULUM_SHAPES = ("exponential", "sqrt", "constant", "linear", "square", "cosine")
+NOISE_SCHEDULES = ("lognormal", "uniform")
+WEIGHTINGS = ("ict", "uniform")
+
+# Guards float round-off in ceil() for the cosine curriculum (e.g. 20.000000000000004 -> 21).
+_CEIL_TOL = 1e-9
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _check_int(name: str, value, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    if value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    return value
+
+
+def karras_sigmas(num_points: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """Ascending Karras grid sigma_1 < ... < sigma_N (iCT Sec. 3 / EDM Eq. 5), float64.
+
+    sigma_i = (sigma_min^(1/rho) + (i-1)/(N-1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho.
+    The end points are set to sigma_min and sigma_max exactly, so that f(x, sigma_1) hits the boundary condition.
+    """
+    num_points = _check_int("num_points", num_points, 2)
+    _check_positive("sigma_min", sigma_min)
+    _check_positive("sigma_max", sigma_max)
+    _check_positive("rho", rho)
+    if sigma_max <= sigma_min:
+        raise ValueError(f"sigma_max must exceed sigma_min, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    u = torch.arange(num_points, dtype=torch.float64) / (num_points - 1)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    sigmas = (lo + u * (hi - lo)) ** rho
+    sigmas[0], sigmas[-1] = sigma_min, sigma_max
+    return sigmas
+
+
+def num_points(step: int, total_steps: int, shape: str = "exponential", s0: int = 10, s1: int = 1280) -> int:
+    """Discretization curriculum N(k) at training step k of K = total_steps.
+
+    exponential (iCT Eq. 11): K' = floor(K / (log2 floor(s1/s0) + 1)), N = min(s0 2^floor(k/K'), s1) + 1;
+        K' is raised to 1 when K is too short for all stages (otherwise floor(k/0)).
+    sqrt (CT Appendix C): N = ceil(sqrt(k/K ((s1+1)^2 - s0^2) + s0^2) - 1) + 1.
+    constant: N = s1 + 1.
+    linear / square / cosine: N = ceil(s0 + (s1 - s0) g(k/K)) + 1, g(u) = u, u^2, (1 - cos(pi u)) / 2.
+    Steps past total_steps keep the final value.
+    """
+    if shape not in CURRICULUM_SHAPES:
+        raise ValueError(f"curriculum shape must be one of {', '.join(CURRICULUM_SHAPES)}; got {shape!r}")
+    step = _check_int("step", step, 0)
+    total_steps = _check_int("total_steps", total_steps, 1)
+    s0 = _check_int("s0", s0, 1)
+    s1 = _check_int("s1", s1, 1)
+    if s1 < s0:
+        raise ValueError(f"s1 must be >= s0, got s0={s0}, s1={s1}")
+    k = min(step, total_steps)
+    if shape == "exponential":
+        stage_steps = max(1, int(math.floor(total_steps / (math.log2(s1 // s0) + 1))))
+        # 2^64 * s0 already exceeds any s1; capping the exponent keeps the integer small.
+        return min(s0 * 2 ** min(k // stage_steps, 64), s1) + 1
+    if shape == "constant":
+        return s1 + 1
+    if shape == "sqrt":
+        inner = k / total_steps * ((s1 + 1) ** 2 - s0**2) + s0**2
+        return int(math.ceil(math.sqrt(inner) - 1 - _CEIL_TOL)) + 1
+    if shape == "linear":
+        # Exact integer ceil of s0 + (s1 - s0) k / K.
+        return s0 + -(-(s1 - s0) * k // total_steps) + 1
+    if shape == "square":
+        return s0 + -(-(s1 - s0) * k * k // (total_steps * total_steps)) + 1
+    g = (1.0 - math.cos(math.pi * k / total_steps)) / 2.0
+    return int(math.ceil(s0 + (s1 - s0) * g - _CEIL_TOL)) + 1
+
+
+def index_probs(sigmas: torch.Tensor, kind: str = "lognormal", p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
+    """Probabilities of the N-1 intervals (sigma_i, sigma_{i+1}) of an ascending grid, float64.
+
+    lognormal (iCT Eq. 10): p(i) ~ erf((ln sigma_{i+1} - P_mean) / (sqrt2 P_std)) - erf((ln sigma_i - P_mean) / (sqrt2 P_std)).
+    uniform (CT): p(i) = 1 / (N-1).
+    """
+    if kind not in NOISE_SCHEDULES:
+        raise ValueError(f"noise schedule kind must be one of {', '.join(NOISE_SCHEDULES)}; got {kind!r}")
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D grid of at least 2 noise levels, got shape {tuple(sigmas.shape)}")
+    if not bool((sigmas > 0).all()) or not bool((sigmas[1:] > sigmas[:-1]).all()):
+        raise ValueError("sigmas must be positive and strictly ascending")
+    if kind == "uniform":
+        return torch.full((sigmas.numel() - 1,), 1.0 / (sigmas.numel() - 1), dtype=torch.float64)
+    if not math.isfinite(p_mean):
+        raise ValueError(f"p_mean must be finite, got {p_mean!r}")
+    _check_positive("p_std", p_std)
+    t = (torch.log(sigmas) - p_mean) / (math.sqrt(2.0) * p_std)
+    lo, hi = t[:-1], t[1:]
+    # erf(hi) - erf(lo) == erfc(lo) - erfc(hi); the erfc form keeps precision in the upper tail.
+    mass = torch.where(lo > 0, torch.special.erfc(lo) - torch.special.erfc(hi), torch.special.erf(hi) - torch.special.erf(lo))
+    total = mass.sum()
+    if not total > 0:
+        raise ValueError(f"lognormal noise schedule puts no mass on the grid (p_mean={p_mean}, p_std={p_std})")
+    return mass / total
+
+
+def sample_indices(probs: torch.Tensor, batch_size: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Draw batch_size interval indices i in [0, N-2] (long); index i pairs (sigmas[i], sigmas[i+1]).
+
+    The draw runs on the generator's device (CPU when no generator is given), so a shared CPU generator
+    gives the same indices on every rank and device.
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    if probs.ndim != 1 or probs.numel() < 1:
+        raise ValueError(f"probs must be a non-empty 1-D tensor, got shape {tuple(probs.shape)}")
+    draw_device = generator.device if generator is not None else probs.device
+    indices = torch.multinomial(probs.to(draw_device), batch_size, replacement=True, generator=generator)
+    return indices if device is None else indices.to(device)
+
+
+def loss_weight(sigma_lo, sigma_hi, kind: str = "ict"):
+    """lambda(sigma_i) = 1 / (sigma_{i+1} - sigma_i) for iCT (Sec. 3.3); 1 for CT ("uniform")."""
+    if kind not in WEIGHTINGS:
+        raise ValueError(f"weighting kind must be one of {', '.join(WEIGHTINGS)}; got {kind!r}")
+    if kind == "uniform":
+        return torch.ones_like(sigma_hi) if isinstance(sigma_hi, torch.Tensor) else 1.0
+    return 1.0 / (sigma_hi - sigma_lo)
+
+
+def ema_teacher_mu(num_points: int, s0: int, mu0: float = 0.9) -> float:
+    """EMA rate of the CT baseline teacher, mu(k) = exp(s0 ln(mu0) / N(k)) (CT Eq. 8's schedule).
+
+    openai's code divides by N(k) - 1 instead; this is the paper's form (0.9 at N = s0).
+    """
+    num_points = _check_int("num_points", num_points, 1)
+    s0 = _check_int("s0", s0, 1)
+    if not (isinstance(mu0, (int, float)) and 0.0 <= mu0 < 1.0):
+        raise ValueError(f"mu0 must be in [0, 1), got {mu0!r}")
+    if mu0 == 0.0:
+        return 0.0
+    return math.exp(s0 * math.log(mu0) / num_points)
