@@ -1,0 +1,137 @@
+"""Open question 3: is the exponential curriculum N(k) the best, adaptive curricula included?
+
+The paper compared constant, square-root, linear, square, cosine and exponential schedules for the
+number of discretisation points and found exponential best (Song & Dhariwal 2023, Sec. 3.4). Here
+each curriculum (every curriculum.* column, so s0/s1 and any adaptive shape's own keys) gets its FD
+against training compute (images_seen, from evals.parquet); curricula are ranked at equal compute
+with bootstrap intervals over seeds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import require_columns
+from analysis.stats import LEVEL, N_BOOT, _token, context_key, describe_context, percentile_ci
+
+SHAPE_KEY = "curriculum.shape"
+PAPER_SHAPE = "exponential"
+
+
+def curriculum_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith("curriculum.")]
+
+
+def curriculum_label(row: pd.Series, columns: list[str]) -> str:
+    """"exponential s0=10 s1=1280": the shape plus its other curriculum keys that are set."""
+    parts = [str(row[SHAPE_KEY])]
+    for c in columns:
+        if c != SHAPE_KEY and _token(row[c]) != "-":
+            parts.append(f"{c.split('.', 1)[1]}={_token(row[c])}")
+    return " ".join(parts)
+
+
+def curves(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd") -> pd.DataFrame:
+    """FD against compute, one row per completed run and evaluation.
+
+    trials: one row per run (dataset, seed, status, trial_id, experiment_dir, curriculum.* columns and
+    other dotted config columns); evals: one row per evaluation (trial_id, images_seen, `metric`,
+    experiment_dir). Output columns: dataset, context, curriculum, trial_id, seed, images_seen, `metric`.
+    """
+    require_columns(trials, ["dataset", "seed", "trial_id", "status", SHAPE_KEY], "trials table (curriculum)")
+    require_columns(evals, ["trial_id", "images_seen", metric], "evals table (curriculum)")
+    runs = trials[trials["status"].astype(str) == "completed"]
+    cols = curriculum_columns(runs)
+    runs = runs.assign(curriculum=runs.apply(curriculum_label, axis=1, columns=cols),
+                       context=context_key(runs, exclude=set(cols)))
+    on = ["trial_id"] + (["experiment_dir"] if "experiment_dir" in runs and "experiment_dir" in evals else [])
+    keep = ["dataset", "context", "curriculum", "seed"] + on
+    out = evals[on + ["images_seen", metric]].merge(runs[keep], on=on, how="inner")
+    out["images_seen"] = pd.to_numeric(out["images_seen"], errors="coerce")
+    out[metric] = pd.to_numeric(out[metric], errors="coerce")
+    out = out[np.isfinite(out["images_seen"]) & np.isfinite(out[metric]) & (out["images_seen"] > 0)]
+    return out.sort_values(["dataset", "context", "curriculum", "trial_id", "images_seen"]).reset_index(drop=True)
+
+
+def value_at(images_seen: np.ndarray, values: np.ndarray, budget: float) -> float:
+    """The metric of one run at `budget` images, linear in log(images_seen); NaN outside its range."""
+    if images_seen.size == 0 or budget < images_seen[0] - 1e-9 or budget > images_seen[-1] + 1e-9:
+        return math.nan
+    return float(np.interp(math.log(budget), np.log(images_seen), values))
+
+
+def default_budgets(group: pd.DataFrame, max_budgets: int = 5) -> list[float]:
+    """Evaluation points that every run of `group` covers, up to `max_budgets` spread in log compute,
+    always including the largest compute all runs reached."""
+    per_run = group.groupby("trial_id")["images_seen"]
+    lo, hi = per_run.min().max(), per_run.max().min()
+    if not np.isfinite(hi) or hi < lo:
+        return []
+    points = np.unique(group["images_seen"][(group["images_seen"] >= lo) & (group["images_seen"] <= hi)])
+    if points.size > max_budgets:
+        idx = np.unique(np.round(np.geomspace(1, points.size, max_budgets)).astype(int) - 1)
+        points = points[idx]
+    return [float(p) for p in points]
+
+
+@dataclass
+class CurriculumResult:
+    """ranking: one row per (dataset, context, budget, curriculum); curves: as returned by curves()."""
+
+    ranking: pd.DataFrame
+    curves: pd.DataFrame
+    metric: str
+
+
+def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd", budgets=None,
+                   n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> CurriculumResult:
+    """Rank curricula by mean `metric` at equal compute, with intervals over seeds.
+
+    Per (dataset, configuration apart from curriculum.*) with two or more curricula, at each budget
+    (default_budgets unless given, in images): the mean metric over seeds with its interval, the rank
+    of the mean (1 = lowest), the rank's interval and P(best) over bootstrap resamples of seeds.
+    """
+    rng = np.random.default_rng(seed)
+    c = curves(trials, evals, metric)
+    rows = []
+    for (dataset, ctx), group in c.groupby(["dataset", "context"], sort=True):
+        if group["curriculum"].nunique() < 2:
+            continue
+        runs = {tid: (g["images_seen"].to_numpy(float), g[metric].to_numpy(float), g["curriculum"].iloc[0])
+                for tid, g in group.groupby("trial_id")}
+        names = sorted(group["curriculum"].unique())
+        for budget in (default_budgets(group) if budgets is None else budgets):
+            values = {name: [] for name in names}
+            for x, y, name in runs.values():
+                v = value_at(x, y, budget)
+                if np.isfinite(v):
+                    values[name].append(v)
+            present = [n for n in names if values[n]]
+            if len(present) < 2:
+                continue
+            boot = np.stack([np.asarray(values[n])[rng.integers(0, len(values[n]), (n_boot, len(values[n])))]
+                             .mean(1) for n in present], axis=1)
+            boot_rank = boot.argsort(1).argsort(1) + 1
+            means = np.array([np.mean(values[n]) for n in present])
+            point_rank = means.argsort().argsort() + 1
+            for j, name in enumerate(present):
+                lo, hi = percentile_ci(boot[:, j], level) if len(values[name]) > 1 else (math.nan, math.nan)
+                r_lo, r_hi = percentile_ci(boot_rank[:, j], level)
+                rows.append({"dataset": dataset, "context": describe_context(ctx), "images_seen": budget,
+                             "curriculum": name, "num_seeds": len(values[name]), "mean": means[j], "lo": lo,
+                             "hi": hi, "rank": int(point_rank[j]), "rank_lo": r_lo, "rank_hi": r_hi,
+                             "p_best": float((boot_rank[:, j] == 1).mean())})
+    ranking = pd.DataFrame(rows, columns=["dataset", "context", "images_seen", "curriculum", "num_seeds", "mean",
+                                          "lo", "hi", "rank", "rank_lo", "rank_hi", "p_best"])
+    return CurriculumResult(ranking, c, metric)
+
+
+def final_ranking(ranking: pd.DataFrame) -> pd.DataFrame:
+    """The rows at the largest common budget of each (dataset, context), sorted by rank."""
+    if ranking.empty:
+        return ranking
+    last = ranking.groupby(["dataset", "context"])["images_seen"].transform("max")
+    return ranking[ranking["images_seen"] == last].sort_values(["dataset", "context", "rank"]).reset_index(drop=True)

@@ -1,0 +1,149 @@
+"""Find experiment folders and load their Parquet tables, checking the documented schema.
+
+An experiment folder holds `trials.parquet` (one row per training run, i.e. one seed of one
+configuration) and usually `evals.parquet` (one row per run and evaluation); the columns are listed
+in docs/ARCHITECTURE.md, "Parquet tables". Any folder above experiment folders may be given: they
+are found recursively. Ray's own trial folders are never opened.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+TRIALS_FILE = "trials.parquet"
+EVALS_FILE = "evals.parquet"
+
+# Columns of trials.parquet that do not come from the config (the config keys follow under their
+# dotted names, e.g. "loss.huber_c"; each analysis checks the config columns it needs).
+TRIAL_COLUMNS = (
+    "experiment", "space", "stratum", "trial_id", "config_id", "seed", "status", "error", "dataset", "dim",
+    "final_fd", "best_fd", "final_fd_2step", "final_kid", "final_loss", "final_loss_train",
+    "final_loss_heldout", "final_nn_dist", "final_nn_dist_ref", "steps", "images_seen", "wall_s",
+)
+EVAL_COLUMNS = (
+    "experiment", "trial_id", "config_id", "step", "num_points", "loss", "fd", "fd_2step", "kid",
+    "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s",
+)
+STATUSES = ("completed", "pruned", "diverged", "errored")
+
+
+class SchemaError(ValueError):
+    """A results folder or table that does not follow the documented Parquet schema."""
+
+
+def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    """Raise SchemaError naming every column of `columns` that `df` lacks; `what` names the table."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SchemaError(
+            f"{what} lacks column(s) {', '.join(repr(c) for c in missing)}; "
+            f"present: {', '.join(map(str, df.columns))}"
+        )
+
+
+def _is_ray_trial_dir(names: set[str]) -> bool:
+    # Ray Tune writes params.json/result.json per trial and experiment_state-*.json per run.
+    return ("params.json" in names and ("result.json" in names or "progress.csv" in names)) or any(
+        n.startswith("experiment_state-") for n in names
+    )
+
+
+def find_experiments(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Every folder holding a trials.parquet at or below `paths`, sorted and without duplicates.
+
+    A given path that does not exist, or under which no trials.parquet is found, raises SchemaError.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for root in map(Path, paths):
+        if not root.exists():
+            raise SchemaError(f"results folder {root} does not exist")
+        if root.is_file():
+            if root.name != TRIALS_FILE:
+                raise SchemaError(f"{root} is a file; give a folder holding {TRIALS_FILE} (or a folder above it)")
+            found.append(root.parent.resolve())
+            continue
+        hits = []
+        for folder, dirs, files in os.walk(root):
+            names = set(files)
+            if TRIALS_FILE in names:
+                hits.append(Path(folder).resolve())
+            if _is_ray_trial_dir(names):
+                dirs[:] = []
+                continue
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if not hits:
+            raise SchemaError(f"no {TRIALS_FILE} found in {root} or any folder below it")
+        found += hits
+    return sorted(set(found))
+
+
+def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for unreadable files
+        raise SchemaError(f"cannot read {path} as Parquet: {err}") from None
+    require_columns(df, columns, str(path))
+    return df
+
+
+def load_trials(paths) -> pd.DataFrame:
+    """All runs of the experiments at or below `paths`, one row per run.
+
+    Shape: the columns of trials.parquet (TRIAL_COLUMNS plus dotted config keys) and `experiment_dir`.
+    A config key absent from one experiment is NaN in its rows. Status values outside STATUSES raise.
+    """
+    frames = []
+    for folder in find_experiments(paths):
+        df = _read(folder / TRIALS_FILE, TRIAL_COLUMNS)
+        bad = sorted(set(df["status"].dropna().astype(str)) - set(STATUSES))
+        if bad:
+            raise SchemaError(f"{folder / TRIALS_FILE}: status must be one of {', '.join(STATUSES)}; got {bad}")
+        frames.append(df.assign(experiment_dir=str(folder)))
+    trials = pd.concat(frames, ignore_index=True, sort=False)
+    dup = trials.duplicated(["experiment_dir", "trial_id"])
+    if dup.any():
+        raise SchemaError(f"trial_id must be unique per experiment; repeated: {sorted(trials.loc[dup, 'trial_id'])[:5]}")
+    return trials
+
+
+def load_evals(paths) -> pd.DataFrame:
+    """All evaluations of the experiments at or below `paths`, one row per run and evaluation.
+
+    Shape: the columns of evals.parquet (EVAL_COLUMNS) and `experiment_dir`. Experiments without an
+    evals.parquet contribute no rows; an empty frame with those columns is returned if none has one.
+    """
+    frames = []
+    for folder in find_experiments(paths):
+        path = folder / EVALS_FILE
+        if path.exists():
+            frames.append(_read(path, EVAL_COLUMNS).assign(experiment_dir=str(folder)))
+    if not frames:
+        return pd.DataFrame(columns=list(EVAL_COLUMNS) + ["experiment_dir"])
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+@dataclass
+class Results:
+    """The loaded tables of one or several experiments."""
+
+    trials: pd.DataFrame
+    evals: pd.DataFrame
+    experiments: list[Path]
+
+
+def load_results(paths) -> Results:
+    """Load trials and evals of every experiment at or below `paths`."""
+    experiments = find_experiments(paths)
+    return Results(trials=load_trials(experiments), evals=load_evals(experiments), experiments=experiments)
+
+
+def status_counts(trials: pd.DataFrame) -> dict[str, int]:
+    """Number of runs per status, every documented status present (0 when absent)."""
+    counts = trials["status"].astype(str).value_counts()
+    return {s: int(counts.get(s, 0)) for s in STATUSES}

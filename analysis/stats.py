@@ -1,0 +1,230 @@
+"""Shared statistics: run selection, matching of configurations, bootstrap intervals, curve minima.
+
+Every interval here is a percentile bootstrap over runs (seeds), resampled within each cell
+(configuration) so that cells keep their size. Random draws come from a numpy Generator seeded by
+the caller, so a report is reproducible.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import require_columns
+
+LEVEL = 0.95
+N_BOOT = 2000
+# Config keys that say where or how a run was executed, not what was trained: they never split
+# otherwise identical configurations into separate cells.
+NON_MATCHING = frozenset({
+    "train.seed", "data.path", "eval.cache_dir", "eval.inception_path", "eval.grid", "train.device",
+    "train.num_threads", "train.compile", "train.channels_last", "train.log_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.fault_step",
+})
+# data.name and data.resolution are carried by the `dataset` column, which every analysis groups by.
+DATA_KEYS = frozenset({"data.name", "data.resolution"})
+
+
+def usable(trials: pd.DataFrame, metric: str = "final_fd") -> pd.DataFrame:
+    """Runs that count in estimates: status "completed" and a finite `metric`.
+
+    Diverged, errored and pruned runs are left out here (report.py counts them); a pruned run stopped
+    early, so its final metric is not comparable with those of finished runs.
+    """
+    require_columns(trials, ["status", metric], "trials table")
+    values = pd.to_numeric(trials[metric], errors="coerce")
+    keep = (trials["status"].astype(str) == "completed") & np.isfinite(values)
+    return trials.loc[keep].assign(**{metric: values[keep]})
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """Dotted config columns that define what was trained (NON_MATCHING and data keys removed)."""
+    return [c for c in df.columns if "." in c and c not in NON_MATCHING and c not in DATA_KEYS]
+
+
+def _token(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    return str(value)
+
+
+def context_key(df: pd.DataFrame, exclude) -> pd.Series:
+    """One string per row naming its experiment and its configuration apart from `exclude`.
+
+    Rows with equal keys come from the same experiment and were trained the same way except for the
+    excluded keys (and their seed), so they may be compared. Runs of different experiments are never
+    pooled: they may differ in code version or hardware although their configs agree. Only columns
+    that vary within an experiment are named, which keeps keys short; floats are rounded to 6
+    significant digits.
+    """
+    if "experiment" not in df.columns:
+        return _config_key(df, exclude)
+    parts = [("experiment=" + str(name) + "|") + _config_key(rows, exclude)
+             for name, rows in df.groupby(df["experiment"].astype(str), sort=False)]
+    return pd.concat(parts).reindex(df.index) if parts else pd.Series("", index=df.index, dtype=str)
+
+
+def _config_key(df: pd.DataFrame, exclude) -> pd.Series:
+    cols = varying_columns(df, exclude)
+    if not cols:
+        return pd.Series("", index=df.index, dtype=str)
+    return df[cols].apply(lambda row: "|".join(f"{c}={_token(v)}" for c, v in row.items()), axis=1)
+
+
+def varying_columns(df: pd.DataFrame, exclude=()) -> list[str]:
+    """Config columns that take more than one value in `df` (NaN counts as a value)."""
+    out = []
+    for c in config_columns(df):
+        if c in set(exclude):
+            continue
+        if df[c].map(_token).nunique() > 1:
+            out.append(c)
+    return out
+
+
+def describe_context(key: str) -> str:
+    """Readable text of a context key: "experiment X: a=1, b=2"."""
+    items = [i for i in key.split("|") if i]
+    experiment = [i.split("=", 1)[1] for i in items if i.startswith("experiment=")]
+    config = [i for i in items if not i.startswith("experiment=")]
+    text = ", ".join(config) if config else "all runs"
+    return f"experiment {experiment[0]}: {text}" if experiment else text
+
+
+def percentile_ci(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return (math.nan, math.nan)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(samples, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def resample_means(values, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot,) means of `values` resampled with replacement; NaN when `values` is empty."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return np.full(n_boot, math.nan)
+    idx = rng.integers(0, values.size, size=(n_boot, values.size))
+    return values[idx].mean(axis=1)
+
+
+@dataclass
+class Estimate:
+    """A point estimate, its bootstrap interval and the bootstrap replicates behind it."""
+
+    value: float
+    lo: float
+    hi: float
+    samples: np.ndarray
+
+    def contains(self, x: float) -> bool:
+        return bool(self.lo <= x <= self.hi)
+
+
+def mean_ci(values, n_boot: int = N_BOOT, level: float = LEVEL, rng=None) -> Estimate:
+    """Mean of `values` with a percentile bootstrap interval."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    samples = resample_means(values, n_boot, rng)
+    lo, hi = percentile_ci(samples, level) if values.size > 1 else (math.nan, math.nan)
+    return Estimate(float(values.mean()) if values.size else math.nan, lo, hi, samples)
+
+
+def _local_quadratic_min(u: np.ndarray, m: np.ndarray, w: np.ndarray, window: int) -> tuple[float, bool]:
+    """Vertex of a weighted quadratic fitted to `window` points around the smallest mean.
+
+    u: sorted abscissae (already transformed, e.g. log c), m: mean metric at each u, w: run counts.
+    Returns (u_star, at_edge). Falls back to the best point when the fit is not convex; the vertex is
+    kept inside the fitted window, so an optimum beyond the searched range is reported at its edge.
+    """
+    ok = np.isfinite(m)
+    u, m, w = u[ok], m[ok], w[ok]
+    if u.size == 0:
+        return math.nan, False
+    best = int(np.argmin(m))
+    at_edge = best == 0 or best == u.size - 1
+    if u.size < 3:
+        return float(u[best]), at_edge
+    width = min(max(window, 3), u.size)
+    start = min(max(best - width // 2, 0), u.size - width)
+    uu, mm, ww = u[start:start + width], m[start:start + width], w[start:start + width]
+    centre = uu.mean()
+    a, b, _ = np.polyfit(uu - centre, mm, 2, w=np.sqrt(ww))
+    if not np.isfinite(a) or a <= 0:
+        return float(u[best]), at_edge
+    vertex = float(np.clip(-b / (2 * a) + centre, uu[0], uu[-1]))
+    return vertex, at_edge
+
+
+def default_window(num_values: int) -> int:
+    """Points in the local fit: 3 on a coarse grid, about a third of the points on a dense one."""
+    return 3 if num_values <= 9 else int(math.ceil(num_values / 3))
+
+
+@dataclass
+class CurveMinimum(Estimate):
+    at_edge: bool = False  # the best grid point is the smallest or largest value searched
+    num_values: int = 0  # distinct x values
+    num_runs: int = 0
+
+
+def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float = LEVEL, window: int | None = None,
+                  rng=None) -> CurveMinimum:
+    """Where the mean of `y` is smallest as a function of `x`, with a bootstrap interval.
+
+    x, y: one entry per run (e.g. x = huber_c, y = final_fd of one seed). The mean of y is taken at
+    each distinct x; a quadratic in log x (or x) is fitted locally around the smallest mean and its
+    vertex is the estimate. Each bootstrap replicate resamples runs within each x value (or all runs
+    together when most x values have a single run, as with a random search) and repeats the fit.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True)
+    x, y = x[keep], y[keep]
+    u_all = np.log(x) if log_x else x
+    levels, inverse = np.unique(np.round(u_all, 9), return_inverse=True)
+    counts = np.bincount(inverse, minlength=levels.size).astype(float)
+    window = default_window(levels.size) if window is None else window
+    back = np.exp if log_x else (lambda v: v)
+
+    def fit(index_of_run: np.ndarray, y_runs: np.ndarray) -> tuple[float, bool]:
+        sums = np.bincount(index_of_run, weights=y_runs, minlength=levels.size)
+        n = np.bincount(index_of_run, minlength=levels.size).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(n > 0, sums / np.maximum(n, 1), np.nan)
+        return _local_quadratic_min(levels, means, n, window)
+
+    if y.size == 0:
+        return CurveMinimum(math.nan, math.nan, math.nan, np.array([]), False, 0, 0)
+    u_star, at_edge = fit(inverse, y)
+    samples = np.empty(n_boot)
+    stratified = np.median(counts) >= 2
+    groups = [np.flatnonzero(inverse == j) for j in range(levels.size)]
+    for r in range(n_boot):
+        if stratified:
+            idx = np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
+        else:
+            idx = rng.integers(0, y.size, y.size)
+        samples[r] = fit(inverse[idx], y[idx])[0]
+    lo, hi = percentile_ci(samples, level)
+    return CurveMinimum(float(back(u_star)), float(back(lo)), float(back(hi)), back(samples), at_edge,
+                        int(levels.size), int(y.size))
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    """Compact number for text and tables: 3 significant digits."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}g}"
+
+
+def fmt_ci(est_value: float, lo: float, hi: float, digits: int = 3) -> str:
+    return f"{fmt(est_value, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
