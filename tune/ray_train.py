@@ -1,0 +1,532 @@
+"""Ray Train adapter: one iCT run as a data-parallel job of W workers (TorchTrainer, Train V2).
+
+The worker function is a thin adapter around `ict_core.trainer.train`: the trainer shards the global batch
+over the torch.distributed ranks that TorchTrainer sets up, and every rank forwards its reports to
+`ray.train.report` (rank 0 attaches the checkpoint folder). ict_core never imports Ray.
+
+Where things go, for `storage=S` and `name=NAME`:
+  S/NAME/                     Ray's run folder: checkpoint_<time>/ (latest train.keep_checkpoints), its state
+  S/NAME/run/                 the run folder of `python -m ict_core.train` (config.json, metrics.jsonl,
+                              evals.jsonl, samples/, summary.json), plus workers.jsonl (rank -> node, per start)
+A second run with the same name and storage continues from the latest checkpoint (Train V2 behaviour), so a
+fresh run refuses an existing name and `resume=True` requires one.
+
+With a URI storage (s3://...), rank 0 writes the run folder to a local scratch folder and mirrors it to
+S/NAME/run after every report; a local storage path must be visible at the same path on every node (NFS).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from ict_core.config import Config, ConfigError, from_dict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STORAGE = "runs"  # relative to the working directory, like `python -m ict_core.train`
+RUN_SUBDIR = "run"
+WORKERS_FILE = "workers.jsonl"
+RAY_STATE_FILE = "checkpoint_manager_snapshot.json"  # written by Train V2 once a checkpoint exists
+# Set by cluster.yaml on every node (environment of `ray start` and of login shells): the package is installed
+# there, so the repository need not travel as a runtime_env working_dir.
+CODE_ON_NODES_ENV = "ICT_CODE_ON_NODES"
+STORAGE_ENV = "ICT_STORAGE"  # default storage for runs on a cluster, e.g. s3://my-bucket/ict
+WORKING_DIR_EXCLUDES = [".git", ".venv", "runs", "results", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+
+
+class LaunchError(ValueError):
+    """A launch request that cannot work (workers, GPUs, storage, name), found before training starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """Everything `run_ray_train` decided before touching Ray; `--dry-run` prints it."""
+
+    workers: int
+    gpus_per_worker: float
+    cpus_per_worker: float | None  # None: chosen from the cluster's free CPUs once Ray is up
+    storage: str  # absolute local path or a URI
+    name: str
+    run_dir: str  # where rank 0 writes (local path; for URI storage a scratch folder mirrored to run_uri)
+    run_uri: str | None
+    max_failures: int
+    resume: bool
+    backend: str
+    cluster: str  # "local" (started here), "address" (RAY_ADDRESS) or "attached" (ray already initialised)
+    ship_code: bool
+
+    @property
+    def experiment_path(self) -> str:
+        return _join(self.storage, self.name)
+
+    def describe(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["experiment_path"] = self.experiment_path
+        return out
+
+
+# ---- checks that need no Ray ---------------------------------------------------------------------
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def _join(base: str, *parts: str) -> str:
+    if is_uri(base):
+        return "/".join([base.rstrip("/"), *parts])
+    return str(Path(base, *parts))
+
+
+def _cluster_kind() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return "attached"
+    except ImportError:  # pragma: no cover - ray is a dependency
+        pass
+    address = os.environ.get("RAY_ADDRESS", "")
+    return "address" if address and address != "local" else "local"
+
+
+def _job_ships_code() -> bool:
+    """True when this driver runs as a `ray job submit --working-dir` job: the code already travels."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
+    try:
+        runtime_env = json.loads(raw).get("runtime_env", {}) if raw else {}
+    except (ValueError, AttributeError):
+        return False
+    return bool(runtime_env.get("working_dir"))
+
+
+def default_name(cfg: Config) -> str:
+    return f"ict_{cfg.data.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def experiment_exists(storage: str, name: str) -> bool:
+    """Whether Ray's folder for (storage, name) exists, i.e. a run with this name was started before."""
+    path = _join(storage, name)
+    if not is_uri(storage):
+        return Path(path).exists()
+    import pyarrow.fs as pafs
+
+    fs, fs_path = pafs.FileSystem.from_uri(path)
+    return fs.get_file_info(fs_path).type != pafs.FileType.NotFound
+
+
+def plan_launch(
+    cfg: Config,
+    *,
+    workers: int = 1,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float | None = None,
+    storage: str | None = None,
+    name: str | None = None,
+    max_failures: int = 0,
+    resume: bool | str = False,
+    run_dir: str | None = None,
+    ship_code: bool | None = None,
+) -> LaunchPlan:
+    """Check a launch request without starting Ray; raise LaunchError/ConfigError naming what is wrong."""
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"run_ray_train needs an ict_core.config.Config, got {type(cfg).__name__}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise LaunchError(f"workers must be an integer >= 1, got {workers!r}")
+    if cfg.train.batch_size % workers:
+        raise LaunchError(
+            f"train.batch_size={cfg.train.batch_size} is not divisible by workers={workers}: the batch is global "
+            f"and split evenly across workers; pick a batch size that is a multiple of {workers}"
+        )
+    if not isinstance(gpus_per_worker, (int, float)) or isinstance(gpus_per_worker, bool) or gpus_per_worker < 0:
+        raise LaunchError(f"gpus_per_worker must be a number >= 0, got {gpus_per_worker!r}")
+    if cpus_per_worker is not None and (
+        not isinstance(cpus_per_worker, (int, float)) or isinstance(cpus_per_worker, bool) or cpus_per_worker <= 0
+    ):
+        raise LaunchError(f"cpus_per_worker must be a number > 0 (or None for a share that fits), got {cpus_per_worker!r}")
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < -1:
+        raise LaunchError(f"max_failures must be an integer >= 0, or -1 for unlimited restarts, got {max_failures!r}")
+    if resume not in (False, True, "auto"):
+        raise LaunchError(f"resume must be False, True or 'auto', got {resume!r}")
+    if gpus_per_worker > 0 and cfg.train.device == "cpu":
+        raise LaunchError(f"train.device=cpu contradicts gpus_per_worker={gpus_per_worker}; use train.device=auto")
+    if gpus_per_worker == 0 and cfg.train.device == "cuda":
+        raise LaunchError(
+            "train.device=cuda needs gpus_per_worker > 0: Ray hides the GPUs from workers that did not ask for one"
+        )
+
+    cluster = _cluster_kind()
+    if gpus_per_worker > 0 and cluster == "local":
+        import torch
+
+        needed = math.ceil(workers * gpus_per_worker)
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if found < needed:
+            raise LaunchError(
+                f"{workers} workers x gpus_per_worker={gpus_per_worker} need {needed} GPU(s) but this machine has "
+                f"{found}; use gpus_per_worker=0 (CPU, gloo) or set RAY_ADDRESS to a cluster with GPUs"
+            )
+
+    if storage is None:
+        storage = os.environ.get(STORAGE_ENV) or (DEFAULT_STORAGE if cluster != "address" else None)
+        if storage is None:
+            raise LaunchError(
+                f"a run on a cluster (RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}) needs shared storage: pass "
+                f"--storage s3://BUCKET/PREFIX (or an NFS path mounted on every node), or set {STORAGE_ENV}"
+            )
+    storage = str(storage)
+    if not is_uri(storage):
+        storage = str(Path(storage).expanduser().resolve())
+
+    if name is None:
+        if resume is True:
+            raise LaunchError("resume=True needs the name of the run to continue (--name)")
+        name = default_name(cfg)
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise LaunchError(f"name must be a plain folder name (no '/'), got {name!r}")
+
+    exists = experiment_exists(storage, name)
+    if resume is True and not exists:
+        raise LaunchError(f"resume=True but no run named {name!r} exists in storage {storage}")
+    if resume is False and exists:
+        raise LaunchError(
+            f"a run named {name!r} already exists in storage {storage}; pass resume=True (--resume) to continue it, "
+            "or choose another name"
+        )
+    resume = bool(exists)
+
+    run_uri = None
+    if run_dir is None:
+        if is_uri(storage):
+            run_uri = _join(storage, name, RUN_SUBDIR)
+            run_dir = str(Path(tempfile.gettempdir()) / "ict_runs" / name / RUN_SUBDIR)
+        else:
+            run_dir = _join(storage, name, RUN_SUBDIR)
+    run_dir = str(Path(run_dir).expanduser().resolve())
+
+    if ship_code is None:
+        ship_code = cluster == "address" and os.environ.get(CODE_ON_NODES_ENV) != "1" and not _job_ships_code()
+
+    return LaunchPlan(
+        workers=workers,
+        gpus_per_worker=float(gpus_per_worker),
+        cpus_per_worker=None if cpus_per_worker is None else float(cpus_per_worker),
+        storage=storage,
+        name=name,
+        run_dir=run_dir,
+        run_uri=run_uri,
+        max_failures=max_failures,
+        resume=resume,
+        backend="nccl" if gpus_per_worker > 0 else "gloo",
+        cluster=cluster,
+        ship_code=bool(ship_code),
+    )
+
+
+def cpu_share(workers: int, gpus_per_worker: float, free_cpus: float, max_node_cpus: float) -> float:
+    """Default CPUs per worker: all free CPUs split evenly (whole CPUs when there are enough, else a fraction
+    down to 0.01, as inside a Tune trial on a small machine); 1 per GPU worker, whose GPU nodes may not exist yet.
+    """
+    if gpus_per_worker > 0:
+        return 1.0
+    share = free_cpus / workers
+    if share >= 1:
+        return float(max(1, min(math.floor(share), math.floor(max_node_cpus))))
+    share = math.floor(share * 100) / 100
+    if share < 0.01:
+        raise LaunchError(
+            f"{workers} workers do not fit in the {free_cpus:g} free CPUs of the cluster; pass cpus_per_worker "
+            "explicitly or use fewer workers"
+        )
+    return share
+
+
+def _threads_for(cpus: float) -> int:
+    return max(1, int(math.floor(cpus)))
+
+
+# ---- run folder mirroring for URI storage --------------------------------------------------------
+class RunMirror:
+    """Copies a local run folder to a URI (s3://, gs://, file://) and back; checkpoints stay with Ray."""
+
+    def __init__(self, local_dir: str, uri: str):
+        import pyarrow.fs as pafs
+
+        self.local_dir = Path(local_dir)
+        self.fs, self.remote = pafs.FileSystem.from_uri(uri)
+        self._pafs = pafs
+
+    def push(self) -> None:
+        if not self.local_dir.exists():
+            return
+        self.fs.create_dir(self.remote, recursive=True)
+        for entry in self.local_dir.iterdir():
+            if entry.name == "checkpoints":
+                continue
+            self._pafs.copy_files(
+                str(entry), f"{self.remote}/{entry.name}",
+                source_filesystem=self._pafs.LocalFileSystem(), destination_filesystem=self.fs,
+            )
+
+    def pull(self) -> None:
+        """Fetch an earlier attempt's run folder (a restart may land on another node)."""
+        if self.fs.get_file_info(self.remote).type == self._pafs.FileType.NotFound:
+            return
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+        self._pafs.copy_files(
+            self.remote, str(self.local_dir),
+            source_filesystem=self.fs, destination_filesystem=self._pafs.LocalFileSystem(),
+        )
+
+
+# ---- the worker side -----------------------------------------------------------------------------
+def _record_workers(run_dir: Path, rank: int, world_size: int, cpus: float, gpus: float) -> None:
+    """Append one line per rank (node id, pid, device) to run_dir/workers.jsonl; one block per (re)start."""
+    import ray
+    import torch
+    import torch.distributed as dist
+
+    me = {
+        "rank": rank,
+        "world_size": world_size,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "cpus": cpus,
+        "gpus": gpus,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.current_device() if gpus > 0 else None,
+        "start_unix": time.time(),
+    }
+    rows = [me]
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        rows = [None] * world_size
+        dist.all_gather_object(rows, me)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / WORKERS_FILE, "a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+
+
+def worker_loop(loop_config: dict) -> None:
+    """Train-worker entry point (runs on every rank): ict_core's train() with Ray's report and checkpoints."""
+    import ray.train
+    import torch
+
+    from ict_core.trainer import train
+
+    cfg = from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    cpus, gpus = loop_config["cpus_per_worker"], loop_config["gpus_per_worker"]
+    if cfg.train.num_threads == 0:
+        torch.set_num_threads(_threads_for(cpus))
+    if gpus > 0:
+        # ray.train.torch.get_device() is this rank's GPU; the trainer then uses the current CUDA device.
+        torch.cuda.set_device(ray.train.torch.get_device())
+    run_dir = Path(loop_config["run_dir"])
+    mirror = RunMirror(str(run_dir), loop_config["run_uri"]) if loop_config.get("run_uri") and rank == 0 else None
+    if mirror is not None:
+        mirror.pull()
+    _record_workers(run_dir, rank, world_size, cpus, gpus)
+
+    def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(dict(metrics), checkpoint=checkpoint)
+        if mirror is not None:
+            mirror.push()
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        train(cfg, report=report, run_dir=str(run_dir))
+    else:
+        with checkpoint.as_directory() as ckpt_dir:
+            train(cfg, report=report, run_dir=str(run_dir), resume_from=ckpt_dir)
+    if mirror is not None:
+        mirror.push()
+
+
+# ---- the driver side -----------------------------------------------------------------------------
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def code_runtime_env() -> dict:
+    """runtime_env that ships this repository to every node of a cluster that lacks the package."""
+    env = {"working_dir": str(REPO_ROOT), "excludes": list(WORKING_DIR_EXCLUDES)}
+    commit = _git_commit()
+    if commit:  # .git does not travel; provenance on the workers can read it from here
+        env["env_vars"] = {"ICT_GIT_COMMIT": commit}
+    return env
+
+
+def _connect(plan: LaunchPlan) -> bool:
+    """Start or join Ray as the plan says; returns True when this call started it (and must shut it down)."""
+    import ray
+
+    if plan.cluster == "attached":
+        return False
+    runtime_env = code_runtime_env() if plan.ship_code else None
+    if plan.cluster == "local":
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+                 log_to_driver=True)
+    else:
+        ray.init(runtime_env=runtime_env)  # RAY_ADDRESS; token auth: see README (RAY_AUTH_MODE)
+    return True
+
+
+def _resolve_resources(plan: LaunchPlan) -> float:
+    """CPUs per worker, and a clear error where the cluster cannot hold the request."""
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    max_node_cpus = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
+    if plan.gpus_per_worker > 0 and total.get("GPU", 0) == 0:
+        if plan.cluster != "address":
+            raise LaunchError(
+                f"gpus_per_worker={plan.gpus_per_worker} but the Ray cluster has no GPUs; use gpus_per_worker=0"
+            )
+        print(f"[ray_train] the cluster has no GPU node yet; the {plan.workers} worker(s) wait for the autoscaler "
+              "to add one (cluster.yaml, gpu worker type). Ctrl-C aborts.", flush=True)
+    if plan.cpus_per_worker is not None:
+        return plan.cpus_per_worker
+    free = ray.available_resources().get("CPU", 0.0)
+    return cpu_share(plan.workers, plan.gpus_per_worker, free, max_node_cpus)
+
+
+def _storage_note(plan: LaunchPlan) -> None:
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if not is_uri(plan.storage) and (len(alive) > 1 or plan.cluster == "address"):
+        print(f"[ray_train] storage {plan.storage} is a local path on a multi-node cluster: it must be one shared "
+              "folder (NFS) mounted at that path on every node; otherwise use s3://BUCKET/PREFIX. Ray checks this "
+              "with a marker file and stops if a node cannot see it.", flush=True)
+
+
+def _read_summary(plan: LaunchPlan) -> dict:
+    path = Path(plan.run_dir) / "summary.json"
+    if plan.run_uri and not path.exists():
+        RunMirror(plan.run_dir, plan.run_uri).pull()
+    if path.exists():
+        return json.loads(path.read_text())
+    return {}
+
+
+def run_ray_train(
+    cfg: Config,
+    *,
+    workers: int = 1,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float | None = None,
+    storage: str | None = None,
+    name: str | None = None,
+    max_failures: int = 0,
+    resume: bool | str = False,
+    callbacks: Iterable[Any] = (),
+    run_dir: str | None = None,
+    ship_code: bool | None = None,
+    plan: LaunchPlan | None = None,
+) -> dict:
+    """Train one iCT model with `workers` data-parallel ranks under ray.train.torch.TorchTrainer.
+
+    Joins the Ray that is already initialised (e.g. inside a Tune trial), else RAY_ADDRESS, else starts a local
+    Ray (dashboard on 127.0.0.1) and shuts it down at the end. resume: False refuses an existing
+    (storage, name); True continues it from its latest checkpoint; "auto" does whichever applies (Tune retries).
+    ship_code: send the repository as runtime_env working_dir (default: only to a RAY_ADDRESS cluster whose
+    nodes lack the package, see cluster.yaml). Returns the run's summary (summary.json of the run folder) with
+    run_dir, experiment_path, checkpoint_path and the last reported metrics (`last_report`). Raises
+    ray.train.TrainingFailedError when the run fails beyond max_failures restarts.
+    """
+    if plan is None:
+        plan = plan_launch(
+            cfg, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, storage=storage,
+            name=name, max_failures=max_failures, resume=resume, run_dir=run_dir, ship_code=ship_code,
+        )
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started = _connect(plan)
+    try:
+        cpus = _resolve_resources(plan)
+        _storage_note(plan)
+        resources = {"CPU": cpus}
+        if plan.gpus_per_worker > 0:
+            resources["GPU"] = plan.gpus_per_worker
+        trainer = TorchTrainer(
+            worker_loop,
+            train_loop_config={
+                "config": cfg.to_dict(),
+                "run_dir": plan.run_dir,
+                "run_uri": plan.run_uri,
+                "cpus_per_worker": cpus,
+                "gpus_per_worker": plan.gpus_per_worker,
+            },
+            torch_config=TorchConfig(backend=plan.backend),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=plan.workers, use_gpu=plan.gpus_per_worker > 0, resources_per_worker=resources
+            ),
+            run_config=ray.train.RunConfig(
+                name=plan.name,
+                storage_path=plan.storage,
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                failure_config=ray.train.FailureConfig(max_failures=plan.max_failures),
+                callbacks=list(callbacks) or None,
+            ),
+        )
+        print(f"[ray_train] {'resuming' if plan.resume else 'starting'} {plan.name}: {plan.workers} worker(s) x "
+              f"{cpus:g} CPU{f' + {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''} ({plan.backend}), "
+              f"run folder {plan.run_uri or plan.run_dir}", flush=True)
+        result = trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+    summary = _read_summary(plan)
+    summary.update(
+        run_dir=plan.run_uri or plan.run_dir,
+        experiment_path=result.path,
+        checkpoint_path=result.checkpoint.path if result.checkpoint is not None else None,
+        last_report=dict(result.metrics or {}),
+        name=plan.name,
+        storage=plan.storage,
+        workers=plan.workers,
+        cpus_per_worker=cpus,
+        gpus_per_worker=plan.gpus_per_worker,
+    )
+    summary.setdefault("status", (result.metrics or {}).get("status"))
+    return summary
+
+
+def load_run_config(plan: LaunchPlan) -> Config | None:
+    """The resolved config an earlier attempt of this run wrote (for --resume without --preset)."""
+    path = Path(plan.run_dir) / "config.json"
+    if plan.run_uri and not path.exists():
+        RunMirror(plan.run_dir, plan.run_uri).pull()
+    if not path.exists():
+        return None
+    return from_dict(json.loads(path.read_text()))
+
+
+__all__ = [
+    "LaunchError", "LaunchPlan", "RunMirror", "code_runtime_env", "cpu_share", "experiment_exists",
+    "load_run_config", "plan_launch", "run_ray_train", "worker_loop",
+]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use tune/train.py (the CLI) or tune.ray_train.run_ray_train")
