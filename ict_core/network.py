@@ -148,8 +148,10 @@ class UNet(nn.Module):
         out_channels = in_channels if out_channels is None else out_channels
         emb_channels = _EMB_MULT * channels
 
-        self.embed = FourierEmbedding(channels, fourier_scale)
-        self.embed_mlp = nn.Sequential(nn.Linear(channels, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels))
+        noise_channels = channels + channels % 2  # cos/sin pairs need an even width
+        self.embed = FourierEmbedding(noise_channels, fourier_scale)
+        self.embed_mlp = nn.Sequential(nn.Linear(noise_channels, emb_channels), nn.SiLU(),
+                                       nn.Linear(emb_channels, emb_channels))
 
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()
