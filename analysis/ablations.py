@@ -98,7 +98,7 @@ def compare(trials: pd.DataFrame, ablation: Ablation, metric: str = "final_fd", 
             continue
         effect = float(np.mean([p.mean() - a.mean() for p, a in cells]))
         boot = np.mean([resample_means(p, n_boot, rng) - resample_means(a, n_boot, rng) for p, a in cells], axis=0)
-        lo, hi = percentile_ci(boot, level)
+        lo, hi = percentile_ci(boot, level, df=sum(p.size + a.size - 2 for p, a in cells))
         smallest_paper = min(p.size for p, _ in cells)
         smallest_alt = min(a.size for _, a in cells)
         verdict, reason = _verdict(lo, hi, smallest_paper, smallest_alt, min_seeds)

@@ -79,7 +79,7 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     """
     rng = np.random.default_rng(seed)
     runs = select_runs(trials, metric)
-    rows, curves, samples = [], [], {}
+    rows, curves, samples, dfs = [], [], {}, {}
     for dataset, group in runs.groupby("dataset", sort=True):
         ctx = context_key(group, exclude={C_KEY})
         best_key, best_score = None, (0, 0)
@@ -94,6 +94,7 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
         est = curve_minimum(cell[C_KEY], cell[metric], log_x=True, n_boot=n_boot, level=level, window=window,
                             rng=rng)
         samples[dataset] = est.samples
+        dfs[dataset] = est.df
         c_ref = float(paper_c(dim))
         rows.append({
             "dataset": dataset, "dim": dim, "context": describe_context(best_key),
@@ -109,14 +110,17 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
         "dataset", "dim", "context", "num_runs", "num_seeds", "num_c", "c_star", "c_lo", "c_hi", "at_edge",
         "c_paper", "paper_in_ci"])
     curves_df = pd.DataFrame(curves, columns=["dataset", "dim", C_KEY, "num_runs", "mean", "lo", "hi"])
-    fit = fit_power_law(per_dataset, samples, level=level)
+    fit = fit_power_law(per_dataset, samples, level=level, dfs=dfs)
     return CScaling(per_dataset, curves_df, fit, metric, samples)
 
 
-def fit_power_law(per_dataset: pd.DataFrame, samples: dict, level: float = LEVEL) -> PowerLaw | None:
+def fit_power_law(per_dataset: pd.DataFrame, samples: dict, level: float = LEVEL, dfs: dict | None = None
+                  ) -> PowerLaw | None:
     """Least squares of log c* on log d; replicate r uses replicate r of every data set's c*.
 
-    per_dataset: rows with dataset, dim, c_star; samples: dataset -> (n_boot,) replicates of c*.
+    per_dataset: rows with dataset, dim, c_star; samples: dataset -> (n_boot,) replicates of c*;
+    dfs: dataset -> degrees of freedom of its estimate (the smallest widens the interval, see
+    stats.expanded_level).
     Returns None with fewer than two distinct dimensions.
     """
     if per_dataset.empty or per_dataset["dim"].nunique() < 2:
@@ -133,7 +137,8 @@ def fit_power_law(per_dataset: pd.DataFrame, samples: dict, level: float = LEVEL
     log_a, b = ols(np.log(per_dataset["c_star"].to_numpy(dtype=float)))
     reps = np.log(np.stack([samples[d] for d in per_dataset["dataset"]], axis=-1))
     rep_log_a, rep_b = ols(reps)
-    b_lo, b_hi = percentile_ci(rep_b, level)
-    la_lo, la_hi = percentile_ci(rep_log_a, level)
+    df = min(dfs.values()) if dfs else None
+    b_lo, b_hi = percentile_ci(rep_b, level, df=df)
+    la_lo, la_hi = percentile_ci(rep_log_a, level, df=df)
     return PowerLaw(float(math.exp(log_a)), float(b), math.exp(la_lo), math.exp(la_hi), b_lo, b_hi,
                     len(per_dataset), rep_b)

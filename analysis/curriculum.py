@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
-from analysis.stats import LEVEL, N_BOOT, _token, context_key, describe_context, percentile_ci
+from analysis.stats import LEVEL, N_BOOT, _token, context_key, describe_context, percentile_ci, resample_means
 
 SHAPE_KEY = "curriculum.shape"
 PAPER_SHAPE = "exponential"
@@ -112,13 +112,13 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
             present = [n for n in names if values[n]]
             if len(present) < 2:
                 continue
-            boot = np.stack([np.asarray(values[n])[rng.integers(0, len(values[n]), (n_boot, len(values[n])))]
-                             .mean(1) for n in present], axis=1)
+            boot = np.stack([resample_means(values[n], n_boot, rng) for n in present], axis=1)
             boot_rank = boot.argsort(1).argsort(1) + 1
             means = np.array([np.mean(values[n]) for n in present])
             point_rank = means.argsort().argsort() + 1
             for j, name in enumerate(present):
-                lo, hi = percentile_ci(boot[:, j], level) if len(values[name]) > 1 else (math.nan, math.nan)
+                n = len(values[name])
+                lo, hi = percentile_ci(boot[:, j], level, df=n - 1) if n > 1 else (math.nan, math.nan)
                 r_lo, r_hi = percentile_ci(boot_rank[:, j], level)
                 rows.append({"dataset": dataset, "context": describe_context(ctx), "images_seen": budget,
                              "curriculum": name, "num_seeds": len(values[name]), "mean": means[j], "lo": lo,

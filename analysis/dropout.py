@@ -63,9 +63,13 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
         if key is None:
             continue
         cell = group[ctx == key]
+        if cell.groupby(OBJECTIVE_KEY)[P_KEY].nunique().max() < min_values:
+            continue
         estimates = {}
         for objective, arm in cell.groupby(OBJECTIVE_KEY, sort=True):
             objective = str(objective)
+            if arm[P_KEY].nunique() < 2:
+                continue
             if arm[P_KEY].nunique() >= min_values:
                 est = curve_minimum(arm[P_KEY], arm[metric], log_x=False, n_boot=n_boot, level=level,
                                     window=window, rng=rng)
@@ -84,7 +88,7 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
                 evidence_rows.append(row)
         if "consistency" in estimates and "diffusion" in estimates:
             a, b = estimates["consistency"], estimates["diffusion"]
-            lo, hi = percentile_ci(a.samples - b.samples, level)
+            lo, hi = percentile_ci(a.samples - b.samples, level, df=min(a.df, b.df))
             diff_rows.append({"dataset": dataset, "difference": a.value - b.value, "lo": lo, "hi": hi,
                               "num_seeds": int(min(cell.groupby(OBJECTIVE_KEY)["seed"].nunique()))})
     best = pd.DataFrame(best_rows, columns=["dataset", "objective", "context", "num_runs", "num_seeds", "num_rates",

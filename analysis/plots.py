@@ -149,7 +149,7 @@ def plot_curricula(result: CurriculumResult, max_groups: int = 3) -> Figure:
 def plot_ablations(table: pd.DataFrame) -> Figure:
     """Forest plot: FD(paper's choice) - FD(alternative) with 95% intervals; left of 0 favours the paper."""
     rows = table[table["verdict"] != NOT_RUN].reset_index(drop=True)
-    fig, axes = _figure(1, 1, width=7.5, height=max(2.0, 0.55 * len(rows) + 1.2))
+    fig, axes = _figure(1, 1, width=8.0, height=max(2.5, 0.55 * len(rows) + 1.6))
     ax = axes[0, 0]
     y = np.arange(len(rows))[::-1]
     for yi, (_, row) in zip(y, rows.iterrows()):
@@ -158,6 +158,6 @@ def plot_ablations(table: pd.DataFrame) -> Figure:
     ax.set_yticks(y, [f"{r.ablation}: {r.paper} - {r.alternative} ({r.verdict})" for r in rows.itertuples()],
                   fontsize=8)
     ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set_xlabel("FD(paper's choice) - FD(alternative) (Frechet distance; < 0 favours the paper)")
+    ax.set_xlabel("FD(paper's choice) - FD(alternative)\n(Frechet distance; below 0 favours the paper)")
     ax.set_title("Ablations: effect with 95% interval over seeds")
     return fig
