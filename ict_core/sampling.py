@@ -74,8 +74,11 @@ def sample_diffusion(net, shape, num_steps: int = 18, sigma_min: float = 0.002, 
     t_steps = karras_sigmas(num_steps, sigma_min, sigma_max, rho).flip(0).tolist() + [0.0]
     batch = shape[0]
 
+    param = next(iter(net.parameters()), None)
+    net_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+
     def denoise(x, t):
-        return net(x.float(), torch.full((batch,), t, device=device)).double()
+        return net(x.to(net_dtype), torch.full((batch,), t, device=device, dtype=net_dtype)).double()
 
     with _EvalMode(net), torch.no_grad():
         x = _randn(shape, generator, device).double() * t_steps[0]
