@@ -1,0 +1,345 @@
+"""Data sets by name, loaded from local files only, as float32 tensors in [-1, 1].
+
+digits      scikit-learn's 8x8 handwritten digits (bundled), 1 channel, labels 0..9, no flips.
+patches     RGB crops of the photographs bundled with scikit-image, at 8, 16, 32 or 64 px. Every resolution
+            shows the same regions (a 64 px crop of the downscaled photo, area-averaged to the target size),
+            so a study across resolutions changes only the dimension d = C*H*W. Labels: source photo index.
+cifar10     the python version of CIFAR-10 (cifar-10-batches-py); held-out set = the official test batch.
+imagenet64  downsampled ImageNet 64x64 (.npz batches); held-out set = val_data.npz.
+
+A data.resolution other than the native one (digits 8, cifar10 32, imagenet64 64) resizes bilinearly
+(antialiased when shrinking). Nothing is downloaded and nothing is cached on disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ict_core.config import DataConfig
+
+PATCH_RESOLUTIONS = (8, 16, 32, 64)
+# Photographs that ship inside the scikit-image wheel (no download); gray ones are repeated to RGB.
+PATCH_SOURCES = (
+    "astronaut", "camera", "chelsea", "coffee", "rocket",
+    "coins", "immunohistochemistry", "retina", "hubble_deep_field", "moon",
+)
+PATCHES_PER_SOURCE = 300
+# Each photo is downscaled so its shorter side has this many pixels; a crop is PATCH_REGION px of it (40 %
+# of the short side), large enough to hold an object part (an eye, a cup handle) rather than flat texture.
+PATCH_SHORT_SIDE = 160
+PATCH_REGION = 64
+# Crops whose pixel std (in [0, 1] units) is below this are near-uniform (black retina border, empty sky).
+PATCH_MIN_STD = 0.04
+# Official held-out splits are capped: they serve held-out losses and metrics, not training.
+MAX_OFFICIAL_HELDOUT = 10000
+
+CIFAR_URL_HINT = (
+    "download cifar-10-python.tar.gz from the CIFAR-10 website (https://www.cs.toronto.edu/~kriz/cifar.html), "
+    "extract it and set data.path to the extracted cifar-10-batches-py folder"
+)
+IMAGENET_URL_HINT = (
+    "download the 64x64 downsampled ImageNet .npz batches (Imagenet64_train_part1/2.zip and Imagenet64_val.zip "
+    "from https://image-net.org/download-images, 'Downsampled ImageNet'), unzip them into one folder holding "
+    "train_data_batch_1..10.npz and val_data.npz, and set data.path to that folder"
+)
+
+
+class DataError(ValueError):
+    """Missing or malformed local data files; the message names the path and how to get the files."""
+
+
+@dataclass(eq=False)
+class Dataset:
+    """Images as float32 tensors (N, C, H, W) in [-1, 1], plus integer labels for the feature network.
+
+    `hflip` is the effective flip setting: the data set allows flips and data.hflip is on.
+    """
+
+    train: torch.Tensor
+    heldout: torch.Tensor
+    name: str
+    channels: int
+    resolution: int
+    allows_flip: bool
+    hflip: bool = False
+    train_labels: torch.Tensor | None = None
+    heldout_labels: torch.Tensor | None = None
+    num_classes: int = 0
+    label_kind: str = "class"  # "class", or "source_image" for patches
+    seed: int = 0
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return self.channels * self.resolution * self.resolution
+
+    @property
+    def key(self) -> str:
+        """data.name plus resolution, e.g. "patches-16" (the `dataset` column of the result tables)."""
+        return f"{self.name}-{self.resolution}"
+
+    def fingerprint(self) -> str:
+        """Content hash of images and labels; keys the feature-network and reference-statistics caches."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            for tensor in (self.train, self.heldout, self.train_labels, self.heldout_labels):
+                if tensor is not None:
+                    digest.update(str(tuple(tensor.shape)).encode())
+                    digest.update(tensor.contiguous().cpu().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Random horizontal flips when this data set uses them; otherwise `images` unchanged."""
+        return random_hflip(images, generator) if self.hflip else images
+
+
+def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:
+    """Flip each image of a (B, C, H, W) batch left-right with probability p, drawing from `generator`."""
+    if images.ndim != 4:
+        raise ValueError(f"random_hflip expects a (B, C, H, W) batch, got shape {tuple(images.shape)}")
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    flip = torch.rand(images.shape[0], generator=generator, device=gen_device) < p
+    flip = flip.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)
+
+
+def load_dataset(data_cfg: DataConfig, seed: int = 0) -> Dataset:
+    """Load the data set named by data.name; `seed` fixes patch positions and the held-out split."""
+    loaders = {"digits": _load_digits, "patches": _load_patches, "cifar10": _load_cifar10,
+               "imagenet64": _load_imagenet64}
+    if data_cfg.name not in loaders:
+        raise DataError(f"data.name must be one of {', '.join(loaders)}; got {data_cfg.name!r}")
+    if data_cfg.max_images < 0:
+        raise DataError(f"data.max_images must be >= 0 (0 = all), got {data_cfg.max_images}")
+    if not 0.0 <= data_cfg.holdout_fraction < 1.0:
+        raise DataError(f"data.holdout_fraction must be in [0, 1), got {data_cfg.holdout_fraction}")
+    dataset = loaders[data_cfg.name](data_cfg, seed)
+    dataset.hflip = bool(dataset.allows_flip and data_cfg.hflip)
+    dataset.seed = seed
+    return dataset
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _to_unit_range(uint8_images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(uint8_images)).float().div_(127.5).sub_(1.0)
+
+
+def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    if resolution == images.shape[-1]:
+        return images
+    shrink = resolution < images.shape[-1]
+    out = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                        antialias=shrink)
+    return out.clamp_(-1.0, 1.0)
+
+
+def _split(images: torch.Tensor, labels: torch.Tensor, data_cfg: DataConfig, seed: int):
+    """Deterministic shuffled split into (train, heldout); data.max_images caps the training part."""
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(images.shape[0]))
+    num_heldout = int(round(images.shape[0] * data_cfg.holdout_fraction))
+    held, train = order[:num_heldout], order[num_heldout:]
+    if data_cfg.max_images:
+        train = train[: data_cfg.max_images]
+    return images[train], labels[train], images[held], labels[held]
+
+
+def _check_resolution(data_cfg: DataConfig, native: int) -> int:
+    resolution = data_cfg.resolution or native
+    if resolution < 2:
+        raise DataError(f"data.resolution must be 0 (native {native}) or >= 2 for data.name={data_cfg.name}, "
+                        f"got {data_cfg.resolution}")
+    return resolution
+
+
+# ---- digits -------------------------------------------------------------------------------------
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(1797, 8, 8) pixel values 0..16 and labels. Reads scikit-learn's bundled CSV directly when it can:
+    importing sklearn.datasets alone takes about a second."""
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        csv = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if csv.is_file():
+            table = np.loadtxt(csv, delimiter=",", dtype=np.float32)
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+
+
+def _load_digits(data_cfg: DataConfig, seed: int) -> Dataset:
+    resolution = _check_resolution(data_cfg, 8)
+    pixels, target = _digits_arrays()
+    images = torch.from_numpy(pixels).unsqueeze(1).div_(8.0).sub_(1.0)  # 0..16 -> [-1, 1]
+    images = _resize(images, resolution)
+    labels = torch.from_numpy(target)
+    train, train_labels, held, held_labels = _split(images, labels, data_cfg, seed)
+    return Dataset(train=train.contiguous(), heldout=held.contiguous(), name="digits", channels=1,
+                   resolution=resolution, allows_flip=False, train_labels=train_labels,
+                   heldout_labels=held_labels, num_classes=10, label_kind="class")
+
+
+# ---- patches ------------------------------------------------------------------------------------
+
+def _source_photo(name: str) -> torch.Tensor:
+    """A bundled photograph as float32 (3, H, W) in [0, 1], downscaled so its short side is PATCH_SHORT_SIDE."""
+    import skimage.data
+
+    try:
+        image = np.asarray(getattr(skimage.data, name)())
+    except Exception as err:  # e.g. a scikit-image build that moved the file out of the wheel
+        raise DataError(f"scikit-image photo {name!r} is not available offline ({err}); the patches data set "
+                        f"needs scikit-image >= 0.22 with its bundled data files") from None
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    image = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float().div_(255.0)
+    height, width = image.shape[-2:]
+    scale = PATCH_SHORT_SIDE / min(height, width)
+    size = (max(PATCH_REGION, round(height * scale)), max(PATCH_REGION, round(width * scale)))
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def _patch_regions(photo: torch.Tensor, count: int, rng: np.random.Generator) -> torch.Tensor:
+    """`count` crops of PATCH_REGION px at random positions, skipping near-uniform ones."""
+    height, width = photo.shape[-2:]
+    candidates = 4 * count
+    tops = rng.integers(0, height - PATCH_REGION + 1, size=candidates)
+    lefts = rng.integers(0, width - PATCH_REGION + 1, size=candidates)
+    rows = torch.from_numpy(tops)[:, None] + torch.arange(PATCH_REGION)[None]
+    cols = torch.from_numpy(lefts)[:, None] + torch.arange(PATCH_REGION)[None]
+    crops = photo[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)  # (candidates, 3, R, R)
+    textured = crops.flatten(1).std(dim=1) >= PATCH_MIN_STD
+    keep = torch.nonzero(textured).flatten()
+    if keep.numel() < count:  # a nearly flat photo: fill up with the flat crops, in drawn order
+        keep = torch.cat([keep, torch.nonzero(~textured).flatten()])
+    return crops[keep[:count]]
+
+
+def _load_patches(data_cfg: DataConfig, seed: int) -> Dataset:
+    resolution = data_cfg.resolution
+    if resolution not in PATCH_RESOLUTIONS:
+        raise DataError(f"data.resolution must be one of {', '.join(map(str, PATCH_RESOLUTIONS))} for "
+                        f"data.name=patches, got {resolution}")
+    rng = np.random.default_rng(seed)
+    pool = PATCH_REGION // resolution
+    images, labels = [], []
+    for index, name in enumerate(PATCH_SOURCES):
+        crops = _patch_regions(_source_photo(name), PATCHES_PER_SOURCE, rng)
+        if pool > 1:  # exact area average, so each resolution shows the same region
+            crops = F.avg_pool2d(crops, pool)
+        images.append(crops.mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0))
+        labels.append(torch.full((crops.shape[0],), index, dtype=torch.int64))
+    images, labels = torch.cat(images), torch.cat(labels)
+    train, train_labels, held, held_labels = _split(images, labels, data_cfg, seed)
+    return Dataset(train=train.contiguous(), heldout=held.contiguous(), name="patches", channels=3,
+                   resolution=resolution, allows_flip=True, train_labels=train_labels,
+                   heldout_labels=held_labels, num_classes=len(PATCH_SOURCES), label_kind="source_image")
+
+
+# ---- cifar10 ------------------------------------------------------------------------------------
+
+def _data_folder(data_cfg: DataConfig, hint: str) -> Path:
+    if not data_cfg.path:
+        raise DataError(f"data.path is empty; data.name={data_cfg.name} needs local files: {hint}")
+    folder = Path(data_cfg.path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.path={str(folder)!r} is not a folder; data.name={data_cfg.name} needs local "
+                        f"files: {hint}")
+    return folder
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"missing CIFAR-10 file {str(path)!r}; {CIFAR_URL_HINT}")
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as err:
+        raise DataError(f"CIFAR-10 file {str(path)!r} is not a pickled dict with b'data' and b'labels' "
+                        f"({type(err).__name__}: {err}); {CIFAR_URL_HINT}") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
+        raise DataError(f"CIFAR-10 file {str(path)!r}: b'data' must be uint8 N x 3072 with N labels, got "
+                        f"{data.shape} and {labels.shape[0]} labels; {CIFAR_URL_HINT}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _load_cifar10(data_cfg: DataConfig, seed: int) -> Dataset:
+    folder = _data_folder(data_cfg, CIFAR_URL_HINT)
+    resolution = _check_resolution(data_cfg, 32)
+    parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    test_data, test_labels = _read_cifar_batch(folder / "test_batch")
+    return _official_split(data_cfg, seed, "cifar10", resolution, np.concatenate([p[0] for p in parts]),
+                           np.concatenate([p[1] for p in parts]), test_data, test_labels, 10)
+
+
+def _official_split(data_cfg, seed, name, resolution, train_u8, train_labels, held_u8, held_labels,
+                    num_classes) -> Dataset:
+    """Training set (shuffled, capped by data.max_images) and the official held-out split."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(train_u8.shape[0])
+    if data_cfg.max_images:
+        order = order[: data_cfg.max_images]
+    held_order = rng.permutation(held_u8.shape[0])[:MAX_OFFICIAL_HELDOUT]
+    train = _resize(_to_unit_range(train_u8[np.sort(order)]), resolution)
+    heldout = _resize(_to_unit_range(held_u8[np.sort(held_order)]), resolution)
+    return Dataset(train=train, heldout=heldout, name=name, channels=3, resolution=resolution, allows_flip=True,
+                   train_labels=torch.from_numpy(train_labels[np.sort(order)]),
+                   heldout_labels=torch.from_numpy(held_labels[np.sort(held_order)]),
+                   num_classes=num_classes, label_kind="class")
+
+
+# ---- imagenet64 ---------------------------------------------------------------------------------
+
+def _read_imagenet_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"missing ImageNet 64x64 file {str(path)!r}; {IMAGENET_URL_HINT}")
+    try:
+        with np.load(path) as archive:
+            data = np.asarray(archive["data"], dtype=np.uint8)
+            labels = np.asarray(archive["labels"], dtype=np.int64).reshape(-1)
+    except Exception as err:
+        raise DataError(f"ImageNet 64x64 file {str(path)!r} is not an .npz with 'data' and 'labels' "
+                        f"({type(err).__name__}: {err}); {IMAGENET_URL_HINT}") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 64 * 64 or data.shape[0] != labels.shape[0]:
+        raise DataError(f"ImageNet 64x64 file {str(path)!r}: 'data' must be uint8 N x 12288 (3x64x64, planar) "
+                        f"with N labels, got {data.shape} and {labels.shape[0]} labels; {IMAGENET_URL_HINT}")
+    if labels.size and (labels.min() < 1 or labels.max() > 1000):
+        raise DataError(f"ImageNet 64x64 file {str(path)!r}: labels must be 1-based in [1, 1000], got "
+                        f"[{labels.min()}, {labels.max()}]")
+    return data.reshape(-1, 3, 64, 64), labels - 1
+
+
+def _load_imagenet64(data_cfg: DataConfig, seed: int) -> Dataset:
+    """Training batches are read in order until data.max_images images are in memory (all 1.28M images as
+    float32 need ~63 GB, so set data.max_images on ordinary machines)."""
+    folder = _data_folder(data_cfg, IMAGENET_URL_HINT)
+    resolution = _check_resolution(data_cfg, 64)
+    batch_paths = sorted(folder.glob("train_data_batch_*.npz"), key=lambda p: int(p.stem.rsplit("_", 1)[-1])
+                         if p.stem.rsplit("_", 1)[-1].isdigit() else math.inf)
+    if not batch_paths:
+        raise DataError(f"no train_data_batch_*.npz files in data.path={str(folder)!r}; {IMAGENET_URL_HINT}")
+    data, labels, count = [], [], 0
+    for path in batch_paths:
+        batch_data, batch_labels = _read_imagenet_npz(path)
+        data.append(batch_data)
+        labels.append(batch_labels)
+        count += batch_data.shape[0]
+        if data_cfg.max_images and count >= data_cfg.max_images:
+            break
+    val_data, val_labels = _read_imagenet_npz(folder / "val_data.npz")
+    return _official_split(data_cfg, seed, "imagenet64", resolution, np.concatenate(data),
+                           np.concatenate(labels), val_data, val_labels, 1000)
