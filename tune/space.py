@@ -1,0 +1,463 @@
+"""Search-space files (tune/spaces/*.yaml): schema, validation and the resolved plan of a search.
+
+A space is a YAML mapping; every config knob in it is an ict_core.config dotted key:
+
+    name, description, question      what the search is for (which open question or ablation claim)
+    fixed        {dotted key: value}  overrides for every trial
+    params       {dotted key: {type: loguniform|uniform|int|choice|grid, low, high, values, log}}
+    strata       [{name, fixed, optional}]  searched one after the other, each with its own searcher and budget
+    points       [{dotted key: value}]  trials evaluated first; loss.huber_c: paper = 0.00054*sqrt(d) of the stratum
+    search       {algorithm: optuna_tpe|grid|random, seed}
+    metric, mode the reported metric the searcher optimises (e.g. fd, min)
+    scheduler    {type: asha|none, grace_period, reduction_factor}  (time attribute: training steps of the trial)
+    seeds        runs per configuration (train.seed, train.seed+1, ...)
+    max_concurrent  concurrent trials per stratum
+    budgets      {smoke|cpu|gpu|paper: {num_samples, fixed, seeds, max_concurrent, scheduler}}
+
+Strings in `fixed` may name environment variables (${ICT_CIFAR10_PATH}); a stratum marked optional whose data set
+needs a path that is not given is skipped, so CIFAR-10 / ImageNet 64 strata join a search only where the data exist.
+Everything is checked here, before Ray starts: `load_space(...).plan(budget)` raises SpaceError naming the file, the
+key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ict_core.config import ConfigError, all_keys, coerce, load_config
+
+SPACE_DIR = Path(__file__).parent / "spaces"
+BUDGETS = ("smoke", "cpu", "gpu", "paper")
+TOP_KEYS = ("name", "description", "question", "fixed", "params", "strata", "points", "search", "metric", "mode",
+            "scheduler", "seeds", "max_concurrent", "budgets")
+PARAM_TYPES = ("loguniform", "uniform", "int", "choice", "grid")
+ALGORITHMS = ("optuna_tpe", "grid", "random")
+SCHEDULERS = ("asha", "none")
+# Keys a trial reports (ict_core.trainer evaluation metrics) that a searcher may optimise.
+METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist")
+PAPER = "paper"
+NEEDS_PATH = ("cifar10", "imagenet64")
+_CHANNELS = {"digits": 1, "patches": 3, "cifar10": 3, "imagenet64": 3}
+_NATIVE_RESOLUTION = {"digits": 8, "cifar10": 32, "imagenet64": 64}
+
+
+class SpaceError(ValueError):
+    """A search-space file that cannot be run; the message names the file, the key and the value."""
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    type: str
+    low: Any = None
+    high: Any = None
+    values: tuple = ()
+    log: bool = False
+
+
+@dataclass
+class Stratum:
+    """One independently searched slice of a space (e.g. one data set): its resolved trial inputs."""
+
+    name: str
+    fixed: dict  # every dotted override applied before the searched params
+    points: list  # resolved points (numbers, "paper" replaced)
+    num_samples: int
+    dataset: str
+    dim: int
+    variants: list = field(default_factory=list)  # grid algorithm: every configuration, points first
+
+    def first_config(self, params: dict[str, Param]) -> dict:
+        """The overrides of the first trial the searcher will run (a point, a grid variant, or the midpoints)."""
+        if self.variants:
+            return {**self.fixed, **self.variants[0]}
+        chosen = dict(self.points[0]) if self.points else {}
+        for key, p in params.items():
+            if key in chosen:
+                continue
+            if p.type in ("choice", "grid"):
+                chosen[key] = p.values[0]
+            elif p.type == "loguniform" or p.log:
+                chosen[key] = math.sqrt(p.low * p.high)
+            else:
+                chosen[key] = (p.low + p.high) / 2
+            if p.type == "int":
+                chosen[key] = int(round(chosen[key]))
+        return {**self.fixed, **chosen}
+
+
+@dataclass
+class Plan:
+    """Everything a search needs, resolved for one budget; JSON-safe through to_dict()."""
+
+    space: str
+    source: str
+    budget: str
+    description: str
+    question: str
+    algorithm: str
+    search_seed: int
+    metric: str
+    mode: str
+    scheduler: dict
+    seeds: int
+    max_concurrent: int
+    params: dict[str, Param]
+    strata: list[Stratum]
+    skipped_strata: list[str]
+
+    def to_dict(self) -> dict:
+        return {
+            "space": self.space, "source": self.source, "budget": self.budget, "description": self.description,
+            "question": self.question, "algorithm": self.algorithm, "search_seed": self.search_seed,
+            "metric": self.metric, "mode": self.mode, "scheduler": self.scheduler, "seeds": self.seeds,
+            "max_concurrent": self.max_concurrent,
+            "params": {k: {"type": p.type, "low": p.low, "high": p.high, "values": list(p.values), "log": p.log}
+                       for k, p in self.params.items()},
+            "strata": [{"name": s.name, "fixed": s.fixed, "points": s.points, "num_samples": s.num_samples,
+                        "dataset": s.dataset, "dim": s.dim, "variants": s.variants} for s in self.strata],
+            "skipped_strata": self.skipped_strata,
+        }
+
+
+def dataset_dim(cfg) -> tuple[str, int]:
+    """("patches-16", C*H*W) of a config's data set, known without loading it (ICT_SPEC, Metric: d = C*H*W)."""
+    return dataset_of(cfg.data.name, cfg.data.resolution)
+
+
+def dataset_of(name: str, resolution: int) -> tuple[str, int]:
+    resolution = int(resolution or _NATIVE_RESOLUTION.get(name, 0))
+    return f"{name}-{resolution}", _CHANNELS[name] * resolution * resolution
+
+
+def paper_huber_c(dim: int) -> float:
+    from ict_core.loss import default_huber_c
+
+    return float(default_huber_c(dim))
+
+
+def list_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
+
+
+def space_path(name_or_path: str | os.PathLike) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise SpaceError(f"space file {path} does not exist")
+        return path
+    path = SPACE_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise SpaceError(f"unknown space {str(name_or_path)!r}; shipped spaces: {', '.join(list_spaces())} "
+                         f"(or give a path to a .yaml file)")
+    return path
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ENV.sub(lambda m: os.environ.get(m.group(1), ""), value)
+    return value
+
+
+class Space:
+    """A parsed, schema-checked space file. `plan(budget)` resolves and validates it against ict_core.config."""
+
+    def __init__(self, tree: dict, source: Path):
+        self.source = source
+        self.tree = tree
+        self._check_schema()
+
+    # ---- errors ---------------------------------------------------------------------------------
+    def error(self, where: str, message: str) -> SpaceError:
+        return SpaceError(f"{self.source}: {where}: {message}")
+
+    def _mapping(self, value, where: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(where, f"must be a mapping, got {type(value).__name__} {value!r}")
+        return value
+
+    def _overrides(self, value, where: str) -> dict:
+        """Check a {dotted key: value} mapping against ict_core.config; strings may name ${ENV_VARS}."""
+        out = {}
+        for key, raw in self._mapping(value, where).items():
+            key = str(key)
+            try:
+                out[key] = coerce(key, _expand(raw))
+            except ConfigError as err:
+                raise self.error(f"{where}.{key}", f"{err} (value {raw!r})") from None
+        return out
+
+    def _count(self, value, where: str, minimum: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(where, f"must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    # ---- schema ---------------------------------------------------------------------------------
+    def _check_schema(self) -> None:
+        tree = self.tree
+        unknown = [k for k in tree if k not in TOP_KEYS]
+        if unknown:
+            raise self.error(f"key {unknown[0]!r}", f"unknown top-level key; allowed: {', '.join(TOP_KEYS)}")
+        name = tree.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise self.error("name", f"must be a word of letters, digits, '_', '-' or '.', got {name!r}")
+        self.name = name
+        self.description = str(tree.get("description", "")).strip()
+        self.question = str(tree.get("question", "")).strip()
+        self.fixed = self._overrides(tree.get("fixed"), "fixed")
+
+        self.params: dict[str, Param] = {}
+        for key, spec in self._mapping(tree.get("params"), "params").items():
+            self.params[str(key)] = self._param(str(key), spec)
+
+        search = self._mapping(tree.get("search"), "search")
+        bad = [k for k in search if k not in ("algorithm", "seed")]
+        if bad:
+            raise self.error(f"search.{bad[0]}", "unknown key; allowed: algorithm, seed")
+        self.algorithm = search.get("algorithm", "optuna_tpe")
+        if self.algorithm not in ALGORITHMS:
+            raise self.error("search.algorithm", f"must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        self.search_seed = self._count(search.get("seed", 0), "search.seed", minimum=0)
+        grid_keys = [k for k, p in self.params.items() if p.type == "grid"]
+        if self.algorithm == "optuna_tpe" and grid_keys:
+            raise self.error(f"params.{grid_keys[0]}.type", "grid is not allowed with search.algorithm optuna_tpe "
+                             "(Optuna cannot run Tune grids); use choice, or search.algorithm grid")
+        if self.algorithm == "grid":
+            other = [k for k, p in self.params.items() if p.type != "grid"]
+            if other:
+                raise self.error(f"params.{other[0]}.type", f"search.algorithm grid needs type grid for every "
+                                 f"param, got {self.params[other[0]].type!r}")
+
+        self.metric = tree.get("metric", "fd")
+        if self.metric not in METRICS:
+            raise self.error("metric", f"must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        self.mode = tree.get("mode", "min")
+        if self.mode not in ("min", "max"):
+            raise self.error("mode", f"must be min or max, got {self.mode!r}")
+        self.scheduler = self._scheduler(tree.get("scheduler"), "scheduler", {"type": "none"})
+        self.seeds = self._count(tree.get("seeds", 1), "seeds")
+        self.max_concurrent = self._count(tree.get("max_concurrent", 2), "max_concurrent")
+
+        self.points = []
+        raw_points = tree.get("points") or []
+        if not isinstance(raw_points, list):
+            raise self.error("points", f"must be a list of {{dotted key: value}} mappings, got {raw_points!r}")
+        for i, point in enumerate(raw_points):
+            point = self._mapping(point, f"points[{i}]")
+            for key, value in point.items():
+                if key not in self.params and self.algorithm != "grid":
+                    raise self.error(f"points[{i}].{key}", f"is not a searched param; searched: "
+                                     f"{', '.join(self.params) or 'none'}")
+                if not (key == "loss.huber_c" and value == PAPER):
+                    try:
+                        coerce(key, value)
+                    except ConfigError as err:
+                        raise self.error(f"points[{i}].{key}", str(err)) from None
+            self.points.append(dict(point))
+
+        self.strata = []
+        raw_strata = tree.get("strata") or [{"name": "all"}]
+        if not isinstance(raw_strata, list):
+            raise self.error("strata", f"must be a list of {{name, fixed, optional}} mappings, got {raw_strata!r}")
+        seen = set()
+        for i, stratum in enumerate(raw_strata):
+            stratum = self._mapping(stratum, f"strata[{i}]")
+            bad = [k for k in stratum if k not in ("name", "fixed", "optional")]
+            if bad:
+                raise self.error(f"strata[{i}].{bad[0]}", "unknown key; allowed: name, fixed, optional")
+            sname = stratum.get("name")
+            if not isinstance(sname, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", sname) or sname in seen:
+                raise self.error(f"strata[{i}].name", f"must be a unique word of letters, digits, '_', '-' or '.', "
+                                 f"got {sname!r}")
+            seen.add(sname)
+            # Keep the raw strings: ${VARS} are expanded when planning, so a later env change is seen.
+            self._overrides(stratum.get("fixed"), f"strata[{i}].fixed")
+            self.strata.append({"name": sname, "fixed": dict(stratum.get("fixed") or {}),
+                                "optional": bool(stratum.get("optional", False))})
+
+        self.budgets = {}
+        raw_budgets = self._mapping(tree.get("budgets"), "budgets")
+        for bname, spec in raw_budgets.items():
+            if bname not in BUDGETS:
+                raise self.error(f"budgets.{bname}", f"unknown budget; allowed: {', '.join(BUDGETS)}")
+            spec = self._mapping(spec, f"budgets.{bname}")
+            bad = [k for k in spec if k not in ("num_samples", "fixed", "seeds", "max_concurrent", "scheduler")]
+            if bad:
+                raise self.error(f"budgets.{bname}.{bad[0]}", "unknown key; allowed: num_samples, fixed, seeds, "
+                                 "max_concurrent, scheduler")
+            self._overrides(spec.get("fixed"), f"budgets.{bname}.fixed")
+            self.budgets[bname] = spec
+        for key in self.params:
+            if key in self.fixed:
+                raise self.error(f"fixed.{key}", "is also a searched param; remove it from one of them")
+
+    def _param(self, key: str, spec) -> Param:
+        where = f"params.{key}"
+        if key not in all_keys():
+            try:
+                coerce(key, None)
+            except ConfigError as err:
+                raise self.error(where, str(err)) from None
+        spec = self._mapping(spec, where)
+        kind = spec.get("type")
+        if kind not in PARAM_TYPES:
+            raise self.error(f"{where}.type", f"must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
+        allowed = {"loguniform": ("low", "high"), "uniform": ("low", "high"), "int": ("low", "high", "log"),
+                   "choice": ("values",), "grid": ("values",)}[kind]
+        bad = [k for k in spec if k not in ("type", *allowed)]
+        if bad:
+            raise self.error(f"{where}.{bad[0]}", f"unknown key for type {kind}; allowed: {', '.join(allowed)}")
+        if kind in ("choice", "grid"):
+            values = spec.get("values")
+            if not isinstance(values, list) or not values:
+                raise self.error(f"{where}.values", f"must be a non-empty list, got {values!r}")
+            out = []
+            for v in values:
+                if key == "loss.huber_c" and v == PAPER:
+                    out.append(PAPER)
+                    continue
+                try:
+                    out.append(coerce(key, v))
+                except ConfigError as err:
+                    raise self.error(f"{where}.values", f"{err} (allowed range comes from ict_core.config)") from None
+            return Param(key, kind, values=tuple(out))
+        for end in ("low", "high"):
+            if end not in spec:
+                raise self.error(f"{where}.{end}", f"is required for type {kind}")
+        try:
+            low, high = coerce(key, spec["low"]), coerce(key, spec["high"])
+        except ConfigError as err:
+            raise self.error(where, f"{err} (low/high must be valid values of {key})") from None
+        if not isinstance(low, (int, float)) or isinstance(low, bool):
+            raise self.error(f"{where}.type", f"{kind} needs a numeric config key; {key} holds {type(low).__name__}")
+        if kind == "int" and not isinstance(low, int):
+            raise self.error(f"{where}.type", f"int needs an integer config key; {key} holds {type(low).__name__}")
+        if low >= high:
+            raise self.error(where, f"low must be < high, got low={low!r}, high={high!r}")
+        log = kind == "loguniform" or bool(spec.get("log", False))
+        if log and low <= 0:
+            raise self.error(f"{where}.low", f"must be > 0 on a log scale, got {low!r}")
+        return Param(key, kind, low=low, high=high, log=log)
+
+    def _scheduler(self, value, where: str, base: dict) -> dict:
+        spec = {**base, **self._mapping(value, where)}
+        kind = spec.get("type", "none")
+        if kind not in SCHEDULERS:
+            raise self.error(f"{where}.type", f"must be one of {', '.join(SCHEDULERS)}, got {kind!r}")
+        bad = [k for k in spec if k not in ("type", "grace_period", "reduction_factor")]
+        if bad:
+            raise self.error(f"{where}.{bad[0]}", "unknown key; allowed: type, grace_period, reduction_factor")
+        if kind == "asha":
+            spec.setdefault("grace_period", 1)
+            spec.setdefault("reduction_factor", 2)
+            self._count(spec["grace_period"], f"{where}.grace_period")
+            if not isinstance(spec["reduction_factor"], (int, float)) or spec["reduction_factor"] <= 1:
+                raise self.error(f"{where}.reduction_factor", f"must be a number > 1, got {spec['reduction_factor']!r}")
+        return spec
+
+    # ---- plan -----------------------------------------------------------------------------------
+    def plan(self, budget: str = "smoke", num_samples: int | None = None, extra: dict | None = None) -> Plan:
+        """Resolve strata, budget and points into trial inputs; every stratum's first trial is run through
+        ict_core.config so a bad combination fails here and not in a Ray worker."""
+        if budget not in BUDGETS:
+            raise SpaceError(f"{self.source}: unknown budget {budget!r}; allowed: {', '.join(BUDGETS)}")
+        spec = self.budgets.get(budget, {})
+        where = f"budgets.{budget}"
+        samples = num_samples if num_samples is not None else spec.get("num_samples", 1)
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise self.error(f"{where}.num_samples", f"must be an integer >= 1, got {samples!r}")
+        seeds = self._count(spec.get("seeds", self.seeds), f"{where}.seeds")
+        concurrent = self._count(spec.get("max_concurrent", self.max_concurrent), f"{where}.max_concurrent")
+        scheduler = self._scheduler(spec.get("scheduler"), f"{where}.scheduler", dict(self.scheduler))
+        budget_fixed = self._overrides(spec.get("fixed"), f"{where}.fixed")
+        extra = {str(k): v for k, v in (extra or {}).items()}
+        try:
+            extra = {k: coerce(k, v) for k, v in extra.items()}
+        except ConfigError as err:
+            raise SpaceError(f"--set: {err}") from None
+        for key in self.params:
+            if key in budget_fixed or key in extra:
+                raise self.error(f"{where}.fixed.{key}" if key in budget_fixed else f"--set {key}",
+                                 "is a searched param and cannot be fixed")
+
+        strata, skipped = [], []
+        for i, raw in enumerate(self.strata):
+            stratum_fixed = self._overrides(raw["fixed"], f"strata[{i}].fixed")
+            for key in self.params:
+                if key in stratum_fixed:
+                    raise self.error(f"strata[{i}].fixed.{key}", "is a searched param and cannot be fixed")
+            fixed = {**self.fixed, **budget_fixed, **stratum_fixed, **extra}
+            data_name = fixed.get("data.name", "digits")
+            if data_name in NEEDS_PATH and not fixed.get("data.path"):
+                if raw["optional"]:
+                    skipped.append(f"{raw['name']} (data.name={data_name} needs data.path; "
+                                   f"not given: {raw['fixed'].get('data.path', 'no data.path')!r})")
+                    continue
+                raise self.error(f"strata[{i}] ({raw['name']}).data.path",
+                                 f"data.name={data_name} needs data.path (a local folder), got "
+                                 f"{raw['fixed'].get('data.path', fixed.get('data.path', ''))!r}")
+            try:
+                base_cfg = load_config(overrides=fixed)
+            except ConfigError as err:
+                raise self.error(f"strata[{i}] ({raw['name']})", f"fixed overrides are not a valid config: {err}") from None
+            dataset, dim = dataset_dim(base_cfg)
+            points = [self._resolve_point(p, dim, f"points[{j}]") for j, p in enumerate(self.points)]
+            variants = []
+            if self.algorithm == "grid":
+                grid = [[(k, v) for v in p.values] for k, p in self.params.items()]
+                combos = [dict(c) for c in itertools.product(*grid)] if grid else []
+                variants = [self._resolve_point(c, dim, "params") for c in combos]
+                variants = points + [v for v in variants if v not in points]
+                if not variants:
+                    raise self.error("params", "search.algorithm grid needs grid params or points")
+            stratum = Stratum(raw["name"], fixed, points, samples if not variants else len(variants),
+                              dataset, dim, variants)
+            for overrides in ([stratum.first_config(self.params)] + [{**fixed, **v} for v in variants]
+                              + [{**fixed, **p} for p in points]):
+                try:
+                    load_config(overrides=overrides)
+                except ConfigError as err:
+                    raise self.error(f"strata[{i}] ({raw['name']})", f"a trial configuration is invalid: {err}") from None
+            strata.append(stratum)
+        if not strata:
+            raise self.error("strata", f"no stratum can run: {'; '.join(skipped)}")
+        return Plan(self.name, str(self.source), budget, self.description, self.question, self.algorithm,
+                    self.search_seed, self.metric, self.mode, scheduler, seeds, concurrent, self.params, strata,
+                    skipped)
+
+    def _resolve_point(self, point: dict, dim: int, where: str) -> dict:
+        out = {}
+        for key, value in point.items():
+            if key == "loss.huber_c" and value == PAPER:
+                value = paper_huber_c(dim)
+            p = self.params.get(key)
+            if p is not None and p.low is not None and not (p.low <= value <= p.high):
+                raise self.error(f"{where}.{key}", f"value {value!r} is outside the searched range "
+                                 f"[{p.low}, {p.high}]")
+            out[key] = coerce(key, value)
+        return out
+
+
+def load_space(name_or_path: str | os.PathLike) -> Space:
+    path = space_path(name_or_path)
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpaceError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise SpaceError(f"{path}: must be a YAML mapping with keys {', '.join(TOP_KEYS)}, "
+                         f"got {type(tree).__name__}")
+    return Space(copy.deepcopy(tree), path)
