@@ -211,20 +211,33 @@ def _source_photo(name: str) -> torch.Tensor:
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
+def _window_std(photo: torch.Tensor) -> torch.Tensor:
+    """Pixel std of every PATCH_REGION x PATCH_REGION window (all channels), from summed-area tables."""
+    size = PATCH_REGION
+
+    def window_sums(plane):
+        table = F.pad(plane.cumsum(0).cumsum(1), (1, 0, 1, 0))
+        return table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
+
+    pixels = photo.double()
+    count = photo.shape[0] * size * size
+    mean = window_sums(pixels.sum(0)) / count
+    return (window_sums(pixels.square().sum(0)) / count - mean.square()).clamp_(min=0.0).sqrt_()
+
+
 def _patch_regions(photo: torch.Tensor, count: int, rng: np.random.Generator) -> torch.Tensor:
     """`count` crops of PATCH_REGION px at random positions, skipping near-uniform ones."""
     height, width = photo.shape[-2:]
     candidates = 4 * count
-    tops = rng.integers(0, height - PATCH_REGION + 1, size=candidates)
-    lefts = rng.integers(0, width - PATCH_REGION + 1, size=candidates)
-    rows = torch.from_numpy(tops)[:, None] + torch.arange(PATCH_REGION)[None]
-    cols = torch.from_numpy(lefts)[:, None] + torch.arange(PATCH_REGION)[None]
-    crops = photo[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)  # (candidates, 3, R, R)
-    textured = crops.flatten(1).std(dim=1) >= PATCH_MIN_STD
+    tops = torch.from_numpy(rng.integers(0, height - PATCH_REGION + 1, size=candidates))
+    lefts = torch.from_numpy(rng.integers(0, width - PATCH_REGION + 1, size=candidates))
+    textured = _window_std(photo)[tops, lefts] >= PATCH_MIN_STD
     keep = torch.nonzero(textured).flatten()
     if keep.numel() < count:  # a nearly flat photo: fill up with the flat crops, in drawn order
         keep = torch.cat([keep, torch.nonzero(~textured).flatten()])
-    return crops[keep[:count]]
+    keep = keep[:count]
+    windows = photo.unfold(1, PATCH_REGION, 1).unfold(2, PATCH_REGION, 1)  # a view: (3, H', W', R, R)
+    return windows[:, tops[keep], lefts[keep]].permute(1, 0, 2, 3).contiguous()
 
 
 def _load_patches(data_cfg: DataConfig, seed: int) -> Dataset:
