@@ -72,7 +72,10 @@ def find_experiments(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         for folder, dirs, files in os.walk(root):
             names = set(files)
             if TRIALS_FILE in names:
+                # An experiment folder holds no other experiment; below it live Ray's own folders.
                 hits.append(Path(folder).resolve())
+                dirs[:] = []
+                continue
             if _is_ray_trial_dir(names):
                 dirs[:] = []
                 continue

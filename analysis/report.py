@@ -42,6 +42,13 @@ def _seeds(n_min: int, n_max: int) -> str:
     return f"{n_min} seeds" if n_min == n_max else f"{n_min}-{n_max} seeds"
 
 
+def _runs(num_runs: int, num_values: int, num_seeds: int, what: str) -> str:
+    """"35 runs: 7 values of c x 5 seeds" or, for a random search, "12 runs at 12 values of c, 1 seed"."""
+    if num_runs == num_values * num_seeds:
+        return f"{num_runs} runs: {num_values} values of {what} x {num_seeds} seeds"
+    return f"{num_runs} runs at {num_values} values of {what}, {num_seeds} seed{'s' if num_seeds != 1 else ''}"
+
+
 class Report:
     """Collects answers, unanswered questions and sections, then writes report.md."""
 
@@ -78,14 +85,15 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     for _, r in per.iterrows():
         edge = ", at the edge of the searched range" if r["at_edge"] else ""
         parts.append(f"{fmt_ci(r['c_star'], r['c_lo'], r['c_hi'])} on {r['dataset']} (d={int(r['dim'])}, "
-                     f"{r['num_seeds']} seeds{edge})")
+                     f"{_runs(r['num_runs'], r['num_c'], r['num_seeds'], 'c')}{edge})")
     sentence = "Q1: the best Pseudo-Huber c is " + "; ".join(parts)
     seeds = _seeds(int(per["num_seeds"].min()), int(per["num_seeds"].max()))
     if cs.fit is not None:
         f = cs.fit
         inside = "contains" if f.b_contains_paper else "excludes"
         sentence += (f"; fitting c* = a d^b across {f.num_datasets} data sets gives b = {fmt_ci(f.b, f.b_lo, f.b_hi)} "
-                     f"and a = {fmt_ci(f.a, f.a_lo, f.a_hi)} ({seeds} per c), whose interval {inside} the paper's "
+                     f"and a = {fmt_ci(f.a, f.a_lo, f.a_hi)} ({seeds} per data set), whose interval {inside} the "
+                     "paper's "
                      f"b = {PAPER_B} (a = 0.00054).")
     else:
         sentence += "."
@@ -119,7 +127,7 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     parts = []
     for _, r in dr.best.iterrows():
         parts.append(f"{fmt_ci(r['best_dropout'], r['lo'], r['hi'])} for the {r['objective']} objective on "
-                     f"{r['dataset']} ({r['num_seeds']} seeds)")
+                     f"{r['dataset']} ({_runs(r['num_runs'], r['num_rates'], r['num_seeds'], 'dropout')})")
     sentence = "Q2: the best dropout is " + "; ".join(parts)
     for _, r in dr.difference.iterrows():
         sentence += (f"; consistency minus diffusion on {r['dataset']}: {fmt_ci(r['difference'], r['lo'], r['hi'])}"
@@ -205,7 +213,8 @@ def ablation_section(rep: Report, trials, metric, n_boot, level, seed, min_seeds
         return
     parts = []
     for _, r in tested.iterrows():
-        seeds = f"{r['num_paper']} vs {r['num_alt']} runs"
+        seeds = (f"{r['num_paper']} vs {r['num_alt']} seeds" if r["num_cells"] == 1 else
+                 f"{r['num_paper']} vs {r['num_alt']} runs (seeds) over {r['num_cells']} matched settings")
         verdict = r["verdict"]
         if verdict == INCONCLUSIVE:
             verdict += f" ({r['reason']})"
