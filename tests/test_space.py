@@ -1,0 +1,141 @@
+"""Search-space files: every shipped space plans for every budget, and bad files fail before Ray with a clear error."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ict_core.config import load_config
+from tune import search
+from tune.space import BUDGETS, SpaceError, list_spaces, load_space
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_spaces_cover_the_open_questions_and_ablations():
+    names = set(list_spaces())
+    assert {"c_scaling", "lognormal", "dropout", "curriculum", "ema_teacher", "metric", "noise_schedule",
+            "weighting", "fourier_scale"} <= names
+
+
+@pytest.mark.parametrize("name", list_spaces())
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_shipped_space_plans_and_its_first_trial_is_a_valid_config(name, budget, monkeypatch):
+    monkeypatch.delenv("ICT_CIFAR10_PATH", raising=False)
+    monkeypatch.delenv("ICT_IMAGENET64_PATH", raising=False)
+    space = load_space(name)
+    plan = space.plan(budget)
+    assert plan.strata and plan.question
+    for stratum in plan.strata:
+        cfg = load_config(overrides=stratum.first_config(plan.params))
+        for key, value in stratum.fixed.items():
+            assert cfg.flat()[key] == (list(value) if isinstance(value, tuple) else value)
+        assert stratum.num_samples >= 1
+    # Optional strata needing a data path are skipped, never planned without one.
+    assert all(s.fixed.get("data.name") not in ("cifar10", "imagenet64") for s in plan.strata)
+
+
+def test_c_scaling_puts_the_paper_heuristic_first_per_dimension():
+    plan = load_space("c_scaling").plan("smoke")
+    dims = {s.name: s.dim for s in plan.strata}
+    assert dims == {"digits": 64, "patches-8": 192, "patches-16": 768, "patches-32": 3072}
+    for s in plan.strata:
+        assert s.points[0]["loss.huber_c"] == pytest.approx(0.00054 * math.sqrt(s.dim))
+
+
+def test_optional_data_strata_join_when_their_path_is_given(monkeypatch, tmp_path):
+    monkeypatch.setenv("ICT_CIFAR10_PATH", str(tmp_path))
+    plan = load_space("c_scaling").plan("cpu")
+    cifar = next(s for s in plan.strata if s.name == "cifar10")
+    assert cifar.fixed["data.path"] == str(tmp_path) and cifar.dim == 3072
+    assert cifar.points[0]["loss.huber_c"] == pytest.approx(0.00054 * math.sqrt(3072))
+    assert "imagenet64" in " ".join(plan.skipped_strata)
+
+
+def test_grid_space_expands_points_then_grid_values():
+    plan = load_space("metric").plan("smoke")
+    variants = plan.strata[0].variants
+    assert len(variants) == 5 and {"loss.metric": "l2"} in variants
+    assert plan.strata[0].num_samples == 5
+    plan = load_space("fourier_scale").plan("smoke")
+    assert [v["network.fourier_scale"] for v in plan.strata[0].variants] == [0.02, 0.2, 2.0, 16.0]
+
+
+GOOD = """
+name: tmp_space
+params:
+  loss.huber_c: {type: loguniform, low: 0.001, high: 0.1}
+budgets:
+  smoke: {num_samples: 2, fixed: {train.total_steps: 10}}
+"""
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ("name: x\nparams: {loss.huber_c: {type: loguniform, low: 0.001, high: 0.1}\n", ["not valid YAML"]),
+        ("- just\n- a list\n", ["must be a YAML mapping"]),
+        (GOOD + "colour: blue\n", ["colour", "unknown top-level key", "allowed"]),
+        (GOOD.replace("loss.huber_c", "loss.huber_k"), ["params.loss.huber_k", "unknown config key", "loss.huber_c"]),
+        (GOOD.replace("low: 0.001, high: 0.1", "low: 0.1, high: 0.001"), ["params.loss.huber_c", "low must be < high"]),
+        (GOOD.replace("loguniform, low: 0.001", "loguniform, low: 0.0"), ["params.loss.huber_c.low", "> 0", "log"]),
+        (GOOD.replace("loss.huber_c: {type: loguniform, low: 0.001, high: 0.1}",
+                      "network.dropout: {type: uniform, low: 0.0, high: 1.5}"),
+         ["params.network.dropout", "network.dropout must be in [0.0, 1.0)", "1.5"]),
+        (GOOD.replace("loss.huber_c: {type: loguniform, low: 0.001, high: 0.1}",
+                      "curriculum.shape: {type: choice, values: [exponential, zigzag]}"),
+         ["params.curriculum.shape.values", "zigzag", "exponential"]),
+        (GOOD.replace("loguniform", "lognormal"), ["params.loss.huber_c.type", "lognormal", "loguniform"]),
+        (GOOD.replace("smoke:", "tiny:"), ["budgets.tiny", "unknown budget", "smoke"]),
+        (GOOD + "fixed: {data.name: cifar10}\n", ["data.path", "cifar10", "local folder"]),
+        (GOOD + "fixed: {train.total_stepz: 5}\n", ["fixed.train.total_stepz", "unknown config key"]),
+        (GOOD + "search: {algorithm: hyperopt}\n", ["search.algorithm", "hyperopt", "optuna_tpe"]),
+        (GOOD + "points: [{loss.huber_c: 5.0}]\n", ["points[0].loss.huber_c", "outside the searched range"]),
+        (GOOD + "scheduler: {type: asha, reduction_factor: 1}\n", ["scheduler.reduction_factor", "> 1"]),
+        (GOOD + "metric: accuracy\n", ["metric", "accuracy", "fd"]),
+        (GOOD + "strata: [{name: a, fixed: {data.name: imagenet64}}]\n", ["strata[0]", "data.path", "imagenet64"]),
+    ],
+)
+def test_bad_space_files_name_the_file_key_and_value(tmp_path, text, needles):
+    path = tmp_path / "bad_space.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError) as info:
+        load_space(path).plan("smoke")
+    message = str(info.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+def test_unknown_budget_and_space_are_errors(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text(GOOD)
+    with pytest.raises(SpaceError, match="unknown budget 'huge'.*smoke, cpu, gpu, paper"):
+        load_space(path).plan("huge")
+    with pytest.raises(SpaceError, match="unknown space 'nope'.*c_scaling"):
+        load_space("nope")
+
+
+def test_cli_errors_exit_2_without_traceback_and_dry_run_starts_no_ray(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("low: 0.001, high: 0.1", "low: 0.1, high: 0.001"))
+    assert search.main(["--space", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "low must be < high" in err and "Traceback" not in err
+
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    proc = subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--space", str(good), "--dry-run",
+                           "--storage", str(tmp_path), "--set", "train.batch_size=16"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "loss.huber_c" in proc.stdout and "train.batch_size=16" in proc.stdout
+    assert str(tmp_path / "tmp_space-smoke") in proc.stdout
+    assert "ray" not in proc.stderr.lower()
+
+    proc = subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--space", str(good), "--dry-run",
+                           "--budget", "huge"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown budget" in proc.stderr
