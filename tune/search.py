@@ -68,14 +68,16 @@ def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | 
         concurrent = max(1, min(plan.max_concurrent, int(cpus // per_trial)))
         return {"mode": "in-trial", "trial": {"cpu": per_trial}, "cpus_per_trial": per_trial,
                 "max_concurrent_trials": concurrent, "cluster": {"CPU": cpus, "GPU": gpus}}
-    need_cpu = 0.01 + workers * 1.0
+    # One CPU per worker where it fits; on a small machine a share, so one trial still runs (RAY_NOTES 2: 0.49).
+    cpus_per_worker = 1.0 if cpus >= 0.01 + workers else max(0.01, math.floor((cpus - 0.01) / workers * 100) / 100)
+    need_cpu = 0.01 + workers * cpus_per_worker
     fit = int(cpus // need_cpu)
     if gpus_per_worker > 0:
         fit = min(fit, int(gpus // (workers * gpus_per_worker))) if gpus else 0
     if cluster is not None and fit < 1:
-        raise SearchError(f"one trial needs {workers} worker(s) x (1 CPU, {gpus_per_worker} GPU); the cluster has "
+        raise SearchError(f"one trial needs {workers} worker(s) x ({cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU); the cluster has "
                           f"{cpus:g} CPU and {gpus:g} GPU")
-    return {"mode": "ray-train", "trial": {"cpu": 0.01}, "cpus_per_trial": 1, "workers": workers,
+    return {"mode": "ray-train", "trial": {"cpu": 0.01}, "cpus_per_trial": cpus_per_worker, "workers": workers,
             "gpus_per_worker": gpus_per_worker, "max_concurrent_trials": max(1, min(plan.max_concurrent, fit)),
             "cluster": {"CPU": cpus, "GPU": gpus}}
 
@@ -91,7 +93,8 @@ def format_plan(plan: Plan, res: dict, exp_dir: Path) -> str:
                 f"{plan.scheduler['reduction_factor']})" if plan.scheduler.get("type") == "asha" else ""),
              f"seeds      {plan.seeds} per configuration (the searcher sees their mean)",
              f"resources  {res['mode']}: trial {res['trial']}"
-             + (f", {res['workers']} worker(s) x {res['gpus_per_worker']} GPU" if res["mode"] == "ray-train" else "")
+             + (f", {res['workers']} worker(s) x ({res['cpus_per_trial']:g} CPU, {res['gpus_per_worker']:g} GPU)"
+                if res["mode"] == "ray-train" else "")
              + f", {res['max_concurrent_trials']} concurrent trial(s) on {res['cluster']['CPU']:g} CPU"
                f" / {res['cluster']['GPU']:g} GPU"]
     if plan.params:

@@ -150,7 +150,7 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, cpus_per_tri
                             resume_from=resume_dir if seed_index == state["seed_index"] else None)
             summary.setdefault("wall_s", time.time() - t0)
         else:
-            summary = _train_distributed(cfg, workers, gpus_per_worker, storage, trial_dir, seed)
+            summary = _train_distributed(cfg, workers, gpus_per_worker, cpus_per_trial, storage, trial_dir, seed)
         state["done"].append(_seed_record(seed, summary, flat, run_dir, node_id))
         # A checkpoint between seeds, so a restored trial does not train a finished seed again.
         if seed_index + 1 < seeds:
@@ -172,17 +172,20 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, cpus_per_tri
     rt.report(final)
 
 
-def _train_distributed(cfg, workers: int, gpus_per_worker: float, storage, trial_dir: Path, seed: int) -> dict:
+def _train_distributed(cfg, workers: int, gpus_per_worker: float, cpus_per_worker: float, storage,
+                       trial_dir: Path, seed: int) -> dict:
     """One seed through Ray Train (tune.ray_train.run_ray_train); rank 0's reports reach Tune through
     TuneReportCallback, and the driver builds the evaluation history from those results."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from tune.ray_train import run_ray_train
 
-    outcome = run_ray_train(cfg, workers=workers, gpus_per_worker=gpus_per_worker,
+    summary = run_ray_train(cfg, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                             storage=storage or str(trial_dir.parent), name=f"{trial_dir.name}-seed{seed}",
+                            resume="auto", run_dir=str(trial_dir / f"seed_{seed}"),
                             callbacks=[TuneReportCallback()])
-    metrics = dict(getattr(outcome, "metrics", None) or (outcome if isinstance(outcome, dict) else {}))
-    metrics.setdefault("config", cfg.flat())
-    metrics.setdefault("world_size", workers)
-    return metrics
+    summary = dict(summary or {})
+    summary.update({k: v for k, v in (summary.get("last_report") or {}).items() if k not in summary})
+    summary.setdefault("config", cfg.flat())
+    summary.setdefault("world_size", workers)
+    return summary
