@@ -52,6 +52,28 @@ def _zero(module: nn.Module) -> nn.Module:
     return module
 
 
+class Dropout(nn.Module):
+    """Inverted dropout. On the CPU the mask comes from torch.rand (about 2.5x faster than bernoulli_ there, and
+    dropout runs twice per iCT step); elsewhere it is F.dropout. Both consume the default generator, so forking it
+    replays the same masks."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        # fp32 uniforms: a bf16 draw has too few levels to hit the keep probability.
+        keep = torch.rand_like(x, dtype=torch.float32).ge_(self.p)
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class FourierEmbedding(nn.Module):
     """Gaussian Fourier features of c_noise with fixed random frequencies ~ N(0, scale^2) (iCT: scale 0.02)."""
 
@@ -100,7 +122,7 @@ class ResBlock(nn.Module):
         self.conv0 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb = nn.Linear(emb_channels, out_channels)
         self.norm1 = _norm(out_channels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv1 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         needs_skip_conv = in_channels != out_channels or resample is not None
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if needs_skip_conv else nn.Identity()
