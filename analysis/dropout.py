@@ -30,6 +30,7 @@ class DropoutResult:
     difference: pd.DataFrame
     evidence: pd.DataFrame
     metric: str
+    trends: pd.DataFrame = None  # see run_trends
 
 
 def _pick_context(group: pd.DataFrame) -> tuple[pd.Series, str | None]:
@@ -57,7 +58,7 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     rng = np.random.default_rng(seed)
     runs = usable(trials, metric)
     runs = runs.assign(**{P_KEY: pd.to_numeric(runs[P_KEY], errors="coerce")}).dropna(subset=[P_KEY])
-    best_rows, diff_rows, evidence_rows = [], [], []
+    best_rows, diff_rows, evidence_rows, trend_rows = [], [], [], []
     for dataset, group in runs.groupby("dataset", sort=True):
         ctx, key = _pick_context(group)
         if key is None:
@@ -70,6 +71,7 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
             objective = str(objective)
             if arm[P_KEY].nunique() < 2:
                 continue
+            trend_rows += run_trends(arm, dataset, objective, n_boot, level, rng)
             if arm[P_KEY].nunique() >= min_values:
                 est = curve_minimum(arm[P_KEY], arm[metric], log_x=False, n_boot=n_boot, level=level,
                                     window=window, rng=rng)
@@ -95,7 +97,42 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
                                             "best_dropout", "lo", "hi", "at_edge"])
     difference = pd.DataFrame(diff_rows, columns=["dataset", "difference", "lo", "hi", "num_seeds"])
     evidence = pd.DataFrame(evidence_rows)
-    return DropoutResult(best, difference, evidence, metric)
+    trends = pd.DataFrame(trend_rows, columns=["dataset", "objective", "column", "slope_per_0.1", "lo", "hi",
+                                               "num_runs"])
+    return DropoutResult(best, difference, evidence, metric, trends)
+
+
+def run_trends(arm: pd.DataFrame, dataset: str, objective: str, n_boot: int = N_BOOT, level: float = LEVEL,
+               rng=None) -> list[dict]:
+    """Least-squares slope of the gap and of the NN ratio against dropout, per 0.1 of dropout, over runs.
+
+    arm: completed runs of one objective (network.dropout, final_loss_train, final_loss_heldout,
+    final_nn_dist, final_nn_dist_ref). The interval resamples runs (works for a grid of rates and for
+    a random search alike). A negative gap slope: dropout closes the generalisation gap; a positive
+    NN-ratio slope: dropout moves samples away from the training images.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    p = arm[P_KEY].to_numpy(float)
+    columns = {
+        "gap": arm["final_loss_heldout"].to_numpy(float) - arm["final_loss_train"].to_numpy(float),
+        "nn_ratio": arm["final_nn_dist"].to_numpy(float) / arm["final_nn_dist_ref"].to_numpy(float),
+    }
+    rows = []
+    for name, values in columns.items():
+        ok = np.isfinite(values) & np.isfinite(p)
+        x, y = p[ok], values[ok]
+        if np.unique(x).size < 2:
+            continue
+        slope = np.polyfit(x, y, 1)[0] * 0.1
+        idx = rng.integers(0, x.size, (n_boot, x.size))
+        xs, ys = x[idx], y[idx]
+        xc = xs - xs.mean(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = (xc * (ys - ys.mean(1, keepdims=True))).sum(1) / (xc ** 2).sum(1) * 0.1
+        lo, hi = percentile_ci(boot, level, df=x.size - 2)
+        rows.append({"dataset": dataset, "objective": objective, "column": name, "slope_per_0.1": float(slope),
+                     "lo": lo, "hi": hi, "num_runs": int(x.size)})
+    return rows
 
 
 def evidence_trend(evidence: pd.DataFrame, column: str) -> pd.DataFrame:

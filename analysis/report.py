@@ -138,30 +138,30 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
                               f"({', '.join(sorted(objectives))}) vary network.dropout")
     ev = dr.evidence
     why = []
-    for _, r in dr.best.iterrows():
-        g = ev[(ev["dataset"] == r["dataset"]) & (ev["objective"] == r["objective"])].sort_values("dropout")
-        if len(g) < 2:
-            continue
-        low = g.iloc[0]
-        near = g.iloc[int(np.argmin(np.abs(g["dropout"].to_numpy() - r["best_dropout"])))]
-        if near["dropout"] == low["dropout"]:
-            near = g.iloc[-1]
-        why.append(f"{r['objective']} on {r['dataset']}, dropout {fmt(low['dropout'])} -> {fmt(near['dropout'])}: "
-                   f"held-out minus train loss {fmt_ci(low['gap'], low['gap_lo'], low['gap_hi'])} -> "
-                   f"{fmt_ci(near['gap'], near['gap_lo'], near['gap_hi'])}, NN-distance ratio "
-                   f"{fmt_ci(low['nn_ratio'], low['nn_ratio_lo'], low['nn_ratio_hi'])} -> "
-                   f"{fmt_ci(near['nn_ratio'], near['nn_ratio_lo'], near['nn_ratio_hi'])}")
-    sentence += ". Evidence on why: " + "; ".join(why) + "." if why else "."
+    for (dataset, objective), t in dr.trends.groupby(["dataset", "objective"], sort=False):
+        t = t.set_index("column")
+        bits = []
+        if "gap" in t.index:
+            g = t.loc["gap"]
+            bits.append(f"held-out minus train loss {fmt_ci(g['slope_per_0.1'], g['lo'], g['hi'])}")
+        if "nn_ratio" in t.index:
+            g = t.loc["nn_ratio"]
+            bits.append(f"NN-distance ratio {fmt_ci(g['slope_per_0.1'], g['lo'], g['hi'])}")
+        why.append(f"{objective} on {dataset} ({int(t['num_runs'].iloc[0])} runs): " + ", ".join(bits))
+    if why:
+        sentence += ". Evidence on why, change per +0.1 dropout: " + "; ".join(why)
+    sentence += "."
     rep.answers.append(sentence)
     files = [rep.csv(dr.best, "dropout_best.csv"), rep.csv(dr.difference, "dropout_difference.csv"),
-             rep.csv(ev, "dropout_evidence.csv")]
+             rep.csv(ev, "dropout_evidence.csv"), rep.csv(dr.trends, "dropout_trends.csv")]
     png = rep.png(plots.plot_dropout(dr), "dropout.png")
     rep.sections.append(
         "## Q2: dropout for the consistency and the diffusion objective\n\n"
         "Best rate: vertex of a local quadratic of the mean metric against the dropout rate, refitted on bootstrap "
         "resamples of seeds. Gap = final_loss_heldout - final_loss_train; NN ratio = final_nn_dist / "
         "final_nn_dist_ref (< 1: samples sit closer to training images than held-out images do).\n\n"
-        + _md_table(dr.best) + "\n" + _md_table(dr.difference) + "\n" + _md_table(ev) + "\n"
+        + _md_table(dr.best) + "\n" + _md_table(dr.difference) + "\n" + _md_table(dr.trends) + "\n"
+        + _md_table(ev) + "\n"
         + f"![dropout]({png})\n\nTables: " + ", ".join(files) + "\n")
 
 

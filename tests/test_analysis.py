@@ -100,6 +100,28 @@ def test_dropout_recovers_planted_optimum_per_objective():
     assert (evidence_trend(result.evidence, "gap")["slope"] < 0).all()
     assert (evidence_trend(result.evidence, "nn_ratio")["slope"] > 0).all()
     assert set(result.evidence["num_seeds"]) == {4}
+    trends = result.trends.set_index(["objective", "column"])
+    for objective in ("consistency", "diffusion"):
+        gap, ratio = trends.loc[(objective, "gap")], trends.loc[(objective, "nn_ratio")]
+        assert gap["hi"] < 0 and gap["lo"] <= -0.005 <= gap["hi"]
+        assert ratio["lo"] > 0 and ratio["lo"] <= 0.06 <= ratio["hi"]
+
+
+def test_dropout_from_a_random_search_with_one_seed_per_rate():
+    # One draw of a random design can leave the optimum between sparse points, so coverage is checked
+    # over several draws: each 95% interval should hold the planted optimum in most of them.
+    covered, shifts = [], []
+    for draw in range(5):
+        rows = synthetic.planted_dropout(np.random.default_rng(20 + draw), best={"consistency": 0.35,
+                                         "diffusion": 0.1}, seeds=1, rates=None, noise=0.3)
+        result = analyze_dropout(_frame(rows), n_boot=N_BOOT)
+        best = result.best.set_index("objective")
+        assert (best["num_rates"] == 20).all() and (best["num_seeds"] == 1).all()
+        for objective, planted in (("consistency", 0.35), ("diffusion", 0.1)):
+            covered.append(best.loc[objective, "lo"] <= planted <= best.loc[objective, "hi"])
+        shifts.append(result.difference.iloc[0]["difference"])
+    assert sum(covered) >= 8, covered
+    assert abs(np.mean(shifts) - 0.25) < 0.05
 
 
 # ---- open question 3 ----------------------------------------------------------------------------
