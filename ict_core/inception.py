@@ -7,6 +7,7 @@ the final average pool ("pool3"); inputs in [-1, 1] are resized to 299 x 299 bil
 """
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -230,7 +231,9 @@ def load_inception(path: str | Path, device="cpu") -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"eval.inception_path={str(path)!r} does not exist; {WEIGHTS_HINT}")
     if _is_torchscript(path):
-        net = _ScriptedInception(torch.jit.load(str(path), map_location="cpu"))
+        with warnings.catch_warnings():  # TorchScript is deprecated, yet it is how FID Inceptions are shared
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net = _ScriptedInception(torch.jit.load(str(path), map_location="cpu"))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
