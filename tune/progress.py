@@ -90,11 +90,11 @@ def error_text(trial, limit: int = 4000) -> str:
 class ProgressCallback(Callback):
     """One line per evaluation and per finished trial: stratum, trial, params, step, metric, status."""
 
-    def __init__(self, stratum: str, params: list[str], metric: str, stream=None):
+    def __init__(self, stratum: str, params: list[str], metric: str, quiet: bool = False):
         self.stratum = stratum
         self.params = params
         self.metric = metric
-        self.stream = stream
+        self.quiet = quiet
         self.t0 = time.time()
 
     def setup(self, **info):
@@ -107,7 +107,8 @@ class ProgressCallback(Callback):
             shown = " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in params.items())
         line = (f"[{time.time() - self.t0:6.0f}s] {self.stratum:<12} {trial.trial_id:<14} {shown:<40} "
                 f"step {_fmt(step):>6}  {self.metric} {_fmt(value):>8}  {status}")
-        print(line, file=self.stream or sys.stdout, flush=True)
+        if not self.quiet:
+            print(line, file=sys.stdout, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         status = result.get("status", "running")

@@ -265,7 +265,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 search_alg, param_space, samples = _search(plan, stratum, res["max_concurrent_trials"])
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space,
                                              {"name": stratum.name, "fixed": stratum.fixed}),
-                             ProgressCallback(stratum.name, list(plan.params), plan.metric, stream=out)]
+                             ProgressCallback(stratum.name, list(plan.params), plan.metric, quiet=quiet)]
                 tuner = rt.Tuner(
                     trainable, param_space=param_space,
                     tune_config=rt.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=search_alg,

@@ -1,0 +1,130 @@
+"""Real searches: a two-node local Ray cluster, failing and diverging trials, and a driver killed mid-search."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tune.results import EVALS_SCHEMA, TRIALS_SCHEMA
+from tune.search import ray_env, run_search
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A few seconds of real training per trial: tiny U-Net on the bundled digits, two evaluations.
+TINY = """
+fixed: {{data.name: digits, network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,
+        train.total_steps: {steps}, train.batch_size: 32, optim.lr: 1.0e-3, train.ema_rate: 0.9,
+        train.log_every: 1000, eval.every: {every}, eval.num_samples: 100, eval.grid: false,
+        eval.cache_dir: "{cache}"}}
+search: {{algorithm: grid}}
+metric: fd
+mode: min
+seeds: 1
+max_concurrent: 2
+"""
+
+
+def _space(tmp_path: Path, name: str, points: list[str], steps=40, every=20) -> Path:
+    cache = tmp_path.parent / "featnet-cache"  # shared by the tests of one session: the feature net trains once
+    text = f"name: {name}\n" + TINY.format(steps=steps, every=every, cache=cache)
+    text += "points:\n" + "".join(f"  - {p}\n" for p in points)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+def test_two_node_search_spreads_trials_and_records_errors_and_divergence(tmp_path, monkeypatch):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    space = _space(tmp_path, "two_nodes", [
+        "{loss.huber_c: 0.01}",
+        "{loss.huber_c: 0.1}",
+        "{optim.lr: 1.0e+6}",  # the loss becomes NaN within a few steps
+        "{data.name: cifar10, data.path: /nonexistent/cifar-10-batches-py}",  # load_dataset raises DataError
+    ])
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    for key, value in ray_env().items():  # the raylets' workers must import tune.*
+        monkeypatch.setenv(key, value)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        exp_dir = run_search(space, budget="smoke", storage=tmp_path / "results", name="two", quiet=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    assert pq.read_schema(exp_dir / "trials.parquet").remove_metadata() == TRIALS_SCHEMA
+    assert pq.read_schema(exp_dir / "evals.parquet").remove_metadata() == EVALS_SCHEMA
+    trials = pd.read_parquet(exp_dir / "trials.parquet")
+    evals = pd.read_parquet(exp_dir / "evals.parquet")
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    by_status = trials.set_index("status")
+    assert sorted(trials["status"]) == ["completed", "completed", "diverged", "errored"]
+    errored = by_status.loc["errored"]
+    assert "cifar" in errored["error"] and errored["data.name"] == "cifar10"
+    assert by_status.loc["diverged", "optim.lr"] == 1e6 and pd.isna(by_status.loc["diverged", "final_fd"])
+    completed = trials[trials["status"] == "completed"]
+    assert sorted(completed["loss.huber_c"]) == [0.01, 0.1]
+    assert completed["final_fd"].notna().all() and (completed["steps"] == 40).all()
+    assert completed["error"].isna().all() and (completed["dataset"] == "digits-8").all()
+    # Trials ran on both nodes of the cluster.
+    assert trials["node_id"].dropna().nunique() == 2
+    # Two evaluations per completed run, none for the others.
+    counts = evals.groupby("trial_id")["step"].apply(list).to_dict()
+    assert {counts[t] == [20, 40] for t in completed["trial_id"]} == {True}
+    assert set(counts) == set(completed["trial_id"])
+    info = (exp_dir / "experiment.json").read_text()
+    assert '"done_strata"' in info and '"git_commit"' in info
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_and_writes_every_trial_once(tmp_path):
+    values = [0.005, 0.01, 0.02, 0.05]
+    space = _space(tmp_path, "kill_resume", [f"{{loss.huber_c: {v}}}" for v in values], steps=60, every=20)
+    storage = tmp_path / "results"
+    cmd = [sys.executable, str(REPO / "tune" / "search.py"), "--space", str(space), "--storage", str(storage),
+           "--name", "kr"]
+    trials_path = storage / "kr" / "trials.parquet"
+    log = open(tmp_path / "driver.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if trials_path.exists() and len(pd.read_parquet(trials_path)) >= 1:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert trials_path.exists(), "no trial finished in time"
+    finally:
+        # SIGKILL the driver's whole process group (the driver, its local Ray and the trial workers).
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = pd.read_parquet(trials_path)
+    assert 1 <= len(before) < len(values)
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = pd.read_parquet(trials_path)
+    evals = pd.read_parquet(storage / "kr" / "evals.parquet")
+    assert len(trials) == len(values), trials[["trial_id", "loss.huber_c", "status"]]
+    assert trials["trial_id"].is_unique and trials["run_key"].is_unique
+    assert sorted(trials["loss.huber_c"]) == values
+    assert (trials["status"] == "completed").all()
+    # Runs recorded before the kill are kept as they were.
+    kept = trials.set_index("trial_id").loc[before["trial_id"]]
+    assert list(kept["final_fd"]) == list(before["final_fd"])
+    # One evaluation row per (run, step), even for runs resumed from a checkpoint.
+    assert not evals.duplicated(["trial_id", "step"]).any()
+    assert set(evals["trial_id"]) == set(trials["trial_id"])
+    assert "trials.parquet" in done.stdout and "best fd" in done.stdout
