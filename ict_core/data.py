@@ -75,6 +75,7 @@ class Dataset:
     num_classes: int = 0
     label_kind: str = "class"  # "class", or "source_image" for patches
     seed: int = 0
+    data_cfg: DataConfig | None = None  # what load_dataset was given (None for hand-built data sets)
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -125,6 +126,7 @@ def load_dataset(data_cfg: DataConfig, seed: int = 0) -> Dataset:
     dataset = loaders[data_cfg.name](data_cfg, seed)
     dataset.hflip = bool(dataset.allows_flip and data_cfg.hflip)
     dataset.seed = seed
+    dataset.data_cfg = data_cfg
     return dataset
 
 

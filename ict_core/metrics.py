@@ -5,7 +5,8 @@ Feature networks ("eval.features"):
   dataset    a small CNN classifier trained on the data set's own labels (digits: the digit; patches: the source
              photo; cifar10/imagenet64: the class, on a capped subset); features = its 128-d penultimate layer.
              Training is deterministic (fixed seed, fixed CPU thread count, deterministic algorithms, always on
-             the CPU) and the result is cached under eval.cache_dir, keyed by data set, size, content and version.
+             the CPU) and the result is cached under eval.cache_dir, keyed by the data config and a version. It is
+             trained on the data as loaded with seed 0 whatever the run's seed, so all seeds share one network.
   inception  Inception-v3 as used for FID (ict_core.inception) from the local file eval.inception_path.
   auto       inception when eval.inception_path is set and the images are RGB at >= 32 px, otherwise dataset.
 """
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 FEATNET_VERSION = "featnet-v1"
 FEATNET_SEED = 1234
+FEATNET_DATA_SEED = 0  # data seed of the split/patches the feature net trains on
 FEATNET_THREADS = 1  # more threads are slower, not faster, on a shared 2-core machine
 FEATNET_STEPS = 300
 FEATNET_BATCH = 64
@@ -283,8 +285,27 @@ def _accuracy(net, images, labels) -> float:
     return correct / images.shape[0]
 
 
+def _featnet_source(dataset):
+    """(cache key, loader of the data the net trains on). The net is trained on the data set as loaded with
+    FEATNET_DATA_SEED, whatever seed the run used, so every seed of a study is scored by the same network."""
+    import dataclasses
+    import hashlib
+
+    from ict_core.data import load_dataset
+
+    data_cfg = getattr(dataset, "data_cfg", None)
+    if data_cfg is None:  # built by hand: only its own content identifies it
+        return f"{dataset.key}_n{dataset.train.shape[0]}_{dataset.fingerprint()[:16]}", lambda: dataset
+    fields = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k != "hflip"}
+    digest = hashlib.blake2b(json.dumps(fields, sort_keys=True).encode(), digest_size=8).hexdigest()
+    if dataset.seed == FEATNET_DATA_SEED:
+        return f"{dataset.key}_cfg{digest}", lambda: dataset
+    return f"{dataset.key}_cfg{digest}", lambda: load_dataset(data_cfg, seed=FEATNET_DATA_SEED)
+
+
 def _dataset_extractor(dataset, cache_dir, device) -> FeatureExtractor:
-    key = f"{FEATNET_VERSION}_{dataset.key}_n{dataset.train.shape[0]}_{dataset.fingerprint()[:16]}"
+    source_key, load_source = _featnet_source(dataset)
+    key = f"{FEATNET_VERSION}_{source_key}"
     path = _cache_dir(cache_dir) / f"{key}.pt"
     net = FeatureNet(dataset.channels, dataset.resolution, dataset.num_classes)
     info = None
@@ -295,8 +316,13 @@ def _dataset_extractor(dataset, cache_dir, device) -> FeatureExtractor:
             info = json.loads(payload["info"])
         except Exception:  # unreadable or stale file: retrain and overwrite it
             info = None
+    # A run on the training data itself can check that the files behind data.path have not changed.
+    if info is not None and dataset.seed == FEATNET_DATA_SEED and info.get("fingerprint") != dataset.fingerprint():
+        info = None
     if info is None:
-        net, info = train_feature_net(dataset)
+        source = load_source()
+        net, info = train_feature_net(source)
+        info["fingerprint"] = source.fingerprint()
         payload = {"state_dict": net.state_dict(), "info": json.dumps(info)}
         _atomic_write(path, lambda handle: torch.save(payload, handle))
     net = net.eval().requires_grad_(False).to(device)

@@ -134,6 +134,15 @@ def test_digits_feature_net_is_deterministic_accurate_and_cached(digits, digits_
     assert torch.equal(again(digits.heldout), feats)
 
 
+def test_every_run_seed_shares_the_feature_net_of_seed_0(digits, digits_extractor):
+    extractor, cache = digits_extractor
+    reseeded = load_dataset(load_config().data, seed=5)
+    assert not torch.equal(reseeded.heldout, digits.heldout)  # another split ...
+    shared = get_feature_extractor(reseeded, eval_cfg(features="dataset", cache_dir=str(cache)), "cpu")
+    assert shared.key == extractor.key and len(list(cache.glob("*.pt"))) == 1  # ... the same cached network
+    assert torch.equal(shared(reseeded.heldout), extractor(reseeded.heldout))
+
+
 def test_frechet_distance_separates_heldout_digits_from_noise(digits, digits_extractor):
     extractor, cache = digits_extractor
     mu, sigma = reference_stats(digits, extractor, cache)
