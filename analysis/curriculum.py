@@ -34,19 +34,21 @@ def curriculum_label(row: pd.Series, columns: list[str]) -> str:
     return " ".join(parts)
 
 
-def curves(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd") -> pd.DataFrame:
+def curves(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd", by_shape: bool = False) -> pd.DataFrame:
     """FD against compute, one row per completed run and evaluation.
 
     trials: one row per run (dataset, seed, status, trial_id, experiment_dir, curriculum.* columns and
     other dotted config columns); evals: one row per evaluation (trial_id, images_seen, `metric`,
     experiment_dir). Output columns: dataset, context, curriculum, trial_id, seed, images_seen, `metric`.
+    by_shape: label runs by curriculum.shape alone, pooling the s0, s1 (and other curriculum keys) that a
+    random search sampled with it; the runs of one shape then count as its replicates.
     """
     require_columns(trials, ["dataset", "seed", "trial_id", "status", SHAPE_KEY], "trials table (curriculum)")
     require_columns(evals, ["trial_id", "images_seen", metric], "evals table (curriculum)")
     runs = trials[trials["status"].astype(str) == "completed"]
     cols = curriculum_columns(runs)
-    runs = runs.assign(curriculum=runs.apply(curriculum_label, axis=1, columns=cols),
-                       context=context_key(runs, exclude=set(cols)))
+    labels = runs[SHAPE_KEY].astype(str) if by_shape else runs.apply(curriculum_label, axis=1, columns=cols)
+    runs = runs.assign(curriculum=labels, context=context_key(runs, exclude=set(cols)))
     on = ["trial_id"] + (["experiment_dir"] if "experiment_dir" in runs and "experiment_dir" in evals else [])
     keep = ["dataset", "context", "curriculum", "seed"] + on
     out = evals[on + ["images_seen", metric]].merge(runs[keep], on=on, how="inner")
@@ -87,15 +89,18 @@ class CurriculumResult:
 
 
 def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd", budgets=None,
-                   n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> CurriculumResult:
+                   n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0, by_shape: bool = False
+                   ) -> CurriculumResult:
     """Rank curricula by mean `metric` at equal compute, with intervals over seeds.
 
     Per (dataset, configuration apart from curriculum.*) with two or more curricula, at each budget
     (default_budgets unless given, in images): the mean metric over seeds with its interval, the rank
-    of the mean (1 = lowest), the rank's interval and P(best) over bootstrap resamples of seeds.
+    of the mean (1 = lowest), the rank's interval and P(best) over bootstrap resamples of seeds. A
+    curriculum with a single run has no interval: its rank interval and P(best) are NaN. by_shape: see
+    curves().
     """
     rng = np.random.default_rng(seed)
-    c = curves(trials, evals, metric)
+    c = curves(trials, evals, metric, by_shape=by_shape)
     rows = []
     for (dataset, ctx), group in c.groupby(["dataset", "context"], sort=True):
         if group["curriculum"].nunique() < 2:
@@ -120,10 +125,13 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
                 n = len(values[name])
                 lo, hi = percentile_ci(boot[:, j], level, df=n - 1) if n > 1 else (math.nan, math.nan)
                 r_lo, r_hi = percentile_ci(boot_rank[:, j], level)
+                p_best = float((boot_rank[:, j] == 1).mean()) if n > 1 else math.nan
+                if n < 2:
+                    r_lo = r_hi = math.nan
                 rows.append({"dataset": dataset, "context": describe_context(ctx), "images_seen": budget,
-                             "curriculum": name, "num_seeds": len(values[name]), "mean": means[j], "lo": lo,
+                             "curriculum": name, "num_seeds": n, "mean": means[j], "lo": lo,
                              "hi": hi, "rank": int(point_rank[j]), "rank_lo": r_lo, "rank_hi": r_hi,
-                             "p_best": float((boot_rank[:, j] == 1).mean())})
+                             "p_best": p_best})
     ranking = pd.DataFrame(rows, columns=["dataset", "context", "images_seen", "curriculum", "num_seeds", "mean",
                                           "lo", "hi", "rank", "rank_lo", "rank_hi", "p_best"])
     return CurriculumResult(ranking, c, metric)

@@ -171,6 +171,11 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         return
     try:
         cr = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed)
+        pooled = False
+        if not cr.ranking.empty and cr.ranking["num_seeds"].median() < 2:
+            # A random search samples s0, s1 with the shape: one run per curriculum, so rank shapes instead.
+            cr = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed, by_shape=True)
+            pooled = True
     except SchemaError as err:
         rep.unanswered.append(f"Q3 (curricula): {err}")
         return
@@ -182,14 +187,16 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
     parts = []
     for (dataset, _), t in final.groupby(["dataset", "context"], sort=False):
         best = t.iloc[0]
-        text = (f"on {dataset} at {best['images_seen']:.3g} images the best of {len(t)} curricula is {best['curriculum']} "
-                f"(FD {fmt_ci(best['mean'], best['lo'], best['hi'])}, P(best) = {best['p_best']:.2f}, "
-                f"{best['num_seeds']} seeds)")
+        kind = "curriculum shapes (pooled over the sampled s0, s1)" if pooled else "curricula"
+        text = (f"on {dataset} at {best['images_seen']:.3g} images the best of {len(t)} {kind} is "
+                f"{best['curriculum']} (FD {fmt_ci(best['mean'], best['lo'], best['hi'])}, P(best) = "
+                f"{fmt(best['p_best'], 2)}, {best['num_seeds']} {'runs' if pooled else 'seeds'})")
         exp = t[t["curriculum"].str.split().str[0] == PAPER_SHAPE]
         for _, e in exp.iterrows():
             if e["curriculum"] != best["curriculum"]:
-                text += (f"; {e['curriculum']} ranks {e['rank']} (95% rank interval [{e['rank_lo']:.0f}, "
-                         f"{e['rank_hi']:.0f}], FD {fmt_ci(e['mean'], e['lo'], e['hi'])}, {e['num_seeds']} seeds)")
+                text += (f"; {e['curriculum']} ranks {e['rank']} (rank interval [{fmt(e['rank_lo'])}, "
+                         f"{fmt(e['rank_hi'])}], FD {fmt_ci(e['mean'], e['lo'], e['hi'])}, {e['num_seeds']} "
+                         f"{'runs' if pooled else 'seeds'})")
         if exp.empty:
             text += " (the exponential curriculum was not run there)"
         parts.append(text)

@@ -104,8 +104,9 @@ def planted_dropout(rng: np.random.Generator, best=None, seeds: int = 4, noise: 
 
 def planted_curricula(rng: np.random.Generator, final_fd=None, seeds: int = 4, noise: float = 0.2,
                       total_steps: int = 1000, eval_every: int = 200, batch_size: int = 32,
-                      experiment: str = "curriculum") -> tuple[list[dict], list[dict]]:
-    """FD curves that decay to final_fd[shape]; "adaptive" (no s0/s1 meaning) is included."""
+                      experiment: str = "curriculum", random_s: bool = False) -> tuple[list[dict], list[dict]]:
+    """FD curves that decay to final_fd[shape]; "adaptive" (no s0/s1 meaning) is included.
+    random_s: every run draws its own s0, s1 (as a random search does), which do not affect FD."""
     final_fd = final_fd or {"exponential": 5.0, "sqrt": 7.0, "constant": 9.0, "adaptive": 6.0}
     trials, evals = [], []
     for shape, fd_end in final_fd.items():
@@ -116,6 +117,8 @@ def planted_curricula(rng: np.random.Generator, final_fd=None, seeds: int = 4, n
             fds = fd_end + offset + 30.0 * (1 - steps / total_steps) ** 2 + rng.normal(0, 0.05, steps.size)
             config = {"curriculum.shape": shape, "train.total_steps": total_steps,
                       "train.batch_size": batch_size}
+            if random_s:
+                config.update({"curriculum.s0": int(rng.integers(2, 40)), "curriculum.s1": int(rng.integers(80, 2560))})
             if shape == "adaptive":
                 config.update({"curriculum.s0": math.nan, "curriculum.s1": math.nan})
             row = trial_row(experiment, tid, seed, final_fd=float(fds[-1]), space="curriculum", config=config)

@@ -142,6 +142,22 @@ def test_curriculum_ranking_recovered_at_equal_compute():
         assert at_budget.sort_values("rank")["curriculum"].str.split().str[0].tolist() == order
 
 
+def test_curricula_from_a_random_search_are_ranked_by_shape(tmp_path):
+    planted = {"exponential": 5.0, "sqrt": 7.0, "constant": 9.0}
+    trials, evals = synthetic.planted_curricula(np.random.default_rng(12), final_fd=planted, seeds=4,
+                                                random_s=True)
+    by_label = final_ranking(rank_curricula(_frame(trials), _frame(evals), n_boot=N_BOOT).ranking)
+    assert (by_label["num_seeds"] == 1).all() and by_label["p_best"].isna().all()
+    by_shape = final_ranking(rank_curricula(_frame(trials), _frame(evals), n_boot=N_BOOT, by_shape=True).ranking)
+    assert by_shape["curriculum"].tolist() == ["exponential", "sqrt", "constant"]
+    assert (by_shape["num_seeds"] == 4).all() and by_shape["p_best"].iloc[0] > 0.9
+    from analysis.report import write_report
+
+    synthetic.write_experiment(tmp_path / "cur", trials, evals)
+    first = write_report([tmp_path], n_boot=100).read_text().split("\n\n")[1]
+    assert "the best of 3 curriculum shapes (pooled over the sampled s0, s1) is exponential" in first
+
+
 # ---- ablations ----------------------------------------------------------------------------------
 
 def test_ablation_verdicts_follow_planted_effects():
