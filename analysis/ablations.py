@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.stats import LEVEL, N_BOOT, _token, context_key, percentile_ci, resample_means, usable
+from analysis.stats import LEVEL, N_BOOT, value_token, context_key, percentile_ci, resample_means, usable
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "reproduced", "contradicted", "inconclusive", "not run"
 
@@ -70,13 +70,13 @@ def compare(trials: pd.DataFrame, ablation: Ablation, metric: str = "final_fd", 
     num_paper, num_alt (runs), verdict, reason.
     """
     rng = np.random.default_rng(0) if rng is None else rng
-    base = {"ablation": ablation.name, "key": ablation.key, "paper": _token(ablation.paper)}
+    base = {"ablation": ablation.name, "key": ablation.key, "paper": value_token(ablation.paper)}
     if ablation.key not in trials.columns:
         return [{**base, "alternative": "-", "effect": math.nan, "lo": math.nan, "hi": math.nan, "num_cells": 0,
                  "num_paper": 0, "num_alt": 0, "verdict": NOT_RUN, "reason": f"no column {ablation.key!r}"}]
     runs = usable(trials, metric)
-    runs = runs.assign(_value=runs[ablation.key].map(_token))
-    paper_token = _token(ablation.paper)
+    runs = runs.assign(_value=runs[ablation.key].map(value_token))
+    paper_token = value_token(ablation.paper)
     is_paper = runs["_value"] == paper_token
     if ablation.paper_filter is not None and is_paper.any():
         is_paper &= ablation.paper_filter(runs).fillna(False).astype(bool)
@@ -114,7 +114,7 @@ def analyze_ablations(trials: pd.DataFrame, ablations=ABLATIONS, metric: str = "
     rows = []
     for ablation in ablations:
         found = compare(trials, ablation, metric, n_boot, level, min_seeds, rng)
-        rows += found or [{"ablation": ablation.name, "key": ablation.key, "paper": _token(ablation.paper),
+        rows += found or [{"ablation": ablation.name, "key": ablation.key, "paper": value_token(ablation.paper),
                            "alternative": "-", "effect": math.nan, "lo": math.nan, "hi": math.nan, "num_cells": 0,
                            "num_paper": 0, "num_alt": 0, "verdict": NOT_RUN,
                            "reason": "only one value in the tables"}]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
-from analysis.stats import LEVEL, N_BOOT, _token, context_key, describe_context, percentile_ci, resample_means
+from analysis.stats import LEVEL, N_BOOT, value_token, context_key, describe_context, percentile_ci, resample_means
 
 SHAPE_KEY = "curriculum.shape"
 PAPER_SHAPE = "exponential"
@@ -29,8 +29,8 @@ def curriculum_label(row: pd.Series, columns: list[str]) -> str:
     """"exponential s0=10 s1=1280": the shape plus its other curriculum keys that are set."""
     parts = [str(row[SHAPE_KEY])]
     for c in columns:
-        if c != SHAPE_KEY and _token(row[c]) != "-":
-            parts.append(f"{c.split('.', 1)[1]}={_token(row[c])}")
+        if c != SHAPE_KEY and value_token(row[c]) != "-":
+            parts.append(f"{c.split('.', 1)[1]}={value_token(row[c])}")
     return " ".join(parts)
 
 

@@ -9,7 +9,6 @@ enter the estimates; diverged, errored and pruned runs are counted.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 

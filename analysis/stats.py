@@ -45,7 +45,8 @@ def config_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if "." in c and c not in NON_MATCHING and c not in DATA_KEYS]
 
 
-def _token(value) -> str:
+def value_token(value) -> str:
+    """A config value as text for matching: NaN/None as "-", floats to 6 significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, (float, np.floating)):
@@ -73,7 +74,7 @@ def _config_key(df: pd.DataFrame, exclude) -> pd.Series:
     cols = varying_columns(df, exclude)
     if not cols:
         return pd.Series("", index=df.index, dtype=str)
-    return df[cols].apply(lambda row: "|".join(f"{c}={_token(v)}" for c, v in row.items()), axis=1)
+    return df[cols].apply(lambda row: "|".join(f"{c}={value_token(v)}" for c, v in row.items()), axis=1)
 
 
 def varying_columns(df: pd.DataFrame, exclude=()) -> list[str]:
@@ -82,7 +83,7 @@ def varying_columns(df: pd.DataFrame, exclude=()) -> list[str]:
     for c in config_columns(df):
         if c in set(exclude):
             continue
-        if df[c].map(_token).nunique() > 1:
+        if df[c].map(value_token).nunique() > 1:
             out.append(c)
     return out
 

@@ -1,7 +1,6 @@
 """analysis/: planted answers in synthetic tables of the documented schema must come back out."""
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path

@@ -1,0 +1,90 @@
+"""analysis/ on the tables of a real search: tune.search.run_search trains tiny models under Ray and writes
+trials.parquet / evals.parquet; the analysis and the report must read them as they are."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # an editable install made before analysis/ existed does not map it
+    sys.path.insert(0, str(REPO))
+
+from analysis.ablations import INCONCLUSIVE, analyze_ablations  # noqa: E402
+from analysis.curriculum import curves  # noqa: E402
+from analysis.load import load_results  # noqa: E402
+from analysis.report import write_report  # noqa: E402
+
+STEPS, EVERY, BATCH = 40, 20, 32
+# EMA teacher (the CT baseline) against none (iCT), two seeds each, plus a run whose loss blows up.
+SPACE = """name: analysis_real
+fixed: {{data.name: digits, network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,
+        train.total_steps: {steps}, train.batch_size: {batch}, optim.lr: 1.0e-3, train.ema_rate: 0.9,
+        train.log_every: 1000, eval.every: {every}, eval.num_samples: 100, eval.grid: false,
+        eval.cache_dir: "{cache}"}}
+points:
+  - {{loss.teacher: none}}
+  - {{loss.teacher: ema}}
+  - {{optim.lr: 1.0e+6}}
+search: {{algorithm: grid}}
+metric: fd
+mode: min
+seeds: 2
+max_concurrent: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def real_experiment(tmp_path_factory) -> Path:
+    from tune.search import run_search
+
+    root = tmp_path_factory.mktemp("real_search")
+    # Same folder as the search tests use, so the digits feature net trains once per test session.
+    cache = tmp_path_factory.getbasetemp() / "featnet-cache"
+    space = root / "analysis_real.yaml"
+    space.write_text(SPACE.format(steps=STEPS, every=EVERY, batch=BATCH, cache=cache))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_AUTH_MODE", "disabled")
+    try:
+        exp_dir = run_search(space, budget="smoke", storage=root / "results", name="teacher")
+    finally:
+        mp.undo()
+    return exp_dir
+
+
+@pytest.mark.slow
+def test_analysis_reads_a_real_search(real_experiment):
+    results = load_results(real_experiment.parent)
+    trials, evals = results.trials, results.evals
+    assert results.experiments == [real_experiment.resolve()]
+    assert sorted(trials["status"]) == ["completed"] * 4 + ["diverged"] * 2
+    completed = trials[trials["status"] == "completed"]
+    assert np.isfinite(completed["final_fd"]).all()
+
+    table = analyze_ablations(trials, n_boot=300, min_seeds=3).set_index("key")
+    teacher = table.loc["loss.teacher"]
+    assert teacher["alternative"] == "ema" and teacher["num_paper"] == 2 and teacher["num_alt"] == 2
+    assert teacher["verdict"] == INCONCLUSIVE and "too few seeds (2 vs 2" in teacher["reason"]
+    # With the bar lowered to two seeds, the effect is the difference of the two arms' mean FD.
+    lowered = analyze_ablations(trials, n_boot=300, min_seeds=2).set_index("key").loc["loss.teacher"]
+    by_teacher = completed.groupby("loss.teacher")["final_fd"].mean()
+    assert lowered["effect"] == pytest.approx(by_teacher["none"] - by_teacher["ema"])
+    assert lowered["lo"] <= lowered["effect"] <= lowered["hi"]
+
+    c = curves(trials, evals)
+    assert set(c["trial_id"]) == set(completed["trial_id"])
+    assert sorted(set(c["images_seen"])) == [EVERY * BATCH, STEPS * BATCH]
+
+
+@pytest.mark.slow
+def test_report_on_a_real_search(real_experiment, tmp_path):
+    path = write_report([real_experiment], out=tmp_path / "report", n_boot=300)
+    text = path.read_text()
+    first = text.split("\n\n")[1]
+    assert "EMA teacher vs none (none - ema): inconclusive (too few seeds (2 vs 2" in first
+    assert "FD difference" in first and "no c-scaling experiment found" in first
+    assert "4 completed, 0 pruned, 2 diverged, 0 errored" in text
+    assert (tmp_path / "report" / "ablations.png").stat().st_size > 10_000
+    assert (tmp_path / "report" / "ablations.csv").exists()
