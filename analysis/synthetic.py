@@ -64,13 +64,18 @@ def write_experiment(folder: str | Path, trials: list[dict], evals: list[dict] |
 
 def planted_c_scaling(rng: np.random.Generator, b: float = 0.5, a: float = 0.00054, seeds: int = 5,
                       noise: float = 0.3, datasets=("digits-8", "patches-16", "patches-32", "patches-64"),
-                      experiment: str = "c_scaling") -> list[dict]:
-    """FD = 10 + 4 (ln c - ln c*)^2 + noise, c* = a d^b, on a grid of c spaced by 2x around c*."""
+                      experiment: str = "c_scaling", random_c: int = 0) -> list[dict]:
+    """FD = 10 + 4 (ln c - ln c*)^2 + noise, c* = a d^b, on a grid of c spaced by 2x around c*.
+
+    random_c > 0: instead, that many c drawn log-uniformly over the search space's range [1e-4, 1]
+    plus the paper's c first, as the c_scaling search does (use seeds=1 to mimic it)."""
     rows = []
     for dataset in datasets:
         c_star = a * DATASETS[dataset] ** b
         # The grid does not contain c* itself, so the fit must interpolate between grid points.
         grid = c_star * 2.0 ** (np.arange(-3, 4) + rng.uniform(-0.5, 0.5))
+        if random_c:
+            grid = np.r_[0.00054 * DATASETS[dataset] ** 0.5, np.exp(rng.uniform(np.log(1e-4), 0.0, random_c))]
         for c in grid:
             for seed in range(seeds):
                 fd = 10 + 4 * math.log(c / c_star) ** 2 + rng.normal(0, noise)

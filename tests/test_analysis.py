@@ -64,6 +64,15 @@ def test_c_scaling_recovers_planted_exponent():
     assert wide.fit.a_lo <= 0.00054 <= wide.fit.a_hi
 
 
+def test_c_scaling_from_a_random_search_with_one_seed_per_c():
+    # As the c_scaling space runs it: the paper's c first, then c log-uniform in [1e-4, 1], one seed each.
+    rows = synthetic.planted_c_scaling(np.random.default_rng(3), seeds=1, random_c=16, noise=0.3)
+    result = estimate_c_star(_frame(rows), n_boot=N_BOOT)
+    assert (result.per_dataset["num_c"] == 17).all() and (result.per_dataset["num_seeds"] == 1).all()
+    fit = result.fit
+    assert fit.b_lo <= 0.5 <= fit.b_hi and fit.b_hi - fit.b_lo < 0.1
+
+
 def test_c_scaling_detects_an_exponent_other_than_half():
     rows = synthetic.planted_c_scaling(np.random.default_rng(1), b=0.3, a=0.002, seeds=5, noise=0.3)
     fit = estimate_c_star(_frame(rows), n_boot=N_BOOT).fit
