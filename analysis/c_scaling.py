@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
-from analysis.stats import (LEVEL, N_BOOT, context_key, curve_minimum, describe_context, mean_ci,
+from analysis.stats import (LEVEL, N_BOOT, context_key, curve_minimum, describe_context, left_out, mean_ci,
                             percentile_ci, usable)
 
 PAPER_A = 0.00054
@@ -59,7 +59,7 @@ class CScaling:
 
 def select_runs(trials: pd.DataFrame, metric: str = "final_fd") -> pd.DataFrame:
     """Completed Pseudo-Huber runs with c > 0 and a finite metric."""
-    require_columns(trials, ["dataset", "dim", "seed", C_KEY], "trials table (c scaling)")
+    require_columns(trials, ["dataset", "dim", "seed", "experiment", C_KEY], "trials table (c scaling)")
     runs = usable(trials, metric)
     if "loss.metric" in runs.columns:
         runs = runs[runs["loss.metric"].astype(str) == "pseudo_huber"]
@@ -75,7 +75,8 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     other dotted config columns. Per data set, runs are split by their configuration apart from
     loss.huber_c; the configuration with the most distinct c values (at least `min_values`) is used.
     per_dataset columns: dataset, dim, context, num_runs, num_seeds, num_c, c_star, c_lo, c_hi, at_edge,
-    c_paper, paper_in_ci.
+    c_paper, paper_in_ci, left_out (Pseudo-Huber runs of that data set and experiment that were not
+    usable, e.g. "2 diverged").
     """
     rng = np.random.default_rng(seed)
     runs = select_runs(trials, metric)
@@ -96,11 +97,15 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
         samples[dataset] = est.samples
         dfs[dataset] = est.df
         c_ref = float(paper_c(dim))
+        same = (trials["dataset"] == dataset) & trials["experiment"].isin(cell["experiment"].unique())
+        if "loss.metric" in trials.columns:
+            same &= trials["loss.metric"].astype(str) == "pseudo_huber"
         rows.append({
             "dataset": dataset, "dim": dim, "context": describe_context(best_key),
             "num_runs": est.num_runs, "num_seeds": int(cell["seed"].nunique()), "num_c": est.num_values,
             "c_star": est.value, "c_lo": est.lo, "c_hi": est.hi, "at_edge": est.at_edge,
             "c_paper": c_ref, "paper_in_ci": bool(est.lo <= c_ref <= est.hi),
+            "left_out": left_out(trials[same], metric),
         })
         for c_value, at_c in cell.groupby(C_KEY):
             m = mean_ci(at_c[metric], n_boot=n_boot, level=level, rng=rng)
@@ -108,7 +113,7 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
                            "mean": m.value, "lo": m.lo, "hi": m.hi})
     per_dataset = pd.DataFrame(rows, columns=[
         "dataset", "dim", "context", "num_runs", "num_seeds", "num_c", "c_star", "c_lo", "c_hi", "at_edge",
-        "c_paper", "paper_in_ci"])
+        "c_paper", "paper_in_ci", "left_out"])
     curves_df = pd.DataFrame(curves, columns=["dataset", "dim", C_KEY, "num_runs", "mean", "lo", "hi"])
     fit = fit_power_law(per_dataset, samples, level=level, dfs=dfs)
     return CScaling(per_dataset, curves_df, fit, metric, samples)

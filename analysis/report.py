@@ -83,6 +83,8 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     parts = []
     for _, r in per.iterrows():
         edge = ", at the edge of the searched range" if r["at_edge"] else ""
+        if r["left_out"]:
+            edge += f"; left out: {r['left_out']}"
         parts.append(f"{fmt_ci(r['c_star'], r['c_lo'], r['c_hi'])} on {r['dataset']} (d={int(r['dim'])}, "
                      f"{_runs(r['num_runs'], r['num_c'], r['num_seeds'], 'c')}{edge})")
     sentence = "Q1: the best Pseudo-Huber c is " + "; ".join(parts)

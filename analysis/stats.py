@@ -40,6 +40,15 @@ def usable(trials: pd.DataFrame, metric: str = "final_fd") -> pd.DataFrame:
     return trials.loc[keep].assign(**{metric: values[keep]})
 
 
+def left_out(trials: pd.DataFrame, metric: str = "final_fd") -> str:
+    """The runs of `trials` that usable() drops, counted by reason: "2 diverged, 1 pruned" ("" if none)."""
+    values = pd.to_numeric(trials[metric], errors="coerce")
+    status = trials["status"].astype(str)
+    reasons = status.where(status != "completed", f"completed without finite {metric}")
+    counts = reasons[(status != "completed") | ~np.isfinite(values)].value_counts()
+    return ", ".join(f"{n} {reason}" for reason, n in counts.items())
+
+
 def config_columns(df: pd.DataFrame) -> list[str]:
     """Dotted config columns that define what was trained (NON_MATCHING and data keys removed)."""
     return [c for c in df.columns if "." in c and c not in NON_MATCHING and c not in DATA_KEYS]

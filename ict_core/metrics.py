@@ -35,6 +35,7 @@ FEATNET_WIDTH = 16
 # Class-labelled data sets train their feature net on at most this many images.
 FEATNET_MAX_IMAGES = 20000
 DEFAULT_CACHE_DIR = "~/.cache/ict_core"
+KID_FULL_KERNEL_MAX = 4000  # three 4000^2 float64 kernel matrices: 384 MB at most
 
 
 # ---- distances between feature distributions -----------------------------------------------------
@@ -92,15 +93,24 @@ def kid(feats1, feats2, num_subsets: int = 100, subset_size: int = 1000, seed: i
     if size < 2:
         raise ValueError(f"kid needs at least 2 samples in each set, got {x_all.shape[0]} and {y_all.shape[0]}")
     dim = x_all.shape[1]
+
+    def kernel(a, b):
+        return (a @ b.T / dim + 1.0) ** 3
+
+    # Small sets: the full kernel matrices once, then subsets are index lookups (100x less arithmetic).
+    full = max(x_all.shape[0], y_all.shape[0]) <= KID_FULL_KERNEL_MAX
+    if full:
+        k_xx_all, k_yy_all, k_xy_all = kernel(x_all, x_all), kernel(y_all, y_all), kernel(x_all, y_all)
     rng = np.random.default_rng(seed)
+    off_diag = size * (size - 1)
     estimates = []
     for _ in range(num_subsets):
-        x = x_all[rng.choice(x_all.shape[0], size, replace=False)]
-        y = y_all[rng.choice(y_all.shape[0], size, replace=False)]
-        k_xx = (x @ x.T / dim + 1.0) ** 3
-        k_yy = (y @ y.T / dim + 1.0) ** 3
-        k_xy = (x @ y.T / dim + 1.0) ** 3
-        off_diag = size * (size - 1)
+        i = rng.choice(x_all.shape[0], size, replace=False)
+        j = rng.choice(y_all.shape[0], size, replace=False)
+        if full:
+            k_xx, k_yy, k_xy = k_xx_all[np.ix_(i, i)], k_yy_all[np.ix_(j, j)], k_xy_all[np.ix_(i, j)]
+        else:
+            k_xx, k_yy, k_xy = kernel(x_all[i], x_all[i]), kernel(y_all[j], y_all[j]), kernel(x_all[i], y_all[j])
         estimates.append((k_xx.sum() - np.trace(k_xx)) / off_diag + (k_yy.sum() - np.trace(k_yy)) / off_diag
                          - 2.0 * k_xy.mean())
     return float(np.mean(estimates))

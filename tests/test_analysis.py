@@ -91,7 +91,7 @@ def test_c_scaling_skips_diverged_runs_and_other_metrics():
     assert result.fit is None  # one dimension only
     row = result.per_dataset.iloc[0]
     assert row["c_lo"] <= 0.00054 * 8 <= row["c_hi"]
-    assert row["num_runs"] == 21
+    assert row["num_runs"] == 21 and row["left_out"] == "2 diverged"
 
 
 # ---- open question 2 ----------------------------------------------------------------------------

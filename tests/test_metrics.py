@@ -74,6 +74,16 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift():
     assert shifted > 0.05 and shifted > 20 * abs(same)
 
 
+def test_kid_precomputed_kernels_give_the_per_subset_value(monkeypatch):
+    import ict_core.metrics
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(300, 8)), rng.normal(size=(250, 8)) + 0.2
+    fast = kid(x, y, num_subsets=10, subset_size=100, seed=3)
+    monkeypatch.setattr(ict_core.metrics, "KID_FULL_KERNEL_MAX", 0)
+    assert kid(x, y, num_subsets=10, subset_size=100, seed=3) == pytest.approx(fast, rel=1e-12)
+
+
 # ---- nearest neighbours and grids -------------------------------------------------------------------
 
 def test_nearest_neighbor_distance_on_a_hand_case():
