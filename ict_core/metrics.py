@@ -237,14 +237,14 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _featnet_training_set(dataset):
-    images, labels = dataset.train, dataset.train_labels
+    images, labels = dataset.train.cpu(), dataset.train_labels
     if labels is None or dataset.num_classes < 2:
         raise ValueError(f"data set {dataset.key} has no labels; use eval.features=inception")
     if images.shape[0] > FEATNET_MAX_IMAGES:
         keep = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(FEATNET_SEED))
         keep = keep[:FEATNET_MAX_IMAGES].sort().values
         images, labels = images[keep], labels[keep]
-    return images, labels
+    return images, labels.cpu()
 
 
 def train_feature_net(dataset) -> tuple[FeatureNet, dict]:
@@ -276,7 +276,8 @@ def train_feature_net(dataset) -> tuple[FeatureNet, dict]:
                 optimizer.step()
                 schedule.step()
             net.eval()
-            accuracy = _accuracy(net, dataset.heldout, dataset.heldout_labels)
+            held_labels = None if dataset.heldout_labels is None else dataset.heldout_labels.cpu()
+            accuracy = _accuracy(net, dataset.heldout.cpu(), held_labels)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
