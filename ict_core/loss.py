@@ -46,11 +46,14 @@ def default_huber_c(dim: int) -> float:
     return 0.00054 * math.sqrt(dim)
 
 
-def _rng_devices(x: torch.Tensor) -> tuple[list, str | None]:
-    """The device whose generator dropout draws from, for fork_rng (the CPU generator is always forked)."""
+def _fork_rng_kwargs(x: torch.Tensor) -> dict:
+    """fork_rng arguments covering the generator dropout draws from (the CPU one is always forked).
+
+    device_type is passed only for accelerators: some torch releases reject device_type=None.
+    """
     if x.device.type == "cpu":
-        return [], None
-    return [x.device], x.device.type
+        return {"devices": []}
+    return {"devices": [x.device], "device_type": x.device.type}
 
 
 class ConsistencyLoss:
@@ -156,9 +159,8 @@ class ConsistencyLoss:
         teacher_mode = teacher_net.training
         if teacher_mode != net.training:
             teacher_net.train(net.training)
-        devices, device_type = _rng_devices(x)
         try:
-            with torch.random.fork_rng(devices=devices, device_type=device_type), torch.no_grad():
+            with torch.random.fork_rng(**_fork_rng_kwargs(x)), torch.no_grad():
                 target = teacher_net(x + sigma_lo.view(view) * z, sigma_lo)
         finally:
             if teacher_mode != net.training:

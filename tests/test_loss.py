@@ -359,3 +359,14 @@ def test_diffusion_training_steps_reduce_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_fork_rng_arguments_cover_the_dropout_generator():
+    """CPU inputs fork only the CPU generator and pass no device_type (torch 2.11 rejects device_type=None);
+    CUDA inputs fork that device's generator. The CUDA path was checked on an H200: shared masks give loss 0,
+    forking only the CPU generator does not."""
+    from ict_core.loss import _fork_rng_kwargs
+
+    assert _fork_rng_kwargs(torch.zeros(1)) == {"devices": []}
+    meta = torch.empty(1, device="meta")
+    assert _fork_rng_kwargs(meta) == {"devices": [meta.device], "device_type": "meta"}
