@@ -17,7 +17,7 @@ from analysis.curriculum import curves  # noqa: E402
 from analysis.load import load_results  # noqa: E402
 from analysis.report import write_report  # noqa: E402
 
-STEPS, EVERY, BATCH = 40, 20, 32
+STEPS, EVERY, BATCH = 20, 10, 32
 # EMA teacher (the CT baseline) against none (iCT), two seeds each, plus a run whose loss blows up.
 SPACE = """name: analysis_real
 fixed: {{data.name: digits, network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,
