@@ -60,6 +60,9 @@ def test_rows_from_results_cover_seeds_pruned_errored_and_diverged(tmp_path):
     assert trials[1]["final_fd"] == 8.0 and trials[1]["best_fd"] == 8.0 and trials[1]["steps"] == 50
     assert trials[0]["dataset"] == "digits-8" and trials[0]["dim"] == 64
     assert len(evals) == 3 and {e["trial_id"] for e in evals} == {"t1-seed0", "t1-seed1"}
+    # A scheduler that stops the trial right at a seed's final evaluation did not prune that seed.
+    at_end = {**result, "status": "completed", "step": 100}
+    assert [r["status"] for r in rows_from_result(at_end, **common)[0]] == ["completed", "completed"]
     # The same state ending in an exception: the running seed is errored with the text.
     trials, _ = rows_from_result(result, **common, error="ValueError: boom")
     assert trials[1]["status"] == "errored" and trials[1]["error"] == "ValueError: boom"

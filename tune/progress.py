@@ -111,6 +111,8 @@ class ProgressCallback(Callback):
             print(line, file=sys.stdout, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("ict_between_seeds"):
+            return
         status = result.get("status", "running")
         if result.get("ict_final"):
             status = f"{status} (mean of {result.get('seeds_done', 1)} seeds)"
@@ -121,7 +123,7 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        if not last.get("ict_final"):
+        if not last.get("ict_final") and last.get("status") not in ("completed", "diverged"):
             self._print(trial, last.get("trial_step"), last.get(self.metric, float("nan")), "pruned")
 
     def on_trial_error(self, iteration, trials, trial, **info):

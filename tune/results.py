@@ -203,7 +203,9 @@ def rows_from_result(result: dict, *, experiment: str, space: str, stratum: str,
     finished = {d["seed"] for d in done}
     runs = [dict(d) for d in done]
     if not result.get("ict_final") and current["seed"] not in finished:
-        run = {"seed": current["seed"], "status": "errored" if error else "pruned", "config": current["config"],
+        # A seed whose last report was its final evaluation finished, even if a scheduler stopped the trial then.
+        ended = result.get("status") if result.get("status") in ("completed", "diverged") else "pruned"
+        run = {"seed": current["seed"], "status": "errored" if error else ended, "config": current["config"],
                "node_id": result.get("node_id")}
         for key in ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref"):
             run[f"final_{key}"] = result.get(key)

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -157,8 +158,13 @@ def _distribution(p):
     return rt.grid_search(list(p.values))
 
 
-def _search(plan: Plan, stratum, concurrent: int):
-    """(search_alg, param_space, num_samples) of one stratum."""
+def stratum_seed(seed: int, stratum: str) -> int:
+    """Each stratum its own sampler seed (stable under --strata), so strata do not all try the same values."""
+    return seed + zlib.crc32(stratum.encode()) % 100_000
+
+
+def _search(plan: Plan, stratum, concurrent: int, seed: int):
+    """(search_alg, param_space, num_samples) of one stratum; `seed` seeds its sampler."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     from ray import tune as rt
@@ -169,13 +175,13 @@ def _search(plan: Plan, stratum, concurrent: int):
     space = {key: _distribution(p) for key, p in plan.params.items()}
     if plan.algorithm == "random":
         return (BasicVariantGenerator(points_to_evaluate=stratum.points or None, max_concurrent=concurrent,
-                                      random_state=plan.search_seed), space, stratum.num_samples)
+                                      random_state=seed), space, stratum.num_samples)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = OptunaSearch(metric=plan.metric, mode=plan.mode, points_to_evaluate=stratum.points or None,
-                            sampler=optuna.samplers.TPESampler(seed=plan.search_seed))
+                            sampler=optuna.samplers.TPESampler(seed=seed))
     return ConcurrencyLimiter(searcher, max_concurrent=concurrent), space, stratum.num_samples
 
 
@@ -185,7 +191,9 @@ def _scheduler(plan: Plan, stratum):
     from ray.tune.schedulers import ASHAScheduler
 
     total_steps = int(stratum.fixed.get("train.total_steps") or _default("train.total_steps"))
-    return ASHAScheduler(time_attr="trial_step", max_t=plan.seeds * total_steps,
+    # max_t one step past the last report: ASHA must not stop a trial at its own end, before the final
+    # report that carries the mean over seeds.
+    return ASHAScheduler(time_attr="trial_step", max_t=plan.seeds * total_steps + 1,
                          grace_period=int(plan.scheduler["grace_period"]),
                          reduction_factor=float(plan.scheduler["reduction_factor"]))
 
@@ -262,7 +270,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
             if resume and rt.Tuner.can_restore(str(path)):
                 tuner = rt.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
             else:
-                search_alg, param_space, samples = _search(plan, stratum, res["max_concurrent_trials"])
+                search_alg, param_space, samples = _search(plan, stratum, res["max_concurrent_trials"],
+                                                           stratum_seed(plan.search_seed, stratum.name))
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space,
                                              {"name": stratum.name, "fixed": stratum.fixed}),
                              ProgressCallback(stratum.name, list(plan.params), plan.metric, quiet=quiet)]

@@ -158,7 +158,7 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, cpus_per_tri
             try:
                 (staging / STATE_FILE).write_text(json.dumps({**state, "seed_index": seed_index + 1}))
                 done_metrics = {**summary, "status": "running"}
-                rt.report(result(done_metrics, seed, seed_index, flat),
+                rt.report({**result(done_metrics, seed, seed_index, flat), "ict_between_seeds": True},
                           checkpoint=rt.Checkpoint.from_directory(str(staging)))
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
