@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
-from analysis.stats import LEVEL, N_BOOT, value_token, context_key, describe_context, percentile_ci, resample_means
+from analysis.stats import (LEVEL, N_BOOT, context_key, describe_context, percentile_ci, resample_means, value_at,
+                            value_token)
 
 SHAPE_KEY = "curriculum.shape"
 PAPER_SHAPE = "exponential"
@@ -56,13 +57,6 @@ def curves(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd", by_sha
     out[metric] = pd.to_numeric(out[metric], errors="coerce")
     out = out[np.isfinite(out["images_seen"]) & np.isfinite(out[metric]) & (out["images_seen"] > 0)]
     return out.sort_values(["dataset", "context", "curriculum", "trial_id", "images_seen"]).reset_index(drop=True)
-
-
-def value_at(images_seen: np.ndarray, values: np.ndarray, budget: float) -> float:
-    """The metric of one run at `budget` images, linear in log(images_seen); NaN outside its range."""
-    if images_seen.size == 0 or budget < images_seen[0] - 1e-9 or budget > images_seen[-1] + 1e-9:
-        return math.nan
-    return float(np.interp(math.log(budget), np.log(images_seen), values))
 
 
 def default_budgets(group: pd.DataFrame, max_budgets: int = 5) -> list[float]:

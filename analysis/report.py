@@ -24,7 +24,7 @@ from analysis.c_scaling import PAPER_B, estimate_c_star
 from analysis.curriculum import PAPER_SHAPE, final_ranking, rank_curricula
 from analysis.dropout import analyze_dropout
 from analysis.load import SchemaError, load_results, status_counts
-from analysis.stats import LEVEL, N_BOOT, fmt, fmt_ci
+from analysis.stats import LEVEL, N_BOOT, at_common_compute, fmt, fmt_ci
 
 
 def _md_table(df: pd.DataFrame, max_rows: int = 40) -> str:
@@ -51,20 +51,23 @@ def _runs(num_runs: int, num_values: int, num_seeds: int, what: str) -> str:
 class Report:
     """Collects answers, unanswered questions and sections, then writes report.md."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, prefix: str = ""):
         self.out = out
+        self.prefix = prefix  # file-name prefix of a second view of the same tables
         self.answers: list[str] = []
         self.unanswered: list[str] = []
         self.sections: list[str] = []
         self.files: list[Path] = []
 
     def csv(self, df: pd.DataFrame, name: str) -> str:
+        name = self.prefix + name
         path = self.out / name
         df.to_csv(path, index=False)
         self.files.append(path)
         return name
 
     def png(self, fig, name: str) -> str:
+        name = self.prefix + name
         self.files.append(plots.save(fig, self.out / name))
         return name
 
@@ -260,6 +263,22 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     ablation_section(rep, trials, metric, n_boot, level, seed, min_seeds)
 
     counts = status_counts(trials)
+    if counts["pruned"] and not results.evals.empty:
+        # A scheduler keeps the promising runs, so finished runs alone are a selected sample: repeat the
+        # analyses at the largest compute every run reached, pruned runs included.
+        view = at_common_compute(trials, results.evals)
+        sub = Report(out, prefix="compute_")
+        c_scaling_section(sub, view, "fd_at_compute", n_boot, level, seed)
+        dropout_section(sub, view, "fd_at_compute", n_boot, level, seed)
+        ablation_section(sub, view, "fd_at_compute", n_boot, level, seed, min_seeds)
+        budgets = ", ".join(f"{int(b)}" for b in sorted(view["budget_images"].unique()))
+        label = f"At equal compute with the {counts['pruned']} pruned runs included ({budgets} images): "
+        answered = {a.split(":")[0] for a in sub.answers}
+        rep.unanswered = [u for u in rep.unanswered
+                          if u in sub.unanswered or not any(u.startswith(tag) for tag in answered)]
+        rep.answers += [label + a for a in sub.answers]
+        rep.sections += [s.replace("## ", "## Equal compute, pruned runs included - ", 1) for s in sub.sections]
+        rep.files += sub.files
     counts_df = pd.DataFrame([{"status": k, "runs": v} for k, v in counts.items()])
     by_experiment = trials.groupby(["experiment", "status"]).size().unstack(fill_value=0).reset_index()
     rep.csv(by_experiment, "runs_by_status.csv")

@@ -49,6 +49,50 @@ def left_out(trials: pd.DataFrame, metric: str = "final_fd") -> str:
     return ", ".join(f"{n} {reason}" for reason, n in counts.items())
 
 
+def value_at(images_seen: np.ndarray, values: np.ndarray, budget: float) -> float:
+    """The metric of one run at `budget` images, linear in log(images_seen); NaN outside its range."""
+    if images_seen.size == 0 or budget < images_seen[0] - 1e-9 or budget > images_seen[-1] + 1e-9:
+        return math.nan
+    return float(np.interp(math.log(budget), np.log(images_seen), values))
+
+
+def at_common_compute(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd",
+                      statuses=("completed", "pruned")) -> pd.DataFrame:
+    """Runs compared at equal training compute, so that runs an early-stopping scheduler pruned count.
+
+    trials, evals: as loaded (see load.py). For each experiment and dataset, the budget is the largest
+    images_seen that every run of `statuses` reached; each run's `metric` there (see value_at) becomes
+    the column `<metric>_at_compute`, with `budget_images` beside it. Returned rows are those runs with
+    status set to "completed" (their own status is kept in `run_status`) so that every analysis takes
+    them; runs without evaluations are dropped. An unbiased view: a scheduler selects on the metric,
+    so the finished runs alone over-represent good configurations.
+    """
+    require_columns(evals, ["trial_id", "images_seen", metric], "evals table")
+    column = f"{metric}_at_compute"
+    on = ["trial_id"] + (["experiment_dir"] if "experiment_dir" in trials and "experiment_dir" in evals else [])
+    runs = trials[trials["status"].astype(str).isin(statuses)]
+    ev = evals[on + ["images_seen", metric]].copy()
+    ev["images_seen"] = pd.to_numeric(ev["images_seen"], errors="coerce")
+    ev[metric] = pd.to_numeric(ev[metric], errors="coerce")
+    ev = ev[np.isfinite(ev["images_seen"]) & np.isfinite(ev[metric]) & (ev["images_seen"] > 0)]
+    curves = {(key if isinstance(key, tuple) else (key,)): (g["images_seen"].to_numpy(float), g[metric].to_numpy(float))
+              for key, g in ev.sort_values("images_seen").groupby(on)}
+    out = []
+    for _, group in runs.groupby(["experiment", "dataset"], sort=False):
+        keys = [tuple(row) for row in group[on].itertuples(index=False)]
+        have = [k for k in keys if k in curves]
+        if not have:
+            continue
+        budget = min(curves[k][0][-1] for k in have)
+        values = [value_at(*curves[k], budget) if k in curves else math.nan for k in keys]
+        out.append(group.assign(**{column: values, "budget_images": budget, "run_status": group["status"],
+                                   "status": "completed"}))
+    if not out:
+        return trials.iloc[0:0].assign(**{column: [], "budget_images": [], "run_status": []})
+    view = pd.concat(out)
+    return view[np.isfinite(view[column])]
+
+
 def config_columns(df: pd.DataFrame) -> list[str]:
     """Dotted config columns that define what was trained (NON_MATCHING and data keys removed)."""
     return [c for c in df.columns if "." in c and c not in NON_MATCHING and c not in DATA_KEYS]

@@ -1,6 +1,7 @@
 """analysis/: planted answers in synthetic tables of the documented schema must come back out."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -289,6 +290,33 @@ def test_report_end_to_end(synthetic_results):
     ablations = pd.read_csv(out / "ablations.csv")
     assert set(ablations["verdict"]) >= {REPRODUCED, INCONCLUSIVE}
     assert not pd.read_csv(out / "curriculum_ranking.csv").empty
+
+
+def test_pruned_runs_count_at_equal_compute(tmp_path):
+    # An early-stopping scheduler let only the runs near c* finish; the others stopped at the first rung.
+    rng = np.random.default_rng(14)
+    trials = synthetic.planted_c_scaling(rng, seeds=3, datasets=("digits-8", "patches-32"))
+    evals = []
+    for row in trials:
+        c_star = 0.00054 * synthetic.DATASETS[row["dataset"]] ** 0.5
+        near = abs(math.log2(row["loss.huber_c"] / c_star)) < 0.6
+        if row["status"] == "completed" and not near:
+            row["status"] = "pruned"
+        for step in ((1000, 2000) if near else (1000,)):
+            evals.append({"experiment": row["experiment"], "trial_id": row["trial_id"], "config_id": row["config_id"],
+                          "step": step, "images_seen": step * 32, "fd": row["final_fd"] + 5.0 * (2000 - step) / 1000,
+                          **{k: 0.1 for k in ("num_points", "loss", "fd_2step", "kid", "loss_train", "loss_heldout",
+                                              "nn_dist", "nn_dist_ref", "elapsed_s")}})
+    synthetic.write_experiment(tmp_path / "asha", trials, evals)
+    from analysis.report import write_report
+
+    assert estimate_c_star(_frame(trials), n_boot=N_BOOT).per_dataset.empty  # finished runs: 1-2 values of c
+    first = write_report([tmp_path], n_boot=N_BOOT).read_text().split("\n\n")[1]
+    assert "pruned runs included (32000 images): Q1: the best Pseudo-Huber c is" in first
+    assert "Q1 (c scaling): no c-scaling experiment found" not in first
+    per = pd.read_csv(tmp_path / "report" / "compute_c_scaling_per_dataset.csv").set_index("dataset")
+    assert per.loc["digits-8", "c_lo"] <= 0.00432 <= per.loc["digits-8", "c_hi"]
+    assert (tmp_path / "report" / "compute_c_scaling.png").exists()
 
 
 def test_report_says_which_questions_the_tables_cannot_answer(synthetic_results, tmp_path):
