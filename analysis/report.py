@@ -293,7 +293,9 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
         f"`{metric}` (lower is better). {len(trials)} runs from {len(results.experiments)} experiment folder(s): "
         + ", ".join(f"{v} {k}" for k, v in counts.items())
         + ". Only completed runs enter the estimates; diverged, errored and pruned runs are counted here and "
-        "left out.\n",
+        "left out" + (", except in the equal-compute sections, which take pruned runs at the largest compute "
+                      "every run of their experiment reached" if counts["pruned"] and not results.evals.empty else "")
+        + ".\n",
         _md_table(counts_df),
         "Experiments: " + ", ".join(f"`{p}`" for p in results.experiments) + "\n",
         *rep.sections,
