@@ -260,18 +260,23 @@ class RunMirror:
         self.local_dir = Path(local_dir)
         self.fs, self.remote = pafs.FileSystem.from_uri(uri)
         self._pafs = pafs
+        self._pushed: dict[Path, tuple[int, int]] = {}  # files already copied, by (size, mtime)
 
     def push(self) -> None:
         if not self.local_dir.exists():
             return
-        self.fs.create_dir(self.remote, recursive=True)
-        for entry in self.local_dir.iterdir():
-            if entry.name == "checkpoints":
+        local_fs = self._pafs.LocalFileSystem()
+        for path in sorted(self.local_dir.rglob("*")):
+            rel = path.relative_to(self.local_dir)
+            if rel.parts[0] == "checkpoints" or not path.is_file():
                 continue
-            self._pafs.copy_files(
-                str(entry), f"{self.remote}/{entry.name}",
-                source_filesystem=self._pafs.LocalFileSystem(), destination_filesystem=self.fs,
-            )
+            stat = path.stat()
+            if self._pushed.get(rel) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            target = f"{self.remote}/{rel.as_posix()}"
+            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            self._pafs.copy_files(str(path), target, source_filesystem=local_fs, destination_filesystem=self.fs)
+            self._pushed[rel] = (stat.st_size, stat.st_mtime_ns)
 
     def pull(self) -> None:
         """Fetch an earlier attempt's run folder (a restart may land on another node)."""
@@ -285,7 +290,8 @@ class RunMirror:
 
 
 # ---- the worker side -----------------------------------------------------------------------------
-def _record_workers(run_dir: Path, rank: int, world_size: int, cpus: float, gpus: float) -> None:
+def _record_workers(run_dir: Path, rank: int, world_size: int, cpus: float, gpus: float,
+                    resume_checkpoint: str | None) -> None:
     """Append one line per rank (node id, pid, device) to run_dir/workers.jsonl; one block per (re)start."""
     import ray
     import torch
@@ -302,6 +308,7 @@ def _record_workers(run_dir: Path, rank: int, world_size: int, cpus: float, gpus
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.current_device() if gpus > 0 else None,
         "start_unix": time.time(),
+        "resume_checkpoint": resume_checkpoint,
     }
     rows = [me]
     if world_size > 1 and dist.is_available() and dist.is_initialized():
@@ -334,7 +341,8 @@ def worker_loop(loop_config: dict) -> None:
     mirror = RunMirror(str(run_dir), loop_config["run_uri"]) if loop_config.get("run_uri") and rank == 0 else None
     if mirror is not None:
         mirror.pull()
-    _record_workers(run_dir, rank, world_size, cpus, gpus)
+    checkpoint = ray.train.get_checkpoint()
+    _record_workers(run_dir, rank, world_size, cpus, gpus, checkpoint.path if checkpoint is not None else None)
 
     def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -342,7 +350,6 @@ def worker_loop(loop_config: dict) -> None:
         if mirror is not None:
             mirror.push()
 
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         train(cfg, report=report, run_dir=str(run_dir))
     else:
@@ -378,6 +385,10 @@ def _connect(plan: LaunchPlan) -> bool:
     import ray
 
     if plan.cluster == "attached":
+        if not ray._private.worker.get_dashboard_url():
+            print("[ray_train] warning: this Ray has no dashboard; Train V2's placement-group cleaner needs its State "
+                  "API and may otherwise remove the workers mid-run. Start Ray with the dashboard (ray[default]).",
+                  flush=True)
         return False
     runtime_env = code_runtime_env() if plan.ship_code else None
     if plan.cluster == "local":
