@@ -1,0 +1,223 @@
+"""The training loop on real digits: learning, exact resume, the NaN guard, fault injection and DDP rank roles."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ict_core import trainer
+from ict_core.config import load_config
+from ict_core.data import load_dataset
+from ict_core.loss import ConsistencyLoss
+from ict_core.network import build_network
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One feature-network cache for the module, so the digits classifier is trained once."""
+    return str(tmp_path_factory.mktemp("ict_cache"))
+
+
+def tiny(cache_dir: str, *overrides: str):
+    return load_config("tiny", [f"eval.cache_dir={cache_dir}", "train.num_threads=1", "eval.num_samples=100", *overrides])
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _final_state(run_dir: Path) -> dict:
+    return torch.load(trainer.latest_checkpoint(run_dir) / "state.pt", weights_only=False)
+
+
+def _assert_same_tensors(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tensors(x, y, f"{where}[{i}]")
+    elif hasattr(a, "shape"):  # numpy RNG state
+        assert (a == b).all(), where
+    else:
+        assert a == b, where
+
+
+def test_training_on_digits_lowers_feature_fd(cache_dir, tmp_path):
+    cfg = tiny(cache_dir, "train.total_steps=200", "network.channels=16", "network.channel_mult=[1,2]",
+               "optim.lr=1e-3", "eval.num_samples=200", "eval.every=100", "eval.grid=true")
+    dataset = load_dataset(cfg.data, seed=cfg.train.seed)
+    cfg_resolved = trainer.resolve_config(cfg, dataset.dim)
+    torch.manual_seed(cfg.train.seed)  # the trainer's initial weights
+    initial_net = build_network(cfg_resolved, dataset.channels, dataset.resolution)
+    evaluator = trainer.Evaluator(cfg_resolved, dataset, torch.device("cpu"), ConsistencyLoss(cfg_resolved, dataset.dim))
+    initial = evaluator(initial_net, 0)
+
+    reports = []
+    summary = trainer.train(cfg, report=lambda m, c: reports.append((m, c)), run_dir=tmp_path)
+
+    assert summary["status"] == "completed" and summary["step"] == 200
+    assert summary["fd"] < 0.5 * initial["fd"], (initial["fd"], summary["fd"])
+    assert summary["fd_2step"] < 0.5 * initial["fd_2step"]
+    assert summary["loss_train"] < initial["loss_train"]
+    assert [m["step"] for m, _ in reports] == [100, 200]
+    assert all(m["evaluated"] for m, _ in reports) and reports[-1][0]["status"] == "completed"
+    assert set(trainer.METRIC_KEYS) <= set(reports[-1][0])
+    assert all(Path(c, "state.pt").is_file() for _, c in reports[-1:])
+    assert summary["nn_dist_ref"] > 0 and summary["nn_dist"] > 0
+    # The run folder of the contract, with huber_c resolved to 0.00054 sqrt(64).
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["loss"]["huber_c"] == pytest.approx(0.00054 * 8)
+    assert json.loads((tmp_path / "provenance.json").read_text())["world_size"] == 1
+    assert [r["step"] for r in _rows(tmp_path / "evals.jsonl")] == [100, 200]
+    assert [r["step"] for r in _rows(tmp_path / "metrics.jsonl")] == [50, 100, 150, 200]
+    assert (tmp_path / "samples" / "step_0000200.png").is_file()
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_continues_bitwise(cache_dir, tmp_path):
+    """240 steps == 120 + crash + resume + 120, bitwise on the CPU, with dropout on so its RNG must be restored.
+
+    240 rather than 2000 steps keeps this test near 15 s on a loaded 2-core machine; the exponential curriculum
+    still passes through every N(k) stage (11 ... 1281), and the equality is per step, so length adds nothing.
+    """
+    overrides = ("train.total_steps=240", "train.checkpoint_every=120", "train.batch_size=16", "train.log_every=40",
+                 "network.dropout=0.2", "train.keep_checkpoints=1")
+    full_dir, split_dir = tmp_path / "full", tmp_path / "split"
+    full_reports = []
+    full = trainer.train(tiny(cache_dir, *overrides), report=lambda m, c: full_reports.append(m), run_dir=full_dir)
+
+    def crash_after_first_checkpoint(metrics, checkpoint_dir):
+        if metrics["step"] == 120:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        trainer.train(tiny(cache_dir, *overrides), report=crash_after_first_checkpoint, run_dir=split_dir)
+    # Rows written after the checkpoint but before the crash, as a killed process would leave them.
+    with (split_dir / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": 160, "loss": 0.0}) + "\n")
+    resumed_reports = []
+    resumed = trainer.train(tiny(cache_dir, *overrides), report=lambda m, c: resumed_reports.append(m),
+                            resume_from=split_dir)
+
+    assert resumed["run_dir"] == str(split_dir)
+    a, b = _final_state(full_dir), _final_state(split_dir)
+    for key in ("student", "ema", "optimizer", "batch_generator", "rng_per_rank", "step"):
+        _assert_same_tensors(a[key], b[key], key)
+    assert resumed["loss"] == full["loss"] and resumed["fd"] == full["fd"]
+    assert [m["step"] for m in resumed_reports] == [240]
+    assert resumed_reports[0]["loss"] == full_reports[-1]["loss"]
+    full_rows, split_rows = _rows(full_dir / "metrics.jsonl"), _rows(split_dir / "metrics.jsonl")
+    assert [r["step"] for r in split_rows] == [40, 80, 120, 160, 200, 240]
+    assert [r["loss"] for r in split_rows] == [r["loss"] for r in full_rows]
+    assert len(list((split_dir / "checkpoints").glob("step_*"))) == 1  # keep_checkpoints=1
+
+
+def test_ct_ema_teacher_is_separate_from_the_evaluation_ema(cache_dir, tmp_path):
+    cfg = tiny(cache_dir, "train.total_steps=30", "loss.teacher=ema", "curriculum.shape=sqrt", "curriculum.s0=2",
+               "curriculum.s1=150", "train.ema_rate=0.5", "train.log_every=10")
+    summary = trainer.train(cfg, run_dir=tmp_path)
+    state = _final_state(tmp_path)
+    assert summary["status"] == "completed"
+    assert state["teacher"] is not None
+    # Different rates (mu(k) ~ 0.9^(2/N) vs 0.5) give different averages of the same student trajectory.
+    diffs = [(state["teacher"][k] - state["ema"][k]).abs().max().item() for k in state["ema"] if state["ema"][k].is_floating_point()]
+    assert max(diffs) > 0
+    no_teacher = trainer.train(tiny(cache_dir, "train.total_steps=5"), run_dir=tmp_path / "ict")
+    assert _final_state(tmp_path / "ict")["teacher"] is None and no_teacher["status"] == "completed"
+
+
+def test_non_finite_loss_stops_the_run_without_raising(cache_dir, tmp_path):
+    reports = []
+    summary = trainer.train(tiny(cache_dir, "optim.lr=1e6", "train.total_steps=200"),
+                            report=lambda m, c: reports.append((m, c)), run_dir=tmp_path)
+    assert summary["status"] == "diverged"
+    assert 0 < summary["step"] < 200
+    assert math.isnan(summary["loss"]) and math.isnan(summary["fd"])
+    assert len(reports) == 1
+    metrics, checkpoint = reports[0]
+    assert metrics["status"] == "diverged" and checkpoint is None and math.isnan(metrics["loss"])
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "ict_core.train", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=env)
+
+
+def test_fault_marker_kills_once_and_a_restart_completes(cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--preset", "tiny", "--out", str(run_dir), "--set", f"eval.cache_dir={cache_dir}",
+            "--set", "train.fault_step=130", "--set", "train.checkpoint_every=100", "--set", "train.num_threads=1",
+            "--set", "eval.num_samples=100"]
+    first = _cli(*args)
+    assert first.returncode == 1, first.stderr
+    assert (run_dir / trainer.FAULT_MARKER).is_file()
+    assert [p.name for p in (run_dir / "checkpoints").glob("step_*")] == ["step_0000100"]
+    assert [r["step"] for r in _rows(run_dir / "metrics.jsonl")] == [50, 100]
+
+    second = _cli("--resume", str(run_dir))
+    assert second.returncode == 0, second.stderr
+    assert "injected fault" not in second.stdout
+    assert [r["step"] for r in _rows(run_dir / "metrics.jsonl")] == [50, 100, 150, 200]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str, cache_dir: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        reports = []
+        cfg = tiny(cache_dir, "train.total_steps=20", "train.log_every=10", "eval.every=10")
+        summary = trainer.train(cfg, report=lambda m, c: reports.append((m, c)), run_dir=Path(out_dir, f"rank{rank}"))
+        torch.save({"summary": summary, "reports": reports}, Path(out_dir, f"result{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_match_one_rank_and_only_rank0_writes(cache_dir, tmp_path):
+    """2 gloo ranks x 16 images equal 1 rank x 32 (dropout 0): the global batch's RNG is shared by the ranks."""
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), cache_dir), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"result{r}.pt", weights_only=False) for r in (0, 1))
+    single = trainer.train(tiny(cache_dir, "train.total_steps=20", "train.log_every=10", "eval.every=10"),
+                           run_dir=tmp_path / "single")
+
+    assert [m["step"] for m, _ in r0["reports"]] == [m["step"] for m, _ in r1["reports"]] == [10, 20]
+    for (m0, c0), (m1, c1) in zip(r0["reports"], r1["reports"]):
+        assert {k: m0[k] for k in ("loss", "fd", "kid", "step")} == {k: m1[k] for k in ("loss", "fd", "kid", "step")}
+        assert c0 is not None and c1 is None
+    assert not any((tmp_path / "rank1").rglob("*.*")), "rank 1 must not write run files"
+    assert (tmp_path / "rank0" / "summary.json").is_file()
+    ddp_state = _final_state(tmp_path / "rank0")["student"]
+    one_state = _final_state(tmp_path / "single")["student"]
+    for key in one_state:
+        torch.testing.assert_close(ddp_state[key], one_state[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert r0["summary"]["loss"] == pytest.approx(single["loss"], rel=1e-4)
+    assert r0["summary"]["world_size"] == 2
