@@ -324,7 +324,7 @@ class _Run:
             self._load_checkpoint(latest_checkpoint(resume_from))
         else:
             torch.manual_seed(tcfg.seed + self.rank * _DROPOUT_SEED_STRIDE)
-        self.evaluator = Evaluator(cfg, self.dataset, self.device, self.loss_fn) if self.is_main else None
+        self.evaluator: Evaluator | None = None  # built at the first evaluation (trains or loads the feature net)
 
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -530,6 +530,8 @@ class _Run:
         values = [float("nan")] * len(_EVAL_FLOAT_KEYS)
         if self.is_main:
             path = self.run_dir / "samples" / f"{_step_dir_name(self.step)}.png"
+            if self.evaluator is None:
+                self.evaluator = Evaluator(self.cfg, self.dataset, self.device, self.loss_fn)
             result = self.evaluator(self.ema, self.step, path)
             values = [float(result[k]) for k in _EVAL_FLOAT_KEYS]
         values = _broadcast_floats(values, self.device, self.world_size)
@@ -557,6 +559,26 @@ class _Run:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         return bool(bad.item() > 0)
 
+    def train_step(self) -> tuple[torch.Tensor, dict]:
+        """One optimizer step at self.step (not incremented): batch, loss, update, EMA(s). Returns the mean loss."""
+        cfg = self.cfg
+        x, extra = self._draw_batch()
+        loss_vec, info = self._loss(x, extra)
+        loss = loss_vec.float().mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        ema_update(self.ema, self.model, cfg.train.ema_rate)
+        if self.teacher is not None:
+            from .schedule import ema_teacher_mu
+
+            # CT's teacher: theta^- <- mu(k) theta^- + (1 - mu(k)) theta, after the student's update.
+            mu = ema_teacher_mu(self._num_points(self.step), cfg.curriculum.s0, cfg.loss.ema_mu0)
+            ema_update(self.teacher, self.model, mu)
+        return loss.detach(), info
+
     def run(self) -> dict:
         cfg, tcfg = self.cfg, self.cfg.train
         total = tcfg.total_steps
@@ -581,22 +603,8 @@ class _Run:
             )
 
         while self.step < total:
-            x, extra = self._draw_batch()
-            loss_vec, info = self._loss(x, extra)
-            loss = loss_vec.float().mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-            self.optimizer.step()
-            ema_update(self.ema, self.model, tcfg.ema_rate)
-            if self.teacher is not None:
-                from .schedule import ema_teacher_mu
-
-                mu = ema_teacher_mu(self._num_points(self.step), cfg.curriculum.s0, cfg.loss.ema_mu0)
-                ema_update(self.teacher, self.model, mu)
-
-            done_loss = loss.detach().to(torch.float64)
+            loss, info = self.train_step()
+            done_loss = loss.to(torch.float64)
             log_sum += done_loss
             report_sum += done_loss
             log_count += 1
