@@ -1,7 +1,7 @@
 """Data-parallel scaling of one iCT run under Ray Train: images/s with 1 and 2 workers, and start-up cost.
 
     python benchmarks/train_scaling.py [--preset digits] [--steps 60] [--warmup 10] [--workers 1 2]
-                                       [--gpus-per-worker 1] [--set key=value ...]
+                                       [--gpus-per-worker 1] [--cpus-per-worker 1] [--set key=value ...]
 
 All runs happen in one invocation on one Ray (local, or RAY_ADDRESS), with the same preset and the same global
 batch (strong scaling), so the printed ratios compare like with like. Throughput is measured from the run's
@@ -29,10 +29,11 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def measure(cfg, workers: int, gpus_per_worker: float, storage: str, warmup: int) -> dict:
+def measure(cfg, workers: int, gpus_per_worker: float, cpus_per_worker: float | None, storage: str,
+            warmup: int) -> dict:
     t_fit = time.time()
-    out = run_ray_train(cfg, workers=workers, gpus_per_worker=gpus_per_worker, storage=storage,
-                        name=f"scaling_w{workers}")
+    out = run_ray_train(cfg, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                        storage=storage, name=f"scaling_w{workers}")
     wall = time.time() - t_fit
     run_dir = Path(out["run_dir"])
     steps = {row["step"]: row for row in _rows(run_dir / "metrics.jsonl")}
@@ -61,6 +62,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the throughput")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--gpus-per-worker", type=float, default=0)
+    parser.add_argument("--cpus-per-worker", type=float, default=None,
+                        help="default: the free CPUs split evenly, so every run uses the whole machine; 1 compares "
+                             "workers of equal size (torch threads follow the CPUs of a worker)")
     args = parser.parse_args(argv)
     if args.warmup >= args.steps:
         parser.error(f"--warmup must be below --steps, got {args.warmup} >= {args.steps}")
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
         started = True
     try:
         with tempfile.TemporaryDirectory(prefix="ict_scaling_") as storage:
-            results = [measure(cfg, w, args.gpus_per_worker, storage, args.warmup) for w in args.workers]
+            results = [measure(cfg, w, args.gpus_per_worker, args.cpus_per_worker, storage, args.warmup) for w in args.workers]
     finally:
         if started:
             ray.shutdown()
