@@ -477,7 +477,9 @@ class _Run:
         return str(final)
 
     def _load_checkpoint(self, ckpt_dir: Path) -> None:
-        state = torch.load(ckpt_dir / "state.pt", map_location=self.device, weights_only=False)
+        # On the CPU first: generator states must stay CPU ByteTensors; load_state_dict moves weights and
+        # optimizer moments to the parameters' device.
+        state = torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["student"])
         self.ema.load_state_dict(state["ema"])
         if self.teacher is not None:
