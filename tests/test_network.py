@@ -1,5 +1,4 @@
 """Network: boundary condition, preconditioning, U-Net shapes, parameter count of the paper's CIFAR-10 preset."""
-import math
 
 import pytest
 import torch
