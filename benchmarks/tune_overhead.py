@@ -1,6 +1,6 @@
 """How much of a search's wall time goes to training, and what the driver costs per trial.
 
-    python benchmarks/tune_overhead.py [--trials 4] [--steps 300] [--noop-trials 200]
+    python benchmarks/tune_overhead.py [--trials 8] [--steps 400] [--noop-trials 200]
 
 1. A small real search (grid over loss.huber_c on digits, tiny U-Net, 2 concurrent trials) through
    tune.search.run_search on a local Ray started beforehand. Utilization = sum of in-trial training seconds
@@ -77,7 +77,8 @@ def noop_search(tmp: Path, trials: int) -> dict:
                  ProgressCallback("all", ["loss.huber_c"], "fd", quiet=True)]
     tuner = rt.Tuner(rt.with_resources(noop_trial, {"cpu": 1}),
                      param_space={"loss.huber_c": rt.grid_search([1e-4 * (i + 1) for i in range(trials)])},
-                     tune_config=rt.TuneConfig(metric="fd", mode="min", max_concurrent_trials=2),
+                     tune_config=rt.TuneConfig(metric="fd", mode="min", max_concurrent_trials=2,
+                                               reuse_actors=True),
                      run_config=rt.RunConfig(name="noop", storage_path=str(tmp / "ray"), callbacks=callbacks,
                                              verbose=0))
     t0 = time.time()
@@ -91,8 +92,8 @@ def noop_search(tmp: Path, trials: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--noop-trials", type=int, default=200)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
