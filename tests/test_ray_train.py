@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -199,32 +200,56 @@ def test_two_workers_match_one_worker_survive_a_fault_and_resume(local_ray, tmp_
     assert train_cli.main(["--preset", "tiny", "--name", "fault", "--storage", str(store)]) == 2
 
 
-@pytest.mark.slow
-def test_two_node_cluster_places_one_worker_per_node(tmp_path, monkeypatch):
+def _two_node_scenario(tmp: Path) -> dict:
+    """Run in a fresh interpreter (see the test below): a two-node Cluster, one CPU each, and a 2-worker run."""
     import ray
     from ray.cluster_utils import Cluster
 
-    # An explicit address needs an explicit auth mode. Keep the one this process already used: switching from the
-    # default token auth to "disabled" within one process makes Train V2's controller actor die unscheduled.
-    monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "token"))
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": _free_port(),
     })
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address)
-        node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-        assert len(node_ids) == 2
-        shared = tmp_path / "shared"  # one folder that both "nodes" see, as NFS would
-        out = run_ray_train(tiny(**{"train.total_steps": 2}), workers=2, storage=str(shared), name="two_nodes")
-        assert out["status"] == "completed" and out["step"] == 2 and out["world_size"] == 2
-        workers = _read_jsonl(Path(out["run_dir"]) / WORKERS_FILE)
-        assert {w["node_id"] for w in workers} == node_ids, "expected one worker on each node"
-        assert Path(out["checkpoint_path"]).parent == shared / "two_nodes"
-        assert (Path(out["checkpoint_path"]) / "state.pt").exists()
-        assert (shared / "two_nodes" / "run" / "summary.json").exists()
+        ray.init(address=cluster.address, log_to_driver=False)
+        node_ids = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        # One folder that both "nodes" see, given as a URI: rank 0 writes its run folder to local scratch and
+        # mirrors it there after every report, as with s3://.
+        out = run_ray_train(tiny(**{"train.total_steps": 2}), workers=2, storage=f"file://{tmp / 'shared'}",
+                            name="two_nodes")
+        return {"node_ids": node_ids, "out": out}
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_two_node_cluster_places_one_worker_per_node(tmp_path):
+    """A fresh interpreter, because Ray fixes the auth mode per process: an explicit cluster address needs
+    RAY_AUTH_MODE set before ray is imported, and a process that already ran a local (token) Ray, as the other
+    tests here do, cannot switch (Train V2's controller then dies unscheduled)."""
+    import subprocess
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    out, shared = result["out"], tmp_path / "shared"
+    assert len(result["node_ids"]) == 2
+    assert out["status"] == "completed" and out["step"] == 2 and out["world_size"] == 2
+    assert out["run_uri"] == f"file://{shared}/two_nodes/run"
+    mirrored = shared / "two_nodes" / "run"
+    workers = _read_jsonl(mirrored / WORKERS_FILE)
+    assert sorted(w["node_id"] for w in workers) == result["node_ids"], "expected one worker on each node"
+    assert json.loads((mirrored / "summary.json").read_text())["step"] == 2
+    assert [row["step"] for row in _read_jsonl(mirrored / "metrics.jsonl")] == [1, 2]
+    assert not (mirrored / "checkpoints").exists()  # checkpoints live with Ray, beside the run folder
+    checkpoint = Path(out["checkpoint_path"].removeprefix("file://"))
+    assert checkpoint.parent == shared / "two_nodes" and (checkpoint / "state.pt").exists()
+
+
+if __name__ == "__main__":
+    _tmp = Path(sys.argv[1])
+    (_tmp / "result.json").write_text(json.dumps(_two_node_scenario(_tmp), default=str))

@@ -24,6 +24,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -200,11 +201,12 @@ def plan_launch(
         )
     resume = bool(exists)
 
-    run_uri = None
+    # With URI storage rank 0 writes to local scratch (or the given run_dir) and mirrors it to the URI.
+    run_uri = _join(storage, name, RUN_SUBDIR) if is_uri(storage) else None
     if run_dir is None:
-        if is_uri(storage):
-            run_uri = _join(storage, name, RUN_SUBDIR)
-            run_dir = str(Path(tempfile.gettempdir()) / "ict_runs" / name / RUN_SUBDIR)
+        if run_uri:
+            # Unique per launch, so a stale scratch folder of an earlier launch is never appended to.
+            run_dir = str(Path(tempfile.gettempdir()) / "ict_runs" / f"{name}-{uuid.uuid4().hex[:8]}" / RUN_SUBDIR)
         else:
             run_dir = _join(storage, name, RUN_SUBDIR)
     run_dir = str(Path(run_dir).expanduser().resolve())
@@ -335,8 +337,11 @@ def worker_loop(loop_config: dict) -> None:
     if cfg.train.num_threads == 0:
         torch.set_num_threads(_threads_for(cpus))
     if gpus > 0:
-        # ray.train.torch.get_device() is this rank's GPU; the trainer then uses the current CUDA device.
-        torch.cuda.set_device(ray.train.torch.get_device())
+        # ray.train.torch.get_device() is this rank's GPU among the ones Ray made visible. The trainer picks
+        # cuda:LOCAL_RANK, which is the same GPU only when Ray's GPU order follows the local ranks; make it so.
+        device = ray.train.torch.get_device()
+        torch.cuda.set_device(device)
+        os.environ["LOCAL_RANK"] = str(device.index)
     run_dir = Path(loop_config["run_dir"])
     mirror = RunMirror(str(run_dir), loop_config["run_uri"]) if loop_config.get("run_uri") and rank == 0 else None
     if mirror is not None:
@@ -431,7 +436,7 @@ def _storage_note(plan: LaunchPlan) -> None:
 
 def _read_summary(plan: LaunchPlan) -> dict:
     path = Path(plan.run_dir) / "summary.json"
-    if plan.run_uri and not path.exists():
+    if plan.run_uri:  # rank 0 may have run on another node: fetch its mirrored run folder
         RunMirror(plan.run_dir, plan.run_uri).pull()
     if path.exists():
         return json.loads(path.read_text())
@@ -459,8 +464,10 @@ def run_ray_train(
     Ray (dashboard on 127.0.0.1) and shuts it down at the end. resume: False refuses an existing
     (storage, name); True continues it from its latest checkpoint; "auto" does whichever applies (Tune retries).
     ship_code: send the repository as runtime_env working_dir (default: only to a RAY_ADDRESS cluster whose
-    nodes lack the package, see cluster.yaml). Returns the run's summary (summary.json of the run folder) with
-    run_dir, experiment_path, checkpoint_path and the last reported metrics (`last_report`). Raises
+    nodes lack the package, see cluster.yaml). plan: a LaunchPlan from plan_launch (then the other launch
+    arguments are ignored). Returns the run's summary (summary.json of the run folder) with run_dir (local;
+    with URI storage a copy fetched from run_uri), run_uri, experiment_path, checkpoint_path and the last
+    reported metrics (`last_report`). Raises
     ray.train.TrainingFailedError when the run fails beyond max_failures restarts.
     """
     if plan is None:
@@ -510,7 +517,8 @@ def run_ray_train(
 
     summary = _read_summary(plan)
     summary.update(
-        run_dir=plan.run_uri or plan.run_dir,
+        run_dir=plan.run_dir,
+        run_uri=plan.run_uri,
         experiment_path=result.path,
         checkpoint_path=result.checkpoint.path if result.checkpoint is not None else None,
         last_report=dict(result.metrics or {}),

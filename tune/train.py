@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     keys = ("status", "step", "fd", "fd_2step", "kid", "best_fd", "wall_s")
     print(json.dumps({k: summary.get(k) for k in keys}, default=str))
-    print(f"run folder:  {summary['run_dir']}  (config.json, metrics.jsonl, evals.jsonl, samples/, summary.json)\n"
+    print(f"run folder:  {summary['run_uri'] or summary['run_dir']}  (config.json, metrics.jsonl, evals.jsonl, "
+          "samples/, summary.json, workers.jsonl)\n"
           f"checkpoints: {summary['experiment_path']}  (latest {cfg.train.keep_checkpoints}; newest "
           f"{summary['checkpoint_path']})\n"
           f"continue:    python tune/train.py --resume --name {plan.name} --storage {plan.storage} "
