@@ -87,6 +87,14 @@ def test_plan_layout_and_cpu_share(tmp_path, capsys):
     assert train_cli.main(["--preset", "tiny", "--workers", "2", "--storage", str(tmp_path), "--dry-run"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["launch"]["workers"] == 2 and printed["config"]["train"]["batch_size"] == 32
+    # As a script (tune/ first on sys.path), from another working directory.
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "tune" / "train.py"
+    proc = subprocess.run([sys.executable, str(script), "--preset", "tiny", "--workers", "2", "--dry-run",
+                           "--storage", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["launch"]["run_dir"].startswith(str(tmp_path))
 
     assert cpu_share(2, 0, free_cpus=2.0, max_node_cpus=2.0) == 1.0
     assert cpu_share(2, 0, free_cpus=16.0, max_node_cpus=4.0) == 4.0  # a worker must fit on one node
@@ -211,10 +219,11 @@ def _two_node_scenario(tmp: Path) -> dict:
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
-        node_ids = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-        # One folder that both "nodes" see, given as a URI: rank 0 writes its run folder to local scratch and
-        # mirrors it there after every report, as with s3://.
+        node_ids = sorted(node.node_id for node in cluster.list_all_nodes())
+        # As on a real cluster: RAY_ADDRESS, so run_ray_train joins it and ships the repository as the
+        # runtime_env working_dir. One folder that both "nodes" see, given as a URI: rank 0 writes its run folder
+        # to local scratch and mirrors it there after every report, as with s3://.
+        os.environ["RAY_ADDRESS"] = cluster.address
         out = run_ray_train(tiny(**{"train.total_steps": 2}), workers=2, storage=f"file://{tmp / 'shared'}",
                             name="two_nodes")
         return {"node_ids": node_ids, "out": out}
@@ -243,6 +252,8 @@ def test_two_node_cluster_places_one_worker_per_node(tmp_path):
     mirrored = shared / "two_nodes" / "run"
     workers = _read_jsonl(mirrored / WORKERS_FILE)
     assert sorted(w["node_id"] for w in workers) == result["node_ids"], "expected one worker on each node"
+    repo = str(Path(__file__).resolve().parent.parent)
+    assert all(w["code_dir"] != repo for w in workers), "the code should reach the workers as a working_dir"
     assert json.loads((mirrored / "summary.json").read_text())["step"] == 2
     assert [row["step"] for row in _read_jsonl(mirrored / "metrics.jsonl")] == [1, 2]
     assert not (mirrored / "checkpoints").exists()  # checkpoints live with Ray, beside the run folder

@@ -311,6 +311,7 @@ def _record_workers(run_dir: Path, rank: int, world_size: int, cpus: float, gpus
         "cuda_device": torch.cuda.current_device() if gpus > 0 else None,
         "start_unix": time.time(),
         "resume_checkpoint": resume_checkpoint,
+        "code_dir": str(REPO_ROOT),  # where this worker imported the code from (runtime_env working_dir or not)
     }
     rows = [me]
     if world_size > 1 and dist.is_available() and dist.is_initialized():
