@@ -84,8 +84,6 @@ def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | 
 
 
 def format_plan(plan: Plan, res: dict, exp_dir: Path) -> str:
-    from tune.space import Stratum  # noqa: F401 - for the reader: what plan.strata holds
-
     lines = [f"space      {plan.space} ({plan.source})", f"question   {plan.question or '-'}",
              f"budget     {plan.budget}", f"experiment {exp_dir}",
              f"search     {plan.algorithm} (seed {plan.search_seed}), metric {plan.metric} ({plan.mode}), "
@@ -253,12 +251,15 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 "done_strata": done_strata}
         exp_dir.mkdir(parents=True, exist_ok=True)
         _write_experiment(exp_dir, info)
-        out = None if not quiet else open(os.devnull, "w")
-        print(format_plan(plan, res, exp_dir), file=out or sys.stdout, flush=True)
+        def say(text: str) -> None:
+            if not quiet:
+                print(text, flush=True)
+
+        say(format_plan(plan, res, exp_dir))
         ray_dir = exp_dir / "ray"
         for stratum in plan.strata:
             if stratum.name in done_strata:
-                print(f"stratum {stratum.name}: already finished, skipped", file=out or sys.stdout)
+                say(f"stratum {stratum.name}: already finished, skipped")
                 continue
             trainable = rt.with_resources(
                 rt.with_parameters(ict_trial, stratum={"name": stratum.name, "fixed": stratum.fixed},
