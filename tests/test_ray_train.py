@@ -58,6 +58,7 @@ def test_bad_requests_fail_before_ray(tmp_path):
         (dict(resume=True), "resume=True needs the name"),
         (dict(resume=True, name="nope"), "no run named 'nope' exists"),
         (dict(resume="maybe"), "resume must be False, True or 'auto'"),
+        (dict(workers=2, gpus_per_worker=0.5), "would put several NCCL ranks on one GPU"),
     ]
     if not torch.cuda.is_available():
         cases.append((dict(workers=2, gpus_per_worker=1), "need 2 GPU(s) but this machine has 0"))

@@ -154,6 +154,11 @@ def plan_launch(
         raise LaunchError(f"max_failures must be an integer >= 0, or -1 for unlimited restarts, got {max_failures!r}")
     if resume not in (False, True, "auto"):
         raise LaunchError(f"resume must be False, True or 'auto', got {resume!r}")
+    if 0 < gpus_per_worker < 1 and workers > 1:
+        raise LaunchError(
+            f"gpus_per_worker={gpus_per_worker} with {workers} workers would put several NCCL ranks on one GPU, "
+            "which NCCL refuses; use gpus_per_worker=1 (one GPU per worker)"
+        )
     if gpus_per_worker > 0 and cfg.train.device == "cpu":
         raise LaunchError(f"train.device=cpu contradicts gpus_per_worker={gpus_per_worker}; use train.device=auto")
     if gpus_per_worker == 0 and cfg.train.device == "cuda":
