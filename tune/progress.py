@@ -12,7 +12,7 @@ import time
 
 from ray.tune import Callback
 
-from tune.results import ResultTables, rows_from_result
+from tune.results import EVAL_METRICS, ResultTables, rows_from_result
 from tune.trial import resolved_flat, trial_params
 
 
@@ -40,10 +40,15 @@ class ParquetCallback(Callback):
         self._history = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "ict_history" not in result and "step" in result:
-            # Ray Train trials report the trainer's metrics only: keep the evaluation history here.
-            self._history.setdefault(trial.trial_id, []).append(
-                {"seed": result.get("seed", 0), **{k: result.get(k) for k in result if not k.startswith("ict_")}})
+        if "ict_history" in result or "step" not in result or not result.get("evaluated", True):
+            return
+        # Ray Train trials forward rank 0's trainer metrics only: keep the evaluation history here. Seeds run
+        # one after the other, so a step that does not increase starts the next seed.
+        history = self._history.setdefault(trial.trial_id, [])
+        seed = history[-1]["seed"] if history else self._current(trial)["seed"]
+        if history and result["step"] <= history[-1]["step"]:
+            seed += 1
+        history.append({"seed": seed, **{k: result.get(k) for k in ("step", *EVAL_METRICS)}})
 
     def _current(self, trial) -> dict:
         from ict_core.config import load_config

@@ -196,9 +196,7 @@ def rows_from_result(result: dict, *, experiment: str, space: str, stratum: str,
 
     result = result or {}
     done = _loads(result.get("ict_done"), [])
-    evals = _loads(result.get("ict_history"), None)
-    if evals is None:
-        evals = history or []
+    evals = _loads(result.get("ict_history"), None) or history or []
     current = _loads(result.get("ict_current"), None) or current
     finished = {d["seed"] for d in done}
     runs = [dict(d) for d in done]
