@@ -372,7 +372,9 @@ class _Run:
 
         o = cfg.optim
         opt_cls = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[o.name]
-        self.optimizer = opt_cls(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+        # foreach: torch defaults to a per-tensor loop on the CPU, which doubles the optimizer's share of a small step.
+        self.optimizer = opt_cls(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
+                                 foreach=True)
 
     def _build_loss(self) -> None:
         from . import loss as loss_mod
