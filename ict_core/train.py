@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     keys = ("status", "step", "fd", "fd_2step", "kid", "best_fd", "wall_s", "run_dir")
-    print(json.dumps({k: summary.get(k) for k in keys}, default=str))
+    from .trainer import _json_safe
+
+    print(json.dumps(_json_safe({k: summary.get(k) for k in keys}), default=str))
     return 0 if summary.get("status") == "completed" else 1
 
 
