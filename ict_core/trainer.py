@@ -29,7 +29,8 @@ FAULT_MARKER = ".fault_injected"
 _DROPOUT_SEED_STRIDE = 1_000_003  # rank r seeds its dropout RNG with seed + r * stride
 _EVAL_SEED_OFFSET = 7_919  # evaluation noise is fixed per run and independent of the training RNG
 _KID_SUBSETS = 10  # 100 costs seconds per evaluation at small scale; 10 suffices for tracking a run
-_LOSS_PROBE_IMAGES = 256  # images in the fixed train / held-out subsets of loss_train and loss_heldout
+_LOSS_PROBE_IMAGES = 256
+_SAMPLE_CHUNK = 1000  # images per sampler call during evaluation  # images in the fixed train / held-out subsets of loss_train and loss_heldout
 
 METRIC_KEYS = (
     "step", "total_steps", "num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout",
@@ -214,15 +215,21 @@ class Evaluator:
         from . import sampling
 
         cfg = self.cfg
-        shape = (cfg.eval.num_samples, self.dataset.channels, self.dataset.resolution, self.dataset.resolution)
-        if sigmas is None:
-            return sampling.sample_diffusion(
-                net, shape, num_steps=cfg.eval.diffusion_steps, sigma_min=cfg.precond.sigma_min,
-                sigma_max=cfg.precond.sigma_max, rho=cfg.precond.rho, generator=generator, device=self.device,
-            )
-        return sampling.sample_consistency(
-            net, shape, sigmas, sigma_min=cfg.precond.sigma_min, generator=generator, device=self.device
-        )
+        out = []
+        # Chunks bound the activation memory of a 10k-sample evaluation next to the training state on a GPU.
+        for start in range(0, cfg.eval.num_samples, _SAMPLE_CHUNK):
+            count = min(_SAMPLE_CHUNK, cfg.eval.num_samples - start)
+            shape = (count, self.dataset.channels, self.dataset.resolution, self.dataset.resolution)
+            if sigmas is None:
+                out.append(sampling.sample_diffusion(
+                    net, shape, num_steps=cfg.eval.diffusion_steps, sigma_min=cfg.precond.sigma_min,
+                    sigma_max=cfg.precond.sigma_max, rho=cfg.precond.rho, generator=generator, device=self.device,
+                ))
+            else:
+                out.append(sampling.sample_consistency(
+                    net, shape, sigmas, sigma_min=cfg.precond.sigma_min, generator=generator, device=self.device
+                ))
+        return torch.cat(out)
 
     def _probe_loss(self, net, images: torch.Tensor, step: int, seed: int) -> float:
         if len(images) == 0:
