@@ -435,6 +435,8 @@ class _Run:
     def _num_points(self, step: int) -> int:
         from . import schedule
 
+        if self.cfg.loss.objective == "diffusion":
+            return 0  # no discretization curriculum; 0 marks "not applicable" in the int column
         c = self.cfg.curriculum
         return int(schedule.num_points(step, self.cfg.train.total_steps, c.shape, c.s0, c.s1))
 

@@ -221,3 +221,12 @@ def test_ddp_two_ranks_match_one_rank_and_only_rank0_writes(cache_dir, tmp_path)
         torch.testing.assert_close(ddp_state[key], one_state[key], rtol=1e-4, atol=1e-5, msg=key)
     assert r0["summary"]["loss"] == pytest.approx(single["loss"], rel=1e-4)
     assert r0["summary"]["world_size"] == 2
+
+
+def test_diffusion_objective_runs_with_heun_fd_and_no_two_step_fd(cache_dir, tmp_path):
+    cfg = tiny(cache_dir, "loss.objective=diffusion", "loss.p_mean=-1.2", "loss.p_std=1.2", "train.total_steps=10",
+               "eval.diffusion_steps=4")
+    summary = trainer.train(cfg, run_dir=tmp_path)
+    assert summary["status"] == "completed"
+    assert math.isfinite(summary["fd"]) and math.isnan(summary["fd_2step"])
+    assert summary["num_points"] == 0  # no curriculum for the diffusion objective
