@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
