@@ -42,6 +42,9 @@ class DataConfig:
     hflip: bool = True  # random horizontal flips, applied only where the data set allows them
     holdout_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5, hi_open=True))
     max_images: int = field(default=0, metadata=_range(0))  # 0 = all
+    # Fixes the held-out split and patch positions. Kept apart from train.seed so that the seeds of one
+    # configuration train on the same images and are scored by the same feature network.
+    seed: int = field(default=0, metadata=_range(0))
 
 
 @dataclass(frozen=True)

@@ -307,7 +307,7 @@ def _featnet_source(dataset):
     data_cfg = getattr(dataset, "data_cfg", None)
     if data_cfg is None:  # built by hand: only its own content identifies it
         return f"{dataset.key}_n{dataset.train.shape[0]}_{dataset.fingerprint()[:16]}", lambda: dataset
-    fields = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k != "hflip"}
+    fields = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in ("hflip", "seed")}
     digest = hashlib.blake2b(json.dumps(fields, sort_keys=True).encode(), digest_size=8).hexdigest()
     if dataset.seed == FEATNET_DATA_SEED:
         return f"{dataset.key}_cfg{digest}", lambda: dataset

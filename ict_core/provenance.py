@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ def git_commit() -> dict:
         return out.stdout.strip()
 
     commit = run("rev-parse", "HEAD")
+    if commit is None:
+        # Code shipped to remote nodes as a Ray working_dir has no .git; the launcher passes the commit along.
+        commit = os.environ.get("ICT_GIT_COMMIT") or None
     status = run("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
 

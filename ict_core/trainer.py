@@ -299,7 +299,7 @@ class _Run:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
 
-        self.dataset = load_dataset(cfg.data, seed=tcfg.seed)
+        self.dataset = load_dataset(cfg.data, seed=cfg.data.seed)
         self.cfg = cfg = resolve_config(cfg, self.dataset.dim)
 
         if run_dir is None:
