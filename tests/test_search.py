@@ -40,8 +40,8 @@ def _space(tmp_path: Path, name: str, points: list[str], steps=40, every=20) -> 
     return path
 
 
-@pytest.mark.slow
-def test_two_node_search_spreads_trials_and_records_errors_and_divergence(tmp_path, monkeypatch):
+def _two_node_search(tmp_path: Path) -> Path:
+    """Runs in a fresh interpreter (see the test): a search on a local two-node cluster, 1 CPU per node."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -51,18 +51,30 @@ def test_two_node_search_spreads_trials_and_records_errors_and_divergence(tmp_pa
         "{optim.lr: 1.0e+6}",  # the loss becomes NaN within a few steps
         "{data.name: cifar10, data.path: /nonexistent/cifar-10-batches-py}",  # load_dataset raises DataError
     ])
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     for key, value in ray_env().items():  # the raylets' workers must import tune.*
-        monkeypatch.setenv(key, value)
+        os.environ[key] = value
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
-        exp_dir = run_search(space, budget="smoke", storage=tmp_path / "results", name="two", quiet=True)
+        return run_search(space, budget="smoke", storage=tmp_path / "results", name="two", quiet=True)
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_two_node_search_spreads_trials_and_records_errors_and_divergence(tmp_path):
+    """A fresh interpreter, because Ray fixes its auth mode per process: joining a cluster by address needs
+    RAY_AUTH_MODE set before Ray starts, and this pytest process may already have run a local (token) Ray for
+    another test, after which actors on the new cluster are never scheduled."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    exp_dir = Path((tmp_path / "exp_dir.txt").read_text())
 
     assert pq.read_schema(exp_dir / "trials.parquet").remove_metadata() == TRIALS_SCHEMA
     assert pq.read_schema(exp_dir / "evals.parquet").remove_metadata() == EVALS_SCHEMA
@@ -128,3 +140,8 @@ def test_killed_driver_resumes_and_writes_every_trial_once(tmp_path):
     assert not evals.duplicated(["trial_id", "step"]).any()
     assert set(evals["trial_id"]) == set(trials["trial_id"])
     assert "trials.parquet" in done.stdout and "best fd" in done.stdout
+
+
+if __name__ == "__main__":
+    _tmp = Path(sys.argv[1])
+    (_tmp / "exp_dir.txt").write_text(str(_two_node_search(_tmp)))
