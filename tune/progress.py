@@ -120,7 +120,9 @@ class ProgressCallback(Callback):
             return
         status = result.get("status", "running")
         if result.get("ict_final"):
-            status = f"{status} (mean of {result.get('seeds_done', 1)} seeds)"
+            if result.get("seeds_done", 1) == 1:
+                return  # the seed's own line already said it; a mean of one adds nothing
+            status = f"{status} (mean of {result.get('seeds_done')} seeds)"
         elif "seed" in result:
             status = f"{status} seed {result['seed']}"
         self._print(trial, result.get("trial_step", result.get("step")), result.get(self.metric, float("nan")),

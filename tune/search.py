@@ -309,6 +309,7 @@ def print_summary(exp_dir: Path, metric: str, mode: str) -> None:
     if trials.exists():
         for line in summary_lines(pd.read_parquet(trials), metric, mode):
             print(line)
+    print(f"report: python analysis/report.py {exp_dir}")
 
 
 # ---- CLI --------------------------------------------------------------------------------------
