@@ -215,13 +215,21 @@ def _write_experiment(exp_dir: Path, info: dict) -> None:
     write_json_atomic(info, exp_dir / "experiment.json")
 
 
+def _default_ray_storage(exp_dir: Path, name: str) -> str:
+    shared = os.environ.get("ICT_STORAGE", "").rstrip("/")
+    return f"{shared}/{name}/ray" if shared else str(exp_dir / "ray")
+
+
 def run_search(space, budget="smoke", num_samples=None, storage=None, name=None, resume=False,
                workers_per_trial=1, gpus_per_worker=0, *, extra=None, strata=None, address=None,
-               max_concurrent=None, quiet=False) -> Path:
+               max_concurrent=None, quiet=False, ray_storage=None) -> Path:
     """Run (or resume) a search; returns the experiment folder holding trials.parquet and evals.parquet.
 
     `extra` are dotted overrides for every trial (the CLI's --set), `strata` limits the search to some strata,
-    `max_concurrent` overrides the space's concurrency, `address` names a Ray cluster (default: a local one)."""
+    `max_concurrent` overrides the space's concurrency, `address` names a Ray cluster (default: a local one).
+    `ray_storage` is where Ray keeps trial checkpoints: EXPERIMENT_DIR/ray by default, or $ICT_STORAGE/NAME/ray
+    when that is set (cluster.yaml sets it to s3), since on several nodes it must be shared. The Parquet tables
+    are always written by the driver into the local experiment folder."""
     plan = resolve_plan(space, budget, num_samples, extra, strata)
     if max_concurrent is not None:
         plan.max_concurrent = int(max_concurrent)
@@ -256,7 +264,9 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 print(text, flush=True)
 
         say(format_plan(plan, res, exp_dir))
-        ray_dir = exp_dir / "ray"
+        ray_dir = ray_storage or info.get("ray_storage") or _default_ray_storage(exp_dir, name)
+        info["ray_storage"] = ray_dir
+        _write_experiment(exp_dir, info)
         for stratum in plan.strata:
             if stratum.name in done_strata:
                 say(f"stratum {stratum.name}: already finished, skipped")
@@ -267,9 +277,9 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                                    workers=workers_per_trial, gpus_per_worker=gpus_per_worker,
                                    storage=str(ray_dir)),
                 res["trial"])
-            path = ray_dir / stratum.name
-            if resume and rt.Tuner.can_restore(str(path)):
-                tuner = rt.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+            path = f"{ray_dir.rstrip('/')}/{stratum.name}"
+            if resume and rt.Tuner.can_restore(path):
+                tuner = rt.Tuner.restore(path, trainable=trainable, resume_errored=True)
             else:
                 search_alg, param_space, samples = _search(plan, stratum, res["max_concurrent_trials"],
                                                            stratum_seed(plan.search_seed, stratum.name))
@@ -322,6 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default 0)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="results folder (default ./results)")
+    p.add_argument("--ray-storage", default=None,
+                   help="where Ray keeps trial checkpoints; must be shared on several nodes, e.g. s3://BUCKET/ict "
+                        "(default: EXPERIMENT_DIR/ray, or $ICT_STORAGE/NAME/ray when ICT_STORAGE is set)")
     p.add_argument("--name", help="experiment name (default <space>-<budget>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment of the same name")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit without Ray")
@@ -356,7 +369,8 @@ def main(argv=None) -> int:
             return 0
         exp_dir = run_search(args.space, args.budget, args.num_samples, args.storage, args.name, args.resume,
                              args.workers_per_trial, args.gpus_per_worker, extra=extra, strata=strata,
-                             address=args.address, max_concurrent=args.max_concurrent)
+                             address=args.address, max_concurrent=args.max_concurrent,
+                             ray_storage=args.ray_storage)
         plan = load_space(args.space)
         print_summary(exp_dir, plan.metric, plan.mode)
         return 0
