@@ -93,26 +93,26 @@ class _Crash(Exception):
 
 
 def test_resume_continues_bitwise(cache_dir, tmp_path):
-    """240 steps == 120 + crash + resume + 120, bitwise on the CPU, with dropout on so its RNG must be restored.
+    """2000 steps == 1000 + crash + resume + 1000, bitwise on the CPU, with dropout on so its RNG must be restored.
 
-    240 rather than 2000 steps keeps this test near 15 s on a loaded 2-core machine; the exponential curriculum
-    still passes through every N(k) stage (11 ... 1281), and the equality is per step, so length adds nothing.
+    The exponential curriculum passes through every N(k) stage (11 ... 1281) on the way, and the resumed half
+    starts mid-curriculum, so N(k) must come from the restored step.
     """
-    overrides = ("train.total_steps=240", "train.checkpoint_every=120", "train.batch_size=16", "train.log_every=40",
-                 "network.dropout=0.2", "train.keep_checkpoints=1")
+    overrides = ("train.total_steps=2000", "train.checkpoint_every=1000", "train.batch_size=16",
+                 "train.log_every=500", "network.dropout=0.2", "train.keep_checkpoints=1")
     full_dir, split_dir = tmp_path / "full", tmp_path / "split"
     full_reports = []
     full = trainer.train(tiny(cache_dir, *overrides), report=lambda m, c: full_reports.append(m), run_dir=full_dir)
 
     def crash_after_first_checkpoint(metrics, checkpoint_dir):
-        if metrics["step"] == 120:
+        if metrics["step"] == 1000:
             raise _Crash
 
     with pytest.raises(_Crash):
         trainer.train(tiny(cache_dir, *overrides), report=crash_after_first_checkpoint, run_dir=split_dir)
     # Rows written after the checkpoint but before the crash, as a killed process would leave them.
     with (split_dir / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps({"step": 160, "loss": 0.0}) + "\n")
+        fh.write(json.dumps({"step": 1500, "loss": 0.0}) + "\n")
     resumed_reports = []
     resumed = trainer.train(tiny(cache_dir, *overrides), report=lambda m, c: resumed_reports.append(m),
                             resume_from=split_dir)
@@ -122,10 +122,10 @@ def test_resume_continues_bitwise(cache_dir, tmp_path):
     for key in ("student", "ema", "optimizer", "batch_generator", "rng_per_rank", "step"):
         _assert_same_tensors(a[key], b[key], key)
     assert resumed["loss"] == full["loss"] and resumed["fd"] == full["fd"]
-    assert [m["step"] for m in resumed_reports] == [240]
+    assert [m["step"] for m in resumed_reports] == [2000]
     assert resumed_reports[0]["loss"] == full_reports[-1]["loss"]
     full_rows, split_rows = _rows(full_dir / "metrics.jsonl"), _rows(split_dir / "metrics.jsonl")
-    assert [r["step"] for r in split_rows] == [40, 80, 120, 160, 200, 240]
+    assert [r["step"] for r in split_rows] == [500, 1000, 1500, 2000]
     assert [r["loss"] for r in split_rows] == [r["loss"] for r in full_rows]
     assert len(list((split_dir / "checkpoints").glob("step_*"))) == 1  # keep_checkpoints=1
 
