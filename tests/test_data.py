@@ -10,15 +10,6 @@ from ict_core.config import ConfigError, DataConfig, load_config
 from ict_core.data import DataError, Dataset, load_dataset, random_hflip
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's 2 cores are shared by parallel jobs; there, 2 busy-waiting threads are ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def data_cfg(**overrides) -> DataConfig:
     return load_config(overrides={f"data.{k}": v for k, v in overrides.items()}).data
 

@@ -13,15 +13,6 @@ from ict_core.loss import ConsistencyLoss, DiffusionLoss, default_huber_c, pseud
 from ict_core.network import Precond, UNet, build_network
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks gain nothing from more threads, and OpenMP spin-waits badly on a shared, loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cfg(**overrides):
     base = {"train.total_steps": 400, "network.channels": 16, "network.dropout": 0.3}
     base.update(overrides)

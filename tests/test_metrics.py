@@ -22,15 +22,6 @@ from ict_core.metrics import (
 )
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's 2 cores are shared by parallel jobs; there, 2 busy-waiting threads are ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def eval_cfg(**overrides):
     return load_config(overrides={f"eval.{k}": v for k, v in overrides.items()}).eval
 

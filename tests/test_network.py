@@ -8,15 +8,6 @@ from ict_core.config import load_config
 from ict_core.network import Precond, UNet, boundary_scalings, build_network, count_parameters, diffusion_scalings
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks gain nothing from more threads, and OpenMP spin-waits badly on a shared, loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny_unet(in_channels=1, resolution=8, **kw):
     args = dict(in_channels=in_channels, resolution=resolution, channels=16, channel_mult=(1, 2), num_blocks=1,
                 attn_resolutions=(4,), dropout=0.0, fourier_scale=0.02)

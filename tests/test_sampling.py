@@ -11,15 +11,6 @@ from ict_core.sampling import sample_consistency, sample_diffusion
 from ict_core.schedule import karras_sigmas
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks gain nothing from more threads, and OpenMP spin-waits badly on a shared, loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder(nn.Module):
     """A real module f(x, sigma) = scale * x (plus a parameter, so the device is found) that logs its calls."""
 
