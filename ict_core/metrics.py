@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .fileio import atomic_write
 
 FEATNET_VERSION = "featnet-v1"
 FEATNET_SEED = 1234
@@ -158,13 +159,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, p
         top, left = padding + (i // nrow) * (height + padding), padding + (i % nrow) * (width + padding)
         grid[:, top:top + height, left:left + width] = pixels[i]
     array = grid[0].numpy() if channels == 1 else grid.permute(1, 2, 0).numpy()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    with os.fdopen(fd, "wb") as handle:
-        Image.fromarray(array).save(handle, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda handle: Image.fromarray(array).save(handle, format="PNG"))
 
 
 # ---- feature networks ------------------------------------------------------------------------------
@@ -221,19 +216,6 @@ def _cache_dir(cache_dir: str | Path | None) -> Path:
     path = Path(os.path.expanduser(str(cache_dir or DEFAULT_CACHE_DIR)))
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _atomic_write(path: Path, write) -> None:
-    """write(file_handle) into a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _featnet_training_set(dataset):
@@ -335,7 +317,7 @@ def _dataset_extractor(dataset, cache_dir, device) -> FeatureExtractor:
         net, info = train_feature_net(source)
         info["fingerprint"] = source.fingerprint()
         payload = {"state_dict": net.state_dict(), "info": json.dumps(info)}
-        _atomic_write(path, lambda handle: torch.save(payload, handle))
+        atomic_write(path, lambda handle: torch.save(payload, handle))
     net = net.eval().requires_grad_(False).to(device)
     return FeatureExtractor(_FeaturesOnly(net), "dataset", key, net.feature_dim, device, batch_size=1024, info=info)
 
@@ -392,5 +374,5 @@ def reference_stats(dataset, extractor: FeatureExtractor, cache_dir=None) -> tup
         except Exception:  # unreadable file: recompute and overwrite it
             pass
     mu, sigma = feature_stats(extractor(dataset.train))
-    _atomic_write(path, lambda handle: np.savez(handle, mu=mu, sigma=sigma))
+    atomic_write(path, lambda handle: np.savez(handle, mu=mu, sigma=sigma))
     return mu, sigma

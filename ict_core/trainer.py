@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from . import provenance
 from .config import Config, ConfigError, apply_overrides
+from .fileio import atomic_write_text
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -136,9 +137,7 @@ def _truncate_jsonl(path: Path, max_step: int) -> None:
             continue  # a half-written last line from a crash
         if row.get("step", 0) <= max_step:
             kept.append(line)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
 def _json_safe(value: Any) -> Any:
@@ -157,9 +156,7 @@ def _append_jsonl(path: Path, row: dict) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
 
 
 # ---- config resolution ---------------------------------------------------------------------------
