@@ -526,7 +526,8 @@ class _Run:
         out = {
             "step": self.step,
             "total_steps": self.cfg.train.total_steps,
-            "num_points": self._num_points(min(self.step, self.cfg.train.total_steps - 1)),
+            # N(k) of the last step trained (k = step - 1), as in metrics.jsonl; not that of the step to come.
+            "num_points": self._num_points(max(min(self.step, self.cfg.train.total_steps) - 1, 0)),
             "loss": loss,
             **{k: self.last_eval.get(k, float("nan")) for k in _EVAL_FLOAT_KEYS},
             "images_seen": self.images_seen,

@@ -230,3 +230,26 @@ def test_diffusion_objective_runs_with_heun_fd_and_no_two_step_fd(cache_dir, tmp
     assert summary["status"] == "completed"
     assert math.isfinite(summary["fd"]) and math.isnan(summary["fd_2step"])
     assert summary["num_points"] == 0  # no curriculum for the diffusion objective
+
+
+class _StopAtFirstReport(Exception):
+    pass
+
+
+def test_reported_num_points_is_that_of_the_steps_just_trained(cache_dir, tmp_path):
+    # K = 16 gives K' = 2: steps 0-1 train with N = 11, steps 2-3 with N = 21. The report at step 2 covers steps
+    # 0-1, so it must say 11, as metrics.jsonl does, not the N(k) of the step that comes next.
+    cfg = tiny(cache_dir, "train.total_steps=16", "train.checkpoint_every=2", "train.log_every=2", "eval.every=0",
+               "train.batch_size=4")
+    reports = []
+
+    def report(metrics, checkpoint_dir):
+        reports.append(metrics)
+        raise _StopAtFirstReport  # before the final evaluation: only the step-2 report is needed
+
+    with pytest.raises(_StopAtFirstReport):
+        trainer.train(cfg, report=report, run_dir=tmp_path)
+    logged = _rows(tmp_path / "metrics.jsonl")
+    assert reports[0]["step"] == 2 and logged[0]["step"] == 2
+    assert logged[0]["num_points"] == 11
+    assert reports[0]["num_points"] == 11
