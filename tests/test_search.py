@@ -142,6 +142,24 @@ def test_killed_driver_resumes_and_writes_every_trial_once(tmp_path):
     assert "trials.parquet" in done.stdout and "best fd" in done.stdout
 
 
+@pytest.mark.slow
+def test_asha_prunes_a_hopeless_trial_and_records_it(tmp_path):
+    """Trials run one at a time: the first learns (its evaluation EMA follows the student), the second keeps an
+    evaluation EMA frozen near its random initialisation (rate 0.9999), so its FD at the first rung is far worse
+    and ASHA (reduction factor 2) must stop it there; the table records it as pruned with the steps it ran."""
+    space = _space(tmp_path, "asha", ["{train.ema_rate: 0.9}", "{train.ema_rate: 0.9999}"], steps=60, every=20)
+    text = space.read_text().replace("max_concurrent: 2", "max_concurrent: 1")
+    space.write_text(text + "scheduler: {type: asha, grace_period: 20, reduction_factor: 2}\n")
+    exp_dir = run_search(space, budget="smoke", storage=tmp_path / "results", name="asha", quiet=True)
+
+    trials = pd.read_parquet(exp_dir / "trials.parquet").set_index("train.ema_rate")
+    assert trials.loc[0.9, "status"] == "completed" and trials.loc[0.9, "steps"] == 60
+    assert trials.loc[0.9999, "status"] == "pruned" and trials.loc[0.9999, "steps"] == 20
+    evals = pd.read_parquet(exp_dir / "evals.parquet")
+    pruned_id = trials.loc[0.9999, "trial_id"]
+    assert list(evals.loc[evals["trial_id"] == pruned_id, "step"]) == [20]
+
+
 if __name__ == "__main__":
     _tmp = Path(sys.argv[1])
     (_tmp / "exp_dir.txt").write_text(str(_two_node_search(_tmp)))
