@@ -41,6 +41,10 @@ class DataConfig:
     path: str = ""
     hflip: bool = True  # random horizontal flips, applied only where the data set allows them
     holdout_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5, hi_open=True))
+    # Share of the pool that trains the "dataset" feature network and gives FD's reference statistics; the
+    # generator never trains on it (docs/MEASUREMENT.md). digits and patches only: CIFAR-10 and ImageNet 64
+    # take these images from their official held-out split instead.
+    featnet_fraction: float = field(default=0.25, metadata=_range(0.05, 0.5))
     max_images: int = field(default=0, metadata=_range(0))  # 0 = all
     # Fixes the held-out split and patch positions. Kept apart from train.seed so that the seeds of one
     # configuration train on the same images and are scored by the same feature network.
@@ -80,8 +84,10 @@ class LossConfig:
     huber_c: float | None = field(default=None, metadata=_range(0.0))
     weighting: str = field(default="ict", metadata=_choice("ict", "uniform"))
     noise_schedule: str = field(default="lognormal", metadata=_choice("lognormal", "uniform"))
-    p_mean: float = field(default=-1.1, metadata=_range(-10.0, 10.0))
-    p_std: float = field(default=2.0, metadata=_range(0.0, 10.0, lo_open=True))
+    # Noise distribution; None = the objective's own (NOISE_DISTRIBUTION below): iCT's (-1.1, 2.0) for
+    # consistency, EDM's (-1.2, 1.2) for diffusion. A value set explicitly always wins.
+    p_mean: float | None = field(default=None, metadata=_range(-10.0, 10.0))
+    p_std: float | None = field(default=None, metadata=_range(0.0, 10.0, lo_open=True))
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,13 @@ class TrainConfig:
     total_steps: int = field(default=2000, metadata=_range(1))
     batch_size: int = field(default=128, metadata=_range(1))  # global, split across DDP ranks
     seed: int = field(default=0, metadata=_range(0))
-    ema_rate: float = field(default=0.99993, metadata=_range(0.0, 1.0))  # evaluation EMA, never the teacher
-    precision: str = field(default="fp32", metadata=_choice("fp32", "bf16"))  # bf16: network under autocast
+    # Evaluation EMA (never the teacher): ema_rate is the per-step rate once warmed up; for the first steps the
+    # half-life is capped at ema_rampup * step (EDM's ramp-up; 0 = a constant rate). See ict_core/ema.py.
+    ema_rate: float = field(default=0.99993, metadata=_range(0.0, 1.0))
+    ema_rampup: float = field(default=0.05, metadata=_range(0.0, 1.0))
+    # bf16: the network under autocast; bf16_stem: the same, with the input scaling, noise embedding and first
+    # convolution kept in fp32 (benchmarks/precision.py measures both against fp32).
+    precision: str = field(default="fp32", metadata=_choice("fp32", "bf16", "bf16_stem"))
     compile: bool = False
     channels_last: bool = False
     device: str = field(default="auto", metadata=_choice("auto", "cpu", "cuda"))
@@ -132,7 +143,7 @@ class EvalConfig:
     # Feature network for the Frechet distance: "auto" = Inception-v3 if inception_path is set and the data
     # are RGB at >= 32 px, otherwise a small classifier trained on the data set itself (cached).
     features: str = field(default="auto", metadata=_choice("auto", "inception", "dataset"))
-    inception_path: str = ""  # local pt_inception-2015-12-05 weights file
+    inception_path: str = ""  # local pt_inception-2015-12-05 weights file; required by eval.features=inception
     cache_dir: str = ""  # feature nets and reference statistics; "" = ~/.cache/ict_core
     grid: bool = True  # write a PNG grid of samples at each evaluation
 
@@ -306,6 +317,37 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     return out
 
 
+# The evaluation EMA may hold at most this share of the initial weights at any evaluation (docs/MEASUREMENT.md).
+MAX_INITIAL_EMA_SHARE = 0.01
+NOISE_DISTRIBUTION = {"consistency": (-1.1, 2.0), "diffusion": (-1.2, 1.2)}  # (p_mean, p_std): iCT, EDM
+
+
+def noise_distribution(loss_cfg: LossConfig) -> tuple[float, float]:
+    """(p_mean, p_std) of the run: the values set, else the objective's own (iCT Sec. 3.5; EDM Table 1)."""
+    p_mean, p_std = NOISE_DISTRIBUTION[loss_cfg.objective]
+    return (p_mean if loss_cfg.p_mean is None else loss_cfg.p_mean,
+            p_std if loss_cfg.p_std is None else loss_cfg.p_std)
+
+
+def _validate_measurement(cfg: Config) -> None:
+    """Checks that keep the evaluation honest (docs/MEASUREMENT.md)."""
+    if cfg.eval.features == "inception" and not cfg.eval.inception_path:
+        from .inception import WEIGHTS_HINT
+
+        raise ConfigError(f"eval.features=inception needs eval.inception_path (FID is computed in Inception-v3 "
+                          f"features); {WEIGHTS_HINT}")
+    first_eval = min(cfg.eval.every or cfg.train.total_steps, cfg.train.total_steps)
+    if cfg.train.ema_rampup == 0 and cfg.train.ema_rate ** first_eval >= MAX_INITIAL_EMA_SHARE:
+        raise ConfigError(
+            f"train.ema_rampup=0 keeps a constant evaluation-EMA rate train.ema_rate={cfg.train.ema_rate}, which still "
+            f"holds {cfg.train.ema_rate ** first_eval:.1%} of the initial weights at the first evaluation (step "
+            f"{first_eval}); allowed: below {MAX_INITIAL_EMA_SHARE:.0%}. Set train.ema_rampup > 0 (e.g. 0.05) or a "
+            f"lower train.ema_rate")
+    if cfg.data.holdout_fraction + cfg.data.featnet_fraction >= 0.9:
+        raise ConfigError(f"data.holdout_fraction + data.featnet_fraction must leave at least 10% of the images for "
+                          f"training, got {cfg.data.holdout_fraction} + {cfg.data.featnet_fraction}")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that a single key's range cannot express."""
     if cfg.curriculum.s1 < cfg.curriculum.s0:
@@ -320,6 +362,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.resolution must be one of 8, 16, 32, 64 for data.name=patches, got {cfg.data.resolution}")
     if cfg.data.name in ("cifar10", "imagenet64") and not cfg.data.path:
         raise ConfigError(f"data.path must name a local folder for data.name={cfg.data.name} (see README, Data sets)")
+    _validate_measurement(cfg)
 
 
 def list_presets() -> list[str]:

@@ -4,8 +4,19 @@ digits      scikit-learn's 8x8 handwritten digits (bundled), 1 channel, labels 0
 patches     RGB crops of the photographs bundled with scikit-image, at 8, 16, 32 or 64 px. Every resolution
             shows the same regions (a 64 px crop of the downscaled photo, area-averaged to the target size),
             so a study across resolutions changes only the dimension d = C*H*W. Labels: source photo index.
+            Each photo is cut into a grid of >= 16 cells before cropping; a quarter of the cells feed the feature
+            network, a tenth the held-out set (data.featnet_fraction, data.holdout_fraction), the rest training,
+            and every crop lies inside cells of one part, so no held-out or feature-network crop shares a pixel
+            with a training crop.
 cifar10     the python version of CIFAR-10 (cifar-10-batches-py); held-out set = the official test batch.
 imagenet64  downsampled ImageNet 64x64 (.npz batches); held-out set = val_data.npz.
+
+Three disjoint parts (docs/MEASUREMENT.md): `train` (the generator's), `heldout` (held-out losses and
+nearest-neighbour reference) and `featnet` (trains the "dataset" feature network and gives FD's reference
+statistics). The featnet part is drawn with the fixed FEATNET_SPLIT_SEED, whatever data.seed, so every seed of
+a study is scored by one feature network; data.seed only redistributes the rest. CIFAR-10 and ImageNet 64
+split their official held-out set in half into featnet and heldout parts instead, so the generator keeps the
+whole training set.
 
 A data.resolution other than the native one (digits 8, cifar10 32, imagenet64 64) resizes bilinearly
 (antialiased when shrinking). Nothing is downloaded and nothing is cached on disk.
@@ -32,12 +43,17 @@ PATCH_SOURCES = (
     "coins", "immunohistochemistry", "retina", "hubble_deep_field", "moon",
 )
 PATCHES_PER_SOURCE = 300
-# Each photo is downscaled so its shorter side has this many pixels; a crop is PATCH_REGION px of it (40 %
-# of the short side), large enough to hold an object part (an eye, a cup handle) rather than flat texture.
-PATCH_SHORT_SIDE = 160
+# Each photo is resized so its shorter side has this many pixels; a crop is PATCH_REGION px of it (20 % of
+# the short side), large enough to hold an object part (an eye, a cup handle) rather than flat texture, and
+# small enough that each photo holds a grid of >= 16 split cells (PATCH_CELL), so that the held-out and
+# featnet cells are scattered over the photo and their crops show the same kinds of content as training's.
+PATCH_SHORT_SIDE = 320
 PATCH_REGION = 64
 # Crops whose pixel std (in [0, 1] units) is below this are near-uniform (black retina border, empty sky).
 PATCH_MIN_STD = 0.04
+# Cells of the per-photo split grid have sides of at least this many pixels (> PATCH_REGION, so a crop fits).
+PATCH_CELL = 80
+FEATNET_SPLIT_SEED = 0
 # Official held-out splits are capped: they serve held-out losses and metrics, not training.
 MAX_OFFICIAL_HELDOUT = 10000
 
@@ -74,6 +90,11 @@ class Dataset:
     heldout_labels: torch.Tensor | None = None
     num_classes: int = 0
     label_kind: str = "class"  # "class", or "source_image" for patches
+    # Images the generator never trains on, for the feature network and FD's reference (see module docstring).
+    featnet: torch.Tensor | None = None
+    featnet_labels: torch.Tensor | None = None
+    # patches: (photo index, top, left) of each crop in the downscaled photo, per part ("train", "heldout", ...).
+    crop_boxes: dict | None = None
     seed: int = 0
     data_cfg: DataConfig | None = None  # what load_dataset was given (None for hand-built data sets)
     _fingerprint: str | None = field(default=None, repr=False)
@@ -91,7 +112,8 @@ class Dataset:
         """Content hash of images and labels; keys the feature-network and reference-statistics caches."""
         if self._fingerprint is None:
             digest = hashlib.blake2b(digest_size=16)
-            for tensor in (self.train, self.heldout, self.train_labels, self.heldout_labels):
+            for tensor in (self.train, self.heldout, self.train_labels, self.heldout_labels, self.featnet,
+                           self.featnet_labels):
                 if tensor is not None:
                     digest.update(str(tuple(tensor.shape)).encode())
                     digest.update(tensor.contiguous().cpu().numpy().tobytes())
@@ -147,13 +169,22 @@ def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 def _split(images: torch.Tensor, labels: torch.Tensor, data_cfg: DataConfig, seed: int):
-    """Deterministic shuffled split into (train, heldout); data.max_images caps the training part."""
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(images.shape[0]))
-    num_heldout = int(round(images.shape[0] * data_cfg.holdout_fraction))
+    """Deterministic three-way split into (train, train labels, heldout, heldout labels, featnet, featnet labels).
+
+    The featnet part (data.featnet_fraction of the pool) is fixed by FEATNET_SPLIT_SEED; the held-out part
+    (data.holdout_fraction of the pool) and the training order come from `seed`; data.max_images caps training.
+    """
+    total = images.shape[0]
+    fixed = np.random.default_rng(FEATNET_SPLIT_SEED).permutation(total)
+    num_featnet = int(round(total * data_cfg.featnet_fraction))
+    feat, rest = np.sort(fixed[:num_featnet]), np.sort(fixed[num_featnet:])
+    order = torch.from_numpy(rest[np.random.default_rng(seed).permutation(rest.shape[0])])
+    num_heldout = int(round(total * data_cfg.holdout_fraction))
     held, train = order[:num_heldout], order[num_heldout:]
     if data_cfg.max_images:
         train = train[: data_cfg.max_images]
-    return images[train], labels[train], images[held], labels[held]
+    feat = torch.from_numpy(feat)
+    return images[train], labels[train], images[held], labels[held], images[feat], labels[feat]
 
 
 def _check_resolution(data_cfg: DataConfig, native: int) -> int:
@@ -187,10 +218,11 @@ def _load_digits(data_cfg: DataConfig, seed: int) -> Dataset:
     images = torch.from_numpy(pixels).unsqueeze(1).div_(8.0).sub_(1.0)  # 0..16 -> [-1, 1]
     images = _resize(images, resolution)
     labels = torch.from_numpy(target)
-    train, train_labels, held, held_labels = _split(images, labels, data_cfg, seed)
+    train, train_labels, held, held_labels, feat, feat_labels = _split(images, labels, data_cfg, seed)
     return Dataset(train=train.contiguous(), heldout=held.contiguous(), name="digits", channels=1,
                    resolution=resolution, allows_flip=False, train_labels=train_labels,
-                   heldout_labels=held_labels, num_classes=10, label_kind="class")
+                   heldout_labels=held_labels, num_classes=10, label_kind="class", featnet=feat.contiguous(),
+                   featnet_labels=feat_labels)
 
 
 # ---- patches ------------------------------------------------------------------------------------
@@ -227,19 +259,58 @@ def _window_std(photo: torch.Tensor) -> torch.Tensor:
     return (window_sums(pixels.square().sum(0)) / count - mean.square()).clamp_(min=0.0).sqrt_()
 
 
-def _patch_regions(photo: torch.Tensor, count: int, rng: np.random.Generator) -> torch.Tensor:
-    """`count` crops of PATCH_REGION px at random positions, skipping near-uniform ones."""
-    height, width = photo.shape[-2:]
-    candidates = 4 * count
-    tops = torch.from_numpy(rng.integers(0, height - PATCH_REGION + 1, size=candidates))
-    lefts = torch.from_numpy(rng.integers(0, width - PATCH_REGION + 1, size=candidates))
-    textured = _window_std(photo)[tops, lefts] >= PATCH_MIN_STD
+def _split_cells(height: int, width: int, data_cfg: DataConfig, fixed_rng: np.random.Generator,
+                 rng: np.random.Generator) -> torch.Tensor:
+    """(H, W) map of each pixel's part (0 train, 1 heldout, 2 featnet): a grid of cells of >= PATCH_CELL px;
+    data.featnet_fraction of the cells (at least one) go to featnet, drawn by fixed_rng, and
+    data.holdout_fraction of them (at least one unless 0) to heldout, drawn by rng; the rest train."""
+    rows, cols = max(1, height // PATCH_CELL), max(1, width // PATCH_CELL)
+    cells = rows * cols
+    num_featnet = max(1, int(round(cells * data_cfg.featnet_fraction)))
+    num_heldout = max(1, int(round(cells * data_cfg.holdout_fraction))) if data_cfg.holdout_fraction > 0 else 0
+    if num_featnet + num_heldout >= cells:
+        raise DataError(f"a patches photo of {height}x{width} px has {cells} cells of {PATCH_CELL} px; "
+                        f"{num_featnet} featnet + {num_heldout} held-out cells leave none for training")
+    featnet_cells = fixed_rng.permutation(cells)[:num_featnet]
+    others = np.setdiff1d(np.arange(cells), featnet_cells)
+    heldout_cells = others[rng.permutation(others.shape[0])[:num_heldout]]
+    row_edges = np.linspace(0, height, rows + 1).round().astype(int)
+    col_edges = np.linspace(0, width, cols + 1).round().astype(int)
+    parts = torch.zeros(height, width, dtype=torch.int64)
+    for chosen, part in ((featnet_cells, 2), (heldout_cells, 1)):
+        for cell in chosen.tolist():
+            r, c = divmod(cell, cols)
+            parts[row_edges[r]:row_edges[r + 1], col_edges[c]:col_edges[c + 1]] = part
+    return parts
+
+
+def _window_inside(mask: torch.Tensor) -> torch.Tensor:
+    """(H', W') bool: the PATCH_REGION window at (top, left) lies wholly inside `mask`."""
+    size = PATCH_REGION
+    table = F.pad(mask.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+    sums = table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
+    return sums >= size * size - 0.5
+
+
+def _patch_regions(photo: torch.Tensor, count: int, rng: np.random.Generator, allowed: torch.Tensor,
+                   window_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` crops of PATCH_REGION px at random positions among the `allowed` windows, skipping near-uniform
+    ones; returns (crops, (count, 2) top-left positions)."""
+    positions = torch.nonzero(allowed)
+    if count == 0:
+        return photo.new_zeros(0, 3, PATCH_REGION, PATCH_REGION), positions[:0]
+    if positions.shape[0] == 0:
+        raise DataError("a patches split cell holds no whole crop; PATCH_CELL must exceed PATCH_REGION")
+    picks = positions[torch.from_numpy(rng.integers(0, positions.shape[0], size=4 * count))]
+    tops, lefts = picks[:, 0], picks[:, 1]
+    textured = window_std[tops, lefts] >= PATCH_MIN_STD
     keep = torch.nonzero(textured).flatten()
-    if keep.numel() < count:  # a nearly flat photo: fill up with the flat crops, in drawn order
+    if keep.numel() < count:  # a nearly flat region: fill up with the flat crops, in drawn order
         keep = torch.cat([keep, torch.nonzero(~textured).flatten()])
     keep = keep[:count]
     windows = photo.unfold(1, PATCH_REGION, 1).unfold(2, PATCH_REGION, 1)  # a view: (3, H', W', R, R)
-    return windows[:, tops[keep], lefts[keep]].permute(1, 0, 2, 3).contiguous()
+    crops = windows[:, tops[keep], lefts[keep]].permute(1, 0, 2, 3).contiguous()
+    return crops, torch.stack([tops[keep], lefts[keep]], dim=1)
 
 
 def _load_patches(data_cfg: DataConfig, seed: int) -> Dataset:
@@ -248,19 +319,35 @@ def _load_patches(data_cfg: DataConfig, seed: int) -> Dataset:
         raise DataError(f"data.resolution must be one of {', '.join(map(str, PATCH_RESOLUTIONS))} for "
                         f"data.name=patches, got {resolution}")
     rng = np.random.default_rng(seed)
+    fixed_rng = np.random.default_rng(FEATNET_SPLIT_SEED)
     pool = PATCH_REGION // resolution
-    images, labels = [], []
+    counts = {"heldout": int(round(PATCHES_PER_SOURCE * data_cfg.holdout_fraction)),
+              "featnet": int(round(PATCHES_PER_SOURCE * data_cfg.featnet_fraction))}
+    counts["train"] = PATCHES_PER_SOURCE - counts["heldout"] - counts["featnet"]
+    parts = {name: ([], [], []) for name in ("train", "heldout", "featnet")}
     for index, name in enumerate(PATCH_SOURCES):
-        crops = _patch_regions(_source_photo(name), PATCHES_PER_SOURCE, rng)
-        if pool > 1:  # exact area average, so each resolution shows the same region
-            crops = F.avg_pool2d(crops, pool)
-        images.append(crops.mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0))
-        labels.append(torch.full((crops.shape[0],), index, dtype=torch.int64))
-    images, labels = torch.cat(images), torch.cat(labels)
-    train, train_labels, held, held_labels = _split(images, labels, data_cfg, seed)
-    return Dataset(train=train.contiguous(), heldout=held.contiguous(), name="patches", channels=3,
-                   resolution=resolution, allows_flip=True, train_labels=train_labels,
-                   heldout_labels=held_labels, num_classes=len(PATCH_SOURCES), label_kind="source_image")
+        photo = _source_photo(name)
+        cells = _split_cells(photo.shape[1], photo.shape[2], data_cfg, fixed_rng, rng)
+        window_std = _window_std(photo)
+        for part_id, part in enumerate(("train", "heldout", "featnet")):
+            part_rng = fixed_rng if part == "featnet" else rng
+            crops, boxes = _patch_regions(photo, counts[part], part_rng, _window_inside(cells == part_id), window_std)
+            if pool > 1:  # exact area average, so each resolution shows the same region
+                crops = F.avg_pool2d(crops, pool)
+            images, labels, where = parts[part]
+            images.append(crops.mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0))
+            labels.append(torch.full((crops.shape[0],), index, dtype=torch.int64))
+            where.append(torch.cat([torch.full((boxes.shape[0], 1), index, dtype=torch.int64), boxes], dim=1))
+    out = {name: tuple(torch.cat(x) for x in values) for name, values in parts.items()}
+    order = torch.from_numpy(rng.permutation(out["train"][0].shape[0]))
+    if data_cfg.max_images:
+        order = order[: data_cfg.max_images]
+    out["train"] = tuple(x[order] for x in out["train"])
+    return Dataset(train=out["train"][0].contiguous(), heldout=out["heldout"][0].contiguous(), name="patches",
+                   channels=3, resolution=resolution, allows_flip=True, train_labels=out["train"][1],
+                   heldout_labels=out["heldout"][1], num_classes=len(PATCH_SOURCES), label_kind="source_image",
+                   featnet=out["featnet"][0].contiguous(), featnet_labels=out["featnet"][1],
+                   crop_boxes={name: values[2] for name, values in out.items()})
 
 
 # ---- cifar10 ------------------------------------------------------------------------------------
@@ -303,18 +390,25 @@ def _load_cifar10(data_cfg: DataConfig, seed: int) -> Dataset:
 
 def _official_split(data_cfg, seed, name, resolution, train_u8, train_labels, held_u8, held_labels,
                     num_classes) -> Dataset:
-    """Training set (shuffled, capped by data.max_images) and the official held-out split."""
+    """Training set (shuffled, capped by data.max_images); the official held-out split is halved (by
+    FEATNET_SPLIT_SEED) into the featnet part and the held-out part, each capped at MAX_OFFICIAL_HELDOUT."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(train_u8.shape[0])
     if data_cfg.max_images:
         order = order[: data_cfg.max_images]
-    held_order = rng.permutation(held_u8.shape[0])[:MAX_OFFICIAL_HELDOUT]
+    fixed = np.random.default_rng(FEATNET_SPLIT_SEED).permutation(held_u8.shape[0])
+    half = held_u8.shape[0] // 2
+    feat_order = np.sort(fixed[:half][:MAX_OFFICIAL_HELDOUT])
+    rest = np.sort(fixed[half:])
+    held_order = np.sort(rest[rng.permutation(rest.shape[0])[:MAX_OFFICIAL_HELDOUT]])
     train = _resize(_to_unit_range(train_u8[np.sort(order)]), resolution)
-    heldout = _resize(_to_unit_range(held_u8[np.sort(held_order)]), resolution)
+    heldout = _resize(_to_unit_range(held_u8[held_order]), resolution)
     return Dataset(train=train, heldout=heldout, name=name, channels=3, resolution=resolution, allows_flip=True,
                    train_labels=torch.from_numpy(train_labels[np.sort(order)]),
-                   heldout_labels=torch.from_numpy(held_labels[np.sort(held_order)]),
-                   num_classes=num_classes, label_kind="class")
+                   heldout_labels=torch.from_numpy(held_labels[held_order]),
+                   num_classes=num_classes, label_kind="class",
+                   featnet=_resize(_to_unit_range(held_u8[feat_order]), resolution),
+                   featnet_labels=torch.from_numpy(held_labels[feat_order]))
 
 
 # ---- imagenet64 ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import math
 import torch
 
 from . import schedule
+from .config import noise_distribution
 
 METRICS = ("pseudo_huber", "l2")
 
@@ -81,7 +82,7 @@ class ConsistencyLoss:
         self.metric = cfg.loss.metric
         self.weighting = cfg.loss.weighting
         self.noise_schedule = cfg.loss.noise_schedule
-        self.p_mean, self.p_std = cfg.loss.p_mean, cfg.loss.p_std
+        self.p_mean, self.p_std = noise_distribution(cfg.loss)
         self.sigma_min, self.sigma_max, self.rho = cfg.precond.sigma_min, cfg.precond.sigma_max, cfg.precond.rho
         self.total_steps = cfg.train.total_steps
         self.shape, self.s0, self.s1 = cfg.curriculum.shape, cfg.curriculum.s0, cfg.curriculum.s1
@@ -187,7 +188,7 @@ class DiffusionLoss:
     """
 
     def __init__(self, cfg):
-        self.p_mean, self.p_std = cfg.loss.p_mean, cfg.loss.p_std
+        self.p_mean, self.p_std = noise_distribution(cfg.loss)
         self.sigma_data = cfg.precond.sigma_data
 
     def draw(self, batch_size: int, shape, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32):

@@ -4,10 +4,14 @@ and the feature networks they are computed in.
 Feature networks ("eval.features"):
   dataset    a small CNN classifier trained on the data set's own labels (digits: the digit; patches: the source
              photo; cifar10/imagenet64: the class, on a capped subset); features = its 128-d penultimate layer.
-             Training is deterministic (fixed seed, fixed CPU thread count, deterministic algorithms, always on
-             the CPU) and the result is cached under eval.cache_dir, keyed by the data config and a version. It is
-             trained on the data as loaded with seed 0 whatever the run's seed, so all seeds share one network.
-  inception  Inception-v3 as used for FID (ict_core.inception) from the local file eval.inception_path.
+             It trains on the data set's `featnet` part, which the generator never trains on (ict_core.data), and
+             FD's reference statistics are that part's features, so copying training images earns nothing over
+             drawing new real ones (docs/MEASUREMENT.md). Training is deterministic (fixed seed, fixed CPU thread
+             count, deterministic algorithms, always on the CPU) and cached under eval.cache_dir, keyed by the
+             data config and a version. The featnet part does not depend on data.seed, so all seeds share it.
+  inception  Inception-v3 as used for FID (ict_core.inception) from the local file eval.inception_path; images
+             are quantized to uint8 levels first, as saved samples would be, and the reference statistics are
+             those of the training set (the standard FID protocol).
   auto       inception when eval.inception_path is set and the images are RGB at >= 32 px, otherwise dataset.
 """
 from __future__ import annotations
@@ -25,9 +29,8 @@ import torch.nn.functional as F
 
 from .fileio import atomic_write
 
-FEATNET_VERSION = "featnet-v1"
+FEATNET_VERSION = "featnet-v2"  # v2: trained on the featnet part, not the training set
 FEATNET_SEED = 1234
-FEATNET_DATA_SEED = 0  # data seed of the split/patches the feature net trains on
 FEATNET_THREADS = 1  # more threads are slower, not faster, on a shared 2-core machine
 FEATNET_STEPS = 300
 FEATNET_BATCH = 64
@@ -37,6 +40,7 @@ FEATNET_WIDTH = 16
 FEATNET_MAX_IMAGES = 20000
 DEFAULT_CACHE_DIR = "~/.cache/ict_core"
 KID_FULL_KERNEL_MAX = 4000  # three 4000^2 float64 kernel matrices: 384 MB at most
+FD_BOOTSTRAP = 20  # resamples behind fd_se; the standard error of a 20-resample std is ~16% of it
 
 
 # ---- distances between feature distributions -----------------------------------------------------
@@ -82,6 +86,23 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     diff = mu1 - mu2
     value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt
     return float(max(value, 0.0))
+
+
+def frechet_distance_se(feats, ref_mu, ref_sigma, num_resamples: int = FD_BOOTSTRAP, seed: int = 0) -> float:
+    """Bootstrap standard error of the Frechet distance of `feats` (N, D) to fixed reference statistics: the
+    std over `num_resamples` FDs, each of N features drawn from `feats` with replacement. The reference is
+    held fixed because it is one set shared by every run being compared; the samples are what varies."""
+    feats = _as_float64(feats)
+    if feats.ndim != 2 or feats.shape[0] < 2:
+        raise ValueError(f"frechet_distance_se needs an (N, D) array with N >= 2, got shape {feats.shape}")
+    if num_resamples < 2:
+        raise ValueError(f"frechet_distance_se needs num_resamples >= 2, got {num_resamples}")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(num_resamples):
+        pick = rng.integers(0, feats.shape[0], size=feats.shape[0])
+        values.append(frechet_distance(*feature_stats(feats[pick]), ref_mu, ref_sigma))
+    return float(np.std(values, ddof=1))
 
 
 def kid(feats1, feats2, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
@@ -195,21 +216,31 @@ class FeatureExtractor:
     `name` is "dataset" or "inception"; `key` identifies the exact network (file names of cached statistics).
     """
 
-    def __init__(self, net: nn.Module, name: str, key: str, dim: int, device, batch_size: int, info=None):
+    def __init__(self, net: nn.Module, name: str, key: str, dim: int, device, batch_size: int, info=None,
+                 quantize: bool = False):
         self.net, self.name, self.key, self.dim = net, name, key, dim
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.info = info or {}
+        self.quantize = quantize
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         outputs = []
         for start in range(0, images.shape[0], self.batch_size):
             batch = images[start:start + self.batch_size].to(self.device, torch.float32)
+            if self.quantize:
+                batch = quantize_uint8(batch)
             outputs.append(self.net(batch).float().reshape(batch.shape[0], -1).cpu())
         if not outputs:
             return torch.zeros(0, self.dim)
         return torch.cat(outputs)
+
+
+def quantize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Round [-1, 1] images to the 256 levels of a saved uint8 image (clamped), back in [-1, 1]: what FID's
+    protocol scores (samples are written as 8-bit images before Inception sees them)."""
+    return ((images.clamp(-1.0, 1.0) + 1.0) * 127.5).round().div(127.5).sub(1.0)
 
 
 def _cache_dir(cache_dir: str | Path | None) -> Path:
@@ -219,9 +250,9 @@ def _cache_dir(cache_dir: str | Path | None) -> Path:
 
 
 def _featnet_training_set(dataset):
-    images, labels = dataset.train.cpu(), dataset.train_labels
+    images, labels = featnet_images(dataset), dataset.featnet_labels
     if labels is None or dataset.num_classes < 2:
-        raise ValueError(f"data set {dataset.key} has no labels; use eval.features=inception")
+        raise ValueError(f"data set {dataset.key} has no labelled featnet part; use eval.features=inception")
     if images.shape[0] > FEATNET_MAX_IMAGES:
         keep = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(FEATNET_SEED))
         keep = keep[:FEATNET_MAX_IMAGES].sort().values
@@ -278,27 +309,33 @@ def _accuracy(net, images, labels) -> float:
     return correct / images.shape[0]
 
 
-def _featnet_source(dataset):
-    """(cache key, loader of the data the net trains on). The net is trained on the data set as loaded with
-    FEATNET_DATA_SEED, whatever seed the run used, so every seed of a study is scored by the same network."""
-    import dataclasses
+def featnet_images(dataset) -> torch.Tensor:
+    """The images the dataset feature network trains on and FD's reference statistics come from."""
+    if dataset.featnet is None or dataset.featnet.shape[0] < 2:
+        raise ValueError(f"data set {dataset.key} has no featnet part (images the generator does not train on); "
+                         f"set data.featnet_fraction > 0 or use eval.features=inception")
+    return dataset.featnet.cpu()
+
+
+def _featnet_fingerprint(dataset) -> str:
     import hashlib
 
-    from ict_core.data import load_dataset
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in (dataset.featnet, dataset.featnet_labels):
+        if tensor is not None:
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
-    data_cfg = getattr(dataset, "data_cfg", None)
-    if data_cfg is None:  # built by hand: only its own content identifies it
-        return f"{dataset.key}_n{dataset.train.shape[0]}_{dataset.fingerprint()[:16]}", lambda: dataset
-    fields = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in ("hflip", "seed")}
-    digest = hashlib.blake2b(json.dumps(fields, sort_keys=True).encode(), digest_size=8).hexdigest()
-    if dataset.seed == FEATNET_DATA_SEED:
-        return f"{dataset.key}_cfg{digest}", lambda: dataset
-    return f"{dataset.key}_cfg{digest}", lambda: load_dataset(data_cfg, seed=FEATNET_DATA_SEED)
+
+def _featnet_source(dataset) -> str:
+    """Cache key of the feature network: its training images' content. The featnet part does not depend on
+    data.seed (ict_core.data), so every seed of a study is scored by the same network."""
+    return f"{dataset.key}_n{featnet_images(dataset).shape[0]}_{_featnet_fingerprint(dataset)[:16]}"
 
 
 def _dataset_extractor(dataset, cache_dir, device) -> FeatureExtractor:
-    source_key, load_source = _featnet_source(dataset)
-    key = f"{FEATNET_VERSION}_{source_key}"
+    key = f"{FEATNET_VERSION}_{_featnet_source(dataset)}"
     path = _cache_dir(cache_dir) / f"{key}.pt"
     net = FeatureNet(dataset.channels, dataset.resolution, dataset.num_classes)
     info = None
@@ -309,13 +346,11 @@ def _dataset_extractor(dataset, cache_dir, device) -> FeatureExtractor:
             info = json.loads(payload["info"])
         except Exception:  # unreadable or stale file: retrain and overwrite it
             info = None
-    # A run on the training data itself can check that the files behind data.path have not changed.
-    if info is not None and dataset.seed == FEATNET_DATA_SEED and info.get("fingerprint") != dataset.fingerprint():
+    if info is not None and info.get("fingerprint") != _featnet_fingerprint(dataset):
         info = None
     if info is None:
-        source = load_source()
-        net, info = train_feature_net(source)
-        info["fingerprint"] = source.fingerprint()
+        net, info = train_feature_net(dataset)
+        info["fingerprint"] = _featnet_fingerprint(dataset)
         payload = {"state_dict": net.state_dict(), "info": json.dumps(info)}
         atomic_write(path, lambda handle: torch.save(payload, handle))
     net = net.eval().requires_grad_(False).to(device)
@@ -343,7 +378,7 @@ def _inception_extractor(eval_cfg, device) -> FeatureExtractor:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return FeatureExtractor(net, "inception", f"inception_{digest.hexdigest()}", FEATURE_DIM, device,
-                            batch_size=64, info={"path": str(path)})
+                            batch_size=64, info={"path": str(path)}, quantize=True)
 
 
 def use_inception(dataset, eval_cfg) -> bool:
@@ -357,6 +392,20 @@ def use_inception(dataset, eval_cfg) -> bool:
     return bool(eval_cfg.inception_path) and dataset.channels == 3 and dataset.resolution >= 32
 
 
+def check_feature_weights(dataset, eval_cfg) -> None:
+    """Fail at the start of a run, not at its first evaluation, when Inception is asked for but its weights
+    file is missing (raises ConfigError naming the path and how to get the file)."""
+    from ict_core.config import ConfigError
+    from ict_core.inception import WEIGHTS_HINT
+
+    if not use_inception(dataset, eval_cfg):
+        return
+    path = Path(os.path.expanduser(eval_cfg.inception_path)) if eval_cfg.inception_path else None
+    if path is None or not path.is_file():
+        raise ConfigError(f"eval.inception_path={eval_cfg.inception_path!r} is not a file; FID on {dataset.key} needs "
+                          f"the Inception-v3 weights: {WEIGHTS_HINT}")
+
+
 def get_feature_extractor(dataset, eval_cfg, device="cpu") -> FeatureExtractor:
     """The feature network named by eval.features for `dataset` (see the module docstring)."""
     if use_inception(dataset, eval_cfg):
@@ -364,8 +413,14 @@ def get_feature_extractor(dataset, eval_cfg, device="cpu") -> FeatureExtractor:
     return _dataset_extractor(dataset, eval_cfg.cache_dir, device)
 
 
+def reference_images(dataset, extractor: FeatureExtractor) -> torch.Tensor:
+    """FD's reference set: the featnet part for the dataset feature network (unseen by the generator), the
+    training set for Inception (the standard FID protocol)."""
+    return dataset.train if extractor.name == "inception" else featnet_images(dataset)
+
+
 def reference_stats(dataset, extractor: FeatureExtractor, cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of the features of the whole training set, cached per (feature network, data content)."""
+    """(mu, sigma) of the features of reference_images, cached per (feature network, data content)."""
     path = _cache_dir(cache_dir) / f"refstats_{extractor.key}_{dataset.fingerprint()[:16]}.npz"
     if path.is_file():
         try:
@@ -373,6 +428,6 @@ def reference_stats(dataset, extractor: FeatureExtractor, cache_dir=None) -> tup
                 return archive["mu"], archive["sigma"]
         except Exception:  # unreadable file: recompute and overwrite it
             pass
-    mu, sigma = feature_stats(extractor(dataset.train))
+    mu, sigma = feature_stats(extractor(reference_images(dataset, extractor)))
     atomic_write(path, lambda handle: np.savez(handle, mu=mu, sigma=sigma))
     return mu, sigma

@@ -206,9 +206,17 @@ class UNet(nn.Module):
         self.norm_out = _norm(width)
         self.conv_out = _zero(nn.Conv2d(width, out_channels, 3, padding=1))
 
+    fp32_stem = False  # set by set_fp32_stem(): keep the noise embedding and conv_in out of autocast
+
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        emb = self.embed_mlp(self.embed(c_noise))
-        h = self.conv_in(x_in)
+        if self.fp32_stem and torch.is_autocast_enabled(x_in.device.type):
+            # c_in * x and ln(sigma) / 4 of adjacent grid sigmas differ by less than a bf16 step (docs/MEASUREMENT.md).
+            with torch.autocast(x_in.device.type, enabled=False):
+                emb = self.embed_mlp(self.embed(c_noise.float()))
+                h = self.conv_in(x_in.float())
+        else:
+            emb = self.embed_mlp(self.embed(c_noise))
+            h = self.conv_in(x_in)
         skips = [h]
         for block in self.down:
             h = block(h, emb)
@@ -251,6 +259,15 @@ class Precond(nn.Module):
         c_noise = sigma.log().flatten() / 4
         out = self.backbone(c_in * x, c_noise)
         return c_skip * x + c_out * out.to(x.dtype)
+
+
+def set_fp32_stem(net: nn.Module, enabled: bool = True) -> nn.Module:
+    """Every UNet inside `net` runs its noise embedding and first convolution in fp32 even under autocast
+    (train.precision=bf16_stem); outside autocast the flag changes nothing."""
+    for module in net.modules():
+        if isinstance(module, UNet):
+            module.fp32_stem = enabled
+    return net
 
 
 def build_network(cfg, in_channels: int, resolution: int) -> Precond:

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from . import provenance
 from .config import Config, ConfigError, apply_overrides
+from .ema import ema_beta
 from .fileio import atomic_write_text
 
 Report = Callable[[dict, "str | None"], None]
@@ -34,9 +35,12 @@ _SAMPLE_CHUNK = 1000  # images per sampler call during evaluation  # images in t
 
 METRIC_KEYS = (
     "step", "total_steps", "num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout",
-    "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s", "status",
+    "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s", "status", "fd_student", "fd_se",
 )
-_EVAL_FLOAT_KEYS = ("fd", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref")
+# fd: one-step FD of the evaluation EMA (what searches act on); fd_student: the same for the raw student, with
+# the same noise; fd_se: bootstrap standard error of fd (ict_core.metrics.frechet_distance_se).
+_EVAL_FLOAT_KEYS = ("fd", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref", "fd_student",
+                    "fd_se")
 
 
 # ---- distributed helpers -------------------------------------------------------------------------
@@ -74,17 +78,33 @@ def resolve_device(name: str) -> torch.device:
 
 # ---- small modules -------------------------------------------------------------------------------
 class _Bf16Net(torch.nn.Module):
-    """Runs the network under bf16 autocast and hands back fp32, so the loss (lambda up to ~2.6e4) stays fp32."""
+    """Runs the network under bf16 autocast and hands back fp32, so the loss (lambda up to ~2.6e4) stays fp32.
 
-    def __init__(self, net: torch.nn.Module, device_type: str):
+    keep_stem_fp32 (train.precision=bf16_stem) keeps the noise embedding and the first convolution, which see
+    c_in * x and ln(sigma) / 4 directly, in fp32 (network.set_fp32_stem): adjacent sigmas of the N=1281 grid
+    differ by less than one bf16 step there. benchmarks/precision.py measures what each variant keeps.
+    """
+
+    def __init__(self, net: torch.nn.Module, device_type: str, keep_stem_fp32: bool = False):
+        from .network import set_fp32_stem
+
         super().__init__()
-        self.net = net
+        self.net = set_fp32_stem(net, keep_stem_fp32)
         self.device_type = device_type
 
     def forward(self, x, sigma):
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
             out = self.net(x, sigma)
         return out.float()
+
+
+def wrap_precision(net: torch.nn.Module, precision: str, device_type: str) -> torch.nn.Module:
+    """The network as train.precision runs it: itself (fp32) or under bf16 autocast (bf16, bf16_stem)."""
+    if precision == "fp32":
+        return net
+    if precision in ("bf16", "bf16_stem"):
+        return _Bf16Net(net, device_type, keep_stem_fp32=precision == "bf16_stem")
+    raise ConfigError(f"train.precision must be one of fp32, bf16, bf16_stem; got {precision!r}")
 
 
 @torch.no_grad()
@@ -166,7 +186,21 @@ def resolve_config(cfg: Config, dim: int) -> Config:
         from .loss import default_huber_c
 
         cfg = apply_overrides(cfg, {"loss.huber_c": float(default_huber_c(dim))})
+    if cfg.loss.p_mean is None or cfg.loss.p_std is None:
+        from .config import noise_distribution
+
+        p_mean, p_std = noise_distribution(cfg.loss)
+        cfg = apply_overrides(cfg, {"loss.p_mean": p_mean, "loss.p_std": p_std})
     return cfg
+
+
+def check_compile(cfg: Config) -> None:
+    """train.compile with dropout is refused: under inductor the teacher's no-grad graph and the student's
+    training graph draw their dropout masks independently, while iCT needs both passes to share them."""
+    if cfg.train.compile and cfg.network.dropout > 0 and cfg.loss.objective == "consistency":
+        raise ConfigError(f"train.compile=true needs network.dropout=0 for the consistency objective, got "
+                          f"network.dropout={cfg.network.dropout}: compiled teacher and student passes draw different "
+                          f"dropout masks; set train.compile=false or network.dropout=0")
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -187,9 +221,10 @@ class Evaluator:
             self.ref_mu, self.ref_sigma = metrics.reference_stats(dataset, self.extractor, cfg.eval.cache_dir)
             g = torch.Generator().manual_seed(cfg.train.seed + _EVAL_SEED_OFFSET)
             train = dataset.train
-            num_ref = min(len(train), max(2 * cfg.eval.num_samples, 1000), 10_000)
-            ref_idx = torch.randperm(len(train), generator=g)[:num_ref]
-            self.ref_images = train[ref_idx]
+            reference = metrics.reference_images(dataset, self.extractor)  # KID's reference is FD's
+            num_ref = min(len(reference), max(2 * cfg.eval.num_samples, 1000), 10_000)
+            ref_idx = torch.randperm(len(reference), generator=g)[:num_ref]
+            self.ref_images = reference[ref_idx]
             self.ref_feats = self._features(self.ref_images)
             probe_idx = torch.randperm(len(train), generator=g)[:_LOSS_PROBE_IMAGES]
             self.probe_train = train[probe_idx]
@@ -238,26 +273,37 @@ class Evaluator:
             loss, _ = self.loss_fn(net, x, step, generator=g)
         return float(loss.float().mean())
 
+    def _one_step(self, net, seed: int) -> torch.Tensor:
+        """The evaluation's samples (one step, or Heun for diffusion) from fixed noise."""
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        sigmas = None if self.cfg.loss.objective == "diffusion" else [self.cfg.precond.sigma_max]
+        return self._sample(net, sigmas, g)
+
     @torch.no_grad()
-    def __call__(self, net: torch.nn.Module, step: int, sample_path: Path | None = None) -> dict:
+    def __call__(self, net: torch.nn.Module, step: int, sample_path: Path | None = None,
+                 student: torch.nn.Module | None = None) -> dict:
+        """Metrics of `net` (the evaluation EMA); fd_student is the FD of `student` from the same noise."""
         cfg = self.cfg
-        was_training = net.training
-        net.eval()
+        nets = [net] + ([student] if student is not None else [])
+        was_training = [m.training for m in nets]
+        for m in nets:
+            m.eval()
         seed = cfg.train.seed + _EVAL_SEED_OFFSET
         out = {}
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                g = torch.Generator(device=self.device).manual_seed(seed)
+                samples = self._one_step(net, seed)
                 if cfg.loss.objective == "diffusion":
-                    samples = self._sample(net, None, g)
                     out["fd_2step"] = float("nan")
                 else:
-                    samples = self._sample(net, [cfg.precond.sigma_max], g)
                     g2 = torch.Generator(device=self.device).manual_seed(seed + 1)
                     two = self._sample(net, [cfg.precond.sigma_max, cfg.eval.sigma_mid], g2)
                     out["fd_2step"] = self._fd(self._features(two))
                 feats = self._features(samples)
                 out["fd"] = self._fd(feats)
+                out["fd_se"] = self.metrics.frechet_distance_se(feats, self.ref_mu, self.ref_sigma, seed=seed)
+                out["fd_student"] = (self._fd(self._features(self._one_step(student, seed)))
+                                     if student is not None else float("nan"))
                 out["kid"] = float(self.metrics.kid(feats, self.ref_feats, num_subsets=_KID_SUBSETS))
                 out["nn_dist"] = float(
                     self.metrics.nearest_neighbor_distance(samples, self.dataset.train.to(samples.device)).mean()
@@ -269,7 +315,8 @@ class Evaluator:
                     sample_path.parent.mkdir(parents=True, exist_ok=True)
                     self.metrics.save_grid(samples[:64].cpu(), sample_path)
         finally:
-            net.train(was_training)
+            for m, mode in zip(nets, was_training):
+                m.train(mode)
         return out
 
 
@@ -298,6 +345,9 @@ class _Run:
 
         self.dataset = load_dataset(cfg.data, seed=cfg.data.seed)
         self.cfg = cfg = resolve_config(cfg, self.dataset.dim)
+        from .metrics import check_feature_weights
+
+        check_feature_weights(self.dataset, cfg.eval)
 
         if run_dir is None:
             if resume_from is not None:
@@ -350,13 +400,12 @@ class _Run:
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.ema = _frozen_copy(model)  # evaluation EMA at train.ema_rate; never a teacher
+        self.ema = _frozen_copy(model)  # evaluation EMA (ict_core/ema.py); never a teacher
         self.teacher = _frozen_copy(model) if cfg.loss.teacher == "ema" and cfg.loss.objective == "consistency" else None
         self.num_params = sum(p.numel() for p in model.parameters())
 
-        forward = model
-        if cfg.train.precision == "bf16":
-            forward = _Bf16Net(forward, device.type)
+        check_compile(cfg)
+        forward = wrap_precision(model, cfg.train.precision, device.type)
         inner = torch.compile(forward) if cfg.train.compile else forward
         if self.world_size > 1:
             ddp = torch.nn.parallel.DistributedDataParallel(
@@ -369,8 +418,8 @@ class _Run:
             self.student = inner
             self.stopgrad_teacher = None
         teacher_forward = self.teacher
-        if self.teacher is not None and cfg.train.precision == "bf16":
-            teacher_forward = _Bf16Net(self.teacher, device.type)
+        if self.teacher is not None:
+            teacher_forward = wrap_precision(self.teacher, cfg.train.precision, device.type)
         self.teacher_forward = teacher_forward
 
         o = cfg.optim
@@ -542,7 +591,7 @@ class _Run:
             path = self.run_dir / "samples" / f"{_step_dir_name(self.step)}.png"
             if self.evaluator is None:
                 self.evaluator = Evaluator(self.cfg, self.dataset, self.device, self.loss_fn)
-            result = self.evaluator(self.ema, self.step, path)
+            result = self.evaluator(self.ema, self.step, path, student=self.model)
             values = [float(result[k]) for k in _EVAL_FLOAT_KEYS]
         values = _broadcast_floats(values, self.device, self.world_size)
         self.last_eval = dict(zip(_EVAL_FLOAT_KEYS, values))
@@ -580,7 +629,8 @@ class _Run:
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
-        ema_update(self.ema, self.model, cfg.train.ema_rate)
+        # The update after optimizer step k = self.step + 1, with the warm-up of ict_core/ema.py.
+        ema_update(self.ema, self.model, ema_beta(self.step + 1, cfg.train.ema_rate, cfg.train.ema_rampup))
         if self.teacher is not None:
             from .schedule import ema_teacher_mu
 
@@ -660,7 +710,8 @@ class _Run:
                 metrics["evaluated"] = is_eval
                 if is_eval and self.is_main:
                     _append_jsonl(self.run_dir / "evals.jsonl", metrics)
-                    print(f"[ict] eval step {self.step}: fd {metrics['fd']:.4g}  fd_2step {metrics['fd_2step']:.4g}  "
+                    print(f"[ict] eval step {self.step}: fd {metrics['fd']:.4g} +- {metrics['fd_se']:.2g}  "
+                          f"fd_student {metrics['fd_student']:.4g}  fd_2step {metrics['fd_2step']:.4g}  "
                           f"kid {metrics['kid']:.4g}  loss_train {metrics['loss_train']:.4g}  "
                           f"loss_heldout {metrics['loss_heldout']:.4g}", flush=True)
                 ckpt_dir = self._save_checkpoint()

@@ -14,6 +14,7 @@ from ict_core.config import (
     list_presets,
     load_config,
     load_preset,
+    noise_distribution,
 )
 
 EXPECTED_PRESETS = {"digits", "tiny", "patches", "digits_diffusion", "ct_baseline", "cifar10", "cifar10_deep", "imagenet64"}
@@ -22,7 +23,10 @@ EXPECTED_PRESETS = {"digits", "tiny", "patches", "digits_diffusion", "ct_baselin
 def test_defaults_are_the_papers():
     cfg = Config()
     assert (cfg.precond.sigma_min, cfg.precond.sigma_max, cfg.precond.rho, cfg.precond.sigma_data) == (0.002, 80.0, 7.0, 0.5)
-    assert (cfg.loss.p_mean, cfg.loss.p_std) == (-1.1, 2.0)
+    assert (cfg.loss.p_mean, cfg.loss.p_std) == (None, None)  # resolved per objective: iCT's (-1.1, 2.0) ...
+    assert noise_distribution(cfg.loss) == (-1.1, 2.0)
+    assert noise_distribution(load_config(None, ["loss.objective=diffusion"]).loss) == (-1.2, 1.2)  # ... EDM's
+    assert noise_distribution(load_config(None, ["loss.objective=diffusion", "loss.p_mean=-1.1"]).loss) == (-1.1, 1.2)
     assert (cfg.curriculum.shape, cfg.curriculum.s0, cfg.curriculum.s1) == ("exponential", 10, 1280)
     assert cfg.train.ema_rate == 0.99993
     assert cfg.loss.teacher == "none" and cfg.loss.huber_c is None

@@ -28,16 +28,17 @@ def check_images(dataset: Dataset, channels: int, resolution: int):
 def test_digits_shapes_range_split_and_no_flips():
     dataset = load_dataset(data_cfg(name="digits", holdout_fraction=0.1, hflip=True))
     check_images(dataset, 1, 8)
-    assert dataset.train.shape[0] + dataset.heldout.shape[0] == 1797
-    assert dataset.heldout.shape[0] == round(1797 * 0.1)
+    assert dataset.train.shape[0] + dataset.heldout.shape[0] + dataset.featnet.shape[0] == 1797
+    assert dataset.heldout.shape[0] == round(1797 * 0.1) and dataset.featnet.shape[0] == round(1797 * 0.25)
     assert dataset.train.min() == -1.0 and dataset.train.max() == 1.0  # 0 and 16 both occur
     assert dataset.key == "digits-8" and dataset.num_classes == 10
     assert not dataset.allows_flip and not dataset.hflip
     batch = dataset.train[:16]
     assert dataset.augment(batch, torch.Generator().manual_seed(0)) is batch
-    # train and held-out sets are disjoint
+    # train, held-out and featnet parts are disjoint
     train_rows = {tuple(x.flatten().tolist()) for x in dataset.train}
     assert sum(tuple(x.flatten().tolist()) in train_rows for x in dataset.heldout) < 5  # a few exact duplicates exist
+    assert sum(tuple(x.flatten().tolist()) in train_rows for x in dataset.featnet) < 10
 
 
 def test_digits_split_depends_on_seed_and_caps():
@@ -48,7 +49,9 @@ def test_digits_split_depends_on_seed_and_caps():
     capped = load_dataset(data_cfg(name="digits", max_images=100, holdout_fraction=0.25))
     assert capped.train.shape[0] == 100 and capped.heldout.shape[0] == round(1797 * 0.25)
     none_held = load_dataset(data_cfg(name="digits", holdout_fraction=0.0))
-    assert none_held.heldout.shape == (0, 1, 8, 8) and none_held.train.shape[0] == 1797
+    assert none_held.heldout.shape == (0, 1, 8, 8) and none_held.train.shape[0] == 1797 - round(1797 * 0.25)
+    # the featnet part is the same whatever data.seed: one feature network scores every seed
+    assert torch.equal(first.featnet, other.featnet) and torch.equal(first.featnet, none_held.featnet)
 
 
 def test_digits_other_resolution_resizes():
@@ -131,7 +134,8 @@ def test_cifar10_parses_the_python_format(tmp_path):
     folder = write_cifar(tmp_path / "cifar-10-batches-py")
     dataset = load_dataset(data_cfg(name="cifar10", path=str(folder)))
     check_images(dataset, 3, 32)
-    assert dataset.train.shape[0] == 30 and dataset.heldout.shape[0] == 6
+    # the official test batch is halved into held-out and featnet parts; training keeps every image
+    assert dataset.train.shape[0] == 30 and dataset.heldout.shape[0] == 3 and dataset.featnet.shape[0] == 3
     red = [x for x in dataset.train if torch.all(x[0] == 1.0) and torch.all(x[1:] == -1.0)]
     assert len(red) == 5  # one per training batch: channel planes decoded in the right order
     assert dataset.allows_flip and dataset.num_classes == 10
@@ -175,8 +179,9 @@ def test_imagenet64_parses_npz_batches(tmp_path):
     folder = write_imagenet(tmp_path / "imagenet64")
     dataset = load_dataset(data_cfg(name="imagenet64", path=str(folder)))
     check_images(dataset, 3, 64)
-    assert dataset.train.shape[0] == 15 and dataset.heldout.shape[0] == 4
-    assert sorted(dataset.heldout_labels.tolist()) == [0, 1, 6, 999]  # 1-based labels shifted to 0-based
+    assert dataset.train.shape[0] == 15 and dataset.heldout.shape[0] == 2 and dataset.featnet.shape[0] == 2
+    # 1-based labels shifted to 0-based
+    assert sorted(dataset.heldout_labels.tolist() + dataset.featnet_labels.tolist()) == [0, 1, 6, 999]
     green = [x for x in dataset.train if torch.all(x[1] == 1.0) and torch.all(x[0] == -1.0)]
     assert len(green) == 3
     capped = load_dataset(data_cfg(name="imagenet64", path=str(folder), max_images=4, resolution=32))

@@ -166,7 +166,7 @@ def test_auto_features_pick_inception_only_for_rgb_at_32px_or_more(digits):
     assert not use_inception(rgb32, eval_cfg())
     assert not use_inception(rgb16, eval_cfg(inception_path="/weights.pth"))
     assert not use_inception(digits, eval_cfg(inception_path="/weights.pth"))
-    assert use_inception(digits, eval_cfg(features="inception"))
+    assert use_inception(digits, eval_cfg(features="inception", inception_path="/weights.pth"))
     assert not use_inception(rgb32, eval_cfg(features="dataset", inception_path="/weights.pth"))
 
 
