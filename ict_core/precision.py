@@ -1,0 +1,71 @@
+"""Does a forward precision keep iCT's training signal? The error of the teacher-student output difference.
+
+iCT's loss is a distance between f(x + sigma_{i+1} z, sigma_{i+1}) (student) and f(x + sigma_i z, sigma_i)
+(teacher) for adjacent sigmas of the discretization grid; with N = 1281 adjacent sigmas differ by less than
+bf16's resolution (2^-8 relative) near sigma_min. A precision keeps the signal when the difference
+
+    D_i = f(x + sigma_{i+1} z, sigma_{i+1}) - f(x + sigma_i z, sigma_i)
+
+computed in it stays close to D_i computed in fp32. relative_errors() gives ||D_i^p - D_i^fp32|| / ||D_i^fp32||
+for every interval i of the grid; benchmarks/precision.py prints them for a trained checkpoint, and the rule
+the presets follow (docs/MEASUREMENT.md) is: the default precision is one whose error stays below
+MAX_RELATIVE_ERROR at every sigma, fp32 if none does.
+"""
+from __future__ import annotations
+
+import torch
+
+MAX_RELATIVE_ERROR = 0.01
+PRECISIONS = ("fp32", "bf16", "bf16_stem")
+
+
+@torch.no_grad()
+def output_differences(net: torch.nn.Module, images: torch.Tensor, sigmas: torch.Tensor, precision: str,
+                       seed: int = 0, chunk: int = 64) -> torch.Tensor:
+    """(N-1, B, C, H, W) teacher-student differences D_i of `net` (eval mode) in `precision`, the noise z fixed
+    by `seed` and shared by every interval and every precision."""
+    from .trainer import wrap_precision
+
+    device = images.device
+    was_training = net.training
+    net.eval()
+    forward = wrap_precision(net, precision, device.type)
+    z = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    sigmas = sigmas.to(device=device, dtype=torch.float32)
+    out = []
+    try:
+        for start in range(0, sigmas.shape[0] - 1, chunk):
+            lo = sigmas[start:start + chunk]
+            hi = sigmas[start + 1:start + 1 + chunk]
+            lo = lo[: hi.shape[0]]
+            count, batch = lo.shape[0], images.shape[0]
+            x = images.repeat(count, 1, 1, 1)
+            noise = z.repeat(count, 1, 1, 1)
+            s_lo, s_hi = lo.repeat_interleave(batch), hi.repeat_interleave(batch)
+            view = (-1, 1, 1, 1)
+            student = forward(x + s_hi.view(view) * noise, s_hi).float()
+            teacher = forward(x + s_lo.view(view) * noise, s_lo).float()
+            out.append((student - teacher).reshape(count, batch, *images.shape[1:]).cpu())
+    finally:
+        net.train(was_training)
+        if precision != "fp32":
+            from .network import set_fp32_stem
+
+            set_fp32_stem(net, False)
+    return torch.cat(out)
+
+
+def relative_errors(net: torch.nn.Module, images: torch.Tensor, sigmas: torch.Tensor, precision: str,
+                    reference: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+    """(N-1,) ||D_i^precision - D_i^fp32|| / ||D_i^fp32|| over the batch, one per grid interval."""
+    if reference is None:
+        reference = output_differences(net, images, sigmas, "fp32", seed)
+    diff = output_differences(net, images, sigmas, precision, seed)
+    num = (diff - reference).flatten(1).double().norm(dim=1)
+    den = reference.flatten(1).double().norm(dim=1).clamp_min(1e-30)
+    return (num / den).float()
+
+
+def passing_precisions(errors: dict[str, torch.Tensor]) -> list[str]:
+    """Precisions whose relative error stays below MAX_RELATIVE_ERROR at every sigma (fp32 always passes)."""
+    return ["fp32"] + [p for p, e in errors.items() if p != "fp32" and bool((e < MAX_RELATIVE_ERROR).all())]
