@@ -253,3 +253,28 @@ def test_reported_num_points_is_that_of_the_steps_just_trained(cache_dir, tmp_pa
     assert reports[0]["step"] == 2 and logged[0]["step"] == 2
     assert logged[0]["num_points"] == 11
     assert reports[0]["num_points"] == 11
+
+
+def test_evaluations_record_the_students_fd_and_the_fd_standard_error(cache_dir, tmp_path):
+    # ema_rate=0: the evaluation EMA is the student itself, so both FDs come from one network and the same noise.
+    same = trainer.train(tiny(cache_dir, "train.total_steps=20", "eval.every=10", "train.ema_rate=0"),
+                         run_dir=tmp_path / "same")
+    rows = _rows(tmp_path / "same" / "evals.jsonl")
+    assert [r["step"] for r in rows] == [10, 20]
+    for row in rows:
+        assert row["fd_student"] == row["fd"] and 0 < row["fd_se"] < row["fd"]
+    summary = json.loads((tmp_path / "same" / "summary.json").read_text())
+    assert summary["fd_student"] == summary["fd"] == same["fd"] and summary["fd_se"] == rows[-1]["fd_se"]
+    # A slow EMA lags the student: the two FDs differ, and fd stays the EMA's.
+    lagged = trainer.train(tiny(cache_dir, "train.total_steps=20", "train.ema_rate=0.999", "train.ema_rampup=0.5"),
+                           run_dir=tmp_path / "lagged")
+    assert lagged["fd_student"] == same["fd_student"] and lagged["fd"] != lagged["fd_student"]
+    assert set(trainer.METRIC_KEYS) >= {"fd_student", "fd_se"}
+
+
+def test_compile_with_dropout_is_refused_before_training(cache_dir, tmp_path):
+    with pytest.raises(trainer.ConfigError, match=r"train.compile=true needs network.dropout=0.*got network.dropout=0.1"):
+        trainer.train(tiny(cache_dir, "train.compile=true", "network.dropout=0.1"), run_dir=tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
+    trainer.check_compile(tiny(cache_dir, "train.compile=true", "network.dropout=0"))
+    trainer.check_compile(tiny(cache_dir, "train.compile=true", "network.dropout=0.1", "loss.objective=diffusion"))
