@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ict_core.config import load_config
 from ict_core.ema import initial_weight_share
-from ict_core.trainer import train
+from ict_core.data import load_dataset
+from ict_core.trainer import resolve_config, train
 
 
 def main(argv=None) -> int:
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     cfg = load_config(args.preset, args.overrides)
+    cfg = resolve_config(cfg, load_dataset(cfg.data, seed=cfg.data.seed).dim)  # nothing left to re-validate
     rows = {}
     for rampup in (0.0, cfg.train.ema_rampup):
         run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema_rampup=rampup))
