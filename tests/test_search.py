@@ -144,19 +144,19 @@ def test_killed_driver_resumes_and_writes_every_trial_once(tmp_path):
 
 @pytest.mark.slow
 def test_asha_prunes_a_hopeless_trial_and_records_it(tmp_path):
-    """Trials run one at a time: the first learns (its evaluation EMA follows the student), the second keeps an
-    evaluation EMA frozen near its random initialisation (rate 0.9999), so its FD at the first rung is far worse
+    """Trials run one at a time: the first learns, the second's learning rate (1e-9) keeps it at its
+    initialisation (zero output layer: samples collapse to the mean), so its FD at the first rung is far worse
     and ASHA (reduction factor 2) must stop it there; the table records it as pruned with the steps it ran."""
-    space = _space(tmp_path, "asha", ["{train.ema_rate: 0.9}", "{train.ema_rate: 0.9999}"], steps=60, every=20)
+    space = _space(tmp_path, "asha", ["{optim.lr: 1.0e-3}", "{optim.lr: 1.0e-9}"], steps=60, every=20)
     text = space.read_text().replace("max_concurrent: 2", "max_concurrent: 1")
     space.write_text(text + "scheduler: {type: asha, grace_period: 20, reduction_factor: 2}\n")
     exp_dir = run_search(space, budget="smoke", storage=tmp_path / "results", name="asha", quiet=True)
 
-    trials = pd.read_parquet(exp_dir / "trials.parquet").set_index("train.ema_rate")
-    assert trials.loc[0.9, "status"] == "completed" and trials.loc[0.9, "steps"] == 60
-    assert trials.loc[0.9999, "status"] == "pruned" and trials.loc[0.9999, "steps"] == 20
+    trials = pd.read_parquet(exp_dir / "trials.parquet").set_index("optim.lr")
+    assert trials.loc[1e-3, "status"] == "completed" and trials.loc[1e-3, "steps"] == 60
+    assert trials.loc[1e-9, "status"] == "pruned" and trials.loc[1e-9, "steps"] == 20
     evals = pd.read_parquet(exp_dir / "evals.parquet")
-    pruned_id = trials.loc[0.9999, "trial_id"]
+    pruned_id = trials.loc[1e-9, "trial_id"]
     assert list(evals.loc[evals["trial_id"] == pruned_id, "step"]) == [20]
 
 
