@@ -200,3 +200,32 @@ def test_reported_kid_is_1e3_times_kid_on_rms_normalised_features():
     near = metrics.kid_reported(same, ref, 5, 200)
     assert abs(near) < 0.1 * expected
     assert metrics.kid_reported(rng.normal(4.0, 1.0, size=(400, 16)), ref, 5, 200) > expected
+
+
+# ---- the end-of-run message -------------------------------------------------------------------------------------
+
+def _planted_run(path: Path, steps: list[int], samples: list[int]) -> Path:
+    for step in steps:
+        (path / "checkpoints" / f"step_{step:07d}").mkdir(parents=True)
+        (path / "checkpoints" / f"step_{step:07d}" / "state.pt").write_bytes(b"")
+    (path / "samples").mkdir(parents=True, exist_ok=True)
+    for step in samples:
+        (path / "samples" / f"step_{step:07d}.png").write_bytes(b"")
+    return path
+
+
+def test_end_message_points_at_the_newest_files_and_the_command_that_continues(tmp_path):
+    run = _planted_run(tmp_path / "run", [500, 1000], [500, 1000])
+    done = cli.end_message({"status": "completed", "step": 1000, "total_steps": 1000, "fd": 18.8, "fd_2step": 12.0,
+                            "kid": 3.1, "best_fd": 18.8, "wall_s": 63.0, "run_dir": str(run)})
+    assert done.splitlines()[0] == "[ict] completed 1000 steps in 63 s: fd 18.8, fd_2step 12, kid(x1e3) 3.1, best fd 18.8"
+    assert _row(done, "samples") == str(run / "samples" / "step_0001000.png")
+    assert _row(done, "checkpoint") == str(run / "checkpoints" / "step_0001000")
+    assert _row(done, "train longer") == f"python -m ict_core.train --resume {run} --set train.total_steps=2000"
+
+    run = _planted_run(tmp_path / "has space", [300], [])
+    diverged = cli.end_message({"status": "diverged", "step": 340, "total_steps": 1000, "run_dir": str(run)})
+    assert diverged.splitlines()[0] == "[ict] diverged at step 340/1000: the loss became non-finite"
+    assert _row(diverged, "samples").startswith("none")
+    assert _row(diverged, "retry") == (f"python -m ict_core.train --resume '{run / 'checkpoints' / 'step_0000300'}' "
+                                       f"--set optim.lr=<lower>")
