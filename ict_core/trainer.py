@@ -718,9 +718,6 @@ class _Run:
         if not saved:
             self._save_checkpoint()
         self.final_metrics = metrics
-        if self.is_main:
-            print(f"[ict] {self.stop.signal}: stopped at step {self.step}/{self.cfg.train.total_steps} with a "
-                  f"checkpoint", flush=True)
         return self._summary("interrupted", signal=self.stop.signal)
 
     def _finish_diverged(self) -> dict:
