@@ -192,5 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if summary.get("status") == "completed" else 1
 
 
+def _entry() -> int:
+    try:
+        return main()
+    except KeyboardInterrupt:  # a Ctrl-C after training returned, while the end message was printed
+        print("\n[ict] interrupted", file=sys.stderr)
+        return EXIT_ON_SIGNAL["SIGINT"]
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_entry())

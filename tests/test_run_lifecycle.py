@@ -134,6 +134,16 @@ def test_a_signal_writes_a_checkpoint_an_interrupted_summary_and_the_resume_comm
             == f"python -m ict_core.train --resume {run} --set train.total_steps={2 * (step + 3)}")
 
 
+def test_two_quick_ctrl_cs_exit_130_without_a_traceback(cache_dir, tmp_path):
+    proc = _start(tmp_path / "run", cache_dir)
+    _wait_for_training(proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+
+
 # ---- TensorBoard ---------------------------------------------------------------------------------------------
 
 def test_tensorboard_events_track_the_logged_and_evaluated_values(cache_dir, tmp_path):
