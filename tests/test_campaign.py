@@ -102,10 +102,10 @@ def test_resume_refuses_a_changed_campaign(tmp_path):
 def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     storage = tmp_path / "results"
     cmd = [sys.executable, str(REPO / "tune" / "campaign.py"), "--budget", "smoke", "--spaces",
-           "weighting,noise_schedule", "--storage", str(storage), "--name", "camp",
+           "weighting,fourier_scale", "--storage", str(storage), "--name", "camp",
            *sum((["--set", s] for s in _tiny_set(tmp_path / "featnet-cache")), [])]
     cdir = storage / "camp"
-    second = cdir / "noise_schedule" / "trials.parquet"
+    second = cdir / "fourier_scale" / "trials.parquet"
     log = open(tmp_path / "driver.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -121,14 +121,14 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
         proc.wait()
     state = json.loads((cdir / campaign.STATE_FILE).read_text())
     assert state["searches"]["weighting"]["state"] == "done"
-    assert state["searches"]["noise_schedule"]["state"] == "running"
+    assert state["searches"]["fourier_scale"]["state"] == "running"
     first_before = pd.read_parquet(cdir / "weighting" / "trials.parquet")
     second_before = pd.read_parquet(second)
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "weighting: done" in done.stdout and "skipped" in done.stdout
-    assert "noise_schedule: resuming" in done.stdout
+    assert "fourier_scale: resuming" in done.stdout
     state = json.loads((cdir / campaign.STATE_FILE).read_text())
     assert {s["state"] for s in state["searches"].values()} == {"done"} and state.get("finished")
     assert all(s["wall_s"] > 0 for s in state["searches"].values())
@@ -136,8 +136,8 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     first_after = pd.read_parquet(cdir / "weighting" / "trials.parquet")
     assert first_after["trial_id"].tolist() == first_before["trial_id"].tolist()
     second_after = pd.read_parquet(second)
-    plan = resolve_plan("noise_schedule", "smoke", extra=dict(x.split("=", 1) for x in TINY_SET))
-    assert len(second_after) == len(plan.strata[0].variants) * plan.seeds
+    plan = resolve_plan("fourier_scale", "smoke", extra=dict(x.split("=", 1) for x in TINY_SET))
+    assert len(second_before) < len(second_after) == len(plan.strata[0].variants) * plan.seeds
     assert second_after["run_key"].is_unique and set(second_before["trial_id"]) <= set(second_after["trial_id"])
     report = (cdir / "report" / "report.md").read_text()
-    assert "weighting" in report and "noise_schedule" in report
+    assert "weighting" in report and "fourier_scale" in report
