@@ -141,3 +141,16 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     assert second_after["run_key"].is_unique and set(second_before["trial_id"]) <= set(second_after["trial_id"])
     report = (cdir / "report" / "report.md").read_text()
     assert "weighting" in report and "fourier_scale" in report
+
+
+def test_dry_run_of_a_gpu_budget_on_a_cpu_machine_counts_but_does_not_time(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the gpu budget is timed")
+    assert campaign.main(["--budget", "gpu", "--spaces", "weighting", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "not timed here" in out and "no CUDA device" in out
+    (row,) = campaign.plan_compute(resolve_plan("weighting", "gpu"))
+    assert (f"campaign: 1 search(es), {row['runs']} runs, {row['images']:,} images; 1 stratum(s) could not be "
+            f"timed here") in out

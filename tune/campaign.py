@@ -174,19 +174,28 @@ def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print) -> dict:
             if measure:
                 key = _cost_key(row["cfg"])
                 if key not in timings:
-                    timings[key] = measure_step_seconds(row["cfg"], res["cpus_per_trial"])
+                    try:
+                        timings[key] = measure_step_seconds(row["cfg"], res["cpus_per_trial"])
+                    except ConfigError as err:  # e.g. train.device=cuda on a machine without a GPU
+                        timings[key] = float("nan")
+                        line += f"; not timed here ({err})"
                 step_s = timings[key]
-                seconds = estimate_seconds(row, step_s, res["max_concurrent_trials"])
-                line += (f"; {1e3 * step_s:.1f} ms/step measured here ({res['cpus_per_trial']} thread(s)), "
-                         f"{res['max_concurrent_trials']} concurrent -> about {_hours(seconds)}")
-                total["seconds"] += seconds
+                if math.isfinite(step_s):
+                    seconds = estimate_seconds(row, step_s, res["max_concurrent_trials"])
+                    line += (f"; {1e3 * step_s:.1f} ms/step measured here ({res['cpus_per_trial']} thread(s)), "
+                             f"{res['max_concurrent_trials']} concurrent -> about {_hours(seconds)}")
+                    total["seconds"] += seconds
+                    total["timed"] = total.get("timed", 0) + 1
+                else:
+                    total["untimed"] = total.get("untimed", 0) + 1
             out(line)
             total["runs"] += row["runs"]
             total["images"] += row["images"]
         out("")
     out(f"campaign: {len(plans)} search(es), {total['runs']} runs, {total['images']:,} images"
         + (f", about {_hours(total['seconds'])} on this machine (training and evaluation; Ray start-up and "
-           f"feature-network training not counted)" if measure else ""))
+           f"feature-network training not counted)" if total.get("timed") else "")
+        + (f"; {total['untimed']} stratum(s) could not be timed here" if total.get("untimed") else ""))
     return total
 
 
