@@ -101,8 +101,9 @@ class CurriculumConfig:
     adaptive_window: int = field(default=20, metadata=_range(2, 1000))
     # Consecutive stalled windows before N doubles.
     adaptive_patience: int = field(default=5, metadata=_range(1, 1000))
-    # A window is stalled when ln(loss) falls by less than this over it (0.02: less than about 2%).
-    adaptive_threshold: float = field(default=0.02, metadata=_range(-1.0, 1.0))
+    # A window is stalled when ln(loss) falls by less than this over it (0.1: less than about 10%). Chosen on
+    # digits, 1000 steps, seed 0: 0.1 gave FD 16.3, 0.02 gave 33.8 (first doubling at step 705), exponential 18.8.
+    adaptive_threshold: float = field(default=0.1, metadata=_range(-1.0, 1.0))
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ class Curriculum:
     """
 
     def __init__(self, shape: str = "exponential", s0: int = 10, s1: int = 1280, total_steps: int = 1,
-                 every: int = 0, window: int = 20, patience: int = 5, threshold: float = 0.02):
+                 every: int = 0, window: int = 20, patience: int = 5, threshold: float = 0.1):
         if shape not in CURRICULUM_SHAPES:
             raise ValueError(f"curriculum shape must be one of {', '.join(CURRICULUM_SHAPES)}; got {shape!r}")
         self.shape = shape

@@ -274,7 +274,7 @@ def test_adaptive_compares_within_a_stage_only():
 
 def test_adaptive_noisy_plateau_vs_noisy_fall():
     """Planted noisy signals: a plateau with 3% noise doubles N; a fall of 2% per observation with the same noise
-    keeps N within the first 60 observations (the defaults: window=20, patience=5, threshold=0.02)."""
+    keeps N within the first 60 observations (the defaults: window=20, patience=5, threshold=0.1)."""
     g = torch.Generator().manual_seed(0)
     noise = (0.03 * torch.randn(60, generator=g, dtype=torch.float64)).exp().tolist()
     plateau = schedule.Curriculum("adaptive", 10, 1280, total_steps=4000, every=10)
