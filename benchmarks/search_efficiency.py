@@ -35,8 +35,9 @@ from tune.space import load_space  # noqa: E402
 PROBLEMS = {"c": "c_scaling", "lognormal": "lognormal"}  # problem -> shipped space it is derived from
 METHODS = ("grid", "tpe_asha", "random")
 
-# A cheap digits run: the smoke budgets' network, a fixed run length and two evaluations before the last, so ASHA
-# has rungs to compare at.
+# A cheap digits run: the shipped smoke budget's settings (its evaluation EMA rate included: the default rate
+# would leave every short run at its initial weights and every FD equal), a fixed run length and two evaluations
+# before the last, so ASHA has rungs to compare at.
 FULL = {"steps": 300, "every": 100, "grid_points": 12, "seeds": 3, "samples": None, "search_seeds": 3,
         "eval_samples": 200, "channels": 16, "batch": 32}
 QUICK = {"steps": 60, "every": 20, "grid_points": 3, "seeds": 1, "samples": 3, "search_seeds": 2,
@@ -57,10 +58,11 @@ def derived_space(problem: str, method: str, setting: dict, search_seed: int, fr
     shipped = load_space(PROBLEMS[problem])
     tree = shipped.tree
     params = {k: dict(v) for k, v in tree["params"].items()}
-    fixed = {"data.name": "digits", "network.channels": setting["channels"], "network.channel_mult": [1],
-             "network.dropout": 0.0, "train.total_steps": setting["steps"], "train.batch_size": setting["batch"],
-             "optim.lr": 2.0e-3, "train.log_every": 1000, "eval.every": setting["every"],
-             "eval.num_samples": setting["eval_samples"], "eval.grid": False, **(tree.get("fixed") or {})}
+    # The shipped smoke budget's settings (network, learning rate, evaluation EMA, ...), at this run length.
+    smoke = dict((tree.get("budgets", {}).get("smoke") or {}).get("fixed") or {})
+    fixed = {**smoke, **(tree.get("fixed") or {}), "data.name": "digits", "network.channels": setting["channels"],
+             "train.total_steps": setting["steps"], "train.batch_size": setting["batch"],
+             "eval.every": setting["every"], "eval.num_samples": setting["eval_samples"], "eval.grid": False}
     if setting.get("cache_dir"):
         fixed["eval.cache_dir"] = setting["cache_dir"]
     out = {"name": f"{problem}_{method}_s{search_seed}", "description": f"search_efficiency: {problem} by {method}",

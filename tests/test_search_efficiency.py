@@ -70,3 +70,17 @@ def test_search_figures_take_configurations_whose_every_seed_completed(tmp_path)
     figures = se.search_figures(tmp_path)
     # b's mean would be 1.0 from its one completed seed, but its second seed was pruned: not a finished config.
     assert figures == {"best_fd": 6.0, "images": 340, "runs": 4, "configs": 2, "pruned": 1}
+
+
+def test_derived_spaces_keep_the_shipped_smoke_settings_that_make_short_runs_comparable(tmp_path):
+    """The smoke budget's evaluation EMA (and network) carry over: with the default EMA rate every 60-step run
+    scores its initial weights, and every configuration gets the same FD."""
+    from tune.space import load_space
+
+    smoke = load_space("c_scaling").tree["budgets"]["smoke"]["fixed"]
+    tree = se.derived_space("c", "grid", {**se.QUICK, "cache_dir": ""}, 0, "cpu", 3)
+    for key, value in smoke.items():
+        if key not in ("network.channels", "train.total_steps", "train.batch_size", "eval.every",
+                       "eval.num_samples", "eval.grid"):
+            assert tree["fixed"][key] == value, key
+    assert tree["fixed"]["train.total_steps"] == se.QUICK["steps"]
