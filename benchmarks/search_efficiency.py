@@ -69,7 +69,8 @@ def derived_space(problem: str, method: str, setting: dict, search_seed: int, fr
            "fixed": fixed, "metric": "fd", "mode": "min", "seeds": setting["seeds"], "max_concurrent": 2,
            "strata": [{"name": "digits", "fixed": {"data.name": "digits"}}]}
     if method == "grid":
-        out["params"] = {k: {"type": "grid", "values": grid_values(p, setting["grid_points"])} for k, p in params.items()}
+        out["params"] = {k: {"type": "grid", "values": grid_values(p, setting["grid_points"])}
+                         for k, p in params.items()}
         out["search"] = {"algorithm": "grid", "seed": 0}
         out["scheduler"] = {"type": "none"}
         out["budgets"] = {"smoke": {}}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -314,7 +313,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="folder above the campaign folder (default ./results)")
     p.add_argument("--name", help="campaign folder name (default campaign-<budget>)")
     p.add_argument("--resume", action="store_true", help="continue the campaign of the same name")
-    p.add_argument("--dry-run", action="store_true", help="print every search's plan and compute estimate; start nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print every search's plan and compute estimate; start nothing")
     p.add_argument("--no-timing", action="store_true", help="with --dry-run: count runs and images, time no steps")
     p.add_argument("--num-samples", type=int, help="configurations per stratum of every search (default: budgets')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
