@@ -336,6 +336,7 @@ class _Run:
         self._build_model()
         self._build_loss()
         self._build_batches()
+        self._build_curriculum()
 
         self.step = 0
         self.images_seen = 0
@@ -411,6 +412,27 @@ class _Run:
         else:
             self.loss_fn = loss_mod.ConsistencyLoss(cfg, self.dataset.dim)
 
+    def _build_curriculum(self) -> None:
+        """The adaptive curriculum (schedule.Curriculum) is fed the mean loss of every `every` steps; None otherwise."""
+        curriculum = getattr(self.loss_fn, "curriculum", None)
+        self.curriculum = curriculum if curriculum is not None and curriculum.adaptive else None
+        self.curriculum_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.curriculum_count = 0
+
+    def _feed_curriculum(self, loss: torch.Tensor) -> None:
+        """Accumulate this step's loss; at every `every`-th step hand the mean over all ranks to the curriculum.
+        Rank 0's value is broadcast so that every rank takes the same decision and N(k) stays the same on all."""
+        self.curriculum_sum += loss
+        self.curriculum_count += 1
+        if self.step % self.curriculum.every:
+            return
+        mean = _all_reduce_mean(self.curriculum_sum / max(self.curriculum_count, 1), self.world_size)
+        mean = _broadcast_floats([float(mean)], self.device, self.world_size)[0]
+        self.curriculum_sum.zero_()
+        self.curriculum_count = 0
+        if self.curriculum.observe(self.step, mean) and self.is_main:
+            print(f"[ict] step {self.step}: loss stalled, N(k) -> {self.curriculum.num_points(self.step)}", flush=True)
+
     def _build_batches(self) -> None:
         seed = self.cfg.train.seed
         # One generator for the GLOBAL batch, identical on every rank; each rank keeps its slice. Hence
@@ -452,12 +474,9 @@ class _Run:
         return self.loss_fn(self.student, x, self.step, teacher=teacher, **extra)
 
     def _num_points(self, step: int) -> int:
-        from . import schedule
-
         if self.cfg.loss.objective == "diffusion":
             return 0  # no discretization curriculum; 0 marks "not applicable" in the int column
-        c = self.cfg.curriculum
-        return int(schedule.num_points(step, self.cfg.train.total_steps, c.shape, c.s0, c.s1))
+        return int(self.loss_fn.num_points(step))
 
     # -- checkpoints --
     def _rng_state(self) -> dict:
@@ -488,6 +507,7 @@ class _Run:
             "noise_generator": self.noise_gen.get_state() if self.noise_gen is not self.batch_gen else None,
             "last_eval": self.last_eval,
             "best_fd": self.best_fd,
+            "curriculum": self._curriculum_state(),
             "world_size": self.world_size,
             "config": self.cfg.to_dict(),
         }
@@ -506,6 +526,21 @@ class _Run:
             shutil.rmtree(old, ignore_errors=True)
         return str(final)
 
+    def _curriculum_state(self) -> dict | None:
+        if self.curriculum is None:
+            return None
+        return {**self.curriculum.state_dict(), "pending_sum": self.curriculum_sum.item(),
+                "pending_count": self.curriculum_count}
+
+    def _load_curriculum_state(self, state: dict | None, ckpt_dir: Path) -> None:
+        if self.curriculum is None:
+            return
+        if state is None:
+            raise ConfigError(f"checkpoint {ckpt_dir} has no adaptive curriculum state but curriculum.shape=adaptive")
+        self.curriculum.load_state_dict(state)
+        self.curriculum_sum.fill_(float(state["pending_sum"]))
+        self.curriculum_count = int(state["pending_count"])
+
     def _load_checkpoint(self, ckpt_dir: Path) -> None:
         # On the CPU first: generator states must stay CPU ByteTensors; load_state_dict moves weights and
         # optimizer moments to the parameters' device.
@@ -522,6 +557,7 @@ class _Run:
         self.elapsed_before = float(state["elapsed_s"])
         self.last_eval = dict(state.get("last_eval") or self.last_eval)
         self.best_fd = float(state.get("best_fd", float("nan")))
+        self._load_curriculum_state(state.get("curriculum"), ckpt_dir)
         self.batch_gen.set_state(state["batch_generator"])
         if state.get("noise_generator") is not None and self.noise_gen is not self.batch_gen:
             self.noise_gen.set_state(state["noise_generator"].cpu())
@@ -667,6 +703,8 @@ class _Run:
 
             if (self.step % check_every == 0 or is_eval or is_ckpt or is_log) and self._diverged(report_sum):
                 return self._finish_diverged()
+            if self.curriculum is not None:
+                self._feed_curriculum(done_loss)
 
             if is_log:
                 mean_loss = float(_all_reduce_mean(log_sum / log_count, self.world_size))
