@@ -133,6 +133,10 @@ def apply_correction(table: pd.DataFrame, family: int | None = None, level: floa
     interval) and when |effect| is within the FD's standard error (a tie).
     """
     table = table.copy()
+    for column in ("verdict", "reason"):
+        table[column] = table[column].astype(object)
+    for column in ("lo", "hi", "level", "p", "p_adj"):
+        table[column] = table[column].astype(float)
     family = max(eligible(table) if family is None else int(family), 1)
     adjusted = 1.0 - (1.0 - level) / family
     for i, row in table.iterrows():

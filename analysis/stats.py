@@ -386,7 +386,7 @@ class CurveMinimum(Estimate):
     num_runs: int = 0
     best_x: float = math.nan  # the tested value with the lowest mean (among levels without divergence)
     bound: str = TWO_SIDED
-    vertex_far: bool = False  # the vertex sits in an untested gap, nearer the next tested value than the best
+    vertex_far: bool = False  # the vertex sits in an untested gap far from the best tested value
     tied: tuple = ()  # tested values whose mean is within the FD's standard error of the best
     diverged_best: bool = False  # a level with divergence had the lowest survivor mean (it was not taken)
 
@@ -480,9 +480,12 @@ def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float =
     b_lo, b_hi = percentile_ci(samples, level, df=df)
     lo = min(back(b_lo), float(levels[first - 1]))
     hi = max(back(b_hi), float(levels[last + 1]))
-    # Far: the vertex lies nearer to the neighbouring tested value on its side than to the best run.
+    # Far: the vertex lies nearer to the neighbouring tested value on its side than to the best run, or
+    # more than a factor 2 from it (log axis) / a tenth of the searched range (linear axis).
     side = best + (1 if u_star > u[best] else -1)
-    vertex_far = bool(abs(u_star - u[best]) > 0.5 * abs(u[side] - u[best]))
+    far = math.log(2.0) if log_x else 0.1 * (u[-1] - u[0])
+    distance = abs(u_star - u[best])
+    vertex_far = bool(distance > 0.5 * abs(u[side] - u[best]) or distance > far)
     value = back(u_star)
     return CurveMinimum(value, lo, hi, np.array([back(v) for v in samples]), df, int(y.size), False, best_x=best_x,
                         bound=TWO_SIDED, vertex_far=vertex_far, tied=tied, **base)
