@@ -178,7 +178,7 @@ def analyze_ablations(trials: pd.DataFrame, ablations=ABLATIONS, metric: str = "
     table = pd.DataFrame(rows, columns=COLUMNS + ["_smallest", "_min_seeds"])
     table["_eligible"] = [isinstance(s, tuple) and min(s) >= m and np.isfinite(se)
                           for s, m, se in zip(table["_smallest"], table["_min_seeds"], table["se"])]
-    table["verdict"] = table["verdict"].fillna("")
+    table["verdict"] = table["verdict"].astype(object).fillna("")
     return apply_correction(table, family, level)
 
 
