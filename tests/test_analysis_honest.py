@@ -345,3 +345,35 @@ def test_a_users_own_space_gets_the_metric_against_each_searched_key(tmp_path):
     best_lr = float(pd.read_csv(tmp_path / "report" / "best_runs.csv")["searched"][0].split("=")[1])
     assert 2e-4 < best_lr < 5e-3
     assert (tmp_path / "report" / "searched_keys.png").stat().st_size > 10_000
+
+
+def test_values_tied_within_the_fd_standard_error_widen_the_bracket():
+    grid = [0.001, 0.003, 0.01, 0.03, 0.1]
+    fds = {0.001: 14.0, 0.003: 10.4, 0.01: 10.0, 0.03: 10.3, 0.1: 14.0}
+    rows = _c_rows("digits-8", grid, fds.get)
+    sharp = estimate_c_star(pd.DataFrame(rows), n_boot=N_BOOT).per_dataset.iloc[0]
+    assert sharp["best_c"] == 0.01 and sharp["c_lo"] == 0.003 and sharp["c_hi"] == 0.03
+    tied = estimate_c_star(pd.DataFrame(rows).assign(final_fd_se=0.5), n_boot=N_BOOT).per_dataset.iloc[0]
+    assert tied["tied_c"] == "0.003, 0.03" and tied["c_lo"] == 0.001 and tied["c_hi"] == 0.1
+    edge = estimate_c_star(pd.DataFrame(rows).assign(final_fd_se=5.0), n_boot=N_BOOT).per_dataset.iloc[0]
+    assert edge["bound"] == "not located" and math.isnan(edge["c_star"])
+
+
+def test_curricula_within_the_fd_standard_error_tie_for_best():
+    planted = {"exponential": 5.0, "sqrt": 5.3, "constant": 9.0}
+    trials, evals = synthetic.planted_curricula(np.random.default_rng(42), final_fd=planted, seeds=3, noise=0.05)
+    frame = pd.DataFrame(evals)
+    plain = final_ranking(rank_curricula(pd.DataFrame(trials), frame, n_boot=N_BOOT).ranking)
+    assert plain["tied_best"].tolist() == [False, False, False]
+    ranked = final_ranking(rank_curricula(pd.DataFrame(trials), frame.assign(fd_se=0.5), n_boot=N_BOOT).ranking)
+    assert ranked.set_index(ranked["curriculum"].str.split().str[0])["tied_best"].to_dict() == {
+        "exponential": True, "sqrt": True, "constant": False}
+
+
+def test_a_dropout_search_with_two_rates_says_why_it_cannot_answer(tmp_path):
+    # The dropout space's smoke budget ran two rates per objective; the report needs three.
+    rows = synthetic.planted_dropout(np.random.default_rng(53), seeds=1, rates=(0.3, 0.0))
+    _write(tmp_path / "dropout", rows, budget="smoke")
+    first = _first(write_report([tmp_path], n_boot=N_BOOT))
+    assert ("no objective has completed runs at 3 or more values of network.dropout; found consistency: 2, "
+            "diffusion: 2") in first
