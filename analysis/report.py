@@ -51,6 +51,15 @@ def labelled(text: str, reasons: list[str]) -> str:
     return f"inconclusive ({'; '.join(reasons)}): {text}" if reasons else text
 
 
+def joined(parts: list[tuple[str, list[str]]]) -> str:
+    """Answers with their reasons, "; "-joined; reasons that every part shares are said once, in front."""
+    if not parts:
+        return ""
+    common = [r for r in parts[0][1] if all(r in reasons for _, reasons in parts)]
+    body = "; ".join(labelled(text, [r for r in reasons if r not in common]) for text, reasons in parts)
+    return labelled(body, common) if len(parts) > 1 else labelled(body, common)
+
+
 def _md_table(df: pd.DataFrame, max_rows: int = 40) -> str:
     if df.empty:
         return "(no rows)\n"
@@ -68,7 +77,7 @@ def _seeds(n_min: int, n_max: int) -> str:
 def _runs(num_runs: int, num_values: int, num_seeds: int, what: str) -> str:
     """"35 runs: 7 values of c x 5 seeds" or, for a random search, "12 runs at 12 values of c, 1 seed"."""
     if num_runs == num_values * num_seeds:
-        return f"{num_runs} runs: {num_values} values of {what} x {num_seeds} seeds"
+        return f"{num_runs} runs: {num_values} values of {what} x {num_seeds} seed{'s' if num_seeds != 1 else ''}"
     return f"{num_runs} runs at {num_values} values of {what}, {num_seeds} seed{'s' if num_seeds != 1 else ''}"
 
 
@@ -82,6 +91,7 @@ class Report:
         self.unanswered: list[str] = []
         self.sections: list[str] = []
         self.files: list[Path] = []
+        self.best = pd.DataFrame()  # best run per experiment and data set (searched_section)
 
     def csv(self, df: pd.DataFrame, name: str) -> str:
         name = self.prefix + name
@@ -134,8 +144,8 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
             text += f"; diverged: {r['diverged_levels']}"
         if r["left_out"]:
             text += f"; left out: {r['left_out']}"
-        parts.append(labelled(text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)))
-    sentence = "Q1, the best Pseudo-Huber c: " + "; ".join(parts)
+        parts.append((text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)))
+    sentence = "Q1, the best Pseudo-Huber c: " + joined(parts)
     budgets = ",".join(sorted(set(",".join(per["budgets"]).split(",")) - {""}))
     seeds = int(per["num_seeds"].min())
     if cs.fit is not None:
@@ -204,8 +214,8 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
                                 "dropout"))
         if r["diverged_levels"]:
             text += f"; diverged: {r['diverged_levels']}"
-        parts.append(labelled(text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)))
-    sentence = "Q2, the best dropout: " + "; ".join(parts)
+        parts.append((text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)))
+    sentence = "Q2, the best dropout: " + joined(parts)
     budgets = ",".join(sorted(set(",".join(dr.best["budgets"]).split(",")) - {""}))
     for _, r in dr.difference.iterrows():
         spans = r["lo"] <= -1 or r["hi"] >= 1
@@ -293,8 +303,8 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         budgets = ""
         if "budget" in trials.columns:
             budgets = ",".join(sorted(set(trials.loc[trials["dataset"] == dataset, "budget"].dropna().astype(str))))
-        parts.append(labelled(text, caveats(int(t["num_seeds"].min()), budgets)))
-    rep.answers.append("Q3: " + "; ".join(parts) + ".")
+        parts.append((text, caveats(int(t["num_seeds"].min()), budgets)))
+    rep.answers.append("Q3: " + joined(parts) + ".")
     files = [rep.csv(cr.ranking, "curriculum_ranking.csv")]
     png = rep.png(plots.plot_curricula(cr), "curricula.png")
     rep.sections.append(
@@ -367,14 +377,26 @@ def budget_line(trials: pd.DataFrame, min_seeds: int) -> str:
     """First words of the report: whether the budgets behind the tables can give a verdict at all."""
     done = trials[trials["status"].astype(str) == "completed"]
     key = [c for c in ("experiment_dir", "stratum", "config_id") if c in done.columns]
-    most = int(done.groupby(key)["seed"].nunique().max()) if len(done) else 0
-    budgets = sorted(set(trials["budget"].dropna().astype(str))) if "budget" in trials.columns else []
+    most = done.groupby(key)["seed"].nunique().groupby(level=0).max() if len(done) else pd.Series(dtype=int)
+    experiments = sorted(set(trials["experiment_dir"])) if "experiment_dir" in trials.columns else []
+    names = dict(zip(trials.get("experiment_dir", []), trials.get("experiment", [])))
+    few = [e for e in experiments if int(most.get(e, 0)) < min_seeds]
     parts = []
-    if most < min_seeds:
-        parts.append(f"These tables cannot give a verdict: at most {most} seed{'s' if most != 1 else ''} per "
+    if few and len(few) == len(experiments):
+        top = int(most.max()) if len(most) else 0
+        parts.append(f"These tables cannot give a verdict: at most {top} seed{'s' if top != 1 else ''} per "
                      f"configuration, and a verdict needs {min_seeds}; every answer below is inconclusive")
-    if budgets and set(budgets) == {SMOKE}:
-        parts.append("The budget is smoke, a pipeline check whose runs are too short to rank models")
+    elif few:
+        parts.append(f"Experiment{'s' if len(few) > 1 else ''} {', '.join(str(names[e]) for e in few)} cannot give a "
+                     f"verdict: fewer than {min_seeds} seeds per configuration, so {'their' if len(few) > 1 else 'its'} "
+                     "answers below are inconclusive")
+    if "budget" in trials.columns:
+        smoke = [e for e in experiments if SMOKE in set(trials.loc[trials["experiment_dir"] == e, "budget"].astype(str))]
+        if smoke and len(smoke) == len(experiments):
+            parts.append("The budget is smoke, a pipeline check whose runs are too short to rank models")
+        elif smoke:
+            parts.append(f"Experiment{'s' if len(smoke) > 1 else ''} {', '.join(str(names[e]) for e in smoke)} ran "
+                         "the smoke budget, a pipeline check whose runs are too short to rank models")
     return ". ".join(parts) + ("." if parts else "")
 
 
@@ -423,7 +445,6 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
         rep.answers += [label + a for a in sub.answers]
         rep.sections += [s.replace("## ", "## Equal compute, pruned runs included - ", 1) for s in sub.sections]
         rep.files += sub.files
-    rep.best = pd.DataFrame()
     searched_section(rep, trials, metric, n_boot, level, seed)
     counts_df = pd.DataFrame([{"status": k, "runs": v} for k, v in counts.items()])
     by_experiment = trials.groupby(["experiment", "status"]).size().unstack(fill_value=0).reset_index()
