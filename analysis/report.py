@@ -181,7 +181,7 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         f"Per data set the best tested c is the lowest mean {metric} among values where no run diverged; it needs "
         "tested values on both sides, else c* is a one-sided bound kept out of the power law. c* is the vertex of "
         f"a local quadratic in log c around it; its interval is the hull of the vertex's bootstrap interval "
-        f"({n_boot} resamples of seeds) and the tested neighbours of the best value (which bracket the optimum "
+        f"({n_boot} resamples of the runs at each c, or of all runs when most values of c have one) and the tested neighbours of the best value (which bracket the optimum "
         "of any curve with one minimum). b's interval is Student's t from the scatter of the data sets about the "
         "line.\n\n"
         + _md_table(per) + "\n" + ("" if fit_df.empty else _md_table(fit_df) + "\n")

@@ -215,6 +215,8 @@ def test_a_level_with_divergence_is_not_the_best_by_its_survivors():
     assert row["c_lo"] <= 0.004 <= row["c_hi"]
     curve = result.curves.set_index("loss.huber_c")
     assert curve.loc[0.01, "num_diverged"] == 2 and curve.loc[0.01, "num_runs"] == 1
+    # Its lone survivor gets no interval (before: a zero-width one).
+    assert math.isnan(curve.loc[0.01, "lo"]) and math.isnan(curve.loc[0.01, "hi"])
 
 
 def test_curve_minimum_with_divergence_next_to_the_best_stays_two_sided():
