@@ -274,6 +274,8 @@ def test_loader_drops_a_run_written_twice(tmp_path):
     assert len(trials) == len(rows) and trials.attrs["repeated_rows"] == 2
     assert set(trials.attrs["dropped_trial_ids"]) == {rows[0]["trial_id"], "first-try"}
     assert load_results(tmp_path).trials["seed"].groupby(trials["config_id"]).nunique().max() == 3
+    text = write_report([tmp_path], n_boot=N_BOOT).read_text()
+    assert "(2 repeated rows of the same run dropped)" in text and "6 runs from 1 experiment" in text
 
 
 # ---- 11.1: answers for their own question, and said to be inconclusive when they are --------------
