@@ -57,7 +57,7 @@ def joined(parts: list[tuple[str, list[str]]]) -> str:
         return ""
     common = [r for r in parts[0][1] if all(r in reasons for _, reasons in parts)]
     body = "; ".join(labelled(text, [r for r in reasons if r not in common]) for text, reasons in parts)
-    return labelled(body, common) if len(parts) > 1 else labelled(body, common)
+    return labelled(body, common)
 
 
 def _md_table(df: pd.DataFrame, max_rows: int = 40) -> str:
@@ -68,10 +68,6 @@ def _md_table(df: pd.DataFrame, max_rows: int = 40) -> str:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
-
-
-def _seeds(n_min: int, n_max: int) -> str:
-    return f"{n_min} seeds" if n_min == n_max else f"{n_min}-{n_max} seeds"
 
 
 def _runs(num_runs: int, num_values: int, num_seeds: int, what: str) -> str:

@@ -98,8 +98,9 @@ def at_common_compute(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "
     (EVIDENCE_COLUMNS present) are interpolated the same way into `<column>_at_compute` and replace
     `final_<column>` (fd_se becomes fd_se_at_compute only). Returned rows are those runs with status set
     to "completed" (their own status is kept in `run_status`) so that every analysis takes them; runs
-    without evaluations are dropped. An unbiased view: a scheduler selects on the metric, so the
-    finished runs alone over-represent good configurations.
+    without evaluations are dropped. Diverged runs of the same experiments follow unchanged (status
+    "diverged"), so analyses still count failures per level. An unbiased view: a scheduler selects on
+    the metric, so the finished runs alone over-represent good configurations.
     """
     require_columns(evals, ["trial_id", "images_seen", metric], "evals table")
     column = f"{metric}_at_compute"
