@@ -172,6 +172,11 @@ def test_paper_in_ci_compares_exact_searched_values():
     rows = _c_rows("patches-16", grid, lambda c: 10 + (math.log(c / (c_paper / 4))) ** 2)
     row = estimate_c_star(pd.DataFrame(rows), n_boot=N_BOOT).per_dataset.iloc[0]
     assert row["c_hi"] == c_paper and row["c_paper"] == c_paper and row["paper_in_ci"]
+    # A search that computed the paper's c on another float path (1 ulp off) still finds it in the interval.
+    other = np.nextafter(c_paper, 1.0)
+    rows = _c_rows("patches-16", [c_paper / 16, c_paper / 4, other], lambda c: 10 + (math.log(c / (c_paper / 4))) ** 2)
+    row = estimate_c_star(pd.DataFrame(rows), n_boot=N_BOOT).per_dataset.iloc[0]
+    assert row["c_hi"] == other and row["c_paper"] == other and row["paper_in_ci"]
 
 
 def test_b_interval_covers_the_law_when_data_sets_scatter_about_it():
