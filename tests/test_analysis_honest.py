@@ -386,3 +386,24 @@ def test_a_dropout_search_with_two_rates_says_why_it_cannot_answer(tmp_path):
     first = _first(write_report([tmp_path], n_boot=N_BOOT))
     assert ("no objective has completed runs at 3 or more values of network.dropout; found consistency: 2, "
             "diffusion: 2") in first
+
+
+def test_report_compares_dropout_across_objectives_with_their_own_noise_settings(tmp_path):
+    rows = synthetic.planted_dropout(np.random.default_rng(54), best={"consistency": 0.4, "diffusion": 0.1}, seeds=3)
+    for row in rows:
+        if row["loss.objective"] == "diffusion":
+            row.update({"loss.p_mean": -1.2, "loss.p_std": 1.2})
+    _write(tmp_path / "dropout", rows, budget="gpu")
+    first = _first(write_report([tmp_path], n_boot=N_BOOT))
+    assert "for the diffusion objective with loss.p_mean=-1.2, loss.p_std=1.2 on digits-8" in first
+    assert "consistency minus diffusion on digits-8" in first and "runs of only one objective" not in first
+
+
+def test_a_smoke_budget_ablation_is_inconclusive_whatever_its_interval(tmp_path):
+    rows = synthetic.planted_ablations(np.random.default_rng(55), {"loss.teacher": ("ema", -5.0)}, seeds=3)
+    _write(tmp_path / "abl", rows, budget="smoke")
+    first = _first(write_report([tmp_path], n_boot=N_BOOT))
+    assert ("EMA teacher vs none (none - ema): inconclusive (smoke budget: a pipeline check, too short to rank "
+            "models (interval alone: reproduced))") in first
+    table = pd.read_csv(tmp_path / "report" / "ablations.csv").set_index("key")
+    assert table.loc["loss.teacher", "verdict"] == INCONCLUSIVE and table.loc["loss.teacher", "budgets"] == "smoke"
