@@ -264,9 +264,12 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         cr = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed)
         pooled = False
         if not cr.ranking.empty and cr.ranking["num_seeds"].median() < 2:
-            # A random search samples s0, s1 with the shape: one run per curriculum, so rank shapes instead.
-            cr = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed, by_shape=True)
-            pooled = True
+            # A random search samples s0, s1 with the shape: one run per curriculum, so rank shapes instead
+            # (when that pools runs at all).
+            by_shape = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed,
+                                      by_shape=True)
+            if by_shape.ranking["num_seeds"].median() > cr.ranking["num_seeds"].median():
+                cr, pooled = by_shape, True
     except SchemaError as err:
         rep.unanswered.append(f"Q3 (curricula): {err}")
         return
@@ -280,8 +283,10 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         best = t.iloc[0]
         kind = "curriculum shapes (pooled over the sampled s0, s1)" if pooled else "curricula"
         text = (f"on {dataset} at {best['images_seen']:.3g} images the best of {len(t)} {kind} is "
-                f"{best['curriculum']} (FD {fmt_ci(best['mean'], best['lo'], best['hi'])}, P(best) = "
-                f"{fmt(best['p_best'], 2)}, {best['num_seeds']} {'runs' if pooled else 'seeds'})")
+                f"{best['curriculum']} (FD {fmt_ci(best['mean'], best['lo'], best['hi'], n=best['num_seeds'])}, "
+                f"P(best) = "
+                f"{fmt(best['p_best'], 2)}, {best['num_seeds']} {'run' if pooled else 'seed'}"
+                f"{'s' if best['num_seeds'] != 1 else ''})")
         tied = t[t["tied_best"] & (t["curriculum"] != best["curriculum"])]
         if len(tied):
             text += (f", tied within the FD's standard error ({fmt(best['fd_se'])}) with "
@@ -292,8 +297,8 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         for _, e in exp.iterrows():
             if e["curriculum"] != best["curriculum"]:
                 text += (f"; {e['curriculum']} ranks {e['rank']} (rank interval [{fmt(e['rank_lo'])}, "
-                         f"{fmt(e['rank_hi'])}], FD {fmt_ci(e['mean'], e['lo'], e['hi'])}, {e['num_seeds']} "
-                         f"{'runs' if pooled else 'seeds'})")
+                         f"{fmt(e['rank_hi'])}], FD {fmt_ci(e['mean'], e['lo'], e['hi'], n=e['num_seeds'])}, "
+                         f"{e['num_seeds']} {'run' if pooled else 'seed'}{'s' if e['num_seeds'] != 1 else ''})")
         if exp.empty:
             text += " (the exponential curriculum was not run there)"
         budgets = ""
@@ -312,7 +317,8 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
 
 
 def ablation_section(rep: Report, table: pd.DataFrame, min_seeds: int, family: int) -> None:
-    """table: analyze_ablations' output, corrected over the report's `family` of verdicts."""
+    """table: analyze_ablations' output, corrected over the report's `family` of verdicts (the comparisons
+    with enough seeds for a verdict; the correction divides by at least 1)."""
     smoke = table["budgets"].astype(str).str.split(",").map(lambda b: SMOKE in b)
     decided = table["verdict"].isin([REPRODUCED, CONTRADICTED])
     table = table.copy()
@@ -333,8 +339,9 @@ def ablation_section(rep: Report, table: pd.DataFrame, min_seeds: int, family: i
         if verdict == INCONCLUSIVE:
             verdict += f" ({r['reason']})"
         pairing = ", paired over seeds" if r["paired"] else ""
+        smallest = min(r["_smallest"]) if isinstance(r.get("_smallest"), tuple) else None
         parts.append(f"{r['ablation']} ({r['paper']} - {r['alternative']}): {verdict}, "
-                     f"FD difference {fmt_ci(r['effect'], r['lo'], r['hi'])}, {seeds}{pairing}")
+                     f"FD difference {fmt_ci(r['effect'], r['lo'], r['hi'], n=smallest)}, {seeds}{pairing}")
     rep.answers.append(f"Ablations (FD of the paper's choice minus the alternative; {family} verdict"
                        f"{'s' if family != 1 else ''} in this report, Bonferroni-corrected): " + "; ".join(parts) + ".")
     table = public(table)
@@ -421,8 +428,8 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     tables = [analyze_ablations(trials, metric=metric, level=level, min_seeds=min_seeds, seed=seed)]
     if view is not None:
         tables.append(analyze_ablations(view, metric="fd_at_compute", level=level, min_seeds=min_seeds, seed=seed))
-    family = max(sum(eligible(t) for t in tables), 1)
-    tables = [apply_correction(t, family, level) for t in tables]
+    family = sum(eligible(t) for t in tables)
+    tables = [apply_correction(t, max(family, 1), level) for t in tables]
 
     c_scaling_section(rep, trials, metric, n_boot, level, seed)
     dropout_section(rep, trials, metric, n_boot, level, seed)

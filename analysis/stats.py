@@ -499,5 +499,8 @@ def fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def fmt_ci(est_value: float, lo: float, hi: float, digits: int = 3) -> str:
+def fmt_ci(est_value: float, lo: float, hi: float, digits: int = 3, n: int | None = None) -> str:
+    """"1.2 [0.9, 1.5]"; with n below MIN_SEEDS, "1.2 (n < 2: no interval)"."""
+    if n is not None and n < MIN_SEEDS:
+        return f"{fmt(est_value, digits)} (n < {MIN_SEEDS}: no interval)"
     return f"{fmt(est_value, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"

@@ -407,3 +407,15 @@ def test_a_smoke_budget_ablation_is_inconclusive_whatever_its_interval(tmp_path)
             "models (interval alone: reproduced))") in first
     table = pd.read_csv(tmp_path / "report" / "ablations.csv").set_index("key")
     assert table.loc["loss.teacher", "verdict"] == INCONCLUSIVE and table.loc["loss.teacher", "budgets"] == "smoke"
+
+
+def test_one_seed_answers_say_n_below_2_instead_of_a_zero_width_interval(tmp_path):
+    trials, evals = synthetic.planted_curricula(np.random.default_rng(56), seeds=1)
+    _write(tmp_path / "cur", trials, budget="cpu", evals=evals)
+    abl = synthetic.planted_ablations(np.random.default_rng(57), {"loss.teacher": ("ema", -3.0)}, seeds=1)
+    _write(tmp_path / "abl", abl, budget="cpu")
+    first = _first(write_report([tmp_path], n_boot=N_BOOT))
+    assert first.startswith("These tables cannot give a verdict: at most 1 seed per configuration")
+    assert "is exponential s0=10 s1=1280 (FD " in first and "(n < 2: no interval)" in first
+    assert "EMA teacher vs none (none - ema): inconclusive (n < 2 in an arm (1 vs 1 seeds): no interval)" in first
+    assert "[n/a, n/a]" not in first
