@@ -53,13 +53,15 @@ ABLATIONS = (
 
 
 COLUMNS = ["ablation", "key", "paper", "alternative", "effect", "lo", "hi", "level", "p", "p_adj", "se", "df",
-           "paired", "fd_se", "num_cells", "num_paper", "num_alt", "budgets", "verdict", "reason"]
+           "paired", "fd_se", "num_cells", "num_paper", "num_alt", "paper_diverged", "alt_diverged", "budgets",
+           "verdict", "reason"]
 
 
 def _not_run(base: dict, reason: str) -> dict:
     return {**base, "alternative": "-", "effect": math.nan, "lo": math.nan, "hi": math.nan, "level": math.nan,
             "p": math.nan, "p_adj": math.nan, "se": math.nan, "df": math.nan, "paired": False, "fd_se": math.nan,
-            "num_cells": 0, "num_paper": 0, "num_alt": 0, "budgets": "", "verdict": NOT_RUN, "reason": reason}
+            "num_cells": 0, "num_paper": 0, "num_alt": 0, "paper_diverged": 0, "alt_diverged": 0, "budgets": "",
+            "verdict": NOT_RUN, "reason": reason}
 
 
 def compare(trials: pd.DataFrame, ablation: Ablation, metric: str = "final_fd", n_boot: int = N_BOOT,
@@ -76,21 +78,26 @@ def compare(trials: pd.DataFrame, ablation: Ablation, metric: str = "final_fd", 
     base = {"ablation": ablation.name, "key": ablation.key, "paper": value_token(ablation.paper)}
     if ablation.key not in trials.columns:
         return [_not_run(base, f"no column {ablation.key!r}")]
-    runs = usable(trials, metric)
+    # Diverged runs travel with their arm: an arm that lost runs to divergence cannot win by its survivors.
+    runs = pd.concat([usable(trials, metric), trials[trials["status"].astype(str) == "diverged"]], sort=False)
     runs = runs.assign(_value=runs[ablation.key].map(value_token))
     paper_token = value_token(ablation.paper)
     is_paper = runs["_value"] == paper_token
     if ablation.paper_filter is not None and is_paper.any():
         is_paper &= ablation.paper_filter(runs).fillna(False).astype(bool)
     out = []
-    for alt in sorted(set(runs["_value"]) - {paper_token}):
+    for alt in sorted(set(runs.loc[runs["status"].astype(str) == "completed", "_value"]) - {paper_token}):
         sub = runs[is_paper | (runs["_value"] == alt)]
         ctx = context_key(sub, exclude={ablation.key, *ablation.ignore}) + "@" + sub["dataset"].astype(str)
-        cells, stats, used = [], [], []
-        for _, cell in sub.groupby(ctx):
+        cells, stats, used, diverged = [], [], [], [0, 0]
+        for _, whole in sub.groupby(ctx):
+            failed = whole["status"].astype(str) == "diverged"
+            cell = whole[~failed]
             paper_rows = cell[cell["_value"] == paper_token]
             alt_rows = cell[cell["_value"] == alt]
             if len(paper_rows) and len(alt_rows):
+                diverged[0] += int((failed & (whole["_value"] == paper_token)).sum())
+                diverged[1] += int((failed & (whole["_value"] == alt)).sum())
                 cells.append((len(paper_rows), len(alt_rows)))
                 stats.append(difference_stats(paper_rows[metric].to_numpy(float), alt_rows[metric].to_numpy(float),
                                               paper_rows["seed"].tolist(), alt_rows["seed"].tolist()))
@@ -104,7 +111,7 @@ def compare(trials: pd.DataFrame, ablation: Ablation, metric: str = "final_fd", 
         smallest = (min(p for p, _ in cells), min(a for _, a in cells))
         out.append({**row, "effect": pooled["value"], "se": pooled["se"], "df": pooled["df"],
                     "paired": all(s["paired"] for s in stats), "fd_se": typical_se(pd.concat(used), metric),
-                    "budgets": _budgets(pd.concat(used)),
+                    "budgets": _budgets(pd.concat(used)), "paper_diverged": diverged[0], "alt_diverged": diverged[1],
                     "_smallest": smallest, "_min_seeds": min_seeds})
     return out
 
@@ -130,7 +137,8 @@ def apply_correction(table: pd.DataFrame, family: int | None = None, level: floa
     is Student's t at level 1 - (1 - level) / family and p_adj = min(1, family * p), so the verdicts agree
     with the intervals: reproduced when the interval lies below 0, contradicted when above, else
     inconclusive; also inconclusive, with the reason, below min_seeds per arm, below MIN_SEEDS (no
-    interval) and when |effect| is within the FD's standard error (a tie).
+    interval), when |effect| is within the FD's standard error (a tie) and when the winning arm lost runs to
+    divergence (its survivors are a selected sample).
     """
     table = table.copy()
     for column in ("verdict", "reason"):
@@ -154,6 +162,12 @@ def apply_correction(table: pd.DataFrame, family: int | None = None, level: floa
             verdict, reason = INCONCLUSIVE, "interval contains 0"
         elif np.isfinite(row["fd_se"]) and abs(row["effect"]) <= row["fd_se"]:
             verdict, reason = INCONCLUSIVE, f"a tie: |effect| within the FD's standard error ({row['fd_se']:.3g})"
+        elif hi < 0 and row["paper_diverged"]:
+            verdict, reason = INCONCLUSIVE, (f"the paper's arm wins by its survivors but lost {row['paper_diverged']} "
+                                             "runs to divergence")
+        elif lo > 0 and row["alt_diverged"]:
+            verdict, reason = INCONCLUSIVE, (f"the alternative wins by its survivors but lost {row['alt_diverged']} "
+                                             "runs to divergence")
         elif hi < 0:
             verdict, reason = REPRODUCED, "interval below 0: the paper's choice has lower FD"
         else:

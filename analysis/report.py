@@ -354,7 +354,8 @@ def ablation_section(rep: Report, table: pd.DataFrame, min_seeds: int, family: i
         f"The report's {family} verdict{'s share' if family != 1 else ' has'} a Bonferroni correction: each "
         "interval is at level 1 - 0.05/m (column `level`), p_adj = m p. Reproduced: interval below 0; "
         f"contradicted: above 0; inconclusive: contains 0, fewer than {min_seeds} seeds per arm, "
-        f"fewer than {MIN_SEEDS} (no interval), |effect| within the FD's standard error, or a smoke budget.\n\n"
+        f"fewer than {MIN_SEEDS} (no interval), |effect| within the FD's standard error, a winning arm that lost runs "
+        "to divergence (paper_diverged, alt_diverged), or a smoke budget.\n\n"
         + _md_table(table) + "\n" + f"![ablations]({png})\n\nTables: " + ", ".join(files) + "\n")
 
 

@@ -419,3 +419,15 @@ def test_one_seed_answers_say_n_below_2_instead_of_a_zero_width_interval(tmp_pat
     assert "is exponential s0=10 s1=1280 (FD " in first and "(n < 2: no interval)" in first
     assert "EMA teacher vs none (none - ema): inconclusive (n < 2 in an arm (1 vs 1 seeds): no interval)" in first
     assert "[n/a, n/a]" not in first
+
+
+def test_an_arm_that_lost_runs_to_divergence_cannot_win_by_its_survivors():
+    rows = synthetic.planted_ablations(np.random.default_rng(58), {"loss.teacher": ("ema", 3.0)}, seeds=4)
+    frame = pd.DataFrame(rows)
+    assert analyze_ablations(frame).set_index("key").loc["loss.teacher", "verdict"] == "contradicted"
+    # Two more EMA-teacher seeds diverged: the three survivors' lower FD is no longer a verdict.
+    lost = [synthetic.trial_row("ablations", f"ema-div-{s}", s, status="diverged", space="ablations",
+                                config={"loss.teacher": "ema"}) for s in (4, 5)]
+    row = analyze_ablations(pd.concat([frame, pd.DataFrame(lost)])).set_index("key").loc["loss.teacher"]
+    assert row["verdict"] == INCONCLUSIVE and row["alt_diverged"] == 2 and row["paper_diverged"] == 0
+    assert row["reason"] == "the alternative wins by its survivors but lost 2 runs to divergence"
