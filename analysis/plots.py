@@ -41,29 +41,33 @@ def _yerr(mean, lo, hi) -> np.ndarray:
 
 
 def plot_c_scaling(result: CScaling) -> Figure:
-    """Left: metric against c per data set with the estimated c*; right: c* against d, log-log, with
+    """One panel per data set: metric against c with the estimated c* (each data set on its own metric
+    scale: FD values of different data sets are not comparable); last panel: c* against d, log-log, with
     the fitted power law and the paper's 0.00054 sqrt(d)."""
-    fig, axes = _figure(2)
-    ax, ax2 = axes[0]
-    colours = {}
-    for dataset, g in result.curves.groupby("dataset", sort=True):
-        g = g.sort_values(C_KEY)
-        line = ax.errorbar(g[C_KEY], g["mean"], yerr=_yerr(g["mean"], g["lo"], g["hi"]), marker="o", capsize=3,
-                           label=f"{dataset} (d={int(g['dim'].iloc[0])})")
-        colours[dataset] = line[0].get_color()
-    for _, row in result.per_dataset.iterrows():
-        colour = colours.get(row["dataset"])
-        if np.isfinite(row["c_star"]):
-            ax.axvline(row["c_star"], color=colour, linestyle="--", linewidth=1)
-        # A one-sided bound is open on one end: shade it to the searched range's edge.
-        lo = row["c_lo"] if row["c_lo"] > 0 else row["c_min"]
-        hi = row["c_hi"] if np.isfinite(row["c_hi"]) else row["c_max"]
-        ax.axvspan(lo, hi, color=colour, alpha=0.12)
-    ax.set_xscale("log")
-    ax.set_xlabel("Pseudo-Huber c (whole-sample L2 units, data in [-1, 1])")
-    ax.set_ylabel(FD_LABEL.format(metric=result.metric))
-    ax.set_title("Metric against c; dashed: c* with 95% interval")
-    ax.legend(fontsize=8)
+    datasets = sorted(result.curves["dataset"].unique()) if not result.curves.empty else []
+    panels = len(datasets) + 1
+    ncols = min(3, panels)
+    fig, axes = _figure(ncols, -(-panels // ncols), width=4.6, height=3.6)
+    flat = list(axes.flat)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    ax2 = flat[len(datasets)]
+    for ax, dataset in zip(flat, datasets):
+        g = result.curves[result.curves["dataset"] == dataset].sort_values(C_KEY)
+        line = ax.errorbar(g[C_KEY], g["mean"], yerr=_yerr(g["mean"], g["lo"], g["hi"]), marker="o", capsize=3)
+        colour = line[0].get_color()
+        for _, row in result.per_dataset[result.per_dataset["dataset"] == dataset].iterrows():
+            if np.isfinite(row["c_star"]):
+                ax.axvline(row["c_star"], color=colour, linestyle="--", linewidth=1, label="c* (fitted vertex)")
+            # A one-sided bound is open on one end: shade it to the searched range's edge.
+            lo = row["c_lo"] if row["c_lo"] > 0 else row["c_min"]
+            hi = row["c_hi"] if np.isfinite(row["c_hi"]) else row["c_max"]
+            ax.axvspan(lo, hi, color=colour, alpha=0.12, label=f"c* 95% interval ({row['bound']})")
+        ax.set_xscale("log")
+        ax.set_xlabel("Pseudo-Huber c (whole-sample L2 units)")
+        ax.set_ylabel(FD_LABEL.format(metric=result.metric))
+        ax.set_title(f"{dataset} (d={int(g['dim'].iloc[0])}): metric against c", fontsize=10)
+        ax.legend(fontsize=7)
     per = result.per_dataset
     if "bound" in per.columns:
         per = per[per["bound"] == "two-sided"]
@@ -203,4 +207,27 @@ def plot_searched(trials: pd.DataFrame, table: pd.DataFrame, metric: str, max_pa
         ax.set_ylabel(FD_LABEL.format(metric=metric))
         ax.set_title(f"{experiment} / {dataset}", fontsize=10)
         ax.legend(fontsize=8)
+    return fig
+
+
+def plot_importances(table: pd.DataFrame, max_panels: int = 12) -> Figure:
+    """One panel per (experiment, stratum) with two or more ranked keys (one key gets 1 by construction):
+    fANOVA importance of each searched key (share of the metric's variance it explains, summing to 1),
+    largest on top."""
+    ranked = table[table["importance"].notna()]
+    ranked = ranked[ranked.groupby(["experiment", "stratum"])["key"].transform("size") > 1]
+    groups = list(ranked.groupby(["experiment", "stratum"], sort=True))[:max_panels]
+    ncols = min(3, max(len(groups), 1))
+    fig, axes = _figure(ncols, max(1, -(-len(groups) // ncols)), width=4.6,
+                        height=max(2.2, 0.4 * ranked.groupby(["experiment", "stratum"]).size().max() + 1.2)
+                        if len(ranked) else 2.2)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    for ax, ((experiment, stratum), g) in zip(axes.flat, groups):
+        g = g.sort_values("importance")
+        ax.barh(np.arange(len(g)), g["importance"], color="tab:blue")
+        ax.set_yticks(np.arange(len(g)), g["key"], fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("importance (fANOVA share of variance)")
+        ax.set_title(f"{experiment} / {stratum} ({int(g['completed'].iloc[0])} configs)", fontsize=10)
     return fig

@@ -8,11 +8,14 @@ it, labels an answer "inconclusive" with the reason when it rests on one seed, o
 one-sided bound or on an interval that spans the searched range, and names the questions the tables
 cannot answer. Every space, a user's own included, also gets the metric against each searched key.
 Only completed runs enter the estimates; diverged runs count per level, and pruned runs enter the
-equal-compute sections through their evaluations.
+equal-compute sections through their evaluations. For a reader's eye it also shows the final sample grids
+of the best and the worst configuration of each experiment and stratum, and per stratum Optuna's parameter
+importances, whose rebuilt studies it writes into each experiment folder as an Optuna journal file.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from analysis.ablations import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED, 
 from analysis.c_scaling import PAPER_B, estimate_c_star
 from analysis.curriculum import PAPER_SHAPE, final_ranking, rank_curricula
 from analysis.dropout import analyze_dropout
+from analysis.grids import RUN_DIR, best_and_worst, copy_grids
+from analysis.importance import JOURNAL_FILE, MIN_COMPLETED, export_journal, importance_table, rebuild_studies
 from analysis.load import SchemaError, load_results, status_counts
 from analysis.searched import best_runs, metric_by_key
 from analysis.stats import BELOW, LEVEL, MIN_SEEDS, N_BOOT, TWO_SIDED, UNLOCATED, at_common_compute, fmt, fmt_ci
@@ -377,6 +382,83 @@ def searched_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     rep.best = best
 
 
+def importance_section(rep: Report, trials, metric, seed, write_journal: bool = True) -> None:
+    """Per (experiment, stratum): Optuna's parameter importances from a study rebuilt out of the trials, and
+    that study written as an Optuna journal file in the experiment folder for optuna-dashboard."""
+    studies = rebuild_studies(trials, metric=metric, seed=seed)
+    if not studies:
+        return
+    table = importance_table(studies)
+    journals = []
+    if write_journal:
+        for folder in sorted({s.experiment_dir for s in studies}):
+            path = Path(folder) / JOURNAL_FILE
+            shown = os.path.relpath(path, rep.out)  # relative to the report, as its links are
+            try:
+                export_journal([s for s in studies if s.experiment_dir == folder], path)
+                journals.append(f"`{shown}`")
+            except OSError as err:
+                journals.append(f"`{shown}` not written ({err.strerror or err})")
+    files = [rep.csv(table, "importances.csv")]
+    several = [s for s in studies if len(s.importances) > 1]
+    png = rep.png(plots.plot_importances(table), "importances.png") if several else None
+    lines = []
+    for s in studies:
+        if s.importances:
+            top = ", ".join(f"{k} {v:.2f}" for k, v in s.importances.items())
+            lines.append(f"- {s.name}: {top} ({s.num_complete} completed configurations)")
+        else:
+            lines.append(f"- {s.name}: no importances: {s.reason}")
+    rep.sections.append(
+        "## Which searched key mattered: parameter importances\n\n"
+        "Per experiment and stratum the runs are rebuilt as an Optuna study: one trial per configuration, its "
+        f"value the mean `{metric}` over its completed seeds, FAIL when a seed diverged or errored, PRUNED when "
+        "the scheduler stopped it; distributions from the searched params of experiment.json's plan (inferred "
+        "from the tables when it has none). Importance is Optuna's fANOVA: the share of the variance of the "
+        "metric over the completed configurations that each key explains (the shares sum to 1; one key gets 1 by "
+        f"construction). It needs {MIN_COMPLETED} or more completed configurations, and says nothing about which "
+        "value is best: see the metric against each searched key.\n\n"
+        + "\n".join(lines) + "\n\n" + _md_table(table, max_rows=80) + "\n"
+        + (f"![importances]({png})\n\n" if png else "")
+        + ("Optuna journal files (open one with `optuna-dashboard FILE`; the study of each stratum is named "
+           "experiment/stratum): " + ", ".join(journals) + "\n\n" if journals else "")
+        + "Tables: " + ", ".join(files) + "\n")
+
+
+def grids_section(rep: Report, trials, metric) -> None:
+    """Sample grids of the best and the worst configuration of each experiment and stratum, copied into the
+    report folder and linked relatively, so the folder can be moved."""
+    picks = best_and_worst(trials, metric)
+    if picks.empty:
+        return
+    if RUN_DIR not in trials.columns or trials[RUN_DIR].isna().all():
+        rep.sections.append(
+            "## Samples of the best and the worst configuration\n\nNo sample grids are available: trials.parquet "
+            f"has no `{RUN_DIR}` column (tables written before run folders were recorded), so the runs' "
+            "samples/step_*.png cannot be found.\n")
+        return
+    picks = copy_grids(picks, rep.out)
+    rep.files += [rep.out / g for g in picks["grid"] if g]
+    blocks = []
+    for (experiment, stratum), g in picks.groupby(["experiment", "stratum"], sort=True):
+        head = "| | " + " | ".join(g["which"]) + " |\n|---|" + "---|" * len(g) + "\n"
+        config = "| configuration | " + " | ".join(
+            str(r["searched"] or r["config_id"]).replace("|", "/") for _, r in g.iterrows()) + " |\n"
+        value = f"| mean {metric} | " + " | ".join(
+            f"{fmt(r['mean'])} ({r['num_seeds']} seed{'s' if r['num_seeds'] != 1 else ''})" for _, r in g.iterrows()) + " |\n"
+        grid = "| samples (seed shown) | " + " | ".join(
+            (f"![{r['which']}]({r['grid']}) seed {r['seed']}" if r["grid"] else f"none: {r['note']}")
+            for _, r in g.iterrows()) + " |\n"
+        blocks.append(f"### {experiment} / {stratum}\n\n" + head + config + value + grid)
+    files = [rep.csv(picks.drop(columns=["experiment_dir"]), "sample_grids.csv")]
+    rep.sections.append(
+        "## Samples of the best and the worst configuration\n\n"
+        f"Per experiment and stratum, the configurations with the lowest and the highest mean `{metric}` over "
+        "their completed seeds (configurations with a diverged or errored seed left out); each shows the final "
+        "sample grid (the newest evaluation's, one-step samples beside two-step ones) of its lowest completed "
+        "seed, not of its best seed.\n\n" + "\n".join(blocks) + "\nTables: " + ", ".join(files) + "\n")
+
+
 def budget_line(trials: pd.DataFrame, min_seeds: int) -> str:
     """First words of the report: whether the budgets behind the tables can give a verdict at all."""
     done = trials[trials["status"].astype(str) == "completed"]
@@ -405,10 +487,11 @@ def budget_line(trials: pd.DataFrame, min_seeds: int) -> str:
 
 
 def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT, level: float = LEVEL,
-                 seed: int = 0, min_seeds: int = 3) -> Path:
+                 seed: int = 0, min_seeds: int = 3, journal: bool = True) -> Path:
     """Analyse every experiment at or below `paths` and write OUT/report.md, PNGs and CSVs.
 
-    out defaults to PATHS[0]/report. Returns the path of report.md.
+    out defaults to PATHS[0]/report. With `journal`, each experiment folder also gets an Optuna journal file
+    of its rebuilt studies (analysis/importance.py). Returns the path of report.md.
     """
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     results = load_results(paths)
@@ -450,6 +533,8 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
         rep.sections += [s.replace("## ", "## Equal compute, pruned runs included - ", 1) for s in sub.sections]
         rep.files += sub.files
     searched_section(rep, trials, metric, n_boot, level, seed)
+    importance_section(rep, trials, metric, seed, write_journal=journal)
+    grids_section(rep, trials, metric)
     counts_df = pd.DataFrame([{"status": k, "runs": v} for k, v in counts.items()])
     by_experiment = trials.groupby(["experiment", "status"]).size().unstack(fill_value=0).reset_index()
     rep.csv(by_experiment, "runs_by_status.csv")
@@ -502,13 +587,17 @@ def main(argv=None) -> int:
     parser.add_argument("--level", type=float, default=LEVEL, help="interval level in (0, 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--min-seeds", type=int, default=3, help="seeds per arm before an ablation gets a verdict")
+    parser.add_argument("--no-journal", action="store_true",
+                        help=f"do not write {JOURNAL_FILE} (Optuna journal of the rebuilt studies) into each "
+                             "experiment folder")
     args = parser.parse_args(argv)
     if not 0 < args.level < 1:
         parser.error(f"--level must be in (0, 1), got {args.level}")
     if args.n_boot < 10:
         parser.error(f"--n-boot must be at least 10, got {args.n_boot}")
     try:
-        path = write_report(args.results, args.out, args.metric, args.n_boot, args.level, args.seed, args.min_seeds)
+        path = write_report(args.results, args.out, args.metric, args.n_boot, args.level, args.seed, args.min_seeds,
+                            journal=not args.no_journal)
     except SchemaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
