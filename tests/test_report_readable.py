@@ -21,14 +21,16 @@ PLAN = {"params": {"loss.huber_c": {"type": "loguniform", "low": 1e-3, "high": 1
                    "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2, "values": [], "log": True}}}
 
 
-def planted_two_keys(rng, configs=16, seeds=2, experiment="two_keys", stratum="digits-8"):
-    """FD = 10 + 4 (ln c - ln 0.03)^2 + noise: it depends strongly on loss.huber_c and not at all on optim.lr."""
+def planted_two_keys(rng, configs=16, seeds=2, experiment="two_keys", stratum="digits-8", on="loss.huber_c"):
+    """FD = 10 + 4 (ln x - ln x*)^2 + noise: it depends strongly on the key `on` (loss.huber_c, x* = 0.03, or
+    optim.lr, x* = 1e-3) and not at all on the other."""
     rows = []
     for i in range(configs):
         c = float(np.exp(rng.uniform(np.log(1e-3), np.log(1.0))))
         lr = float(np.exp(rng.uniform(np.log(1e-4), np.log(1e-2))))
+        x, best = (c, 0.03) if on == "loss.huber_c" else (lr, 1e-3)
         for seed in range(seeds):
-            fd = 10 + 4 * (np.log(c) - np.log(0.03)) ** 2 + rng.normal(0, 0.3)
+            fd = 10 + 4 * (np.log(x) - np.log(best)) ** 2 + rng.normal(0, 0.3)
             rows.append(trial_row(experiment, f"t{i}-s{seed}", seed, final_fd=fd, stratum=stratum,
                                   config={"loss.huber_c": c, "optim.lr": lr}))
     return rows
@@ -60,6 +62,11 @@ def test_importances_rank_the_key_the_metric_depends_on(tmp_path):
     # Distributions come from the plan (log scale, its range).
     dist = study.study.trials[0].distributions["loss.huber_c"]
     assert dist.log and dist.low == pytest.approx(1e-3) and dist.high == pytest.approx(1.0)
+    # The same design with the metric depending on the other key ranks them the other way round.
+    other = pd.DataFrame(planted_two_keys(np.random.default_rng(0), on="optim.lr"))
+    (swapped,) = imp.rebuild_studies(other)
+    assert list(swapped.importances) == ["optim.lr", "loss.huber_c"]
+    assert swapped.importances["optim.lr"] > 0.7
 
 
 def test_plan_range_is_widened_to_hold_the_papers_point_and_inferred_without_plan():
