@@ -455,7 +455,7 @@ def grids_section(rep: Report, trials, metric) -> None:
         "## Samples of the best and the worst configuration\n\n"
         f"Per experiment and stratum, the configurations with the lowest and the highest mean `{metric}` over "
         "their completed seeds (configurations with a diverged or errored seed left out); each shows the final "
-        "sample grid (the newest evaluation's, one-step samples beside two-step ones) of its lowest completed "
+        "sample grid (the newest evaluation's; its panels are named in the image) of its lowest completed "
         "seed, not of its best seed.\n\n" + "\n".join(blocks) + "\nTables: " + ", ".join(files) + "\n")
 
 
@@ -570,7 +570,8 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
                                        if view is not None else "")
         + ".\n",
         _md_table(counts_df),
-        "Experiments: " + ", ".join(f"`{p}`" for p in results.experiments) + "\n",
+        # Relative to the report, so that a committed report names no machine's folders.
+        "Experiments: " + ", ".join(f"`{os.path.relpath(p, out)}`" for p in results.experiments) + "\n",
         *rep.sections,
     ]
     path = out / "report.md"
