@@ -25,9 +25,13 @@ GRID_FOLDER = "grids"
 
 
 def final_grid(run_dir: Path) -> Path | None:
-    """The newest samples/step_*.png of a run folder (steps are zero-padded, so names sort by step)."""
-    grids = sorted(Path(run_dir).glob("samples/step_*.png"))
-    return grids[-1] if grids else None
+    """The newest samples/step_*.png of a run folder (by step number, not by name)."""
+    steps = []
+    for path in Path(run_dir).glob("samples/step_*.png"):
+        digits = path.stem[len("step_"):]
+        if digits.isdigit():
+            steps.append((int(digits), path))
+    return max(steps)[1] if steps else None
 
 
 def _slug(text: str) -> str:

@@ -190,3 +190,26 @@ def test_report_without_run_dir_says_no_grids_are_available(tmp_path):
     assert "No sample grids are available" in text and "run_dir" in text
     assert not (folder / imp.JOURNAL_FILE).exists()
     assert not (tmp_path / "rep" / "grids").exists()
+
+
+def test_a_categorical_key_is_ranked_too():
+    """Ablation-like spaces search choices: the weighting decides FD here, c does not."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(12):
+        weighting = ["icm", "uniform", "snr"][i % 3]
+        fd = {"icm": 10.0, "uniform": 30.0, "snr": 20.0}[weighting] + rng.normal(0, 0.5)
+        rows.append(trial_row("cat", f"t{i}", 0, final_fd=fd, config={
+            "loss.weighting": weighting, "loss.huber_c": float(np.exp(rng.uniform(-7, 0)))}))
+    (study,) = imp.rebuild_studies(pd.DataFrame(rows))
+    assert type(study.study.trials[0].distributions["loss.weighting"]).__name__ == "CategoricalDistribution"
+    assert list(study.importances) == ["loss.weighting", "loss.huber_c"]
+
+
+def test_final_grid_is_the_newest_by_step_number(tmp_path):
+    from analysis.grids import final_grid
+
+    assert final_grid(tmp_path) is None
+    for step, value in ((9_999_999, 1), (10_000_000, 2), (500, 3)):
+        _png(tmp_path / "samples" / f"step_{step:07d}.png", value)
+    assert final_grid(tmp_path).name == "step_10000000.png"
