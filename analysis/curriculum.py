@@ -29,9 +29,14 @@ def curriculum_columns(df: pd.DataFrame) -> list[str]:
 
 
 def curriculum_label(row: pd.Series, columns: list[str]) -> str:
-    """"exponential s0=10 s1=1280": the shape plus its other curriculum keys that are set."""
+    """"exponential s0=10 s1=1280": the shape plus its other curriculum keys that are set. The adaptive_*
+    keys act on the adaptive shape only (ict_core/config.py), so other shapes leave them out: they neither
+    name nor split those curricula."""
     parts = [str(row[SHAPE_KEY])]
+    adaptive = str(row[SHAPE_KEY]) == "adaptive"
     for c in columns:
+        if c.startswith("curriculum.adaptive_") and not adaptive:
+            continue
         if c != SHAPE_KEY and value_token(row[c]) != "-":
             parts.append(f"{c.split('.', 1)[1]}={value_token(row[c])}")
     return " ".join(parts)

@@ -213,3 +213,15 @@ def test_final_grid_is_the_newest_by_step_number(tmp_path):
     for step, value in ((9_999_999, 1), (10_000_000, 2), (500, 3)):
         _png(tmp_path / "samples" / f"step_{step:07d}.png", value)
     assert final_grid(tmp_path).name == "step_10000000.png"
+
+
+def test_curriculum_labels_name_adaptive_keys_only_for_the_adaptive_shape():
+    from analysis.curriculum import curriculum_columns, curriculum_label
+
+    rows = pd.DataFrame([trial_row("cur", "a", 0, config={"curriculum.shape": "exponential"}),
+                         trial_row("cur", "b", 0, config={"curriculum.shape": "adaptive"})])
+    cols = curriculum_columns(rows)
+    assert any(c.startswith("curriculum.adaptive_") for c in cols)
+    exponential, adaptive = (curriculum_label(r, cols) for _, r in rows.iterrows())
+    assert exponential == "exponential s0=10 s1=1280" and "adaptive_" not in exponential
+    assert adaptive.startswith("adaptive s0=10 s1=1280 adaptive_")
