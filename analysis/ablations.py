@@ -4,7 +4,9 @@ Claims (Song & Dhariwal 2023): no EMA teacher beats CT's EMA teacher (Sec. 3.2),
 c = 0.00054 sqrt(d) beats squared L2 (Sec. 3.3), lognormal noise sampling beats uniform and the
 1/(sigma_{i+1} - sigma_i) weighting beats uniform weights (Sec. 3.5), and a Fourier scale of 0.02
 beats CT's 16 (Sec. 3.1). The effect is FD(paper's choice) - FD(alternative) between runs that
-agree on every other config column; negative favours the paper.
+agree on every other config column; negative favours the paper. Intervals are Student's t, paired over
+seeds where both arms ran the same seeds; all verdicts of one report share a Bonferroni correction, so
+the chance of any spurious verdict among them is at most 1 - level (docs/ANALYSIS.md).
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.stats import LEVEL, N_BOOT, value_token, context_key, percentile_ci, resample_means, usable
+from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, context_key, difference_stats, pool_cells, t_interval, t_pvalue,
+                            typical_se, usable, value_token)
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "reproduced", "contradicted", "inconclusive", "not run"
 
@@ -49,74 +52,150 @@ ABLATIONS = (
 )
 
 
-def _verdict(lo: float, hi: float, num_paper: int, num_alt: int, min_seeds: int) -> tuple[str, str]:
-    if min(num_paper, num_alt) < min_seeds:
-        return INCONCLUSIVE, f"too few seeds ({num_paper} vs {num_alt}; need {min_seeds} per arm)"
-    if hi < 0:
-        return REPRODUCED, "interval below 0: the paper's choice has lower FD"
-    if lo > 0:
-        return CONTRADICTED, "interval above 0: the alternative has lower FD"
-    return INCONCLUSIVE, "interval contains 0"
+COLUMNS = ["ablation", "key", "paper", "alternative", "effect", "lo", "hi", "level", "p", "p_adj", "se", "df",
+           "paired", "fd_se", "num_cells", "num_paper", "num_alt", "paper_diverged", "alt_diverged", "budgets",
+           "verdict", "reason"]
+
+
+def _not_run(base: dict, reason: str) -> dict:
+    return {**base, "alternative": "-", "effect": math.nan, "lo": math.nan, "hi": math.nan, "level": math.nan,
+            "p": math.nan, "p_adj": math.nan, "se": math.nan, "df": math.nan, "paired": False, "fd_se": math.nan,
+            "num_cells": 0, "num_paper": 0, "num_alt": 0, "paper_diverged": 0, "alt_diverged": 0, "budgets": "",
+            "verdict": NOT_RUN, "reason": reason}
 
 
 def compare(trials: pd.DataFrame, ablation: Ablation, metric: str = "final_fd", n_boot: int = N_BOOT,
             level: float = LEVEL, min_seeds: int = 3, rng=None) -> list[dict]:
-    """One row per alternative value of `ablation.key` found in `trials`.
+    """One row per alternative value of `ablation.key` found in `trials`, before any verdict.
 
     trials: one row per run with dataset, seed, status, `metric` and dotted config columns. Cells are
     runs of one dataset that agree on every other config column (apart from ablation.ignore); the
-    effect is the mean over cells of mean(paper arm) - mean(alternative arm), resampling seeds within
-    each arm of each cell. Row keys: ablation, key, paper, alternative, effect, lo, hi, num_cells,
-    num_paper, num_alt (runs), verdict, reason.
+    effect is the mean over cells of mean(paper arm) - mean(alternative arm), with its standard error
+    and degrees of freedom (stats.difference_stats per cell, paired over seeds when the arms share
+    them; stats.pool_cells across cells). The verdict columns are filled by apply_correction.
+    n_boot and rng are unused (kept for callers of the bootstrap version).
     """
-    rng = np.random.default_rng(0) if rng is None else rng
     base = {"ablation": ablation.name, "key": ablation.key, "paper": value_token(ablation.paper)}
     if ablation.key not in trials.columns:
-        return [{**base, "alternative": "-", "effect": math.nan, "lo": math.nan, "hi": math.nan, "num_cells": 0,
-                 "num_paper": 0, "num_alt": 0, "verdict": NOT_RUN, "reason": f"no column {ablation.key!r}"}]
-    runs = usable(trials, metric)
+        return [_not_run(base, f"no column {ablation.key!r}")]
+    # Diverged runs travel with their arm: an arm that lost runs to divergence cannot win by its survivors.
+    runs = pd.concat([usable(trials, metric), trials[trials["status"].astype(str) == "diverged"]], sort=False)
     runs = runs.assign(_value=runs[ablation.key].map(value_token))
     paper_token = value_token(ablation.paper)
     is_paper = runs["_value"] == paper_token
     if ablation.paper_filter is not None and is_paper.any():
         is_paper &= ablation.paper_filter(runs).fillna(False).astype(bool)
     out = []
-    for alt in sorted(set(runs["_value"]) - {paper_token}):
+    for alt in sorted(set(runs.loc[runs["status"].astype(str) == "completed", "_value"]) - {paper_token}):
         sub = runs[is_paper | (runs["_value"] == alt)]
         ctx = context_key(sub, exclude={ablation.key, *ablation.ignore}) + "@" + sub["dataset"].astype(str)
-        cells = []
-        for _, cell in sub.groupby(ctx):
-            paper_values = cell.loc[cell["_value"] == paper_token, metric].to_numpy(float)
-            alt_values = cell.loc[cell["_value"] == alt, metric].to_numpy(float)
-            if paper_values.size and alt_values.size:
-                cells.append((paper_values, alt_values))
-        row = {**base, "alternative": alt, "num_cells": len(cells),
-               "num_paper": sum(p.size for p, _ in cells), "num_alt": sum(a.size for _, a in cells)}
+        cells, stats, used, diverged = [], [], [], [0, 0]
+        for _, whole in sub.groupby(ctx):
+            failed = whole["status"].astype(str) == "diverged"
+            cell = whole[~failed]
+            paper_rows = cell[cell["_value"] == paper_token]
+            alt_rows = cell[cell["_value"] == alt]
+            if len(paper_rows) and len(alt_rows):
+                diverged[0] += int((failed & (whole["_value"] == paper_token)).sum())
+                diverged[1] += int((failed & (whole["_value"] == alt)).sum())
+                cells.append((len(paper_rows), len(alt_rows)))
+                stats.append(difference_stats(paper_rows[metric].to_numpy(float), alt_rows[metric].to_numpy(float),
+                                              paper_rows["seed"].tolist(), alt_rows["seed"].tolist()))
+                used.append(cell)
+        row = {**base, "alternative": alt, "num_cells": len(cells), "num_paper": sum(p for p, _ in cells),
+               "num_alt": sum(a for _, a in cells)}
         if not cells:
-            out.append({**row, "effect": math.nan, "lo": math.nan, "hi": math.nan, "verdict": NOT_RUN,
-                        "reason": "no runs of the two arms at matching settings"})
+            out.append({**_not_run(base, "no runs of the two arms at matching settings"), **row})
             continue
-        effect = float(np.mean([p.mean() - a.mean() for p, a in cells]))
-        boot = np.mean([resample_means(p, n_boot, rng) - resample_means(a, n_boot, rng) for p, a in cells], axis=0)
-        lo, hi = percentile_ci(boot, level, df=sum(p.size + a.size - 2 for p, a in cells))
-        smallest_paper = min(p.size for p, _ in cells)
-        smallest_alt = min(a.size for _, a in cells)
-        verdict, reason = _verdict(lo, hi, smallest_paper, smallest_alt, min_seeds)
-        out.append({**row, "effect": effect, "lo": lo, "hi": hi, "verdict": verdict, "reason": reason})
+        pooled = pool_cells(stats)
+        smallest = (min(p for p, _ in cells), min(a for _, a in cells))
+        out.append({**row, "effect": pooled["value"], "se": pooled["se"], "df": pooled["df"],
+                    "paired": all(s["paired"] for s in stats), "fd_se": typical_se(pd.concat(used), metric),
+                    "budgets": _budgets(pd.concat(used)), "paper_diverged": diverged[0], "alt_diverged": diverged[1],
+                    "_smallest": smallest, "_min_seeds": min_seeds})
     return out
 
 
+def _budgets(rows: pd.DataFrame) -> str:
+    """The budgets (experiment.json) behind `rows`, comma-separated; "" when unknown."""
+    if "budget" not in rows.columns:
+        return ""
+    return ",".join(sorted(set(rows["budget"].dropna().astype(str))))
+
+
+def eligible(table: pd.DataFrame) -> int:
+    """Rows of an ablation table that can give a verdict (enough seeds and a finite standard error)."""
+    if table.empty or "_eligible" not in table.columns:
+        return 0
+    return int(table["_eligible"].fillna(False).astype(bool).sum())
+
+
+def apply_correction(table: pd.DataFrame, family: int | None = None, level: float = LEVEL) -> pd.DataFrame:
+    """Intervals, p-values and verdicts with a Bonferroni correction over `family` comparisons.
+
+    family: the number of verdicts in the report (default: the eligible rows of `table`). Each interval
+    is Student's t at level 1 - (1 - level) / family and p_adj = min(1, family * p), so the verdicts agree
+    with the intervals: reproduced when the interval lies below 0, contradicted when above, else
+    inconclusive; also inconclusive, with the reason, below min_seeds per arm, below MIN_SEEDS (no
+    interval), when |effect| is within the FD's standard error (a tie) and when the winning arm lost runs to
+    divergence (its survivors are a selected sample).
+    """
+    table = table.copy()
+    for column in ("verdict", "reason"):
+        table[column] = table[column].astype(object)
+    for column in ("lo", "hi", "level", "p", "p_adj"):
+        table[column] = table[column].astype(float)
+    family = max(eligible(table) if family is None else int(family), 1)
+    adjusted = 1.0 - (1.0 - level) / family
+    for i, row in table.iterrows():
+        if row["verdict"] == NOT_RUN and not isinstance(row.get("_smallest"), tuple):
+            continue
+        (num_paper, num_alt), min_seeds = row["_smallest"], row["_min_seeds"]
+        lo, hi = t_interval(row["effect"], row["se"], row["df"], adjusted)
+        p = t_pvalue(row["effect"], row["se"], row["df"])
+        if not np.isfinite(lo):
+            verdict, reason = INCONCLUSIVE, (f"n < {MIN_SEEDS} in an arm ({num_paper} vs {num_alt} seeds): no "
+                                             "interval")
+        elif min(num_paper, num_alt) < min_seeds:
+            verdict, reason = INCONCLUSIVE, f"too few seeds ({num_paper} vs {num_alt}; need {min_seeds} per arm)"
+        elif lo <= 0 <= hi:
+            verdict, reason = INCONCLUSIVE, "interval contains 0"
+        elif np.isfinite(row["fd_se"]) and abs(row["effect"]) <= row["fd_se"]:
+            verdict, reason = INCONCLUSIVE, f"a tie: |effect| within the FD's standard error ({row['fd_se']:.3g})"
+        elif hi < 0 and row["paper_diverged"]:
+            verdict, reason = INCONCLUSIVE, (f"the paper's arm wins by its survivors but lost {row['paper_diverged']} "
+                                             "runs to divergence")
+        elif lo > 0 and row["alt_diverged"]:
+            verdict, reason = INCONCLUSIVE, (f"the alternative wins by its survivors but lost {row['alt_diverged']} "
+                                             "runs to divergence")
+        elif hi < 0:
+            verdict, reason = REPRODUCED, "interval below 0: the paper's choice has lower FD"
+        else:
+            verdict, reason = CONTRADICTED, "interval above 0: the alternative has lower FD"
+        table.loc[i, ["lo", "hi", "level", "p", "p_adj", "verdict", "reason"]] = [
+            lo, hi, adjusted, p, min(1.0, p * family) if np.isfinite(p) else math.nan, verdict, reason]
+    return table
+
+
 def analyze_ablations(trials: pd.DataFrame, ablations=ABLATIONS, metric: str = "final_fd", n_boot: int = N_BOOT,
-                      level: float = LEVEL, min_seeds: int = 3, seed: int = 0) -> pd.DataFrame:
-    """Every claim in `ablations` against every alternative in the tables, one row each (see compare);
-    a claim with no alternative value in the tables gets one "not run" row."""
-    rng = np.random.default_rng(seed)
+                      level: float = LEVEL, min_seeds: int = 3, seed: int = 0, family: int | None = None
+                      ) -> pd.DataFrame:
+    """Every claim in `ablations` against every alternative in the tables, one row each (see compare and
+    apply_correction; family defaults to the rows here that can give a verdict); a claim with no
+    alternative value in the tables gets one "not run" row. Columns: COLUMNS plus the private
+    `_eligible`, `_smallest` and `_min_seeds` that apply_correction reads."""
     rows = []
     for ablation in ablations:
-        found = compare(trials, ablation, metric, n_boot, level, min_seeds, rng)
-        rows += found or [{"ablation": ablation.name, "key": ablation.key, "paper": value_token(ablation.paper),
-                           "alternative": "-", "effect": math.nan, "lo": math.nan, "hi": math.nan, "num_cells": 0,
-                           "num_paper": 0, "num_alt": 0, "verdict": NOT_RUN,
-                           "reason": "only one value in the tables"}]
-    return pd.DataFrame(rows, columns=["ablation", "key", "paper", "alternative", "effect", "lo", "hi", "num_cells",
-                                       "num_paper", "num_alt", "verdict", "reason"])
+        found = compare(trials, ablation, metric, n_boot, level, min_seeds)
+        base = {"ablation": ablation.name, "key": ablation.key, "paper": value_token(ablation.paper)}
+        rows += found or [_not_run(base, "only one value in the tables")]
+    table = pd.DataFrame(rows, columns=COLUMNS + ["_smallest", "_min_seeds"])
+    table["_eligible"] = [isinstance(s, tuple) and min(s) >= m and np.isfinite(se)
+                          for s, m, se in zip(table["_smallest"], table["_min_seeds"], table["se"])]
+    table["verdict"] = table["verdict"].astype(object).fillna("")
+    return apply_correction(table, family, level)
+
+
+def public(table: pd.DataFrame) -> pd.DataFrame:
+    """The table without its private columns, for CSV and Markdown."""
+    return table[[c for c in table.columns if not c.startswith("_")]]

@@ -1,9 +1,11 @@
 """Open question 1: how the best Pseudo-Huber c scales with the data dimension d = C*H*W.
 
 The paper's heuristic is c = 0.00054 * sqrt(d) (Song & Dhariwal 2023, Sec. 3.3), checked on two data
-sets. Here, per data set, the best c is where FD is smallest against log c (a local quadratic in
-log c around the best grid point, refitted on each bootstrap resample of seeds); then
-log c* = log a + b log d is fitted across data sets on each replicate, giving an interval for b.
+sets. Here, per data set, the best c is located on the tested grid (tested values on both sides of the
+best, a value where runs diverged never the best) and refined by a local quadratic in log c (see
+stats.curve_minimum); an optimum at the edge of the searched range is a one-sided bound and stays out
+of the fit. Then log c* = log a + b log d is fitted by least squares across data sets, and b's
+interval is Student's t from the scatter of the data sets about the line (docs/ANALYSIS.md).
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
-from analysis.stats import (LEVEL, N_BOOT, context_key, curve_minimum, describe_context, left_out, mean_ci,
-                            percentile_ci, usable)
+import scipy.stats
+
+from analysis.stats import (LEVEL, N_BOOT, TWO_SIDED, context_key, curve_minimum, describe_context, left_out,
+                            mean_ci, typical_se, usable)
 
 PAPER_A = 0.00054
 PAPER_B = 0.5
@@ -29,7 +33,11 @@ def paper_c(dim) -> np.ndarray:
 
 @dataclass
 class PowerLaw:
-    """c* = a * d^b fitted in log-log; intervals from bootstrap replicates of every data set's c*."""
+    """c* = a * d^b fitted in log-log over the data sets whose c* is located on both sides.
+
+    The intervals are Student's t with num_datasets - 2 degrees of freedom from the larger of the
+    residual scatter about the line and the mean variance of the c* estimates; NaN with fewer than three
+    data sets (two points always lie on a line, so their scatter cannot be measured)."""
 
     a: float
     b: float
@@ -38,7 +46,10 @@ class PowerLaw:
     b_lo: float
     b_hi: float
     num_datasets: int
-    b_samples: np.ndarray = field(repr=False)
+    b_samples: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
+    residual_sd: float = math.nan  # of log c* about the line
+    df: float = math.nan
+    excluded: tuple = ()  # data sets with a one-sided or unlocated c*
 
     @property
     def b_contains_paper(self) -> bool:
@@ -47,8 +58,8 @@ class PowerLaw:
 
 @dataclass
 class CScaling:
-    """per_dataset: one row per data set (see estimate_c_star); curves: mean metric at each c;
-    fit: None when fewer than two distinct dimensions have an estimate."""
+    """per_dataset: one row per data set (see estimate_c_star); curves: mean metric and divergence count at
+    each c; fit: None when fewer than two distinct dimensions have a two-sided c*."""
 
     per_dataset: pd.DataFrame
     curves: pd.DataFrame
@@ -57,93 +68,131 @@ class CScaling:
     samples: dict = field(repr=False, default_factory=dict)
 
 
-def select_runs(trials: pd.DataFrame, metric: str = "final_fd") -> pd.DataFrame:
-    """Completed Pseudo-Huber runs with c > 0 and a finite metric."""
+def select_runs(trials: pd.DataFrame, metric: str = "final_fd", statuses=("completed",)) -> pd.DataFrame:
+    """Pseudo-Huber runs with c > 0 of `statuses`; completed ones need a finite metric."""
     require_columns(trials, ["dataset", "dim", "seed", "experiment", C_KEY], "trials table (c scaling)")
-    runs = usable(trials, metric)
+    runs = usable(trials, metric) if statuses == ("completed",) else trials[trials["status"].astype(str).isin(statuses)]
     if "loss.metric" in runs.columns:
         runs = runs[runs["loss.metric"].astype(str) == "pseudo_huber"]
     c = pd.to_numeric(runs[C_KEY], errors="coerce")
     return runs[(c > 0) & np.isfinite(c)].assign(**{C_KEY: c})
 
 
+PER_DATASET_COLUMNS = ["dataset", "dim", "context", "num_runs", "num_seeds", "num_c", "best_c", "c_star", "c_lo",
+                       "c_hi", "bound", "at_edge", "vertex_far", "tied_c", "diverged_levels", "c_min", "c_max",
+                       "c_paper", "paper_in_ci", "left_out", "budgets"]
+
+
 def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int = N_BOOT, level: float = LEVEL,
                     seed: int = 0, window: int | None = None, min_values: int = 3) -> CScaling:
-    """Best c per data set with a bootstrap interval, and the power law across data sets.
+    """Best c per data set with its interval, and the power law across data sets.
 
     trials: one row per run with columns dataset, dim, seed, status, loss.huber_c, `metric` and the
-    other dotted config columns. Per data set, runs are split by their configuration apart from
-    loss.huber_c; the configuration with the most distinct c values (at least `min_values`) is used.
-    per_dataset columns: dataset, dim, context, num_runs, num_seeds, num_c, c_star, c_lo, c_hi, at_edge,
-    c_paper, paper_in_ci, left_out (Pseudo-Huber runs of that data set and experiment that were not
-    usable, e.g. "2 diverged").
+    other dotted config columns (and optionally `<metric>_se`, whose median makes ties, see
+    stats.typical_se). Per data set, runs are split by their configuration apart from loss.huber_c; the
+    configuration with the most distinct c values (at least `min_values`) is used; its diverged runs
+    count per level. per_dataset columns: dataset, dim, context, num_runs, num_seeds, num_c, best_c (the
+    tested c with the lowest mean), c_star (fitted vertex; NaN unless bound is "two-sided"), c_lo, c_hi,
+    bound, at_edge, vertex_far (vertex in an untested gap far from best_c), tied_c, diverged_levels
+    ("c=1e-05: 2/3 diverged"), c_min, c_max (searched range), c_paper, paper_in_ci, left_out.
     """
     rng = np.random.default_rng(seed)
     runs = select_runs(trials, metric)
-    rows, curves, samples, dfs = [], [], {}, {}
+    failed = select_runs(trials, metric, statuses=("diverged",))
+    rows, curves, samples, variances = [], [], {}, {}
     for dataset, group in runs.groupby("dataset", sort=True):
-        ctx = context_key(group, exclude={C_KEY})
+        # Contexts over completed and diverged runs together, so a diverged run joins its own configuration.
+        pool = pd.concat([group, failed[failed["dataset"] == dataset]], sort=False)
+        pool_ctx = context_key(pool, exclude={C_KEY})
+        done = pool["status"].astype(str).to_numpy() == "completed"
+        ctx = pool_ctx[done]
         best_key, best_score = None, (0, 0)
-        for key, cell in group.groupby(ctx):
+        for key, cell in group.groupby(ctx.to_numpy()):
             score = (cell[C_KEY].nunique(), len(cell))
             if score > best_score:
                 best_key, best_score = key, score
         if best_key is None or best_score[0] < min_values:
             continue
-        cell = group[ctx == best_key]
+        cell = group[ctx.to_numpy() == best_key]
+        fail = pool[~done & (pool_ctx.to_numpy() == best_key)]
         dim = float(cell["dim"].iloc[0])
         est = curve_minimum(cell[C_KEY], cell[metric], log_x=True, n_boot=n_boot, level=level, window=window,
-                            rng=rng)
-        samples[dataset] = est.samples
-        dfs[dataset] = est.df
+                            rng=rng, failed_x=fail[C_KEY], tie=typical_se(cell, metric))
+        if est.bound == TWO_SIDED:
+            samples[dataset] = est.samples
+            logs = np.log(est.samples[np.isfinite(est.samples) & (est.samples > 0)])
+            variances[dataset] = float(logs.var(ddof=1)) if logs.size > 1 else 0.0
         c_ref = float(paper_c(dim))
+        # The search computed the paper's c on its own float path: where a searched value is that c, use it.
+        searched = cell[C_KEY].to_numpy(float)
+        near = searched[np.abs(searched - c_ref) <= 1e-9 * c_ref]
+        c_ref = float(near[0]) if near.size else c_ref
         same = (trials["dataset"] == dataset) & trials["experiment"].isin(cell["experiment"].unique())
         if "loss.metric" in trials.columns:
             same &= trials["loss.metric"].astype(str) == "pseudo_huber"
+        per_level = []
+        all_c = np.unique(np.r_[cell[C_KEY].to_numpy(float), fail[C_KEY].to_numpy(float)])
+        for c_value in all_c:
+            at_c = cell[cell[C_KEY] == c_value]
+            n_fail = int((fail[C_KEY] == c_value).sum())
+            if n_fail:
+                per_level.append(f"c={c_value:.3g}: {n_fail}/{n_fail + len(at_c)} diverged")
+            m = mean_ci(at_c[metric], n_boot=n_boot, level=level, rng=rng)
+            curves.append({"dataset": dataset, "dim": dim, C_KEY: float(c_value), "num_runs": len(at_c),
+                           "num_diverged": n_fail, "mean": m.value, "lo": m.lo, "hi": m.hi})
         rows.append({
             "dataset": dataset, "dim": dim, "context": describe_context(best_key),
             "num_runs": est.num_runs, "num_seeds": int(cell["seed"].nunique()), "num_c": est.num_values,
-            "c_star": est.value, "c_lo": est.lo, "c_hi": est.hi, "at_edge": est.at_edge,
+            "best_c": est.best_x, "c_star": est.value, "c_lo": est.lo, "c_hi": est.hi, "bound": est.bound,
+            "at_edge": est.at_edge, "vertex_far": est.vertex_far,
+            "tied_c": ", ".join(f"{t:.3g}" for t in est.tied), "diverged_levels": "; ".join(per_level),
+            "c_min": float(all_c.min()), "c_max": float(all_c.max()),
+            # Ends are exact tested values or interior vertices: a plain comparison is exact.
             "c_paper": c_ref, "paper_in_ci": bool(est.lo <= c_ref <= est.hi),
             "left_out": left_out(trials[same], metric),
+            "budgets": ",".join(sorted(set(cell["budget"].dropna().astype(str)))) if "budget" in cell else "",
         })
-        for c_value, at_c in cell.groupby(C_KEY):
-            m = mean_ci(at_c[metric], n_boot=n_boot, level=level, rng=rng)
-            curves.append({"dataset": dataset, "dim": dim, C_KEY: float(c_value), "num_runs": len(at_c),
-                           "mean": m.value, "lo": m.lo, "hi": m.hi})
-    per_dataset = pd.DataFrame(rows, columns=[
-        "dataset", "dim", "context", "num_runs", "num_seeds", "num_c", "c_star", "c_lo", "c_hi", "at_edge",
-        "c_paper", "paper_in_ci", "left_out"])
-    curves_df = pd.DataFrame(curves, columns=["dataset", "dim", C_KEY, "num_runs", "mean", "lo", "hi"])
-    fit = fit_power_law(per_dataset, samples, level=level, dfs=dfs)
+    per_dataset = pd.DataFrame(rows, columns=PER_DATASET_COLUMNS)
+    curves_df = pd.DataFrame(curves, columns=["dataset", "dim", C_KEY, "num_runs", "num_diverged", "mean", "lo", "hi"])
+    fit = fit_power_law(per_dataset, samples, level=level, variances=variances)
     return CScaling(per_dataset, curves_df, fit, metric, samples)
 
 
-def fit_power_law(per_dataset: pd.DataFrame, samples: dict, level: float = LEVEL, dfs: dict | None = None
-                  ) -> PowerLaw | None:
-    """Least squares of log c* on log d; replicate r uses replicate r of every data set's c*.
+def fit_power_law(per_dataset: pd.DataFrame, samples: dict | None = None, level: float = LEVEL,
+                  variances: dict | None = None) -> PowerLaw | None:
+    """Least squares of log c* on log d over the rows whose bound is "two-sided".
 
-    per_dataset: rows with dataset, dim, c_star; samples: dataset -> (n_boot,) replicates of c*;
-    dfs: dataset -> degrees of freedom of its estimate (the smallest widens the interval, see
-    stats.expanded_level).
-    Returns None with fewer than two distinct dimensions.
+    per_dataset: rows with dataset, dim, c_star (and bound); variances: dataset -> variance of its log c*
+    estimate (bootstrap), a floor under the residual variance. The interval of b is
+    b -/+ t_{K-2} s / sqrt(sum (log d - mean)^2) with s^2 = max(residual variance, mean of variances), K
+    data sets (Student's interval for a regression slope; it widens with the scatter of data sets about
+    the law, which resampling seeds cannot see). Returns None with fewer than two distinct dimensions.
     """
-    if per_dataset.empty or per_dataset["dim"].nunique() < 2:
+    located = per_dataset
+    if "bound" in per_dataset.columns:
+        located = per_dataset[per_dataset["bound"] == TWO_SIDED]
+    located = located[np.isfinite(located["c_star"].astype(float))]
+    excluded = tuple(sorted(set(per_dataset["dataset"]) - set(located["dataset"])))
+    if located.empty or located["dim"].nunique() < 2:
         return None
-    log_d = np.log(per_dataset["dim"].to_numpy(dtype=float))
+    log_d = np.log(located["dim"].to_numpy(dtype=float))
+    log_c = np.log(located["c_star"].to_numpy(dtype=float))
+    k = log_d.size
     centred = log_d - log_d.mean()
-
-    def ols(log_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # log_c: (..., num_datasets)
-        b = (log_c * centred).sum(-1) / (centred ** 2).sum()
-        log_a = log_c.mean(-1) - b * log_d.mean()
-        return log_a, b
-
-    log_a, b = ols(np.log(per_dataset["c_star"].to_numpy(dtype=float)))
-    reps = np.log(np.stack([samples[d] for d in per_dataset["dataset"]], axis=-1))
-    rep_log_a, rep_b = ols(reps)
-    df = min(dfs.values()) if dfs else None
-    b_lo, b_hi = percentile_ci(rep_b, level, df=df)
-    la_lo, la_hi = percentile_ci(rep_log_a, level, df=df)
-    return PowerLaw(float(math.exp(log_a)), float(b), math.exp(la_lo), math.exp(la_hi), b_lo, b_hi,
-                    len(per_dataset), rep_b)
+    sxx = float((centred ** 2).sum())
+    b = float((log_c * centred).sum() / sxx)
+    log_a = float(log_c.mean() - b * log_d.mean())
+    df = float(k - 2)
+    if k < 3:
+        return PowerLaw(math.exp(log_a), b, math.nan, math.nan, math.nan, math.nan, k, np.array([]), math.nan, df,
+                        excluded)
+    resid = log_c - (log_a + b * log_d)
+    var = float((resid ** 2).sum() / df)
+    floor = float(np.mean([variances.get(d, 0.0) for d in located["dataset"]])) if variances else 0.0
+    s2 = max(var, floor)
+    t = float(scipy.stats.t.ppf(0.5 + level / 2.0, df))
+    se_b = math.sqrt(s2 / sxx)
+    se_log_a = math.sqrt(s2 * (1.0 / k + log_d.mean() ** 2 / sxx))
+    draws = b + se_b * np.random.default_rng(0).standard_t(df, N_BOOT)
+    return PowerLaw(math.exp(log_a), b, math.exp(log_a - t * se_log_a), math.exp(log_a + t * se_log_a),
+                    b - t * se_b, b + t * se_b, k, draws, math.sqrt(var), df, excluded)

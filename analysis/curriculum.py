@@ -4,7 +4,9 @@ The paper compared constant, square-root, linear, square, cosine and exponential
 number of discretisation points and found exponential best (Song & Dhariwal 2023, Sec. 3.4). Here
 each curriculum (every curriculum.* column, so s0/s1 and any adaptive shape's own keys) gets its FD
 against training compute (images_seen, from evals.parquet); curricula are ranked at equal compute
-with bootstrap intervals over seeds.
+with Student-t intervals over seeds. Runs an early-stopping scheduler pruned enter through their
+evaluations, so the default budgets are those every run reached: a curriculum pruned early is ranked,
+never dropped as "not run".
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
-from analysis.stats import (LEVEL, N_BOOT, context_key, describe_context, percentile_ci, resample_means, value_at,
-                            value_token)
+from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, context_key, describe_context, mean_ci, percentile_ci,
+                            value_at, value_token)
 
 SHAPE_KEY = "curriculum.shape"
 PAPER_SHAPE = "exponential"
@@ -27,32 +29,40 @@ def curriculum_columns(df: pd.DataFrame) -> list[str]:
 
 
 def curriculum_label(row: pd.Series, columns: list[str]) -> str:
-    """"exponential s0=10 s1=1280": the shape plus its other curriculum keys that are set."""
+    """"exponential s0=10 s1=1280": the shape plus its other curriculum keys that are set. The adaptive_*
+    keys act on the adaptive shape only (ict_core/config.py), so other shapes leave them out: they neither
+    name nor split those curricula."""
     parts = [str(row[SHAPE_KEY])]
+    adaptive = str(row[SHAPE_KEY]) == "adaptive"
     for c in columns:
+        if c.startswith("curriculum.adaptive_") and not adaptive:
+            continue
         if c != SHAPE_KEY and value_token(row[c]) != "-":
             parts.append(f"{c.split('.', 1)[1]}={value_token(row[c])}")
     return " ".join(parts)
 
 
-def curves(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd", by_shape: bool = False) -> pd.DataFrame:
-    """FD against compute, one row per completed run and evaluation.
+def curves(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd", by_shape: bool = False,
+           statuses=("completed", "pruned")) -> pd.DataFrame:
+    """FD against compute, one row per run of `statuses` and evaluation.
 
     trials: one row per run (dataset, seed, status, trial_id, experiment_dir, curriculum.* columns and
     other dotted config columns); evals: one row per evaluation (trial_id, images_seen, `metric`,
-    experiment_dir). Output columns: dataset, context, curriculum, trial_id, seed, images_seen, `metric`.
+    experiment_dir). Output columns: dataset, context, curriculum, trial_id, seed, status, images_seen,
+    `metric` and `fd_se` when evals has it.
     by_shape: label runs by curriculum.shape alone, pooling the s0, s1 (and other curriculum keys) that a
     random search sampled with it; the runs of one shape then count as its replicates.
     """
     require_columns(trials, ["dataset", "seed", "trial_id", "status", SHAPE_KEY], "trials table (curriculum)")
     require_columns(evals, ["trial_id", "images_seen", metric], "evals table (curriculum)")
-    runs = trials[trials["status"].astype(str) == "completed"]
+    runs = trials[trials["status"].astype(str).isin(statuses)]
     cols = curriculum_columns(runs)
     labels = runs[SHAPE_KEY].astype(str) if by_shape else runs.apply(curriculum_label, axis=1, columns=cols)
     runs = runs.assign(curriculum=labels, context=context_key(runs, exclude=set(cols)))
     on = ["trial_id"] + (["experiment_dir"] if "experiment_dir" in runs and "experiment_dir" in evals else [])
-    keep = ["dataset", "context", "curriculum", "seed"] + on
-    out = evals[on + ["images_seen", metric]].merge(runs[keep], on=on, how="inner")
+    keep = ["dataset", "context", "curriculum", "seed", "status"] + on
+    se = ["fd_se"] if "fd_se" in evals.columns and metric != "fd_se" else []
+    out = evals[on + ["images_seen", metric] + se].merge(runs[keep], on=on, how="inner")
     out["images_seen"] = pd.to_numeric(out["images_seen"], errors="coerce")
     out[metric] = pd.to_numeric(out[metric], errors="coerce")
     out = out[np.isfinite(out["images_seen"]) & np.isfinite(out[metric]) & (out["images_seen"] > 0)]
@@ -88,10 +98,12 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
     """Rank curricula by mean `metric` at equal compute, with intervals over seeds.
 
     Per (dataset, configuration apart from curriculum.*) with two or more curricula, at each budget
-    (default_budgets unless given, in images): the mean metric over seeds with its interval, the rank
-    of the mean (1 = lowest), the rank's interval and P(best) over bootstrap resamples of seeds. A
-    curriculum with a single run has no interval: its rank interval and P(best) are NaN. by_shape: see
-    curves().
+    (default_budgets unless given, in images): the mean metric over seeds with its t interval, the rank
+    of the mean (1 = lowest), the rank's interval and P(best) over draws of every mean (stats.mean_draws).
+    A curriculum with fewer than MIN_SEEDS runs has no interval: its interval, rank interval and P(best)
+    are NaN and it takes no part in the others' draws. tied_best: the mean lies within the FD's standard
+    error (median fd_se at that budget, when recorded) of the lowest mean. num_pruned: its runs that a
+    scheduler stopped. by_shape: see curves().
     """
     rng = np.random.default_rng(seed)
     c = curves(trials, evals, metric, by_shape=by_shape)
@@ -99,35 +111,47 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
     for (dataset, ctx), group in c.groupby(["dataset", "context"], sort=True):
         if group["curriculum"].nunique() < 2:
             continue
-        runs = {tid: (g["images_seen"].to_numpy(float), g[metric].to_numpy(float), g["curriculum"].iloc[0])
-                for tid, g in group.groupby("trial_id")}
+        runs = {tid: g for tid, g in group.groupby("trial_id")}
         names = sorted(group["curriculum"].unique())
         for budget in (default_budgets(group) if budgets is None else budgets):
             values = {name: [] for name in names}
-            for x, y, name in runs.values():
-                v = value_at(x, y, budget)
+            pruned = {name: 0 for name in names}
+            ses = []
+            for g in runs.values():
+                x = g["images_seen"].to_numpy(float)
+                name = g["curriculum"].iloc[0]
+                v = value_at(x, g[metric].to_numpy(float), budget)
                 if np.isfinite(v):
                     values[name].append(v)
+                    pruned[name] += str(g["status"].iloc[0]) == "pruned"
+                    if "fd_se" in g.columns:
+                        ses.append(value_at(x, g["fd_se"].to_numpy(float), budget))
             present = [n for n in names if values[n]]
             if len(present) < 2:
                 continue
-            boot = np.stack([resample_means(values[n], n_boot, rng) for n in present], axis=1)
-            boot_rank = boot.argsort(1).argsort(1) + 1
-            means = np.array([np.mean(values[n]) for n in present])
+            ests = {n: mean_ci(values[n], n_boot=n_boot, level=level, rng=rng) for n in present}
+            drawn = [n for n in present if ests[n].n >= MIN_SEEDS]
+            means = np.array([ests[n].value for n in present])
             point_rank = means.argsort().argsort() + 1
+            tie = float(np.nanmedian(ses)) if ses and np.isfinite(ses).any() else math.nan
+            if len(drawn) >= 2:
+                boot = np.stack([ests[n].samples for n in drawn], axis=1)
+                boot_rank = boot.argsort(1).argsort(1) + 1
             for j, name in enumerate(present):
-                n = len(values[name])
-                lo, hi = percentile_ci(boot[:, j], level, df=n - 1) if n > 1 else (math.nan, math.nan)
-                r_lo, r_hi = percentile_ci(boot_rank[:, j], level)
-                p_best = float((boot_rank[:, j] == 1).mean()) if n > 1 else math.nan
-                if n < 2:
-                    r_lo = r_hi = math.nan
+                est = ests[name]
+                r_lo = r_hi = p_best = math.nan
+                if name in drawn and len(drawn) >= 2:
+                    k = drawn.index(name)
+                    r_lo, r_hi = percentile_ci(boot_rank[:, k], level)
+                    p_best = float((boot_rank[:, k] == 1).mean())
                 rows.append({"dataset": dataset, "context": describe_context(ctx), "images_seen": budget,
-                             "curriculum": name, "num_seeds": n, "mean": means[j], "lo": lo,
-                             "hi": hi, "rank": int(point_rank[j]), "rank_lo": r_lo, "rank_hi": r_hi,
-                             "p_best": p_best})
-    ranking = pd.DataFrame(rows, columns=["dataset", "context", "images_seen", "curriculum", "num_seeds", "mean",
-                                          "lo", "hi", "rank", "rank_lo", "rank_hi", "p_best"])
+                             "curriculum": name, "num_seeds": est.n, "num_pruned": pruned[name],
+                             "mean": est.value, "lo": est.lo, "hi": est.hi, "rank": int(point_rank[j]),
+                             "rank_lo": r_lo, "rank_hi": r_hi, "p_best": p_best,
+                             "tied_best": bool(np.isfinite(tie) and est.value - means.min() <= tie), "fd_se": tie})
+    ranking = pd.DataFrame(rows, columns=["dataset", "context", "images_seen", "curriculum", "num_seeds", "num_pruned",
+                                          "mean", "lo", "hi", "rank", "rank_lo", "rank_hi", "p_best", "tied_best",
+                                          "fd_se"])
     return CurriculumResult(ranking, c, metric)
 
 

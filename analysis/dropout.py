@@ -6,6 +6,10 @@ where FD is smallest (local quadratic in the dropout rate, refitted on bootstrap
 seeds). The evidence on why, at each rate: the generalisation gap final_loss_heldout -
 final_loss_train, and memorisation final_nn_dist / final_nn_dist_ref (< 1: samples sit closer to
 training images than fresh held-out images do).
+
+The two objectives are compared whatever keys their strata fix: a config key that takes one value per
+objective and differs between them (e.g. loss.p_mean / p_std of the diffusion strata) is the
+objective's own setting and travels with it instead of splitting the runs into separate contexts.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
-from analysis.stats import LEVEL, N_BOOT, context_key, curve_minimum, describe_context, mean_ci, percentile_ci, usable
+from analysis.stats import (LEVEL, N_BOOT, TWO_SIDED, config_columns, context_key, curve_minimum, describe_context,
+                            mean_ci, percentile_ci, typical_se, usable, value_token)
 
 P_KEY = "network.dropout"
 OBJECTIVE_KEY = "loss.objective"
@@ -33,16 +38,37 @@ class DropoutResult:
     trends: pd.DataFrame = None  # see run_trends
 
 
-def _pick_context(group: pd.DataFrame) -> tuple[pd.Series, str | None]:
-    """The configuration (apart from dropout and objective) where the most objectives x rates were run."""
-    ctx = context_key(group, exclude={P_KEY, OBJECTIVE_KEY})
+def objective_keys(group: pd.DataFrame) -> set[str]:
+    """Config keys that belong to the objective: one value within each objective's runs, differing
+    between objectives (e.g. loss.p_mean when the diffusion strata set EDM's noise distribution)."""
+    if OBJECTIVE_KEY not in group.columns or group[OBJECTIVE_KEY].nunique() < 2:
+        return set()
+    own = set()
+    tokens = group[config_columns(group)].map(value_token) if len(group) else group
+    for column in config_columns(group):
+        if column in (P_KEY, OBJECTIVE_KEY):
+            continue
+        per_objective = tokens[column].groupby(group[OBJECTIVE_KEY].astype(str)).nunique()
+        if (per_objective == 1).all() and tokens[column].nunique() > 1:
+            own.add(column)
+    return own
+
+
+def _pick_context(group: pd.DataFrame, own: set) -> tuple[pd.Series, str | None]:
+    """The configuration (apart from dropout, objective and the objective's own keys) where the most
+    objectives x rates were run."""
+    ctx = context_key(group, exclude={P_KEY, OBJECTIVE_KEY, *own})
     best_key, best_score = None, (0, 0, 0)
-    for key, cell in group.groupby(ctx):
+    for key, cell in group[group["status"].astype(str) == "completed"].groupby(ctx):
         rates = cell.groupby(OBJECTIVE_KEY)[P_KEY].nunique()
         score = (int((rates >= 2).sum()), int(rates.sum()), len(cell))
         if score > best_score:
             best_key, best_score = key, score
     return ctx, best_key
+
+
+BEST_COLUMNS = ["dataset", "objective", "context", "own_keys", "num_runs", "num_seeds", "num_rates", "best_tested",
+                "best_dropout", "lo", "hi", "bound", "at_edge", "vertex_far", "diverged_levels", "p_min", "p_max", "budgets"]
 
 
 def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int = N_BOOT, level: float = LEVEL,
@@ -51,19 +77,26 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
 
     trials: one row per run with dataset, seed, status, network.dropout, loss.objective, `metric`,
     final_loss_train, final_loss_heldout, final_nn_dist, final_nn_dist_ref and dotted config columns.
-    An objective needs runs at `min_values` or more distinct rates to get a best rate.
+    An objective needs runs at `min_values` or more distinct rates to get a best rate; diverged runs
+    count per rate (see stats.curve_minimum). best columns: BEST_COLUMNS (best_tested: the tested rate
+    with the lowest mean; best_dropout: the fitted vertex, NaN unless bound is "two-sided"; own_keys:
+    the objective's own settings, see objective_keys).
     """
     require_columns(trials, ["dataset", "seed", P_KEY, OBJECTIVE_KEY, "final_loss_train", "final_loss_heldout",
                              "final_nn_dist", "final_nn_dist_ref"], "trials table (dropout)")
     rng = np.random.default_rng(seed)
-    runs = usable(trials, metric)
+    done = usable(trials, metric)
+    diverged = trials[trials["status"].astype(str) == "diverged"]
+    runs = pd.concat([done, diverged], sort=False)
     runs = runs.assign(**{P_KEY: pd.to_numeric(runs[P_KEY], errors="coerce")}).dropna(subset=[P_KEY])
     best_rows, diff_rows, evidence_rows, trend_rows = [], [], [], []
     for dataset, group in runs.groupby("dataset", sort=True):
-        ctx, key = _pick_context(group)
+        own = objective_keys(group)
+        ctx, key = _pick_context(group, own)
         if key is None:
             continue
-        cell = group[ctx == key]
+        whole = group[ctx == key]
+        cell = whole[whole["status"].astype(str) == "completed"]
         if cell.groupby(OBJECTIVE_KEY)[P_KEY].nunique().max() < min_values:
             continue
         estimates = {}
@@ -71,30 +104,43 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
             objective = str(objective)
             if arm[P_KEY].nunique() < 2:
                 continue
+            fail = whole[(whole["status"].astype(str) == "diverged") & (whole[OBJECTIVE_KEY].astype(str) == objective)]
             trend_rows += run_trends(arm, dataset, objective, n_boot, level, rng)
             if arm[P_KEY].nunique() >= min_values:
                 est = curve_minimum(arm[P_KEY], arm[metric], log_x=False, n_boot=n_boot, level=level,
-                                    window=window, rng=rng)
+                                    window=window, rng=rng, failed_x=fail[P_KEY], tie=typical_se(arm, metric))
                 estimates[objective] = est
+                counts = fail[P_KEY].value_counts()
+                per_level = [f"p={p:.3g}: {int(k)}/{int(k) + int((arm[P_KEY] == p).sum())} diverged"
+                             for p, k in sorted(counts.items())]
+                all_p = np.r_[arm[P_KEY].to_numpy(float), fail[P_KEY].to_numpy(float)]
                 best_rows.append({"dataset": dataset, "objective": objective, "context": describe_context(key),
+                                  "own_keys": ", ".join(f"{k}={value_token(arm[k].iloc[0])}" for k in sorted(own)),
                                   "num_runs": est.num_runs, "num_seeds": int(arm["seed"].nunique()),
-                                  "num_rates": est.num_values, "best_dropout": est.value, "lo": est.lo,
-                                  "hi": est.hi, "at_edge": est.at_edge})
+                                  "num_rates": est.num_values, "best_tested": est.best_x,
+                                  "best_dropout": est.value, "lo": est.lo, "hi": est.hi, "bound": est.bound,
+                                  "at_edge": est.at_edge, "vertex_far": est.vertex_far,
+                                  "diverged_levels": "; ".join(per_level), "p_min": float(all_p.min()),
+                                  "p_max": float(all_p.max()),
+                                  "budgets": ",".join(sorted(set(arm["budget"].dropna().astype(str))))
+                                  if "budget" in arm else ""})
             for p, at_p in arm.groupby(P_KEY, sort=True):
                 gap = at_p["final_loss_heldout"].astype(float) - at_p["final_loss_train"].astype(float)
                 ratio = at_p["final_nn_dist"].astype(float) / at_p["final_nn_dist_ref"].astype(float)
-                row = {"dataset": dataset, "objective": objective, "dropout": float(p), "num_seeds": len(at_p)}
+                row = {"dataset": dataset, "objective": objective, "dropout": float(p), "num_seeds": len(at_p),
+                       "num_diverged": int((fail[P_KEY] == p).sum())}
                 for name, values in ((metric, at_p[metric]), ("gap", gap), ("nn_ratio", ratio)):
                     m = mean_ci(values, n_boot=n_boot, level=level, rng=rng)
                     row.update({name: m.value, f"{name}_lo": m.lo, f"{name}_hi": m.hi})
                 evidence_rows.append(row)
-        if "consistency" in estimates and "diffusion" in estimates:
-            a, b = estimates["consistency"], estimates["diffusion"]
+        a, b = estimates.get("consistency"), estimates.get("diffusion")
+        if a is not None and b is not None and a.bound == TWO_SIDED and b.bound == TWO_SIDED:
             lo, hi = percentile_ci(a.samples - b.samples, level, df=min(a.df, b.df))
+            # The difference is at least as uncertain as either optimum's own bracket allows.
+            lo, hi = min(lo, a.lo - b.hi), max(hi, a.hi - b.lo)
             diff_rows.append({"dataset": dataset, "difference": a.value - b.value, "lo": lo, "hi": hi,
                               "num_seeds": int(min(cell.groupby(OBJECTIVE_KEY)["seed"].nunique()))})
-    best = pd.DataFrame(best_rows, columns=["dataset", "objective", "context", "num_runs", "num_seeds", "num_rates",
-                                            "best_dropout", "lo", "hi", "at_edge"])
+    best = pd.DataFrame(best_rows, columns=BEST_COLUMNS)
     difference = pd.DataFrame(diff_rows, columns=["dataset", "difference", "lo", "hi", "num_seeds"])
     evidence = pd.DataFrame(evidence_rows)
     trends = pd.DataFrame(trend_rows, columns=["dataset", "objective", "column", "slope_per_0.1", "lo", "hi",

@@ -3,19 +3,24 @@
 An experiment folder holds `trials.parquet` (one row per training run, i.e. one seed of one
 configuration) and usually `evals.parquet` (one row per run and evaluation); the columns are listed
 in docs/ARCHITECTURE.md, "Parquet tables". Any folder above experiment folders may be given: they
-are found recursively. Ray's own trial folders are never opened.
+are found recursively. Ray's own trial folders are never opened. The one other file read is the
+experiment's `experiment.json`, for the name of its budget (smoke, cpu, gpu, paper), which the tables
+do not carry; it becomes the `budget` column of the trials (NaN when unknown).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 TRIALS_FILE = "trials.parquet"
 EVALS_FILE = "evals.parquet"
+EXPERIMENT_FILE = "experiment.json"
 
 # Columns of trials.parquet that do not come from the config (the config keys follow under their
 # dotted names, e.g. "loss.huber_c"; each analysis checks the config columns it needs).
@@ -28,7 +33,13 @@ EVAL_COLUMNS = (
     "experiment", "trial_id", "config_id", "step", "num_points", "loss", "fd", "fd_2step", "kid",
     "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s",
 )
+# Optional columns (newer tables): trials final_fd_student, final_fd_se, run_dir; evals fd_student, fd_se.
 STATUSES = ("completed", "pruned", "diverged", "errored")
+# A run is identified by what was trained: the same (experiment, stratum, config, seed) twice is one run
+# written twice (e.g. a trial restarted on another node), not another seed.
+RUN_IDENTITY = ("experiment_dir", "stratum", "config_id", "seed")
+# Which of the repeated rows of one run is kept: the most complete outcome, then the last written.
+_STATUS_RANK = {"completed": 0, "pruned": 1, "diverged": 2, "errored": 3}
 
 
 class SchemaError(ValueError):
@@ -95,11 +106,42 @@ def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
+def experiment_budget(folder: Path) -> str | None:
+    """The budget named in FOLDER/experiment.json, or None when the file or the key is absent or unreadable."""
+    try:
+        info = json.loads((Path(folder) / EXPERIMENT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    budget = info.get("budget") if isinstance(info, dict) else None
+    return str(budget) if budget is not None else None
+
+
+def drop_repeated_runs(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (experiment, stratum, config_id, seed): the best status (completed, pruned, diverged,
+    errored in that order), then the last written. The number of rows dropped is in
+    `.attrs["repeated_rows"]` and their trial_ids in `.attrs["dropped_trial_ids"]`."""
+    key = [c for c in RUN_IDENTITY if c in trials.columns]
+    if len(key) < 3 or trials.empty:
+        out = trials.copy()
+        out.attrs.update(repeated_rows=0, dropped_trial_ids=[])
+        return out
+    rank = trials["status"].astype(str).map(_STATUS_RANK).fillna(9)
+    order = trials.assign(_rank=rank, _pos=np.arange(len(trials)))
+    order = order.sort_values(["_rank", "_pos"], ascending=[True, False], kind="stable")
+    keep = ~order.duplicated(key, keep="first")
+    dropped = order.loc[~keep, "trial_id"].astype(str).tolist()
+    out = trials.loc[sorted(order.index[keep])]
+    out.attrs.update(repeated_rows=len(dropped), dropped_trial_ids=dropped)
+    return out
+
+
 def load_trials(paths) -> pd.DataFrame:
     """All runs of the experiments at or below `paths`, one row per run.
 
-    Shape: the columns of trials.parquet (TRIAL_COLUMNS plus dotted config keys) and `experiment_dir`.
+    Shape: the columns of trials.parquet (TRIAL_COLUMNS plus dotted config keys, and the optional
+    columns when present), `experiment_dir`, and `budget` (from experiment.json unless the table has it).
     A config key absent from one experiment is NaN in its rows. Status values outside STATUSES raise.
+    Repeated rows of one run are dropped (see drop_repeated_runs; the count is in .attrs).
     """
     frames = []
     for folder in find_experiments(paths):
@@ -107,12 +149,15 @@ def load_trials(paths) -> pd.DataFrame:
         bad = sorted(set(df["status"].dropna().astype(str)) - set(STATUSES))
         if bad:
             raise SchemaError(f"{folder / TRIALS_FILE}: status must be one of {', '.join(STATUSES)}; got {bad}")
-        frames.append(df.assign(experiment_dir=str(folder)))
+        df = df.assign(experiment_dir=str(folder))
+        if "budget" not in df.columns:
+            df["budget"] = experiment_budget(folder)
+        frames.append(df)
     trials = pd.concat(frames, ignore_index=True, sort=False)
     dup = trials.duplicated(["experiment_dir", "trial_id"])
     if dup.any():
         raise SchemaError(f"trial_id must be unique per experiment; repeated: {sorted(trials.loc[dup, 'trial_id'])[:5]}")
-    return trials
+    return drop_repeated_runs(trials).reset_index(drop=True)
 
 
 def load_evals(paths) -> pd.DataFrame:
@@ -143,7 +188,14 @@ class Results:
 def load_results(paths) -> Results:
     """Load trials and evals of every experiment at or below `paths`."""
     experiments = find_experiments(paths)
-    return Results(trials=load_trials(experiments), evals=load_evals(experiments), experiments=experiments)
+    trials = load_trials(experiments)
+    evals = load_evals(experiments)
+    if not evals.empty and "experiment_dir" in evals.columns:
+        # Evaluations of a repeated run's dropped rows go with them.
+        kept = set(zip(trials["experiment_dir"], trials["trial_id"].astype(str)))
+        rows = list(zip(evals["experiment_dir"], evals["trial_id"].astype(str)))
+        evals = evals[[r in kept for r in rows]].reset_index(drop=True)
+    return Results(trials=trials, evals=evals, experiments=experiments)
 
 
 def status_counts(trials: pd.DataFrame) -> dict[str, int]:

@@ -41,26 +41,36 @@ def _yerr(mean, lo, hi) -> np.ndarray:
 
 
 def plot_c_scaling(result: CScaling) -> Figure:
-    """Left: metric against c per data set with the estimated c*; right: c* against d, log-log, with
+    """One panel per data set: metric against c with the estimated c* (each data set on its own metric
+    scale: FD values of different data sets are not comparable); last panel: c* against d, log-log, with
     the fitted power law and the paper's 0.00054 sqrt(d)."""
-    fig, axes = _figure(2)
-    ax, ax2 = axes[0]
-    colours = {}
-    for dataset, g in result.curves.groupby("dataset", sort=True):
-        g = g.sort_values(C_KEY)
-        line = ax.errorbar(g[C_KEY], g["mean"], yerr=_yerr(g["mean"], g["lo"], g["hi"]), marker="o", capsize=3,
-                           label=f"{dataset} (d={int(g['dim'].iloc[0])})")
-        colours[dataset] = line[0].get_color()
-    for _, row in result.per_dataset.iterrows():
-        colour = colours.get(row["dataset"])
-        ax.axvline(row["c_star"], color=colour, linestyle="--", linewidth=1)
-        ax.axvspan(row["c_lo"], row["c_hi"], color=colour, alpha=0.12)
-    ax.set_xscale("log")
-    ax.set_xlabel("Pseudo-Huber c (whole-sample L2 units, data in [-1, 1])")
-    ax.set_ylabel(FD_LABEL.format(metric=result.metric))
-    ax.set_title("Metric against c; dashed: c* with 95% interval")
-    ax.legend(fontsize=8)
+    datasets = sorted(result.curves["dataset"].unique()) if not result.curves.empty else []
+    panels = len(datasets) + 1
+    ncols = min(3, panels)
+    fig, axes = _figure(ncols, -(-panels // ncols), width=4.6, height=3.6)
+    flat = list(axes.flat)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    ax2 = flat[len(datasets)]
+    for ax, dataset in zip(flat, datasets):
+        g = result.curves[result.curves["dataset"] == dataset].sort_values(C_KEY)
+        line = ax.errorbar(g[C_KEY], g["mean"], yerr=_yerr(g["mean"], g["lo"], g["hi"]), marker="o", capsize=3)
+        colour = line[0].get_color()
+        for _, row in result.per_dataset[result.per_dataset["dataset"] == dataset].iterrows():
+            if np.isfinite(row["c_star"]):
+                ax.axvline(row["c_star"], color=colour, linestyle="--", linewidth=1, label="c* (fitted vertex)")
+            # A one-sided bound is open on one end: shade it to the searched range's edge.
+            lo = row["c_lo"] if row["c_lo"] > 0 else row["c_min"]
+            hi = row["c_hi"] if np.isfinite(row["c_hi"]) else row["c_max"]
+            ax.axvspan(lo, hi, color=colour, alpha=0.12, label=f"c* 95% interval ({row['bound']})")
+        ax.set_xscale("log")
+        ax.set_xlabel("Pseudo-Huber c (whole-sample L2 units)")
+        ax.set_ylabel(FD_LABEL.format(metric=result.metric))
+        ax.set_title(f"{dataset} (d={int(g['dim'].iloc[0])}): metric against c", fontsize=10)
+        ax.legend(fontsize=7)
     per = result.per_dataset
+    if "bound" in per.columns:
+        per = per[per["bound"] == "two-sided"]
     if not per.empty:
         ax2.errorbar(per["dim"], per["c_star"], yerr=_yerr(per["c_star"], per["c_lo"], per["c_hi"]), fmt="o",
                      capsize=3, color="black", label="c* per data set (95% interval)")
@@ -101,8 +111,11 @@ def plot_dropout(result: DropoutResult) -> Figure:
                 if column == result.metric:
                     best = result.best[(result.best["dataset"] == dataset) & (result.best["objective"] == objective)]
                     for _, b in best.iterrows():
-                        ax.axvline(b["best_dropout"], color=line[0].get_color(), linestyle="--", linewidth=1)
-                        ax.axvspan(b["lo"], b["hi"], color=line[0].get_color(), alpha=0.12)
+                        if np.isfinite(b["best_dropout"]):
+                            ax.axvline(b["best_dropout"], color=line[0].get_color(), linestyle="--", linewidth=1)
+                        lo = b["lo"] if np.isfinite(b["lo"]) else b["p_min"]
+                        hi = b["hi"] if np.isfinite(b["hi"]) else b["p_max"]
+                        ax.axvspan(lo, hi, color=line[0].get_color(), alpha=0.12)
             if column == "nn_ratio":
                 ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
             if column == "gap":
@@ -160,4 +173,61 @@ def plot_ablations(table: pd.DataFrame) -> Figure:
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("FD(paper's choice) - FD(alternative)\n(Frechet distance; below 0 favours the paper)")
     ax.set_title("Ablations: effect with 95% interval over seeds")
+    return fig
+
+
+def plot_searched(trials: pd.DataFrame, table: pd.DataFrame, metric: str, max_panels: int = 12) -> Figure:
+    """One panel per (experiment, data set, searched key): the metric of every completed run against the
+    key's value, diverged runs as red crosses along the top; log axis where the values span > 10x."""
+    from analysis.searched import _numeric, log_axis
+
+    panels = list(table.groupby(["experiment", "dataset", "key"], sort=True).groups)[:max_panels]
+    ncols = min(3, max(len(panels), 1))
+    nrows = max(1, -(-len(panels) // ncols))
+    fig, axes = _figure(ncols, nrows, width=4.6, height=3.6)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (experiment, dataset, key) in zip(axes.flat, panels):
+        group = trials[(trials["experiment"] == experiment) & (trials["dataset"] == dataset)]
+        y = pd.to_numeric(group[metric], errors="coerce").to_numpy(float)
+        status = group["status"].astype(str).to_numpy()
+        x = _numeric(group[key])
+        if x is None:
+            labels = sorted(set(group[key].astype(str)))
+            x = np.array([labels.index(v) for v in group[key].astype(str)], dtype=float)
+            ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=20)
+        elif log_axis(x):
+            ax.set_xscale("log")
+        done = (status == "completed") & np.isfinite(y)
+        ax.plot(x[done], y[done], "o", alpha=0.7, label="completed")
+        failed = status == "diverged"
+        if failed.any() and done.any():
+            ax.plot(x[failed], np.full(failed.sum(), np.nanmax(y[done])), "x", color="tab:red", label="diverged")
+        ax.set_xlabel(key)
+        ax.set_ylabel(FD_LABEL.format(metric=metric))
+        ax.set_title(f"{experiment} / {dataset}", fontsize=10)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_importances(table: pd.DataFrame, max_panels: int = 12) -> Figure:
+    """One panel per (experiment, stratum) with two or more ranked keys (one key gets 1 by construction):
+    fANOVA importance of each searched key (share of the metric's variance it explains, summing to 1),
+    largest on top."""
+    ranked = table[table["importance"].notna()]
+    ranked = ranked[ranked.groupby(["experiment", "stratum"])["key"].transform("size") > 1]
+    groups = list(ranked.groupby(["experiment", "stratum"], sort=True))[:max_panels]
+    ncols = min(3, max(len(groups), 1))
+    fig, axes = _figure(ncols, max(1, -(-len(groups) // ncols)), width=4.6,
+                        height=max(2.2, 0.4 * ranked.groupby(["experiment", "stratum"]).size().max() + 1.2)
+                        if len(ranked) else 2.2)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    for ax, ((experiment, stratum), g) in zip(axes.flat, groups):
+        g = g.sort_values("importance")
+        ax.barh(np.arange(len(g)), g["importance"], color="tab:blue")
+        ax.set_yticks(np.arange(len(g)), g["key"], fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("importance (fANOVA share of variance)")
+        ax.set_title(f"{experiment} / {stratum} ({int(g['completed'].iloc[0])} configs)", fontsize=10)
     return fig

@@ -2,13 +2,20 @@
 
     python analysis/report.py RESULTS_DIR [RESULTS_DIR ...] [--out DIR]
 
-The first paragraph answers each open question the tables support, with its 95% bootstrap interval
-and the number of seeds behind it, and names the questions they cannot answer. Only completed runs
-enter the estimates; diverged, errored and pruned runs are counted.
+The first paragraph says first whether the budgets behind the tables can give a verdict at all, then
+answers each open question the tables support, with its 95% interval and the number of seeds behind
+it, labels an answer "inconclusive" with the reason when it rests on one seed, on a smoke budget, on a
+one-sided bound or on an interval that spans the searched range, and names the questions the tables
+cannot answer. Every space, a user's own included, also gets the metric against each searched key.
+Only completed runs enter the estimates; diverged runs count per level, and pruned runs enter the
+equal-compute sections through their evaluations. For a reader's eye it also shows the final sample grids
+of the best and the worst configuration of each experiment and stratum, and per stratum Optuna's parameter
+importances, whose rebuilt studies it writes into each experiment folder as an Optuna journal file.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,12 +26,43 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.ablations import INCONCLUSIVE, NOT_RUN, analyze_ablations
+from analysis.ablations import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED, analyze_ablations, apply_correction, \
+    eligible, public
 from analysis.c_scaling import PAPER_B, estimate_c_star
 from analysis.curriculum import PAPER_SHAPE, final_ranking, rank_curricula
 from analysis.dropout import analyze_dropout
+from analysis.grids import RUN_DIR, best_and_worst, copy_grids
+from analysis.importance import JOURNAL_FILE, MIN_COMPLETED, export_journal, importance_table, rebuild_studies
 from analysis.load import SchemaError, load_results, status_counts
-from analysis.stats import LEVEL, N_BOOT, at_common_compute, fmt, fmt_ci
+from analysis.searched import best_runs, metric_by_key
+from analysis.stats import BELOW, LEVEL, MIN_SEEDS, N_BOOT, TWO_SIDED, UNLOCATED, at_common_compute, fmt, fmt_ci
+
+SMOKE = "smoke"
+
+
+def caveats(num_seeds: int, budgets: str = "", spans: bool = False, extra=()) -> list[str]:
+    """Why an answer is inconclusive: one seed, a smoke budget, an interval spanning the searched range."""
+    reasons = []
+    if num_seeds < MIN_SEEDS:
+        reasons.append(f"{num_seeds} seed per configuration, so no spread between seeds is known")
+    if SMOKE in str(budgets).split(","):
+        reasons.append("smoke budget: a pipeline check, too short to rank models")
+    if spans:
+        reasons.append("its interval spans the searched range")
+    return reasons + [e for e in extra if e]
+
+
+def labelled(text: str, reasons: list[str]) -> str:
+    return f"inconclusive ({'; '.join(reasons)}): {text}" if reasons else text
+
+
+def joined(parts: list[tuple[str, list[str]]]) -> str:
+    """Answers with their reasons, "; "-joined; reasons that every part shares are said once, in front."""
+    if not parts:
+        return ""
+    common = [r for r in parts[0][1] if all(r in reasons for _, reasons in parts)]
+    body = "; ".join(labelled(text, [r for r in reasons if r not in common]) for text, reasons in parts)
+    return labelled(body, common)
 
 
 def _md_table(df: pd.DataFrame, max_rows: int = 40) -> str:
@@ -37,14 +75,10 @@ def _md_table(df: pd.DataFrame, max_rows: int = 40) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _seeds(n_min: int, n_max: int) -> str:
-    return f"{n_min} seeds" if n_min == n_max else f"{n_min}-{n_max} seeds"
-
-
 def _runs(num_runs: int, num_values: int, num_seeds: int, what: str) -> str:
     """"35 runs: 7 values of c x 5 seeds" or, for a random search, "12 runs at 12 values of c, 1 seed"."""
     if num_runs == num_values * num_seeds:
-        return f"{num_runs} runs: {num_values} values of {what} x {num_seeds} seeds"
+        return f"{num_runs} runs: {num_values} values of {what} x {num_seeds} seed{'s' if num_seeds != 1 else ''}"
     return f"{num_runs} runs at {num_values} values of {what}, {num_seeds} seed{'s' if num_seeds != 1 else ''}"
 
 
@@ -58,6 +92,7 @@ class Report:
         self.unanswered: list[str] = []
         self.sections: list[str] = []
         self.files: list[Path] = []
+        self.best = pd.DataFrame()  # best run per experiment and data set (searched_section)
 
     def csv(self, df: pd.DataFrame, name: str) -> str:
         name = self.prefix + name
@@ -70,6 +105,23 @@ class Report:
         name = self.prefix + name
         self.files.append(plots.save(fig, self.out / name))
         return name
+
+
+def _optimum_text(bound: str, best: float, value: float, lo: float, hi: float, far: bool, what: str) -> str:
+    """"best tested c 0.03; fitted c* 0.028 [0.015, 0.06]" or a one-sided bound."""
+    if bound == BELOW:
+        return (f"{what}* < {fmt(hi)}: the best tested {what} ({fmt(best)}) is the smallest searched value, so "
+                "the optimum may lie below the range (a one-sided bound)")
+    if bound == UNLOCATED:
+        return f"no {what}* located: values at both ends of the range tie with the best ({fmt(best)})"
+    if bound != TWO_SIDED:
+        return (f"{what}* > {fmt(lo)}: the best tested {what} ({fmt(best)}) is the largest searched value, so the "
+                "optimum may lie above the range (a one-sided bound)")
+    text = f"best tested {what} {fmt(best)}, fitted {what}* {fmt_ci(value, lo, hi)}"
+    if far:
+        text += (f" (the fitted vertex lies in an untested gap far from the best run: trust the best tested {what} "
+                 "and the interval, not the vertex)")
+    return text
 
 
 def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
@@ -85,35 +137,54 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         return
     parts = []
     for _, r in per.iterrows():
-        edge = ", at the edge of the searched range" if r["at_edge"] else ""
+        spans = r["bound"] == TWO_SIDED and r["c_lo"] <= r["c_min"] and r["c_hi"] >= r["c_max"]
+        extra = [] if r["bound"] == TWO_SIDED else ["the optimum is not bracketed by tested values"]
+        text = (f"on {r['dataset']} (d={int(r['dim'])}, {_runs(r['num_runs'], r['num_c'], r['num_seeds'], 'c')}) "
+                + _optimum_text(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], r["vertex_far"], "c"))
+        if r["diverged_levels"]:
+            text += f"; diverged: {r['diverged_levels']}"
         if r["left_out"]:
-            edge += f"; left out: {r['left_out']}"
-        parts.append(f"{fmt_ci(r['c_star'], r['c_lo'], r['c_hi'])} on {r['dataset']} (d={int(r['dim'])}, "
-                     f"{_runs(r['num_runs'], r['num_c'], r['num_seeds'], 'c')}{edge})")
-    sentence = "Q1: the best Pseudo-Huber c is " + "; ".join(parts)
-    seeds = _seeds(int(per["num_seeds"].min()), int(per["num_seeds"].max()))
+            text += f"; left out: {r['left_out']}"
+        parts.append((text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)))
+    sentence = "Q1, the best Pseudo-Huber c: " + joined(parts)
+    budgets = ",".join(sorted(set(",".join(per["budgets"]).split(",")) - {""}))
+    seeds = int(per["num_seeds"].min())
     if cs.fit is not None:
         f = cs.fit
-        inside = "contains" if f.b_contains_paper else "excludes"
-        sentence += (f"; fitting c* = a d^b across {f.num_datasets} data sets gives b = {fmt_ci(f.b, f.b_lo, f.b_hi)} "
-                     f"and a = {fmt_ci(f.a, f.a_lo, f.a_hi)} ({seeds} per data set), whose interval {inside} the "
-                     "paper's "
-                     f"b = {PAPER_B} (a = 0.00054).")
+        law = f"fitting c* = a d^b across {f.num_datasets} data sets gives "
+        if np.isfinite(f.b_lo):
+            inside = "contains" if f.b_contains_paper else "excludes"
+            law += (f"b = {fmt_ci(f.b, f.b_lo, f.b_hi)} and a = {fmt_ci(f.a, f.a_lo, f.a_hi)} (Student t over the "
+                    f"data sets' scatter about the law, {int(f.df)} df), whose interval {inside} the paper's "
+                    f"b = {PAPER_B} (a = 0.00054)")
+            reasons = caveats(seeds, budgets)
+        else:
+            law += f"b = {fmt(f.b)} with no interval (n < 3 data sets: two points always lie on a line)"
+            reasons = caveats(seeds, budgets, extra=["only two data sets"])
+        if f.excluded:
+            law += f"; kept out of the fit (one-sided c*): {', '.join(f.excluded)}"
+        sentence += "; " + labelled(law, reasons) + "."
     else:
         sentence += "."
-        rep.unanswered.append("Q1, exponent b of c* = a d^b: needs c-scaling runs on two or more data sets of "
-                              f"different dimension; found {per['dim'].nunique()}")
+        located = int((per["bound"] == TWO_SIDED).sum())
+        rep.unanswered.append("Q1, exponent b of c* = a d^b: needs c* located on both sides on two or more data sets "
+                              f"of different dimension; found {located}")
     rep.answers.append(sentence)
     fit_df = pd.DataFrame([] if cs.fit is None else [{
         "a": cs.fit.a, "a_lo": cs.fit.a_lo, "a_hi": cs.fit.a_hi, "b": cs.fit.b, "b_lo": cs.fit.b_lo,
-        "b_hi": cs.fit.b_hi, "num_datasets": cs.fit.num_datasets, "b_contains_0.5": cs.fit.b_contains_paper}])
+        "b_hi": cs.fit.b_hi, "df": cs.fit.df, "residual_sd": cs.fit.residual_sd, "num_datasets": cs.fit.num_datasets,
+        "excluded": ", ".join(cs.fit.excluded), "b_contains_0.5": cs.fit.b_contains_paper}])
     files = [rep.csv(per, "c_scaling_per_dataset.csv"), rep.csv(cs.curves, "c_scaling_curves.csv"),
              rep.csv(fit_df, "c_scaling_fit.csv")]
     png = rep.png(plots.plot_c_scaling(cs), "c_scaling.png")
     rep.sections.append(
         "## Q1: best Pseudo-Huber c against dimension\n\n"
-        f"c* is the vertex of a local quadratic in log c fitted around the lowest mean {metric}, refitted on "
-        f"{n_boot} bootstrap resamples of seeds; the power law is refitted on each replicate.\n\n"
+        f"Per data set the best tested c is the lowest mean {metric} among values where no run diverged; it needs "
+        "tested values on both sides, else c* is a one-sided bound kept out of the power law. c* is the vertex of "
+        f"a local quadratic in log c around it; its interval is the hull of the vertex's bootstrap interval "
+        f"({n_boot} resamples of the runs at each c, or of all runs when most values of c have one) and the tested neighbours of the best value (which bracket the optimum "
+        "of any curve with one minimum). b's interval is Student's t from the scatter of the data sets about the "
+        "line.\n\n"
         + _md_table(per) + "\n" + ("" if fit_df.empty else _md_table(fit_df) + "\n")
         + f"![c scaling]({png})\n\nTables: " + ", ".join(files) + "\n")
 
@@ -125,21 +196,40 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         rep.unanswered.append(f"Q2 (dropout): {err}")
         return
     if dr.best.empty:
+        rates = ""
+        if "network.dropout" in trials.columns and "loss.objective" in trials.columns:
+            done = trials[trials["status"].astype(str) == "completed"]
+            counts = done.groupby(done["loss.objective"].astype(str))["network.dropout"].nunique()
+            rates = "; found " + ", ".join(f"{k}: {v}" for k, v in counts.items()) if len(counts) else ""
         rep.unanswered.append("Q2 (dropout): no dropout experiment found (no objective has completed runs at 3 or "
-                              "more values of network.dropout)")
+                              f"more values of network.dropout{rates})")
         return
     parts = []
     for _, r in dr.best.iterrows():
-        parts.append(f"{fmt_ci(r['best_dropout'], r['lo'], r['hi'])} for the {r['objective']} objective on "
-                     f"{r['dataset']} ({_runs(r['num_runs'], r['num_rates'], r['num_seeds'], 'dropout')})")
-    sentence = "Q2: the best dropout is " + "; ".join(parts)
+        spans = r["bound"] == TWO_SIDED and r["lo"] <= r["p_min"] and r["hi"] >= r["p_max"]
+        extra = [] if r["bound"] == TWO_SIDED else ["the optimum is not bracketed by tested values"]
+        own = f" with {r['own_keys']}" if r["own_keys"] else ""
+        text = (f"for the {r['objective']} objective{own} on {r['dataset']} "
+                f"({_runs(r['num_runs'], r['num_rates'], r['num_seeds'], 'dropout')}) "
+                + _optimum_text(r["bound"], r["best_tested"], r["best_dropout"], r["lo"], r["hi"], r["vertex_far"],
+                                "dropout"))
+        if r["diverged_levels"]:
+            text += f"; diverged: {r['diverged_levels']}"
+        parts.append((text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)))
+    sentence = "Q2, the best dropout: " + joined(parts)
+    budgets = ",".join(sorted(set(",".join(dr.best["budgets"]).split(",")) - {""}))
     for _, r in dr.difference.iterrows():
-        sentence += (f"; consistency minus diffusion on {r['dataset']}: {fmt_ci(r['difference'], r['lo'], r['hi'])}"
-                     f" ({r['num_seeds']} seeds)")
+        spans = r["lo"] <= -1 or r["hi"] >= 1
+        sentence += "; " + labelled(f"consistency minus diffusion on {r['dataset']}: "
+                                    f"{fmt_ci(r['difference'], r['lo'], r['hi'])} ({r['num_seeds']} seeds)",
+                                    caveats(int(r["num_seeds"]), budgets, spans))
     objectives = set(dr.best["objective"])
     if not {"consistency", "diffusion"} <= objectives:
         rep.unanswered.append("Q2, consistency against diffusion: runs of only one objective "
-                              f"({', '.join(sorted(objectives))}) vary network.dropout")
+                              f"({', '.join(sorted(objectives))}) vary network.dropout at 3 or more rates")
+    elif dr.difference.empty:
+        rep.unanswered.append("Q2, consistency against diffusion: the best dropout of an objective is a one-sided "
+                              "bound, so their difference has no interval")
     ev = dr.evidence
     why = []
     for (dataset, objective), t in dr.trends.groupby(["dataset", "objective"], sort=False):
@@ -161,8 +251,10 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     png = rep.png(plots.plot_dropout(dr), "dropout.png")
     rep.sections.append(
         "## Q2: dropout for the consistency and the diffusion objective\n\n"
-        "Best rate: vertex of a local quadratic of the mean metric against the dropout rate, refitted on bootstrap "
-        "resamples of seeds. Gap = final_loss_heldout - final_loss_train; NN ratio = final_nn_dist / "
+        "Best rate: as for c (best tested rate among rates without divergence, tested rates on both sides, vertex "
+        "of a local quadratic, interval = hull of the vertex's bootstrap interval and the tested neighbours). Keys "
+        "that take one value per objective (own_keys, e.g. the diffusion strata's loss.p_mean/p_std) travel with "
+        "the objective. Gap = final_loss_heldout - final_loss_train; NN ratio = final_nn_dist / "
         "final_nn_dist_ref (< 1: samples sit closer to training images than held-out images do).\n\n"
         + _md_table(dr.best) + "\n" + _md_table(dr.difference) + "\n" + _md_table(dr.trends) + "\n"
         + _md_table(ev) + "\n"
@@ -177,9 +269,12 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         cr = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed)
         pooled = False
         if not cr.ranking.empty and cr.ranking["num_seeds"].median() < 2:
-            # A random search samples s0, s1 with the shape: one run per curriculum, so rank shapes instead.
-            cr = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed, by_shape=True)
-            pooled = True
+            # A random search samples s0, s1 with the shape: one run per curriculum, so rank shapes instead
+            # (when that pools runs at all).
+            by_shape = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed,
+                                      by_shape=True)
+            if by_shape.ranking["num_seeds"].median() > cr.ranking["num_seeds"].median():
+                cr, pooled = by_shape, True
     except SchemaError as err:
         rep.unanswered.append(f"Q3 (curricula): {err}")
         return
@@ -193,29 +288,48 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         best = t.iloc[0]
         kind = "curriculum shapes (pooled over the sampled s0, s1)" if pooled else "curricula"
         text = (f"on {dataset} at {best['images_seen']:.3g} images the best of {len(t)} {kind} is "
-                f"{best['curriculum']} (FD {fmt_ci(best['mean'], best['lo'], best['hi'])}, P(best) = "
-                f"{fmt(best['p_best'], 2)}, {best['num_seeds']} {'runs' if pooled else 'seeds'})")
+                f"{best['curriculum']} (FD {fmt_ci(best['mean'], best['lo'], best['hi'], n=best['num_seeds'])}, "
+                f"P(best) = "
+                f"{fmt(best['p_best'], 2)}, {best['num_seeds']} {'run' if pooled else 'seed'}"
+                f"{'s' if best['num_seeds'] != 1 else ''})")
+        tied = t[t["tied_best"] & (t["curriculum"] != best["curriculum"])]
+        if len(tied):
+            text += (f", tied within the FD's standard error ({fmt(best['fd_se'])}) with "
+                     + ", ".join(tied["curriculum"]))
+        if t["num_pruned"].sum():
+            text += f" ({int(t['num_pruned'].sum())} pruned runs ranked through their evaluations)"
         exp = t[t["curriculum"].str.split().str[0] == PAPER_SHAPE]
         for _, e in exp.iterrows():
             if e["curriculum"] != best["curriculum"]:
                 text += (f"; {e['curriculum']} ranks {e['rank']} (rank interval [{fmt(e['rank_lo'])}, "
-                         f"{fmt(e['rank_hi'])}], FD {fmt_ci(e['mean'], e['lo'], e['hi'])}, {e['num_seeds']} "
-                         f"{'runs' if pooled else 'seeds'})")
+                         f"{fmt(e['rank_hi'])}], FD {fmt_ci(e['mean'], e['lo'], e['hi'], n=e['num_seeds'])}, "
+                         f"{e['num_seeds']} {'run' if pooled else 'seed'}{'s' if e['num_seeds'] != 1 else ''})")
         if exp.empty:
             text += " (the exponential curriculum was not run there)"
-        parts.append(text)
-    rep.answers.append("Q3: " + "; ".join(parts) + ".")
+        budgets = ""
+        if "budget" in trials.columns:
+            budgets = ",".join(sorted(set(trials.loc[trials["dataset"] == dataset, "budget"].dropna().astype(str))))
+        parts.append((text, caveats(int(t["num_seeds"].min()), budgets)))
+    rep.answers.append("Q3: " + joined(parts) + ".")
     files = [rep.csv(cr.ranking, "curriculum_ranking.csv")]
     png = rep.png(plots.plot_curricula(cr), "curricula.png")
     rep.sections.append(
         "## Q3: curricula at equal compute\n\n"
-        "FD of each run interpolated at common compute budgets (images seen), mean over seeds with bootstrap "
-        "intervals; rank 1 = lowest FD; rank interval and P(best) over bootstrap resamples of seeds.\n\n"
+        "FD of each run (pruned runs included, through their evaluations) interpolated at compute budgets every run "
+        "reached (images seen), mean over seeds with Student-t intervals; rank 1 = lowest FD; rank interval and "
+        "P(best) over draws of each mean; tied_best: within the FD's standard error of the best.\n\n"
         + _md_table(final) + "\n" + f"![curricula]({png})\n\nTables: " + ", ".join(files) + "\n")
 
 
-def ablation_section(rep: Report, trials, metric, n_boot, level, seed, min_seeds) -> None:
-    table = analyze_ablations(trials, metric=metric, n_boot=n_boot, level=level, min_seeds=min_seeds, seed=seed)
+def ablation_section(rep: Report, table: pd.DataFrame, min_seeds: int, family: int) -> None:
+    """table: analyze_ablations' output, corrected over the report's `family` of verdicts (the comparisons
+    with enough seeds for a verdict; the correction divides by at least 1)."""
+    smoke = table["budgets"].astype(str).str.split(",").map(lambda b: SMOKE in b)
+    decided = table["verdict"].isin([REPRODUCED, CONTRADICTED])
+    table = table.copy()
+    table.loc[smoke & decided, "reason"] = ("smoke budget: a pipeline check, too short to rank models (interval "
+                                            "alone: " + table.loc[smoke & decided, "verdict"] + ")")
+    table.loc[smoke & decided, "verdict"] = INCONCLUSIVE
     tested = table[table["verdict"] != NOT_RUN]
     missing = sorted(set(table.loc[table["verdict"] == NOT_RUN, "ablation"]) - set(tested["ablation"]))
     if missing:
@@ -229,24 +343,155 @@ def ablation_section(rep: Report, trials, metric, n_boot, level, seed, min_seeds
         verdict = r["verdict"]
         if verdict == INCONCLUSIVE:
             verdict += f" ({r['reason']})"
+        pairing = ", paired over seeds" if r["paired"] else ""
+        smallest = min(r["_smallest"]) if isinstance(r.get("_smallest"), tuple) else None
         parts.append(f"{r['ablation']} ({r['paper']} - {r['alternative']}): {verdict}, "
-                     f"FD difference {fmt_ci(r['effect'], r['lo'], r['hi'])}, {seeds}")
-    rep.answers.append("Ablations (FD of the paper's choice minus the alternative): " + "; ".join(parts) + ".")
+                     f"FD difference {fmt_ci(r['effect'], r['lo'], r['hi'], n=smallest)}, {seeds}{pairing}")
+    rep.answers.append(f"Ablations (FD of the paper's choice minus the alternative; {family} verdict"
+                       f"{'s' if family != 1 else ''} in this report, Bonferroni-corrected): " + "; ".join(parts) + ".")
+    table = public(table)
     files = [rep.csv(table, "ablations.csv")]
     png = rep.png(plots.plot_ablations(table), "ablations.png")
     rep.sections.append(
         "## Ablations of the paper's choices\n\n"
         "Effect = mean FD of the paper's choice minus the alternative, between runs that agree on every other "
-        f"config column; reproduced: interval below 0; contradicted: above 0; inconclusive: contains 0 or fewer "
-        f"than {min_seeds} seeds per arm.\n\n" + _md_table(table) + "\n" + f"![ablations]({png})\n\nTables: "
-        + ", ".join(files) + "\n")
+        "config column; Student-t interval, paired over seeds where both arms ran the same seeds (Welch's otherwise). "
+        f"The report's {family} verdict{'s share' if family != 1 else ' has'} a Bonferroni correction: each "
+        "interval is at level 1 - 0.05/m (column `level`), p_adj = m p. Reproduced: interval below 0; "
+        f"contradicted: above 0; inconclusive: contains 0, fewer than {min_seeds} seeds per arm, "
+        f"fewer than {MIN_SEEDS} (no interval), |effect| within the FD's standard error, a winning arm that lost runs "
+        "to divergence (paper_diverged, alt_diverged), or a smoke budget.\n\n"
+        + _md_table(table) + "\n" + f"![ablations]({png})\n\nTables: " + ", ".join(files) + "\n")
+
+
+def searched_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
+    """The metric against every searched key of every experiment (any space, a user's own included)."""
+    table = metric_by_key(trials, metric=metric, n_boot=n_boot, level=level, seed=seed)
+    best = best_runs(trials, metric)
+    if table.empty and best.empty:
+        return
+    files = [rep.csv(table, "searched_keys.csv"), rep.csv(best, "best_runs.csv")]
+    png = rep.png(plots.plot_searched(trials, table, metric), "searched_keys.png") if not table.empty else None
+    rep.sections.append(
+        "## Metric against each searched key\n\n"
+        f"For every experiment and data set, each config key that varies: mean `{metric}` of the completed runs per "
+        "value (numeric keys with many values in quantile bins) with its Student-t interval over runs, diverged and "
+        "other unfinished runs counted, and the best run.\n\n"
+        + _md_table(best) + "\n" + _md_table(table, max_rows=80) + "\n"
+        + (f"![searched keys]({png})\n\n" if png else "") + "Tables: " + ", ".join(files) + "\n")
+    rep.best = best
+
+
+def importance_section(rep: Report, trials, metric, seed, write_journal: bool = True) -> None:
+    """Per (experiment, stratum): Optuna's parameter importances from a study rebuilt out of the trials, and
+    that study written as an Optuna journal file in the experiment folder for optuna-dashboard."""
+    studies = rebuild_studies(trials, metric=metric, seed=seed)
+    if not studies:
+        return
+    table = importance_table(studies)
+    journals = []
+    if write_journal:
+        for folder in sorted({s.experiment_dir for s in studies}):
+            path = Path(folder) / JOURNAL_FILE
+            shown = os.path.relpath(path, rep.out)  # relative to the report, as its links are
+            try:
+                export_journal([s for s in studies if s.experiment_dir == folder], path)
+                journals.append(f"`{shown}`")
+            except OSError as err:
+                journals.append(f"`{shown}` not written ({err.strerror or err})")
+    files = [rep.csv(table, "importances.csv")]
+    several = [s for s in studies if len(s.importances) > 1]
+    png = rep.png(plots.plot_importances(table), "importances.png") if several else None
+    lines = []
+    for s in studies:
+        if s.importances:
+            top = ", ".join(f"{k} {v:.2f}" for k, v in s.importances.items())
+            lines.append(f"- {s.name}: {top} ({s.num_complete} completed configurations)")
+        else:
+            lines.append(f"- {s.name}: no importances: {s.reason}")
+    rep.sections.append(
+        "## Which searched key mattered: parameter importances\n\n"
+        "Per experiment and stratum the runs are rebuilt as an Optuna study: one trial per configuration, its "
+        f"value the mean `{metric}` over its completed seeds, FAIL when a seed diverged or errored, PRUNED when "
+        "the scheduler stopped it; distributions from the searched params of experiment.json's plan (inferred "
+        "from the tables when it has none). Importance is Optuna's fANOVA: the share of the variance of the "
+        "metric over the completed configurations that each key explains (the shares sum to 1; one key gets 1 by "
+        f"construction). It needs {MIN_COMPLETED} or more completed configurations, and says nothing about which "
+        "value is best: see the metric against each searched key.\n\n"
+        + "\n".join(lines) + "\n\n" + _md_table(table, max_rows=80) + "\n"
+        + (f"![importances]({png})\n\n" if png else "")
+        + ("Optuna journal files (open one with `optuna-dashboard FILE`; the study of each stratum is named "
+           "experiment/stratum): " + ", ".join(journals) + "\n\n" if journals else "")
+        + "Tables: " + ", ".join(files) + "\n")
+
+
+def grids_section(rep: Report, trials, metric) -> None:
+    """Sample grids of the best and the worst configuration of each experiment and stratum, copied into the
+    report folder and linked relatively, so the folder can be moved."""
+    picks = best_and_worst(trials, metric)
+    if picks.empty:
+        return
+    if RUN_DIR not in trials.columns or trials[RUN_DIR].isna().all():
+        rep.sections.append(
+            "## Samples of the best and the worst configuration\n\nNo sample grids are available: trials.parquet "
+            f"has no `{RUN_DIR}` column (tables written before run folders were recorded), so the runs' "
+            "samples/step_*.png cannot be found.\n")
+        return
+    picks = copy_grids(picks, rep.out)
+    rep.files += [rep.out / g for g in picks["grid"] if g]
+    blocks = []
+    for (experiment, stratum), g in picks.groupby(["experiment", "stratum"], sort=True):
+        head = "| | " + " | ".join(g["which"]) + " |\n|---|" + "---|" * len(g) + "\n"
+        config = "| configuration | " + " | ".join(
+            str(r["searched"] or r["config_id"]).replace("|", "/") for _, r in g.iterrows()) + " |\n"
+        value = f"| mean {metric} | " + " | ".join(
+            f"{fmt(r['mean'])} ({r['num_seeds']} seed{'s' if r['num_seeds'] != 1 else ''})" for _, r in g.iterrows()) + " |\n"
+        grid = "| samples (seed shown) | " + " | ".join(
+            (f"![{r['which']}]({r['grid']}) seed {r['seed']}" if r["grid"] else f"none: {r['note']}")
+            for _, r in g.iterrows()) + " |\n"
+        blocks.append(f"### {experiment} / {stratum}\n\n" + head + config + value + grid)
+    files = [rep.csv(picks.drop(columns=["experiment_dir"]), "sample_grids.csv")]
+    rep.sections.append(
+        "## Samples of the best and the worst configuration\n\n"
+        f"Per experiment and stratum, the configurations with the lowest and the highest mean `{metric}` over "
+        "their completed seeds (configurations with a diverged or errored seed left out); each shows the final "
+        "sample grid (the newest evaluation's; its panels are named in the image) of its lowest completed "
+        "seed, not of its best seed.\n\n" + "\n".join(blocks) + "\nTables: " + ", ".join(files) + "\n")
+
+
+def budget_line(trials: pd.DataFrame, min_seeds: int) -> str:
+    """First words of the report: whether the budgets behind the tables can give a verdict at all."""
+    done = trials[trials["status"].astype(str) == "completed"]
+    key = [c for c in ("experiment_dir", "stratum", "config_id") if c in done.columns]
+    most = done.groupby(key)["seed"].nunique().groupby(level=0).max() if len(done) else pd.Series(dtype=int)
+    experiments = sorted(set(trials["experiment_dir"])) if "experiment_dir" in trials.columns else []
+    names = dict(zip(trials.get("experiment_dir", []), trials.get("experiment", [])))
+    few = [e for e in experiments if int(most.get(e, 0)) < min_seeds]
+    parts = []
+    if few and len(few) == len(experiments):
+        top = int(most.max()) if len(most) else 0
+        parts.append(f"These tables cannot give a verdict: at most {top} seed{'s' if top != 1 else ''} per "
+                     f"configuration, and a verdict needs {min_seeds}; every answer below is inconclusive")
+    elif few:
+        parts.append(f"Experiment{'s' if len(few) > 1 else ''} {', '.join(str(names[e]) for e in few)} cannot give a "
+                     f"verdict: fewer than {min_seeds} seeds per configuration, so {'their' if len(few) > 1 else 'its'} "
+                     "answers below are inconclusive")
+    if "budget" in trials.columns:
+        smoke = [e for e in experiments if SMOKE in set(trials.loc[trials["experiment_dir"] == e, "budget"].astype(str))]
+        if smoke and len(smoke) == len(experiments):
+            parts.append("The budget is smoke, a pipeline check whose runs are too short to rank models")
+        elif smoke:
+            parts.append(f"Experiment{'s' if len(smoke) > 1 else ''} {', '.join(str(names[e]) for e in smoke)} ran "
+                         "the smoke budget, a pipeline check whose runs are too short to rank models")
+    return ". ".join(parts) + ("." if parts else "")
 
 
 def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT, level: float = LEVEL,
-                 seed: int = 0, min_seeds: int = 3) -> Path:
+                 seed: int = 0, min_seeds: int = 3, journal: bool = True) -> Path:
     """Analyse every experiment at or below `paths` and write OUT/report.md, PNGs and CSVs.
 
-    out defaults to PATHS[0]/report. Returns the path of report.md.
+    out defaults to PATHS[0]/report. With `journal`, each experiment folder also gets an Optuna journal file
+    of its rebuilt studies (analysis/importance.py). Returns the path of report.md.
     """
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     results = load_results(paths)
@@ -257,47 +502,76 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     if metric not in trials.columns:
         raise SchemaError(f"--metric {metric!r} is not a column of trials.parquet; numeric columns: "
                           + ", ".join(c for c in trials.columns if c.startswith("final_") or c == "best_fd"))
-    c_scaling_section(rep, trials, metric, n_boot, level, seed)
-    dropout_section(rep, trials, metric, n_boot, level, seed)
-    curriculum_section(rep, trials, results.evals, n_boot, level, seed)
-    ablation_section(rep, trials, metric, n_boot, level, seed, min_seeds)
-
     counts = status_counts(trials)
+    view = None
     if counts["pruned"] and not results.evals.empty:
         # A scheduler keeps the promising runs, so finished runs alone are a selected sample: repeat the
         # analyses at the largest compute every run reached, pruned runs included.
         view = at_common_compute(trials, results.evals)
+    # One family of verdicts per report: the ablations of both views share the correction.
+    tables = [analyze_ablations(trials, metric=metric, level=level, min_seeds=min_seeds, seed=seed)]
+    if view is not None:
+        tables.append(analyze_ablations(view, metric="fd_at_compute", level=level, min_seeds=min_seeds, seed=seed))
+    family = sum(eligible(t) for t in tables)
+    tables = [apply_correction(t, max(family, 1), level) for t in tables]
+
+    c_scaling_section(rep, trials, metric, n_boot, level, seed)
+    dropout_section(rep, trials, metric, n_boot, level, seed)
+    curriculum_section(rep, trials, results.evals, n_boot, level, seed)
+    ablation_section(rep, tables[0], min_seeds, family)
+    if view is not None:
         sub = Report(out, prefix="compute_")
         c_scaling_section(sub, view, "fd_at_compute", n_boot, level, seed)
         dropout_section(sub, view, "fd_at_compute", n_boot, level, seed)
-        ablation_section(sub, view, "fd_at_compute", n_boot, level, seed, min_seeds)
-        budgets = ", ".join(f"{int(b)}" for b in sorted(view["budget_images"].unique()))
+        ablation_section(sub, tables[1], min_seeds, family)
+        budgets = ", ".join(f"{int(b)}" for b in sorted(view["budget_images"].dropna().unique()))
         label = f"At equal compute with the {counts['pruned']} pruned runs included ({budgets} images): "
-        answered = {a.split(":")[0] for a in sub.answers}
+        answered = {a.split(",")[0].split(" (")[0].split(":")[0] for a in sub.answers}
         rep.unanswered = [u for u in rep.unanswered
                           if u in sub.unanswered or not any(u.startswith(tag) for tag in answered)]
         rep.answers += [label + a for a in sub.answers]
         rep.sections += [s.replace("## ", "## Equal compute, pruned runs included - ", 1) for s in sub.sections]
         rep.files += sub.files
+    searched_section(rep, trials, metric, n_boot, level, seed)
+    importance_section(rep, trials, metric, seed, write_journal=journal)
+    grids_section(rep, trials, metric)
     counts_df = pd.DataFrame([{"status": k, "runs": v} for k, v in counts.items()])
     by_experiment = trials.groupby(["experiment", "status"]).size().unstack(fill_value=0).reset_index()
     rep.csv(by_experiment, "runs_by_status.csv")
-    first = " ".join(rep.answers) if rep.answers else "The tables answer none of the questions."
+    if rep.answers:
+        first = " ".join(rep.answers)
+    else:
+        first = ("None of the project's questions (Q1 c scaling, Q2 dropout, Q3 curricula, the ablations) applies "
+                 "to these tables; the metric against each searched key is below")
+        if not rep.best.empty:
+            first += ". Best run: " + "; ".join(
+                f"{r['experiment']} on {r['dataset']}: {metric} {fmt(r[metric])} at {r['searched'] or 'its config'}"
+                f" (seed {r['seed']})" for _, r in rep.best.iterrows())
+        first += "."
     if rep.unanswered:
         first += " The tables cannot answer: " + "; ".join(rep.unanswered) + "."
+    verdict_line = budget_line(trials, min_seeds)
+    if verdict_line:
+        first = verdict_line + " " + first
     level_pct = f"{100 * level:.0f}%"
+    repeated = trials.attrs.get("repeated_rows", 0)
     text = [
         "# iCT experiment report\n",
         first + "\n",
-        f"Intervals are {level_pct} percentile bootstrap intervals over seeds ({n_boot} resamples); the metric is "
-        f"`{metric}` (lower is better). {len(trials)} runs from {len(results.experiments)} experiment folder(s): "
+        f"Intervals are {level_pct} Student-t intervals over seeds (none below {MIN_SEEDS} seeds: \"n < "
+        f"{MIN_SEEDS}\"); c* and the best dropout use the bootstrap ({n_boot} resamples) and the tested grid, see "
+        f"their sections; ablation verdicts are Bonferroni-corrected over the report. The metric is `{metric}` "
+        f"(lower is better). {len(trials)} runs from {len(results.experiments)} experiment folder(s): "
         + ", ".join(f"{v} {k}" for k, v in counts.items())
-        + ". Only completed runs enter the estimates; diverged, errored and pruned runs are counted here and "
-        "left out" + (", except in the equal-compute sections, which take pruned runs at the largest compute "
-                      "every run of their experiment reached" if counts["pruned"] and not results.evals.empty else "")
+        + (f" ({repeated} repeated row{'s' if repeated != 1 else ''} of the same run dropped)" if repeated else "")
+        + ". Only completed runs enter the estimates; diverged runs count per level, errored and pruned runs are "
+        "counted here and left out" + (", except in the equal-compute sections, which take pruned runs at the "
+                                       "largest compute every run of their experiment reached"
+                                       if view is not None else "")
         + ".\n",
         _md_table(counts_df),
-        "Experiments: " + ", ".join(f"`{p}`" for p in results.experiments) + "\n",
+        # Relative to the report, so that a committed report names no machine's folders.
+        "Experiments: " + ", ".join(f"`{os.path.relpath(p, out)}`" for p in results.experiments) + "\n",
         *rep.sections,
     ]
     path = out / "report.md"
@@ -314,13 +588,17 @@ def main(argv=None) -> int:
     parser.add_argument("--level", type=float, default=LEVEL, help="interval level in (0, 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--min-seeds", type=int, default=3, help="seeds per arm before an ablation gets a verdict")
+    parser.add_argument("--no-journal", action="store_true",
+                        help=f"do not write {JOURNAL_FILE} (Optuna journal of the rebuilt studies) into each "
+                             "experiment folder")
     args = parser.parse_args(argv)
     if not 0 < args.level < 1:
         parser.error(f"--level must be in (0, 1), got {args.level}")
     if args.n_boot < 10:
         parser.error(f"--n-boot must be at least 10, got {args.n_boot}")
     try:
-        path = write_report(args.results, args.out, args.metric, args.n_boot, args.level, args.seed, args.min_seeds)
+        path = write_report(args.results, args.out, args.metric, args.n_boot, args.level, args.seed, args.min_seeds,
+                            journal=not args.no_journal)
     except SchemaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,8 +1,11 @@
-"""Shared statistics: run selection, matching of configurations, bootstrap intervals, curve minima.
+"""Shared statistics: run selection, matching of configurations, intervals over seeds, curve minima.
 
-Every interval here is a percentile bootstrap over runs (seeds), resampled within each cell
-(configuration) so that cells keep their size. Random draws come from a numpy Generator seeded by
-the caller, so a report is reproducible.
+Means over seeds get Student-t intervals (exact for normal seed-to-seed noise, which 2-5 seeds cannot
+check; a bootstrap of 2-3 values is far too narrow, see docs/ANALYSIS.md). Fewer than MIN_SEEDS
+finite values get no interval at all ("n < 2"), never a zero-width one. Curve minima (c*, the best
+dropout) are located on the tested grid first and refined by a local quadratic whose vertex is
+bootstrapped over seeds; the interval never claims more than the grid resolves. Random draws come
+from a numpy Generator seeded by the caller, so a report is reproducible.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from analysis.load import require_columns
 
 LEVEL = 0.95
 N_BOOT = 2000
+# Fewest finite values that get an interval; with fewer a table shows NaN and the report "n < 2".
+MIN_SEEDS = 2
 # Config keys that say where or how a run was executed, not what was trained: they never split
 # otherwise identical configurations into separate cells.
 NON_MATCHING = frozenset({
@@ -26,6 +31,27 @@ NON_MATCHING = frozenset({
 })
 # data.name and data.resolution are carried by the `dataset` column, which every analysis groups by.
 DATA_KEYS = frozenset({"data.name", "data.resolution"})
+
+
+def se_column(metric: str) -> str:
+    """The column holding the FD standard error of `metric`: final_fd -> final_fd_se, fd -> fd_se,
+    fd_at_compute -> fd_se_at_compute."""
+    if metric.endswith("_at_compute"):
+        return se_column(metric[: -len("_at_compute")]) + "_at_compute"
+    return metric + "_se"
+
+
+def typical_se(rows: pd.DataFrame, metric: str) -> float:
+    """Median FD standard error of the runs in `rows` (NaN when the tables do not record it).
+
+    Differences of `metric` smaller than this are ties: one evaluation cannot resolve them (see
+    docs/ANALYSIS.md, "Ties")."""
+    column = se_column(metric)
+    if column not in rows.columns:
+        return math.nan
+    values = pd.to_numeric(rows[column], errors="coerce").to_numpy(float)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else math.nan
 
 
 def usable(trials: pd.DataFrame, metric: str = "final_fd") -> pd.DataFrame:
@@ -56,41 +82,64 @@ def value_at(images_seen: np.ndarray, values: np.ndarray, budget: float) -> floa
     return float(np.interp(math.log(budget), np.log(images_seen), values))
 
 
+# Evaluation columns that the equal-compute view interpolates beside the metric; each replaces the run's
+# final_<column> in the view, so evidence is read at the same compute as the FD (fd_se and fd_student
+# are optional: older tables lack them).
+EVIDENCE_COLUMNS = ("fd_se", "fd_student", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref")
+
+
 def at_common_compute(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd",
                       statuses=("completed", "pruned")) -> pd.DataFrame:
     """Runs compared at equal training compute, so that runs an early-stopping scheduler pruned count.
 
     trials, evals: as loaded (see load.py). For each experiment and dataset, the budget is the largest
     images_seen that every run of `statuses` reached; each run's `metric` there (see value_at) becomes
-    the column `<metric>_at_compute`, with `budget_images` beside it. Returned rows are those runs with
-    status set to "completed" (their own status is kept in `run_status`) so that every analysis takes
-    them; runs without evaluations are dropped. An unbiased view: a scheduler selects on the metric,
-    so the finished runs alone over-represent good configurations.
+    the column `<metric>_at_compute`, with `budget_images` beside it. The evidence columns of evals
+    (EVIDENCE_COLUMNS present) are interpolated the same way into `<column>_at_compute` and replace
+    `final_<column>` (fd_se becomes fd_se_at_compute only). Returned rows are those runs with status set
+    to "completed" (their own status is kept in `run_status`) so that every analysis takes them; runs
+    without evaluations are dropped. Diverged runs of the same experiments follow unchanged (status
+    "diverged"), so analyses still count failures per level. An unbiased view: a scheduler selects on
+    the metric, so the finished runs alone over-represent good configurations.
     """
     require_columns(evals, ["trial_id", "images_seen", metric], "evals table")
     column = f"{metric}_at_compute"
+    extra = [c for c in EVIDENCE_COLUMNS if c in evals.columns and c != metric]
     on = ["trial_id"] + (["experiment_dir"] if "experiment_dir" in trials and "experiment_dir" in evals else [])
     runs = trials[trials["status"].astype(str).isin(statuses)]
-    ev = evals[on + ["images_seen", metric]].copy()
-    ev["images_seen"] = pd.to_numeric(ev["images_seen"], errors="coerce")
-    ev[metric] = pd.to_numeric(ev[metric], errors="coerce")
+    ev = evals[on + ["images_seen", metric] + extra].copy()
+    for c in ["images_seen", metric] + extra:
+        ev[c] = pd.to_numeric(ev[c], errors="coerce")
     ev = ev[np.isfinite(ev["images_seen"]) & np.isfinite(ev[metric]) & (ev["images_seen"] > 0)]
-    curves = {(key if isinstance(key, tuple) else (key,)): (g["images_seen"].to_numpy(float), g[metric].to_numpy(float))
-              for key, g in ev.sort_values("images_seen").groupby(on)}
+    curves = {(key if isinstance(key, tuple) else (key,)): g for key, g in ev.sort_values("images_seen").groupby(on)}
+
+    def at(key, col, budget) -> float:
+        g = curves.get(key)
+        if g is None:
+            return math.nan
+        ok = np.isfinite(g[col].to_numpy(float))
+        return value_at(g["images_seen"].to_numpy(float)[ok], g[col].to_numpy(float)[ok], budget)
+
     out = []
     for _, group in runs.groupby(["experiment", "dataset"], sort=False):
         keys = [tuple(row) for row in group[on].itertuples(index=False)]
         have = [k for k in keys if k in curves]
         if not have:
             continue
-        budget = min(curves[k][0][-1] for k in have)
-        values = [value_at(*curves[k], budget) if k in curves else math.nan for k in keys]
-        out.append(group.assign(**{column: values, "budget_images": budget, "run_status": group["status"],
-                                   "status": "completed"}))
+        budget = min(float(curves[k]["images_seen"].iloc[-1]) for k in have)
+        values = {column: [at(k, metric, budget) for k in keys]}
+        for c in extra:
+            values[f"{c}_at_compute"] = [at(k, c, budget) for k in keys]
+            if c != "fd_se":
+                values[f"final_{c}"] = values[f"{c}_at_compute"]
+        out.append(group.assign(**values, budget_images=budget, run_status=group["status"], status="completed"))
     if not out:
         return trials.iloc[0:0].assign(**{column: [], "budget_images": [], "run_status": []})
     view = pd.concat(out)
-    return view[np.isfinite(view[column])]
+    view = view[np.isfinite(view[column])]
+    # Diverged runs stay in the view as they are, so that each level still counts its failures.
+    diverged = trials[(trials["status"].astype(str) == "diverged") & trials["experiment"].isin(view["experiment"])]
+    return pd.concat([view, diverged.assign(run_status=diverged["status"])], sort=False)
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
@@ -174,12 +223,29 @@ def percentile_ci(samples: np.ndarray, level: float = LEVEL, df: float | None = 
     return (float(lo), float(hi))
 
 
+def t_interval(value: float, se: float, df: float, level: float = LEVEL) -> tuple[float, float]:
+    """value -/+ t_{df} se: Student's interval; NaN when df < 1 or se is not finite."""
+    if not (np.isfinite(value) and np.isfinite(se) and np.isfinite(df) and df >= 1):
+        return (math.nan, math.nan)
+    half = float(scipy.stats.t.ppf(0.5 + level / 2.0, df)) * se
+    return (value - half, value + half)
+
+
+def t_pvalue(value: float, se: float, df: float) -> float:
+    """Two-sided p-value of value / se under Student's t with df degrees of freedom (NaN if undefined)."""
+    if not (np.isfinite(value) and np.isfinite(se) and np.isfinite(df) and df >= 1):
+        return math.nan
+    if se == 0:
+        return 0.0 if value != 0 else 1.0
+    return float(2.0 * scipy.stats.t.sf(abs(value) / se, df))
+
+
 def inflate(values: np.ndarray) -> np.ndarray:
     """Deviations from the mean scaled by sqrt(n / (n - 1)).
 
     Resampling n values with replacement gives means whose variance is (n - 1) / n times the unbiased
-    one; with 3-5 seeds per cell that alone makes 95% intervals cover about 90%. Resampling the
-    inflated values removes that factor (the variance-adjusted bootstrap).
+    one; resampling the inflated values removes that factor (the variance-adjusted bootstrap). Used
+    for curve minima, whose vertex has no closed-form interval.
     """
     values = np.asarray(values, dtype=float)
     if values.size < 2:
@@ -198,54 +264,108 @@ def resample_means(values, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     return values[idx].mean(axis=1)
 
 
+def mean_draws(values, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_draws,) draws of the mean of `values`: mean + s / sqrt(n) * T with T ~ Student t(n - 1).
+
+    Their percentiles are the t interval (they are the mean's posterior under the usual flat prior on
+    mean and log sd), so ranks and P(best) computed from them agree with the intervals beside them.
+    NaN with fewer than MIN_SEEDS finite values."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size < MIN_SEEDS:
+        return np.full(n_draws, math.nan)
+    se = values.std(ddof=1) / math.sqrt(values.size)
+    return values.mean() + se * rng.standard_t(values.size - 1, n_draws)
+
+
 @dataclass
 class Estimate:
-    """A point estimate, its bootstrap interval and the bootstrap replicates behind it."""
+    """A point estimate, its interval and draws behind it (bootstrap replicates or t draws)."""
 
     value: float
     lo: float
     hi: float
     samples: np.ndarray
-    df: float = math.nan  # degrees of freedom of the residual spread, for expanded intervals
+    df: float = math.nan  # degrees of freedom of the residual spread
+    n: int = 0  # finite values behind the estimate
 
     def contains(self, x: float) -> bool:
         return bool(self.lo <= x <= self.hi)
 
 
 def mean_ci(values, n_boot: int = N_BOOT, level: float = LEVEL, rng=None) -> Estimate:
-    """Mean of `values` with a percentile bootstrap interval."""
+    """Mean of `values` with Student's t interval (NaN ends with fewer than MIN_SEEDS values); samples
+    are mean_draws."""
     rng = np.random.default_rng(0) if rng is None else rng
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
-    samples = resample_means(values, n_boot, rng)
-    lo, hi = percentile_ci(samples, level, df=values.size - 1) if values.size > 1 else (math.nan, math.nan)
-    return Estimate(float(values.mean()) if values.size else math.nan, lo, hi, samples, values.size - 1)
+    n = values.size
+    mean = float(values.mean()) if n else math.nan
+    if n < MIN_SEEDS:
+        return Estimate(mean, math.nan, math.nan, np.full(n_boot, math.nan), math.nan, n)
+    lo, hi = t_interval(mean, values.std(ddof=1) / math.sqrt(n), n - 1, level)
+    return Estimate(mean, lo, hi, mean_draws(values, n_boot, rng), n - 1, n)
 
 
-def _local_quadratic_min(u: np.ndarray, m: np.ndarray, w: np.ndarray, window: int) -> tuple[float, bool]:
+def difference_stats(a: np.ndarray, b: np.ndarray, seeds_a=None, seeds_b=None) -> dict:
+    """mean(a) - mean(b) with its standard error and degrees of freedom.
+
+    Paired over seeds when both arms ran the same seeds once each (the seed then cancels what the two
+    runs share: data order, initialisation), else Welch's unequal-variance form. Returns value, se,
+    df (NaN when an arm has fewer than MIN_SEEDS values) and paired."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    value = float(a.mean() - b.mean()) if a.size and b.size else math.nan
+    if seeds_a is not None and seeds_b is not None:
+        sa, sb = list(seeds_a), list(seeds_b)
+        if len(set(sa)) == len(sa) == len(sb) == len(set(sb)) and set(sa) == set(sb) and len(sa) >= MIN_SEEDS:
+            order_b = {s: i for i, s in enumerate(sb)}
+            d = a - b[[order_b[s] for s in sa]]
+            return {"value": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(d.size)), "df": d.size - 1.0,
+                    "paired": True}
+    if min(a.size, b.size) < MIN_SEEDS:
+        return {"value": value, "se": math.nan, "df": math.nan, "paired": False}
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)) if va + vb > 0 else a.size + b.size - 2.0
+    return {"value": value, "se": se, "df": float(df), "paired": False}
+
+
+def pool_cells(cells: list[dict]) -> dict:
+    """Average of per-cell differences (difference_stats rows): value, se and Satterthwaite df."""
+    if not cells:
+        return {"value": math.nan, "se": math.nan, "df": math.nan}
+    k = len(cells)
+    value = float(np.mean([c["value"] for c in cells]))
+    var = [c["se"] ** 2 / k ** 2 for c in cells]
+    if not all(np.isfinite(var)):
+        return {"value": value, "se": math.nan, "df": math.nan}
+    total = sum(var)
+    df = total ** 2 / sum(v ** 2 / c["df"] for v, c in zip(var, cells)) if total > 0 else sum(c["df"] for c in cells)
+    return {"value": value, "se": math.sqrt(total), "df": float(df)}
+
+
+def _local_quadratic_min(u: np.ndarray, m: np.ndarray, w: np.ndarray, window: int) -> float:
     """Vertex of a weighted quadratic fitted to `window` points around the smallest mean.
 
     u: sorted abscissae (already transformed, e.g. log c), m: mean metric at each u, w: run counts.
-    Returns (u_star, at_edge). Falls back to the best point when the fit is not convex; the vertex is
-    kept inside the fitted window, so an optimum beyond the searched range is reported at its edge.
+    Falls back to the best point when the fit is not convex; the vertex is kept inside the fitted
+    window (a quadratic says nothing beyond its points).
     """
     ok = np.isfinite(m)
     u, m, w = u[ok], m[ok], w[ok]
     if u.size == 0:
-        return math.nan, False
+        return math.nan
     best = int(np.argmin(m))
-    at_edge = best == 0 or best == u.size - 1
     if u.size < 3:
-        return float(u[best]), at_edge
+        return float(u[best])
     width = min(max(window, 3), u.size)
     start = min(max(best - width // 2, 0), u.size - width)
     uu, mm, ww = u[start:start + width], m[start:start + width], w[start:start + width]
     centre = uu.mean()
     a, b, _ = np.polyfit(uu - centre, mm, 2, w=np.sqrt(ww))
     if not np.isfinite(a) or a <= 0:
-        return float(u[best]), at_edge
-    vertex = float(np.clip(-b / (2 * a) + centre, uu[0], uu[-1]))
-    return vertex, at_edge
+        return float(u[best])
+    return float(np.clip(-b / (2 * a) + centre, uu[0], uu[-1]))
 
 
 def default_window(num_values: int) -> int:
@@ -253,63 +373,123 @@ def default_window(num_values: int) -> int:
     return 3 if num_values <= 9 else int(math.ceil(num_values / 3))
 
 
+TWO_SIDED, BELOW, ABOVE, UNLOCATED = "two-sided", "below range", "above range", "not located"
+
+
 @dataclass
 class CurveMinimum(Estimate):
-    at_edge: bool = False  # the best grid point is the smallest or largest value searched
-    num_values: int = 0  # distinct x values
+    """Where a curve is lowest. value is the fitted vertex (NaN unless bound is TWO_SIDED); lo, hi bound
+    the optimum: for BELOW only hi is informative (lo is 0 on a log axis, -inf otherwise), for ABOVE
+    only lo. Interval ends that fall on tested values are those exact values."""
+
+    at_edge: bool = False  # the optimum may lie beyond the smallest or largest value searched
+    num_values: int = 0  # distinct x values, diverged ones included
     num_runs: int = 0
+    best_x: float = math.nan  # the tested value with the lowest mean (among levels without divergence)
+    bound: str = TWO_SIDED
+    vertex_far: bool = False  # the vertex sits in an untested gap far from the best tested value
+    tied: tuple = ()  # tested values whose mean is within the FD's standard error of the best
+    diverged_best: bool = False  # a level with divergence had the lowest survivor mean (it was not taken)
 
 
 def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float = LEVEL, window: int | None = None,
-                  rng=None) -> CurveMinimum:
-    """Where the mean of `y` is smallest as a function of `x`, with a bootstrap interval.
+                  rng=None, failed_x=(), tie: float = math.nan) -> CurveMinimum:
+    """Where the mean of `y` is smallest as a function of `x`, with an interval.
 
-    x, y: one entry per run (e.g. x = huber_c, y = final_fd of one seed). The mean of y is taken at
-    each distinct x; a quadratic in log x (or x) is fitted locally around the smallest mean and its
-    vertex is the estimate. Each bootstrap replicate resamples runs within each x value (or all runs
-    together when most x values have a single run, as with a random search) and repeats the fit.
+    x, y: one entry per completed run (e.g. x = huber_c, y = final_fd of one seed); failed_x: the x of
+    runs that diverged. A level (distinct x) with any divergence cannot be the best by its survivors:
+    it is a tested point with a bad outcome. The best tested level must have tested levels on both
+    sides (and so must every level tied with it within `tie`, the FD's standard error); otherwise the
+    answer is a one-sided bound (BELOW: the optimum is below the next tested value, ABOVE likewise),
+    with no point estimate. A two-sided minimum is refined by the vertex of a quadratic in log x (or x)
+    fitted locally around the best level; its interval is the hull of (a) the bootstrap interval of
+    the vertex, resampling runs within each level (or all runs together when most levels have a
+    single run, as with a random search), and (b) the tested neighbours of the best (and tied) levels,
+    which bracket the optimum of any curve with one minimum whatever its shape.
     """
     rng = np.random.default_rng(0) if rng is None else rng
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True)
     x, y = x[keep], y[keep]
-    u_all = np.log(x) if log_x else x
-    levels, inverse = np.unique(np.round(u_all, 9), return_inverse=True)
+    failed = np.asarray(failed_x, dtype=float)
+    failed = failed[np.isfinite(failed) & ((failed > 0) if log_x else True)]
+    empty = CurveMinimum(math.nan, math.nan, math.nan, np.array([]), math.nan, 0, bound=UNLOCATED)
+    if y.size == 0:
+        return empty
+    levels = np.unique(np.r_[x, failed])  # exact tested values
+    transform = np.log if log_x else (lambda v: v)
+    u = transform(levels)
+    inverse = np.searchsorted(levels, x)
     counts = np.bincount(inverse, minlength=levels.size).astype(float)
+    bad = np.isin(levels, failed)
     window = default_window(levels.size) if window is None else window
-    back = np.exp if log_x else (lambda v: v)
+    open_lo = 0.0 if log_x else -math.inf
 
-    def fit(index_of_run: np.ndarray, y_runs: np.ndarray) -> tuple[float, bool]:
+    def back(v: float) -> float:
+        # Exact tested value where the vertex sits on one (clipped to a window end), else exp/identity.
+        j = int(np.argmin(np.abs(u - v)))
+        return float(levels[j]) if abs(u[j] - v) <= 1e-9 * max(1.0, abs(v)) else float(np.exp(v) if log_x else v)
+
+    def level_means(index_of_run: np.ndarray, y_runs: np.ndarray) -> np.ndarray:
         sums = np.bincount(index_of_run, weights=y_runs, minlength=levels.size)
         n = np.bincount(index_of_run, minlength=levels.size).astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(n > 0, sums / np.maximum(n, 1), np.nan)
-        return _local_quadratic_min(levels, means, n, window)
+            return np.where(n > 0, sums / np.maximum(n, 1), np.nan), n
 
-    if y.size == 0:
-        return CurveMinimum(math.nan, math.nan, math.nan, np.array([]), math.nan, False, 0, 0)
-    u_star, at_edge = fit(inverse, y)
-    samples = np.empty(n_boot)
-    stratified = np.median(counts) >= 2
-    groups = [np.flatnonzero(inverse == j) for j in range(levels.size)]
+    def vertex(means: np.ndarray, n: np.ndarray) -> float:
+        ok = ~bad & np.isfinite(means)
+        return _local_quadratic_min(u[ok], means[ok], n[ok], window)
+
+    means, n = level_means(inverse, y)
+    candidates = np.flatnonzero(~bad & np.isfinite(means))
+    raw_best = int(np.nanargmin(means))
+    best = int(candidates[np.argmin(means[candidates])]) if candidates.size else -1
+    base = dict(num_values=int(levels.size), num_runs=int(y.size), diverged_best=bool(bad[raw_best]))
+    if best < 0:
+        return CurveMinimum(math.nan, math.nan, math.nan, np.array([]), math.nan, int(y.size), **base, bound=UNLOCATED)
+    margin = tie if np.isfinite(tie) and tie > 0 else 0.0
+    tied_idx = candidates[means[candidates] <= means[best] + margin]
+    first, last = int(tied_idx.min()), int(tied_idx.max())
+    best_x = float(levels[best])
+    tied = tuple(float(levels[j]) for j in tied_idx if j != best)
+    lo_edge, hi_edge = first == 0, last == levels.size - 1
+    if lo_edge or hi_edge:
+        bound = UNLOCATED if lo_edge and hi_edge else (BELOW if lo_edge else ABOVE)
+        lo = open_lo if lo_edge else float(levels[first - 1])
+        hi = math.inf if hi_edge else float(levels[last + 1])
+        return CurveMinimum(math.nan, lo, hi, np.array([]), math.nan, int(y.size), at_edge=True, best_x=best_x,
+                            bound=bound, tied=tied, **base)
+    u_star = vertex(means, n)
+    stratified = np.median(counts[counts > 0]) >= 2
+    groups = [np.flatnonzero(inverse == j) for j in range(levels.size) if counts[j] > 0]
+    y_boot = y.copy()
     if stratified:
-        y = y.copy()
         for g in groups:
-            y[g] = inflate(y[g])
+            y_boot[g] = inflate(y[g])
+    samples = np.empty(n_boot)
     for r in range(n_boot):
         if stratified:
             idx = np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
         else:
             idx = rng.integers(0, y.size, y.size)
-        samples[r] = fit(inverse[idx], y[idx])[0]
-    # Residual degrees of freedom behind the local fit: the spread within each x value of the window when
+        samples[r] = vertex(*level_means(inverse[idx], y_boot[idx]))
+    # Residual degrees of freedom behind the local fit: the spread within each level of the window when
     # seeds repeat, else the spread around the quadratic.
     width = min(max(window, 3), levels.size)
-    df = float(width * (np.median(counts) - 1)) if stratified else float(y.size - 3)
-    lo, hi = percentile_ci(samples, level, df=df)
-    return CurveMinimum(float(back(u_star)), float(back(lo)), float(back(hi)), back(samples), df, at_edge,
-                        int(levels.size), int(y.size))
+    df = float(width * (np.median(counts[counts > 0]) - 1)) if stratified else float(y.size - 3)
+    b_lo, b_hi = percentile_ci(samples, level, df=df)
+    lo = min(back(b_lo), float(levels[first - 1]))
+    hi = max(back(b_hi), float(levels[last + 1]))
+    # Far: the vertex lies nearer to the neighbouring tested value on its side than to the best run, or
+    # more than a factor 2 from it (log axis) / a tenth of the searched range (linear axis).
+    side = best + (1 if u_star > u[best] else -1)
+    far = math.log(2.0) if log_x else 0.1 * (u[-1] - u[0])
+    distance = abs(u_star - u[best])
+    vertex_far = bool(distance > 0.5 * abs(u[side] - u[best]) or distance > far)
+    value = back(u_star)
+    return CurveMinimum(value, lo, hi, np.array([back(v) for v in samples]), df, int(y.size), False, best_x=best_x,
+                        bound=TWO_SIDED, vertex_far=vertex_far, tied=tied, **base)
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -319,5 +499,8 @@ def fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def fmt_ci(est_value: float, lo: float, hi: float, digits: int = 3) -> str:
+def fmt_ci(est_value: float, lo: float, hi: float, digits: int = 3, n: int | None = None) -> str:
+    """"1.2 [0.9, 1.5]"; with n below MIN_SEEDS, "1.2 (n < 2: no interval)"."""
+    if n is not None and n < MIN_SEEDS:
+        return f"{fmt(est_value, digits)} (n < {MIN_SEEDS}: no interval)"
     return f"{fmt(est_value, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"

@@ -8,6 +8,7 @@ ConfigError naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,14 @@ def _choice(*allowed: str) -> dict:
 
 def _range(lo=None, hi=None, lo_open=False, hi_open=False) -> dict:
     return {"range": (lo, hi, lo_open, hi_open)}
+
+
+def _int_list(example: str) -> dict:
+    return {"example": example}
+
+
+# Side length of each data set when data.resolution is 0; "patches" has none and needs data.resolution.
+NATIVE_RESOLUTION = {"digits": 8, "cifar10": 32, "imagenet64": 64}
 
 
 @dataclass(frozen=True)
@@ -56,9 +65,12 @@ class NetworkConfig:
     """NCSN++-style U-Net. The tiny defaults train in seconds on a CPU; presets scale it up."""
 
     channels: int = field(default=32, metadata=_range(1))
-    channel_mult: tuple = (1, 2)
+    # One entry per U-Net level; level l works at resolution / 2^l, so the data resolution must divide by
+    # 2^(len(channel_mult) - 1).
+    channel_mult: tuple = field(default=(1, 2), metadata=_int_list("[1,2,2]"))
     num_blocks: int = field(default=1, metadata=_range(1))
-    attn_resolutions: tuple = ()
+    # Resolutions (pixels) of the levels that get self-attention; each must be one the network has.
+    attn_resolutions: tuple = field(default=(), metadata=_int_list("[16] or []"))
     dropout: float = field(default=0.3, metadata=_range(0.0, 1.0, hi_open=True))
     fourier_scale: float = field(default=0.02, metadata=_range(0.0, lo_open=True))
 
@@ -92,12 +104,25 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class CurriculumConfig:
+    """Discretization curriculum N(k) (ict_core.schedule). "adaptive" doubles N from s0 towards s1 whenever the
+    training loss stops improving within a stage (schedule.Curriculum); its four adaptive_* keys apply to it only."""
+
     shape: str = field(
         default="exponential",
-        metadata=_choice("exponential", "sqrt", "constant", "linear", "square", "cosine"),
+        metadata=_choice("exponential", "sqrt", "constant", "linear", "square", "cosine", "adaptive"),
     )
     s0: int = field(default=10, metadata=_range(1))
     s1: int = field(default=1280, metadata=_range(1))
+    # Steps averaged into one observation of the loss; 0 = total_steps // 200 (at least 1).
+    adaptive_every: int = field(default=0, metadata=_range(0))
+    # Observations in the window whose fitted slope of ln(loss) is tested (a stage lasts >= window x every steps).
+    adaptive_window: int = field(default=20, metadata=_range(2, 1000))
+    # Consecutive stalled windows before N doubles.
+    adaptive_patience: int = field(default=5, metadata=_range(1, 1000))
+    # A window is stalled when ln(loss) falls by less than this over it (0.1: less than about 10%). Chosen on
+    # digits preset, 1000 steps: 0.1 gave FD 16.3 / 26.4 (seeds 0 / 1) against the exponential curriculum's
+    # 18.8 / 25.2; 0.02 gave 33.8 (seed 0: N stayed 11 until step 705).
+    adaptive_threshold: float = field(default=0.1, metadata=_range(-1.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -195,18 +220,44 @@ def all_keys() -> list[str]:
     return keys
 
 
+# Names other trainers use for a field here, so that "optim.learning_rate" still finds "optim.lr".
+_NAME_ALIASES = {"learning_rate": "lr", "steps": "total_steps", "max_steps": "total_steps", "batch": "batch_size"}
+
+
+def suggest_keys(key: str, limit: int = 2) -> list[str]:
+    """Known dotted keys nearest to a mistyped one: the same field name in another section ("train.lr" ->
+    "optim.lr"), else the closest spellings of the field name (own section first), else of the whole key."""
+    keys = all_keys()
+    section, _, name = key.rpartition(".")
+    name = _NAME_ALIASES.get(name, name)
+    same = [k for k in keys if k.split(".", 1)[1] == name and k != key]
+    if same:
+        return same[:limit]
+    names = difflib.get_close_matches(name, {k.split(".", 1)[1] for k in keys}, n=limit, cutoff=0.7)
+    near = sorted((k for k in keys if k.split(".", 1)[1] in names),
+                  key=lambda k: (k.split(".", 1)[0] != section, names.index(k.split(".", 1)[1])))
+    own = [k for k in near if k.split(".", 1)[0] == section]
+    return (own or near)[:limit] or difflib.get_close_matches(key, keys, n=limit, cutoff=0.8)
+
+
+def _did_you_mean(key: str) -> str:
+    close = suggest_keys(key)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
 def _field_of(key: str):
     if "." not in key:
-        raise ConfigError(f"config key {key!r} must be dotted, like 'loss.huber_c'")
+        raise ConfigError(f"config key {key!r} must be dotted, like 'loss.huber_c'{_did_you_mean(key)}")
     section, name = key.split(".", 1)
     classes = _section_classes()
     if section not in classes:
-        raise ConfigError(f"unknown config section {section!r} in key {key!r}; allowed: {', '.join(classes)}")
+        raise ConfigError(f"unknown config section {section!r} in key {key!r}{_did_you_mean(key)} "
+                          f"(sections: {', '.join(classes)})")
     for f in fields(classes[section]):
         if f.name == name:
             return classes[section], f
     allowed = ", ".join(f"{section}.{f.name}" for f in fields(classes[section]))
-    raise ConfigError(f"unknown config key {key!r}; allowed in {section!r}: {allowed}")
+    raise ConfigError(f"unknown config key {key!r}{_did_you_mean(key)} (allowed in {section!r}: {allowed})")
 
 
 def _parse_scalar(text: str) -> Any:
@@ -221,6 +272,7 @@ def coerce(key: str, value: Any) -> Any:
     """Convert `value` to the type of `key` and check its allowed range or choices."""
     cls, f = _field_of(key)
     hint = get_type_hints(cls)[f.name]
+    given = value
     if isinstance(value, str) and hint is not str:
         value = _parse_scalar(value)
     optional = get_origin(hint) is not None and type(None) in get_args(hint)
@@ -247,13 +299,17 @@ def coerce(key: str, value: Any) -> Any:
                 raise ValueError
             value = float(value)
         elif base is tuple:
-            if isinstance(value, (int,)) and not isinstance(value, bool):
+            if isinstance(value, int) and not isinstance(value, bool):
                 value = (value,)
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            value = tuple(int(v) for v in value)
+            if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+                example = f.metadata.get("example", "[1,2]")
+                raise ConfigError(f"{key} must be a list of integers such as {example} (YAML list syntax; on the "
+                                  f"command line quote it: --set '{key}=[...]'), got {given!r}")
+            value = tuple(value)
         elif base is str:
             value = str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be of type {base.__name__}, got {value!r}") from None
     if base is float and not math.isfinite(value):
@@ -281,7 +337,9 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, Mapping) and dotted in SECTIONS:
             out.update(_flatten(value, dotted + "."))
         elif isinstance(value, Mapping) and not prefix:
-            raise ConfigError(f"unknown config section {key!r}; allowed: {', '.join(SECTIONS)}")
+            close = difflib.get_close_matches(str(key), list(SECTIONS), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config section {key!r}{hint} (allowed: {', '.join(SECTIONS)})")
         else:
             out[dotted] = value
     return out
@@ -363,21 +421,86 @@ def validate(cfg: Config) -> None:
     if cfg.data.name in ("cifar10", "imagenet64") and not cfg.data.path:
         raise ConfigError(f"data.path must name a local folder for data.name={cfg.data.name} (see README, Data sets)")
     _validate_measurement(cfg)
+    _validate_architecture(cfg)
+
+
+def data_resolution(cfg: Config) -> int:
+    """Side length of the training images in pixels: data.resolution, or the data set's native size if 0."""
+    return cfg.data.resolution or NATIVE_RESOLUTION[cfg.data.name]
+
+
+def network_resolutions(channel_mult, resolution: int) -> list[int]:
+    """The resolution of each U-Net level, top to bottom (network.py: level l works at resolution / 2^l)."""
+    return [resolution >> level for level in range(len(channel_mult))]
+
+
+def _validate_architecture(cfg: Config) -> None:
+    """The U-Net must fit the data: every level halves the resolution, and attention goes where a level is."""
+    net = cfg.network
+    resolution = data_resolution(cfg)
+    where = (f"{resolution} px (data.name={cfg.data.name}"
+             + (" at its native size)" if not cfg.data.resolution else f", data.resolution={resolution})"))
+    mult = "[" + ",".join(map(str, net.channel_mult)) + "]"
+    levels = len(net.channel_mult)
+    if resolution % 2 ** (levels - 1):
+        max_levels = 1
+        while resolution % 2 ** max_levels == 0:
+            max_levels += 1
+        raise ConfigError(
+            f"network.channel_mult={mult} has {levels} levels, each halving the resolution, so the data resolution "
+            f"must be divisible by 2^{levels - 1} = {2 ** (levels - 1)}; the data are {where}. Use at most {max_levels} levels "
+            f"here (e.g. network.channel_mult=[{','.join(map(str, net.channel_mult[:max_levels]))}]) or another "
+            f"data.resolution"
+        )
+    have = network_resolutions(net.channel_mult, resolution)
+    missing = [r for r in net.attn_resolutions if r not in have]
+    if missing:
+        listed = "[" + ",".join(map(str, net.attn_resolutions)) + "]"
+        raise ConfigError(
+            f"network.attn_resolutions={listed} names {', '.join(map(str, missing))} px, which the network does not "
+            f"have: at {where} with network.channel_mult={mult} its levels are {', '.join(map(str, have))} px. "
+            f"Pick from those, or [] for no attention"
+        )
 
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def preset_description(name: str) -> str:
+    """The comment lines at the top of a shipped preset, joined into one line."""
+    lines = []
+    for line in (PRESET_DIR / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
+
+
+def _is_path(name_or_path: str) -> bool:
+    return bool(Path(name_or_path).suffix) or "/" in name_or_path or "\\" in name_or_path
+
+
 def load_preset(name_or_path: str | None) -> Config:
-    """A preset is a YAML file of (nested or dotted) overrides on the defaults above."""
+    """A preset is a YAML file of (nested or dotted) overrides on the defaults above: a shipped preset's name
+    ("digits") or a path to a .yaml file."""
     if not name_or_path:
         return Config()
-    path = Path(name_or_path)
-    if not path.suffix:
+    if _is_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            what = "is a folder, not a .yaml file" if path.is_dir() else "does not exist"
+            shipped = path.stem if path.stem in list_presets() else None
+            hint = f"; the shipped preset of that name is --preset {shipped}" if shipped else ""
+            where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+            raise ConfigError(f"preset file {str(path)!r} {what}{where}{hint}")
+    else:
         path = PRESET_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(list_presets())} (or a path to a .yaml)")
+        if not path.exists():
+            close = difflib.get_close_matches(name_or_path, list_presets(), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown preset {name_or_path!r}; {hint}available: {', '.join(list_presets())} "
+                              f"(or a path to a .yaml file; --list-presets describes them)")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

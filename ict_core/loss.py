@@ -86,11 +86,13 @@ class ConsistencyLoss:
         self.sigma_min, self.sigma_max, self.rho = cfg.precond.sigma_min, cfg.precond.sigma_max, cfg.precond.rho
         self.total_steps = cfg.train.total_steps
         self.shape, self.s0, self.s1 = cfg.curriculum.shape, cfg.curriculum.s0, cfg.curriculum.s1
+        # The adaptive curriculum is stateful: the training loop feeds it (observe) and checkpoints it.
+        self.curriculum = schedule.curriculum_from_config(cfg.curriculum, cfg.train.total_steps)
         self._grids: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._device_grids: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def num_points(self, step: int) -> int:
-        return schedule.num_points(step, self.total_steps, self.shape, self.s0, self.s1)
+        return self.curriculum.num_points(step)
 
     def grid(self, num_points: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sigmas (N,), index probabilities (N-1,), weights lambda (N-1,)), float64 on the CPU, cached per N."""

@@ -9,7 +9,9 @@ import math
 
 import torch
 
-CURRICULUM_SHAPES = ("exponential", "sqrt", "constant", "linear", "square", "cosine")
+# Shapes that are functions of the step alone; "adaptive" also depends on the training signal (Curriculum).
+FIXED_CURRICULUM_SHAPES = ("exponential", "sqrt", "constant", "linear", "square", "cosine")
+CURRICULUM_SHAPES = FIXED_CURRICULUM_SHAPES + ("adaptive",)
 NOISE_SCHEDULES = ("lognormal", "uniform")
 WEIGHTINGS = ("ict", "uniform")
 
@@ -63,8 +65,11 @@ def num_points(step: int, total_steps: int, shape: str = "exponential", s0: int 
     constant: N = s1 + 1.
     linear / square / cosine: N = ceil(s0 + (s1 - s0) g(k/K)) + 1, g(u) = u, u^2, (1 - cos(pi u)) / 2.
     Steps past total_steps keep the final value.
+    The adaptive shape is not a function of k alone: see Curriculum.
     """
-    if shape not in CURRICULUM_SHAPES:
+    if shape == "adaptive":
+        raise ValueError("curriculum shape 'adaptive' depends on the training loss; use schedule.Curriculum")
+    if shape not in FIXED_CURRICULUM_SHAPES:
         raise ValueError(f"curriculum shape must be one of {', '.join(CURRICULUM_SHAPES)}; got {shape!r}")
     step = _check_int("step", step, 0)
     total_steps = _check_int("total_steps", total_steps, 1)
@@ -89,6 +94,123 @@ def num_points(step: int, total_steps: int, shape: str = "exponential", s0: int 
         return s0 + -(-(s1 - s0) * k * k // (total_steps * total_steps)) + 1
     g = (1.0 - math.cos(math.pi * k / total_steps)) / 2.0
     return int(math.ceil(s0 + (s1 - s0) * g - _CEIL_TOL)) + 1
+
+
+def adaptive_observe_every(total_steps: int, every: int = 0) -> int:
+    """Steps per observation of the adaptive curriculum: `every`, or total_steps // 200 (at least 1) when 0."""
+    every = _check_int("every", every, 0)
+    return every if every > 0 else max(1, _check_int("total_steps", total_steps, 1) // 200)
+
+
+def stalled(log_losses, threshold: float) -> bool:
+    """True when a window of log-losses has stopped falling: the least-squares line through them drops by less
+    than `threshold` over the window (a fraction of the loss, since ln L1 - ln L2 ~ (L1 - L2) / L). A rising
+    signal counts as stalled too."""
+    count = len(log_losses)
+    if count < 2:
+        raise ValueError(f"a slope needs at least 2 observations, got {count}")
+    mean_x = (count - 1) / 2.0
+    mean_y = sum(log_losses) / count
+    cov = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(log_losses))
+    var = sum((i - mean_x) ** 2 for i in range(count))
+    drop = -(cov / var) * (count - 1)  # fitted decrease of ln L from the window's first to its last observation
+    return drop < threshold
+
+
+class Curriculum:
+    """N(k) of one run: one of the fixed shapes of num_points(), or "adaptive".
+
+    adaptive (beyond the paper): N starts at s0 + 1 and doubles, as in iCT's exponential curriculum
+    (N = min(s0 2^j, s1) + 1 in stage j), but a stage ends when the training loss stops improving instead of
+    after a fixed K' steps. Every `every` steps the loop passes the mean loss of those steps to observe(); once a
+    stage holds `window` observations, the window's fitted drop of ln L (stalled()) is compared with `threshold`,
+    and after `patience` stalled observations in a row the next stage starts. Log-losses are compared only within a
+    stage: the iCT loss changes scale when N doubles (lambda = 1/(sigma_{i+1} - sigma_i) roughly doubles while the
+    teacher-student distance shrinks), so the window restarts empty at each stage.
+
+    The state (stage start steps, the current window, the stall count) goes into checkpoints through state_dict();
+    under DDP every rank must observe the same (all-reduced) loss so that N(k) stays identical on all ranks.
+    """
+
+    def __init__(self, shape: str = "exponential", s0: int = 10, s1: int = 1280, total_steps: int = 1,
+                 every: int = 0, window: int = 20, patience: int = 5, threshold: float = 0.1):
+        if shape not in CURRICULUM_SHAPES:
+            raise ValueError(f"curriculum shape must be one of {', '.join(CURRICULUM_SHAPES)}; got {shape!r}")
+        self.shape = shape
+        self.s0, self.s1 = _check_int("s0", s0, 1), _check_int("s1", s1, 1)
+        if self.s1 < self.s0:
+            raise ValueError(f"s1 must be >= s0, got s0={s0}, s1={s1}")
+        self.total_steps = _check_int("total_steps", total_steps, 1)
+        self.every = adaptive_observe_every(self.total_steps, every)
+        self.window = _check_int("window", window, 2)
+        self.patience = _check_int("patience", patience, 1)
+        if not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        self.threshold = float(threshold)
+        self.stage_starts = [0]  # step at which stage j began
+        self.recent: list[float] = []  # ln(mean loss) of this stage's last `window` observations
+        self.stalls = 0
+
+    @property
+    def adaptive(self) -> bool:
+        return self.shape == "adaptive"
+
+    @property
+    def last_stage(self) -> int:
+        """Index of the stage that reaches s1: ceil(log2(s1 / s0))."""
+        stage = 0
+        while self.s0 * 2**stage < self.s1:
+            stage += 1
+        return stage
+
+    def num_points(self, step: int) -> int:
+        """N(k) at step k; for the adaptive shape, of the stage step k belongs to as observed so far."""
+        if not self.adaptive:
+            return num_points(step, self.total_steps, self.shape, self.s0, self.s1)
+        step = _check_int("step", step, 0)
+        stage = sum(1 for start in self.stage_starts if start <= step) - 1
+        return min(self.s0 * 2**stage, self.s1) + 1
+
+    def observe(self, step: int, mean_loss: float) -> bool:
+        """Feed the mean training loss of the `every` steps before `step` (= steps done). True when N doubled:
+        the new stage starts at `step`. No-op for the fixed shapes; non-finite or non-positive losses are ignored."""
+        if not self.adaptive:
+            return False
+        step = _check_int("step", step, 0)
+        if step < self.stage_starts[-1]:
+            raise ValueError(f"observe() at step {step} before the current stage began (step {self.stage_starts[-1]})")
+        if len(self.stage_starts) - 1 >= self.last_stage:
+            return False
+        mean_loss = float(mean_loss)
+        if not (math.isfinite(mean_loss) and mean_loss > 0):
+            return False
+        self.recent = (self.recent + [math.log(mean_loss)])[-self.window:]
+        if len(self.recent) < self.window:
+            return False
+        self.stalls = self.stalls + 1 if stalled(self.recent, self.threshold) else 0
+        if self.stalls < self.patience:
+            return False
+        self.stage_starts.append(step)
+        self.recent, self.stalls = [], 0
+        return True
+
+    def state_dict(self) -> dict:
+        return {"shape": self.shape, "stage_starts": list(self.stage_starts), "recent": list(self.recent),
+                "stalls": self.stalls}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("shape") != self.shape:
+            raise ValueError(f"curriculum state is for shape {state.get('shape')!r}, this run uses {self.shape!r}")
+        self.stage_starts = [int(s) for s in state["stage_starts"]]
+        self.recent = [float(v) for v in state["recent"]]
+        self.stalls = int(state["stalls"])
+
+
+def curriculum_from_config(curriculum_cfg, total_steps: int) -> Curriculum:
+    """A Curriculum from ict_core.config's CurriculumConfig (duck-typed: schedule.py imports no config)."""
+    c = curriculum_cfg
+    return Curriculum(c.shape, c.s0, c.s1, total_steps, every=c.adaptive_every, window=c.adaptive_window,
+                      patience=c.adaptive_patience, threshold=c.adaptive_threshold)
 
 
 def index_probs(sigmas: torch.Tensor, kind: str = "lognormal", p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:

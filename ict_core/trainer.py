@@ -11,6 +11,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -293,6 +295,7 @@ class Evaluator:
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 samples = self._one_step(net, seed)
+                two = None
                 if cfg.loss.objective == "diffusion":
                     out["fd_2step"] = float("nan")
                 else:
@@ -304,7 +307,7 @@ class Evaluator:
                 out["fd_se"] = self.metrics.frechet_distance_se(feats, self.ref_mu, self.ref_sigma, seed=seed)
                 out["fd_student"] = (self._fd(self._features(self._one_step(student, seed)))
                                      if student is not None else float("nan"))
-                out["kid"] = float(self.metrics.kid(feats, self.ref_feats, num_subsets=_KID_SUBSETS))
+                out["kid"] = float(self.metrics.kid_reported(feats, self.ref_feats, num_subsets=_KID_SUBSETS))
                 out["nn_dist"] = float(
                     self.metrics.nearest_neighbor_distance(samples, self.dataset.train.to(samples.device)).mean()
                 )
@@ -312,21 +315,39 @@ class Evaluator:
                 out["loss_train"] = self._probe_loss(net, self.probe_train, step, seed + 2)
                 out["loss_heldout"] = self._probe_loss(net, self.probe_heldout, step, seed + 2)
                 if sample_path is not None and cfg.eval.grid:
-                    sample_path.parent.mkdir(parents=True, exist_ok=True)
-                    self.metrics.save_grid(samples[:64].cpu(), sample_path)
+                    self.metrics.save_sample_grid(_grid_panels(cfg, samples, two), sample_path,
+                                                  title=f"step {step}/{cfg.train.total_steps}, EMA network")
         finally:
             for m, mode in zip(nets, was_training):
                 m.train(mode)
         return out
 
 
+def _grid_panels(cfg: Config, samples: torch.Tensor, two_step: torch.Tensor | None, count: int = 64) -> dict:
+    """The panels of an evaluation's sample grid: one-step and two-step samples side by side, or the diffusion
+    sampler's."""
+    if two_step is None:
+        return {f"Heun sampler, {cfg.eval.diffusion_steps} steps": samples[:count].cpu()}
+    return {"1 step": samples[:count].cpu(), f"2 steps (sigma_mid {cfg.eval.sigma_mid:g})": two_step[:count].cpu()}
+
+
 # ---- the loop ------------------------------------------------------------------------------------
+class _StopRequest:
+    """Set by the SIGINT/SIGTERM handler that train(handle_signals=True) installs; the loop checks it after each
+    step, writes a checkpoint and ends the run with status "interrupted"."""
+
+    def __init__(self):
+        self.signal: str | None = None
+
+
 class _Run:
     """State of one training run; `train()` is the public entry point."""
 
-    def __init__(self, cfg: Config, report: Report | None, run_dir, resume_from):
+    def __init__(self, cfg: Config, report: Report | None, run_dir, resume_from, stop: _StopRequest | None = None):
         from .data import load_dataset
 
+        self.stop = stop or _StopRequest()
+        self.events = None
         self.t_start = time.time()
         self.rank, self.world_size = _dist_info()
         self.is_main = self.rank == 0
@@ -359,14 +380,13 @@ class _Run:
                 run_dir = tempfile.mkdtemp(prefix="ict-run-")
         self.run_dir = Path(run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
-        if self.is_main:
-            self.ckpt_root.mkdir(parents=True, exist_ok=True)
         # Decided once at start, so every rank of the first attempt exits and no rank of a restart does.
         self.fault_armed = tcfg.fault_step >= 0 and not (self.run_dir / FAULT_MARKER).exists()
 
         self._build_model()
         self._build_loss()
         self._build_batches()
+        self._build_curriculum()
 
         self.step = 0
         self.images_seen = 0
@@ -380,7 +400,8 @@ class _Run:
         self.evaluator: Evaluator | None = None  # built at the first evaluation (trains or loads the feature net)
 
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            # The run folder appears only once the model and data are built, so a setup error leaves none behind.
+            self.ckpt_root.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / "config.json")
             _write_json(self.run_dir / "provenance.json", provenance.collect(self.device, self.world_size))
             if resume_from is None:
@@ -389,6 +410,9 @@ class _Run:
             else:
                 for name in ("metrics.jsonl", "evals.jsonl"):
                     _truncate_jsonl(self.run_dir / name, self.step)
+            from .events import EventLog
+
+            self.events = EventLog(self.run_dir, resume_step=self.step if resume_from is not None else None)
 
     # -- setup --
     def _build_model(self) -> None:
@@ -437,6 +461,27 @@ class _Run:
         else:
             self.loss_fn = loss_mod.ConsistencyLoss(cfg, self.dataset.dim)
 
+    def _build_curriculum(self) -> None:
+        """The adaptive curriculum (schedule.Curriculum) is fed the mean loss of every `every` steps; None otherwise."""
+        curriculum = getattr(self.loss_fn, "curriculum", None)
+        self.curriculum = curriculum if curriculum is not None and curriculum.adaptive else None
+        self.curriculum_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.curriculum_count = 0
+
+    def _feed_curriculum(self, loss: torch.Tensor) -> None:
+        """Accumulate this step's loss; at every `every`-th step hand the mean over all ranks to the curriculum.
+        Rank 0's value is broadcast so that every rank takes the same decision and N(k) stays the same on all."""
+        self.curriculum_sum += loss
+        self.curriculum_count += 1
+        if self.step % self.curriculum.every:
+            return
+        mean = _all_reduce_mean(self.curriculum_sum / max(self.curriculum_count, 1), self.world_size)
+        mean = _broadcast_floats([float(mean)], self.device, self.world_size)[0]
+        self.curriculum_sum.zero_()
+        self.curriculum_count = 0
+        if self.curriculum.observe(self.step, mean) and self.is_main:
+            print(f"[ict] step {self.step}: loss stalled, N(k) -> {self.curriculum.num_points(self.step)}", flush=True)
+
     def _build_batches(self) -> None:
         seed = self.cfg.train.seed
         # One generator for the GLOBAL batch, identical on every rank; each rank keeps its slice. Hence
@@ -478,12 +523,9 @@ class _Run:
         return self.loss_fn(self.student, x, self.step, teacher=teacher, **extra)
 
     def _num_points(self, step: int) -> int:
-        from . import schedule
-
         if self.cfg.loss.objective == "diffusion":
             return 0  # no discretization curriculum; 0 marks "not applicable" in the int column
-        c = self.cfg.curriculum
-        return int(schedule.num_points(step, self.cfg.train.total_steps, c.shape, c.s0, c.s1))
+        return int(self.loss_fn.num_points(step))
 
     # -- checkpoints --
     def _rng_state(self) -> dict:
@@ -514,6 +556,7 @@ class _Run:
             "noise_generator": self.noise_gen.get_state() if self.noise_gen is not self.batch_gen else None,
             "last_eval": self.last_eval,
             "best_fd": self.best_fd,
+            "curriculum": self._curriculum_state(),
             "world_size": self.world_size,
             "config": self.cfg.to_dict(),
         }
@@ -532,6 +575,21 @@ class _Run:
             shutil.rmtree(old, ignore_errors=True)
         return str(final)
 
+    def _curriculum_state(self) -> dict | None:
+        if self.curriculum is None:
+            return None
+        return {**self.curriculum.state_dict(), "pending_sum": self.curriculum_sum.item(),
+                "pending_count": self.curriculum_count}
+
+    def _load_curriculum_state(self, state: dict | None, ckpt_dir: Path) -> None:
+        if self.curriculum is None:
+            return
+        if state is None:
+            raise ConfigError(f"checkpoint {ckpt_dir} has no adaptive curriculum state but curriculum.shape=adaptive")
+        self.curriculum.load_state_dict(state)
+        self.curriculum_sum.fill_(float(state["pending_sum"]))
+        self.curriculum_count = int(state["pending_count"])
+
     def _load_checkpoint(self, ckpt_dir: Path) -> None:
         # On the CPU first: generator states must stay CPU ByteTensors; load_state_dict moves weights and
         # optimizer moments to the parameters' device.
@@ -548,6 +606,7 @@ class _Run:
         self.elapsed_before = float(state["elapsed_s"])
         self.last_eval = dict(state.get("last_eval") or self.last_eval)
         self.best_fd = float(state.get("best_fd", float("nan")))
+        self._load_curriculum_state(state.get("curriculum"), ckpt_dir)
         self.batch_gen.set_state(state["batch_generator"])
         if state.get("noise_generator") is not None and self.noise_gen is not self.batch_gen:
             self.noise_gen.set_state(state["noise_generator"].cpu())
@@ -593,11 +652,21 @@ class _Run:
                 self.evaluator = Evaluator(self.cfg, self.dataset, self.device, self.loss_fn)
             result = self.evaluator(self.ema, self.step, path, student=self.model)
             values = [float(result[k]) for k in _EVAL_FLOAT_KEYS]
+            self._log_events("eval", result, path)
         values = _broadcast_floats(values, self.device, self.world_size)
         self.last_eval = dict(zip(_EVAL_FLOAT_KEYS, values))
         fd = self.last_eval["fd"]
         if math.isfinite(fd) and not fd >= self.best_fd:
             self.best_fd = fd
+
+    def _log_events(self, group: str, values: dict, image: Path | None = None) -> None:
+        """TensorBoard on rank 0: every numeric value given, and the sample grid if one was written."""
+        if self.events is None:
+            return
+        self.events.scalars(group, values, self.step)
+        if image is not None:
+            self.events.image("samples", image, self.step)
+            self.events.flush()
 
     def _report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         if self.report_fn is not None:
@@ -661,6 +730,8 @@ class _Run:
                 f"steps {self.step}->{total}, batch {tcfg.batch_size}, run {self.run_dir}",
                 flush=True,
             )
+            if self.events is not None and self.events.active:
+                print(f"[ict] watch it: tensorboard --logdir {self.run_dir}", flush=True)
 
         while self.step < total:
             loss, info = self.train_step()
@@ -682,6 +753,8 @@ class _Run:
 
             if (self.step % check_every == 0 or is_eval or is_ckpt or is_log) and self._diverged(report_sum):
                 return self._finish_diverged()
+            if self.curriculum is not None:
+                self._feed_curriculum(done_loss)
 
             if is_log:
                 mean_loss = float(_all_reduce_mean(log_sum / log_count, self.world_size))
@@ -693,6 +766,7 @@ class _Run:
                            "images_per_s": ips, "images_seen": self.images_seen, "elapsed_s": self._elapsed(),
                            "lr": self.optimizer.param_groups[0]["lr"]}
                     _append_jsonl(self.run_dir / "metrics.jsonl", row)
+                    self._log_events("train", {k: row[k] for k in ("loss", "num_points", "images_per_s", "lr")})
                     eta = (total - self.step) * tcfg.batch_size / max(ips, 1e-9)
                     print(f"[ict] step {self.step}/{total}  N(k) {row['num_points']}  loss {mean_loss:.4g}  "
                           f"{ips:.0f} img/s  ETA {_fmt_s(eta)}", flush=True)
@@ -712,14 +786,28 @@ class _Run:
                     _append_jsonl(self.run_dir / "evals.jsonl", metrics)
                     print(f"[ict] eval step {self.step}: fd {metrics['fd']:.4g} +- {metrics['fd_se']:.2g}  "
                           f"fd_student {metrics['fd_student']:.4g}  fd_2step {metrics['fd_2step']:.4g}  "
-                          f"kid {metrics['kid']:.4g}  loss_train {metrics['loss_train']:.4g}  "
+                          f"kid(x1e3) {metrics['kid']:.4g}  loss_train {metrics['loss_train']:.4g}  "
                           f"loss_heldout {metrics['loss_heldout']:.4g}", flush=True)
                 ckpt_dir = self._save_checkpoint()
                 self._report(metrics, ckpt_dir)
                 self.final_metrics = metrics
                 t_log, step_log = time.time(), self.step  # evaluation time is not training throughput
 
+            if self.stop.signal is not None and not is_final:
+                if self._diverged(report_sum):
+                    return self._finish_diverged()
+                return self._finish_interrupted(report_sum, report_count, saved=is_eval or is_ckpt)
+
         return self._summary("completed")
+
+    def _finish_interrupted(self, report_sum: torch.Tensor, report_count: int, saved: bool) -> dict:
+        """A stop signal: keep a checkpoint of this step (unless one was just written) and end the run."""
+        mean_loss = float(_all_reduce_mean(report_sum / report_count, self.world_size)) if report_count else float("nan")
+        metrics = self._metrics(mean_loss, "interrupted")
+        if not saved:
+            self._save_checkpoint()
+        self.final_metrics = metrics
+        return self._summary("interrupted", signal=self.stop.signal)
 
     def _finish_diverged(self) -> dict:
         self.last_eval = {k: float("nan") for k in _EVAL_FLOAT_KEYS}
@@ -732,7 +820,7 @@ class _Run:
         self.final_metrics = metrics
         return self._summary("diverged")
 
-    def _summary(self, status: str) -> dict:
+    def _summary(self, status: str, **extra) -> dict:
         summary = {
             **self.final_metrics,
             "status": status,
@@ -743,6 +831,7 @@ class _Run:
             "device": self.device.type,
             "num_params": self.num_params,
             "config": self.cfg.flat(),
+            **extra,
         }
         summary.pop("evaluated", None)
         if self.is_main:
@@ -757,18 +846,60 @@ def _fmt_s(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def train(cfg: Config, report: Report | None = None, run_dir=None, resume_from=None) -> dict:
+class _StopOnSignals:
+    """While active, SIGINT and SIGTERM ask the loop to stop after the current step (a checkpoint, then status
+    "interrupted"); a second SIGINT raises KeyboardInterrupt at once. Signal handlers exist only in the main
+    thread of a process, so elsewhere (a Ray Train worker's training thread) this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, stop: _StopRequest, enabled: bool):
+        self.stop = stop
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.stop.signal is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.stop.signal = name
+        more = " (Ctrl-C again quits without one)" if signum == signal.SIGINT else ""
+        print(f"\n[ict] {name} received: stopping after this step to write a checkpoint{more}", flush=True)
+
+    def __enter__(self) -> "_StopOnSignals":
+        if self.enabled:
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: Config, report: Report | None = None, run_dir=None, resume_from=None,
+          handle_signals: bool = False) -> dict:
     """Train one model and return its summary (the last report's metrics plus best_fd, wall_s, run_dir, ...).
 
     report(metrics, checkpoint_dir) is called on every rank at each evaluation (eval.every steps and the final
     step) and at each train.checkpoint_every step; checkpoint_dir is set on rank 0 only. resume_from is a
     checkpoint folder or a run folder (its newest checkpoint) and continues bitwise on the same hardware.
-    A non-finite loss ends the run with status "diverged" instead of raising.
+    A non-finite loss ends the run with status "diverged" instead of raising. With handle_signals (one process,
+    main thread: the command line) SIGINT/SIGTERM end the run after the current step with a checkpoint and
+    status "interrupted"; the summary's "signal" names the signal.
     """
     if not isinstance(cfg, Config):
         raise ConfigError(f"train() needs an ict_core.config.Config, got {type(cfg).__name__}")
-    run = _Run(cfg, report, run_dir, resume_from)
-    if run.step >= cfg.train.total_steps:
-        run.final_metrics = run._metrics(float("nan"), "completed")
-        return run._summary("completed")
-    return run.run()
+    stop = _StopRequest()
+    with _StopOnSignals(stop, handle_signals and _dist_info()[1] == 1):
+        run = _Run(cfg, report, run_dir, resume_from, stop)
+        try:
+            if run.step >= cfg.train.total_steps:
+                run.final_metrics = run._metrics(float("nan"), "completed")
+                return run._summary("completed")
+            return run.run()
+        finally:
+            if run.events is not None:
+                run.events.close()

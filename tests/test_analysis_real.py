@@ -22,7 +22,7 @@ STEPS, EVERY, BATCH = 20, 10, 32
 SPACE = """name: analysis_real
 fixed: {{data.name: digits, network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,
         train.total_steps: {steps}, train.batch_size: {batch}, optim.lr: 1.0e-3, train.ema_rate: 0.9,
-        train.log_every: 1000, eval.every: {every}, eval.num_samples: 100, eval.grid: false,
+        train.log_every: 1000, eval.every: {every}, eval.num_samples: 100, eval.grid: true,
         eval.cache_dir: "{cache}"}}
 points:
   - {{loss.teacher: none}}
@@ -88,3 +88,20 @@ def test_report_on_a_real_search(real_experiment, tmp_path):
     assert "4 completed, 0 pruned, 2 diverged, 0 errored" in text
     assert (tmp_path / "report" / "ablations.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "ablations.csv").exists()
+    # Sample grids: the real run folders' final grids when trials.parquet names them, else a plain "none".
+    trials = load_results(real_experiment).trials
+    if "run_dir" in trials.columns and trials["run_dir"].notna().any():
+        links = [c.split("](")[1].split(")")[0] for line in text.splitlines() if line.startswith("| samples")
+                 for c in line.split("![")[1:]]
+        assert len(links) == 2  # best and worst of the two configurations that did not diverge
+        from PIL import Image
+        assert all(Image.open(tmp_path / "report" / link).size[0] > 8 for link in links)
+    else:
+        assert "No sample grids are available" in text
+    # The rebuilt study reaches the journal: two completed configurations (too few to rank) and the one
+    # whose runs diverged as FAIL.
+    from analysis.importance import JOURNAL_FILE, load_journal
+    (study,) = load_journal(real_experiment / JOURNAL_FILE).values()
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert "importances need at least" in text

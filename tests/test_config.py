@@ -15,6 +15,9 @@ from ict_core.config import (
     load_config,
     load_preset,
     noise_distribution,
+    network_resolutions,
+    preset_description,
+    suggest_keys,
 )
 
 EXPECTED_PRESETS = {"digits", "tiny", "patches", "digits_diffusion", "ct_baseline", "cifar10", "cifar10_deep", "imagenet64"}
@@ -132,3 +135,107 @@ def test_malformed_and_unknown_presets(tmp_path):
         load_preset(str(bad_key))
     with pytest.raises(ConfigError, match="unknown preset 'nope'.*digits"):
         load_preset("nope")
+
+
+# ---- architecture against the data, as the trainer will build it ------------------------------------------------
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        # 5 levels need a resolution divisible by 16; digits are 8 px.
+        (["network.channel_mult=[1,2,2,2,2]"], ["network.channel_mult=[1,2,2,2,2]", "2^4 = 16", "8 px",
+                                              "data.name=digits", "at most 4 levels", "[1,2,2,2]"]),
+        (["data.name=patches", "data.resolution=16", "network.channel_mult=[1,1,1,1,1,1]"],
+         ["2^5 = 32", "16 px", "data.resolution=16", "at most 5 levels"]),
+        (["network.attn_resolutions=[3]"], ["network.attn_resolutions=[3]", "3 px", "levels are 8, 4 px", "[]"]),
+        (["network.attn_resolutions=[4,16]"], ["16 px", "levels are 8, 4 px"]),
+        (["data.name=patches", "data.resolution=32", "network.channel_mult=[1,2]", "network.attn_resolutions=[8]"],
+         ["8 px", "levels are 32, 16 px"]),
+    ],
+)
+def test_architecture_that_does_not_fit_the_data_is_a_config_error(overrides, words):
+    with pytest.raises(ConfigError) as info:
+        load_config("digits", overrides)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def test_architectures_that_fit_are_accepted_and_match_the_network():
+    from ict_core.network import build_network
+
+    for data, mult, attn in [({}, (1, 2, 2, 2), (8, 1)), ({"data.name": "patches", "data.resolution": 16}, (1, 2, 2), (8,)),
+                             ({"data.name": "patches", "data.resolution": 64}, (1, 1, 2, 2), (16,))]:
+        cfg = load_config("digits", {**data, "network.channel_mult": list(mult), "network.attn_resolutions": list(attn),
+                                     "network.channels": 4})
+        resolution = cfg.data.resolution or 8
+        assert network_resolutions(mult, resolution)[-1] == resolution // 2 ** (len(mult) - 1)
+        # The network accepts it and has one attention layer per block at the listed levels, plus the bottleneck's.
+        net = build_network(cfg, 3 if data else 1, resolution).backbone
+        levels = network_resolutions(mult, resolution)
+        expected = sum((1 + 2) for r in levels if r in attn) + 1  # num_blocks=1 down, 2 up, 1 in the middle
+        assert sum(type(m).__name__ == "Attention" for m in net.modules()) == expected, (data, mult, attn)
+    assert load_preset("cifar10").network.attn_resolutions == (16,)
+
+
+# ---- errors that teach ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "override, suggestion",
+    [
+        ("train.lr=1e-3", "did you mean optim.lr?"),  # the right name in the wrong section
+        ("lr=1e-3", "did you mean optim.lr?"),
+        ("network.dropuot=0.1", "did you mean network.dropout?"),
+        ("optim.learning_rate=1e-3", "did you mean optim.lr?"),
+        ("optimizer.lr=1e-3", "did you mean optim.lr?"),
+        ("data.nmae=digits", "did you mean data.name?"),
+    ],
+)
+def test_unknown_keys_suggest_the_nearest_known_key(override, suggestion):
+    with pytest.raises(ConfigError) as info:
+        load_config("tiny", [override])
+    assert suggestion in str(info.value)
+
+
+def test_suggestions_stay_quiet_when_nothing_is_close():
+    assert suggest_keys("loss.zzzzzz") == []
+    with pytest.raises(ConfigError) as info:
+        load_config("tiny", ["loss.zzzzzz=1"])
+    assert "did you mean" not in str(info.value) and "loss.huber_c" in str(info.value)
+    with pytest.raises(ConfigError, match="unknown config section 'optimizer'; did you mean 'optim'"):
+        load_config("tiny", {"optimizer": {"lr": 1e-3}})
+
+
+@pytest.mark.parametrize("value", ["1,2,2", "abc", "[1, 2.5]", "[true]"])
+def test_list_values_show_the_accepted_syntax(value):
+    with pytest.raises(ConfigError) as info:
+        load_config("tiny", [f"network.channel_mult={value}"])
+    message = str(info.value)
+    assert "network.channel_mult must be a list of integers such as [1,2,2]" in message
+    assert "--set 'network.channel_mult=[...]'" in message and f"got {value!r}" in message
+
+
+def test_list_values_in_accepted_forms():
+    assert load_config("tiny", ["network.channel_mult=[1, 2]"]).network.channel_mult == (1, 2)
+    assert load_config("tiny", ["network.channel_mult=2"]).network.channel_mult == (2,)
+    assert load_config("tiny", ["network.attn_resolutions=[]"]).network.attn_resolutions == ()
+
+
+def test_preset_paths_and_names_that_do_not_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"preset file 'no/such\.yaml' does not exist \(looked in "):
+        load_preset("no/such.yaml")
+    with pytest.raises(ConfigError, match="preset file 'digits.yaml' does not exist.*--preset digits"):
+        load_preset("digits.yaml")
+    with pytest.raises(ConfigError, match="is a folder, not a .yaml file"):
+        load_preset(str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown preset 'digts'; did you mean 'digits'"):
+        load_preset("digts")
+    (tmp_path / "mine.yaml").write_text("train:\n  total_steps: 7\n")
+    assert load_preset("mine.yaml").train.total_steps == 7
+
+
+def test_every_preset_has_a_description():
+    for name in list_presets():
+        text = preset_description(name)
+        assert len(text) > 20 and "#" not in text, (name, text)
+    assert preset_description("digits").startswith("The main CPU job")

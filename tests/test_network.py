@@ -109,8 +109,9 @@ def test_precond_bad_kind():
     (3, 64, (1, 1, 2, 2), (16,)),
 ])
 def test_unet_forward_shapes(in_channels, resolution, channel_mult, attn):
+    data = {"data.name": "patches", "data.resolution": resolution} if in_channels == 3 else {}
     cfg = load_config(overrides={"network.channels": 8, "network.channel_mult": list(channel_mult),
-                                 "network.attn_resolutions": list(attn), "network.num_blocks": 1})
+                                 "network.attn_resolutions": list(attn), "network.num_blocks": 1, **data})
     net = _randomize_(build_network(cfg, in_channels, resolution))
     x = torch.randn(2, in_channels, resolution, resolution)
     out = net(x, torch.tensor([0.1, 10.0]))
@@ -197,7 +198,8 @@ def test_unet_bad_resolution_and_build_kind():
 # ---- size of the paper's network ------------------------------------------------------------------------------
 
 def _paper_count(num_blocks):
-    cfg = load_config(overrides={"network.channels": 128, "network.channel_mult": [2, 2, 2],
+    cfg = load_config(overrides={"data.name": "patches", "data.resolution": 32,
+                                 "network.channels": 128, "network.channel_mult": [2, 2, 2],
                                  "network.num_blocks": num_blocks, "network.attn_resolutions": [16],
                                  "network.dropout": 0.3})
     with torch.device("meta"):

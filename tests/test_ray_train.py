@@ -188,6 +188,11 @@ def test_two_workers_match_one_worker_survive_a_fault_and_resume(local_ray, tmp_
     assert (run_dir / ".fault_injected").read_text().startswith("fault injected at step 5")
     assert [row["step"] for row in _read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert [row["step"] for row in _read_jsonl(run_dir / "evals.jsonl")] == [6]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))  # rank 0 writes them, as in a one-process run
+    events.Reload()
+    assert events.Scalars("train/loss")[-1].step == 6 and [e.step for e in events.Scalars("eval/fd")] == [6]
     starts = _read_jsonl(run_dir / WORKERS_FILE)
     assert len(starts) == 4, "two ranks, started twice"
     assert {w["pid"] for w in starts[:2]}.isdisjoint({w["pid"] for w in starts[2:]}), "workers were not replaced"

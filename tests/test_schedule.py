@@ -100,7 +100,7 @@ def test_linear_square_cosine_edges_and_midpoints():
     assert [num_points(k, 30, "linear", 10, 40) for k in (0, 7, 29, 30)] == [11, 18, 40, 41]
 
 
-@pytest.mark.parametrize("shape", schedule.CURRICULUM_SHAPES)
+@pytest.mark.parametrize("shape", schedule.FIXED_CURRICULUM_SHAPES)
 def test_curricula_monotone_and_bounded(shape):
     s0, s1, total = (2, 150, 997) if shape == "sqrt" else (10, 1280, 997)
     values = [num_points(k, total, shape, s0, s1) for k in range(0, total + 5)]
@@ -204,3 +204,141 @@ def test_ema_teacher_mu_paper_form():
         ema_teacher_mu(11, 10, 1.0)
     with pytest.raises(ValueError, match="num_points"):
         ema_teacher_mu(0, 10)
+
+
+# ---- Curriculum: fixed shapes and the adaptive one ------------------------------------------------------------
+
+def _feed(curriculum, losses, every):
+    """Observe losses[j] at step (j + 1) * every; returns the steps at which N doubled."""
+    doubled = []
+    for j, loss in enumerate(losses):
+        step = (j + 1) * every
+        if curriculum.observe(step, loss):
+            doubled.append(step)
+    return doubled
+
+
+@pytest.mark.parametrize("shape", schedule.FIXED_CURRICULUM_SHAPES)
+def test_curriculum_fixed_shapes_equal_num_points_and_ignore_the_loss(shape):
+    c = schedule.Curriculum(shape, 2, 150, total_steps=1000)
+    assert not c.adaptive
+    assert [c.observe(s, 1.0) for s in range(0, 1000, 10)] == [False] * 100
+    assert [c.num_points(k) for k in range(0, 1100, 37)] == [num_points(k, 1000, shape, 2, 150) for k in range(0, 1100, 37)]
+
+
+def test_adaptive_flat_signal_doubles_after_the_patience_window_until_s1():
+    every, window, patience = 10, 5, 3
+    c = schedule.Curriculum("adaptive", 10, 80, total_steps=10_000, every=every, window=window, patience=patience,
+                            threshold=0.02)
+    assert c.every == every and c.num_points(0) == 11
+    doubled = _feed(c, [2.0] * 100, every)
+    # A stage needs `window` observations before its first test, then `patience` stalled tests in a row.
+    stage = (window + patience - 1) * every
+    assert doubled == [stage, 2 * stage, 3 * stage]  # 11 -> 21 -> 41 -> 81 = s1 + 1, then no more
+    assert c.stage_starts == [0, stage, 2 * stage, 3 * stage]
+    assert [c.num_points(k) for k in (0, stage - 1, stage, 2 * stage - 1, 2 * stage, 3 * stage, 10**6)] == \
+        [11, 11, 21, 21, 41, 81, 81]
+
+
+def test_adaptive_falling_signal_keeps_n_and_a_stalling_one_doubles_when_it_flattens():
+    every = 10
+    c = schedule.Curriculum("adaptive", 10, 1280, total_steps=10_000, every=every, window=8, patience=2,
+                            threshold=0.02)
+    # ln L falls by 0.01 per observation: 0.07 over a window of 8, above the 0.02 threshold.
+    falling = [3.0 * math.exp(-0.01 * j) for j in range(300)]
+    assert _feed(c, falling, every) == []
+    assert c.num_points(10**6) == 11
+    # Then it flattens: 0.002 per observation is 0.014 over the window, below the threshold.
+    c2 = schedule.Curriculum("adaptive", 10, 1280, total_steps=10_000, every=every, window=8, patience=2,
+                             threshold=0.02)
+    curve = falling[:50] + [falling[49] * math.exp(-0.002 * j) for j in range(1, 50)]
+    doubled = _feed(c2, curve, every)
+    assert len(doubled) >= 1 and doubled[0] > 50 * every
+    # A rising loss has not improved either.
+    c3 = schedule.Curriculum("adaptive", 10, 1280, total_steps=10_000, every=every, window=4, patience=1)
+    assert _feed(c3, [1.0 + 0.1 * j for j in range(4)], every) == [4 * every]
+
+
+def test_adaptive_compares_within_a_stage_only():
+    """The loss jumps when N doubles (the iCT loss changes scale); the window restarts, so a jump followed by a
+    steady fall does not count as a stall, and the old stage's values do not enter the new stage's slope."""
+    every, window = 10, 4
+    c = schedule.Curriculum("adaptive", 10, 1280, total_steps=10_000, every=every, window=window, patience=1)
+    assert _feed(c, [1.0] * window, every) == [window * every]
+    assert c.recent == [] and c.stalls == 0
+    # New stage: loss at 3x the old scale, falling 5% per observation -> never stalled.
+    for j in range(50):
+        assert not c.observe((window + 1 + j) * every, 3.0 * math.exp(-0.05 * j))
+    assert c.num_points(10**6) == 21
+
+
+def test_adaptive_noisy_plateau_vs_noisy_fall():
+    """Planted noisy signals: a plateau with 3% noise doubles N; a fall of 2% per observation with the same noise
+    keeps N within the first 60 observations (the defaults: window=20, patience=5, threshold=0.1)."""
+    g = torch.Generator().manual_seed(0)
+    noise = (0.03 * torch.randn(60, generator=g, dtype=torch.float64)).exp().tolist()
+    plateau = schedule.Curriculum("adaptive", 10, 1280, total_steps=4000, every=10)
+    assert len(_feed(plateau, [2.0 * n for n in noise], 10)) >= 1
+    falling = schedule.Curriculum("adaptive", 10, 1280, total_steps=4000, every=10)
+    assert _feed(falling, [2.0 * math.exp(-0.02 * j) * n for j, n in enumerate(noise)], 10) == []
+
+
+def test_adaptive_ignores_non_finite_losses_and_state_round_trips():
+    c = schedule.Curriculum("adaptive", 10, 1280, total_steps=1000, every=5, window=3, patience=2)
+    assert not c.observe(5, float("nan")) and not c.observe(10, float("inf")) and not c.observe(15, 0.0)
+    assert c.recent == []
+    losses = [1.0, 1.0, 1.0, 1.0, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+    _feed(c, losses[:6], 5)
+    copy = schedule.Curriculum("adaptive", 10, 1280, total_steps=1000, every=5, window=3, patience=2)
+    copy.load_state_dict(c.state_dict())
+    rest_a = [c.observe((7 + j) * 5, v) for j, v in enumerate(losses[6:])]
+    rest_b = [copy.observe((7 + j) * 5, v) for j, v in enumerate(losses[6:])]
+    assert rest_a == rest_b and any(rest_a) and c.state_dict() == copy.state_dict()
+    with pytest.raises(ValueError, match="shape 'exponential'"):
+        schedule.Curriculum("adaptive").load_state_dict({**c.state_dict(), "shape": "exponential"})
+
+
+def test_adaptive_every_defaults_to_a_two_hundredth_of_the_run():
+    assert schedule.Curriculum("adaptive", total_steps=400_000).every == 2000
+    assert schedule.Curriculum("adaptive", total_steps=50).every == 1
+    assert schedule.Curriculum("adaptive", total_steps=50, every=7).every == 7
+
+
+def test_stalled_is_the_fitted_drop_of_ln_loss():
+    # Exact line: ln L = 1 - 0.01 j over 5 points drops 0.04.
+    line = [1.0 - 0.01 * j for j in range(5)]
+    assert not schedule.stalled(line, 0.039) and schedule.stalled(line, 0.041)
+    # A single outlier moves the least-squares slope by a bounded amount, not to the last value.
+    assert schedule.stalled([0.0, 0.0, 0.0, 0.0, -0.01], 0.02)
+    with pytest.raises(ValueError, match="at least 2"):
+        schedule.stalled([1.0], 0.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"shape": "zigzag"}, "adaptive"),
+    ({"shape": "adaptive", "window": 1}, "window"),
+    ({"shape": "adaptive", "patience": 0}, "patience"),
+    ({"shape": "adaptive", "every": -1}, "every"),
+    ({"shape": "adaptive", "threshold": float("nan")}, "threshold"),
+    ({"shape": "adaptive", "s0": 20, "s1": 10}, "s1 must be >= s0"),
+])
+def test_curriculum_bad_inputs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        schedule.Curriculum(**kwargs)
+
+
+def test_num_points_refuses_the_stateful_adaptive_shape():
+    with pytest.raises(ValueError, match="schedule.Curriculum"):
+        num_points(0, 100, "adaptive")
+
+
+def test_curriculum_from_config_reads_every_adaptive_key():
+    from ict_core.config import ConfigError, load_config
+
+    cfg = load_config(overrides={"curriculum.shape": "adaptive", "curriculum.adaptive_every": 3,
+                                 "curriculum.adaptive_window": 4, "curriculum.adaptive_patience": 5,
+                                 "curriculum.adaptive_threshold": 0.1})
+    c = schedule.curriculum_from_config(cfg.curriculum, cfg.train.total_steps)
+    assert (c.shape, c.every, c.window, c.patience, c.threshold) == ("adaptive", 3, 4, 5, 0.1)
+    with pytest.raises(ConfigError, match="curriculum.adaptive_window"):
+        load_config(overrides={"curriculum.adaptive_window": 1})

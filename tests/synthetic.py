@@ -1,6 +1,6 @@
 """Synthetic experiment tables with planted answers, in the documented Parquet schema.
 
-For tests and for trying the analysis without a search: each `planted_*` function returns trials
+Test fixtures, also handy for trying the analysis without a search: each `planted_*` function returns trials
 (and evals) rows whose true answer is known, with seed-to-seed noise; `write_experiment` writes them
 as an experiment folder. Config columns come from ict_core.config defaults, so the tables look like
 the ones tune/ writes.

@@ -1,0 +1,156 @@
+"""The campaign command: every plan checked before Ray, the dry run's compute estimate, and a real tiny campaign
+killed in its second search and resumed to the report."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tune import campaign
+from tune.search import resolve_plan
+
+REPO = Path(__file__).resolve().parent.parent
+# Shrinks every trial of the shipped smoke budgets to seconds (real training on the bundled digits).
+TINY_SET = ["network.channels=8", "network.channel_mult=[1]", "train.total_steps=40", "train.batch_size=16",
+            "eval.every=20", "eval.num_samples=100"]
+
+
+def _tiny_set(cache: Path) -> list[str]:
+    return [*TINY_SET, f"eval.cache_dir={cache}"]
+
+
+def test_unknown_space_or_budget_is_a_clear_error_before_ray(capsys):
+    import ray
+
+    assert campaign.main(["--budget", "cpu", "--spaces", "c_scaling,zigzag", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "zigzag" in err and "c_scaling" in err and "shipped spaces" in err
+    assert campaign.main(["--budget", "huge", "--spaces", "weighting"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown budget 'huge'" in err and "smoke, cpu, gpu, paper" in err
+    assert campaign.main(["--budget", "smoke", "--spaces", "weighting,weighting", "--dry-run"]) == 2
+    assert "twice" in capsys.readouterr().err
+    assert campaign.main(["--budget", "smoke", "--spaces", "weighting", "--set", "loss.weighting=ict"]) == 2
+    assert "searched param" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_default_spaces_put_the_open_questions_first():
+    spaces = campaign.shipped_spaces()
+    assert spaces[:4] == ["c_scaling", "lognormal", "dropout", "curriculum"]
+    assert set(spaces) >= {"ema_teacher", "metric", "noise_schedule", "weighting", "fourier_scale"}
+
+
+def test_plan_compute_counts_runs_images_and_evaluations():
+    plan = resolve_plan("weighting", "smoke", extra={"train.total_steps": 300, "eval.every": 150})
+    (row,) = campaign.plan_compute(plan)
+    variants = len(plan.strata[0].variants)
+    assert row["runs"] == variants * plan.seeds
+    assert row["images"] == row["runs"] * 300 * row["cfg"].train.batch_size
+    assert row["evals_per_run"] == 2  # steps 150 and 300
+    plan = resolve_plan("weighting", "smoke", extra={"train.total_steps": 300, "eval.every": 200})
+    assert campaign.plan_compute(plan)[0]["evals_per_run"] == 2  # 200 and the final 300
+    plan = resolve_plan("weighting", "smoke", extra={"train.total_steps": 300, "eval.every": 0})
+    assert campaign.plan_compute(plan)[0]["evals_per_run"] == 1  # only the final one
+
+
+def test_estimate_seconds_is_steps_plus_evaluations_over_concurrency():
+    plan = resolve_plan("weighting", "smoke", extra={"train.total_steps": 100, "eval.every": 50,
+                                                      "eval.num_samples": 200, "train.batch_size": 32})
+    (row,) = campaign.plan_compute(plan)
+    step_s = 0.1
+    eval_s = (3 * 200 + 2 * 512) / 32 * step_s / 3
+    expected = row["runs"] * (100 * step_s + 2 * eval_s) / 2
+    assert campaign.estimate_seconds(row, step_s, concurrent=2) == pytest.approx(expected)
+    assert campaign.estimate_seconds(row, 2 * step_s, concurrent=2) == pytest.approx(2 * expected)
+
+
+def test_dry_run_prints_every_plan_and_a_measured_estimate(tmp_path, capsys):
+    code = campaign.main(["--budget", "smoke", "--spaces", "weighting,noise_schedule", "--dry-run",
+                          "--storage", str(tmp_path), *sum((["--set", s] for s in _tiny_set(tmp_path / "c")), [])])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "==== weighting (smoke) ====" in out and "==== noise_schedule (smoke) ====" in out
+    assert out.count("ms/step measured here") == 2
+    runs = sum(campaign.plan_compute(resolve_plan(s, "smoke", extra=dict(x.split("=", 1) for x in TINY_SET)))[0]["runs"]
+               for s in ("weighting", "noise_schedule"))
+    assert f"campaign: 2 search(es), {runs} runs, {runs * 40 * 16:,} images, about" in out
+    assert not (tmp_path / "campaign-smoke").exists()  # a dry run writes nothing
+
+
+def test_resume_refuses_a_changed_campaign(tmp_path):
+    cdir = tmp_path / "campaign-smoke"
+    cdir.mkdir()
+    state = {**campaign._settings("smoke", ["weighting"], None, {}), "searches": {}}
+    (cdir / campaign.STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(campaign.CampaignError, match="exists; pass --resume"):
+        campaign.run_campaign("smoke", ["weighting"], storage=tmp_path)
+    with pytest.raises(campaign.CampaignError, match="spaces="):
+        campaign.run_campaign("smoke", ["weighting", "metric"], storage=tmp_path, resume=True)
+    with pytest.raises(campaign.CampaignError, match="extra="):
+        campaign.run_campaign("smoke", ["weighting"], storage=tmp_path, resume=True, extra={"train.total_steps": 5})
+
+
+@pytest.mark.slow
+def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
+    storage = tmp_path / "results"
+    cmd = [sys.executable, str(REPO / "tune" / "campaign.py"), "--budget", "smoke", "--spaces",
+           "weighting,fourier_scale", "--storage", str(storage), "--name", "camp",
+           *sum((["--set", s] for s in _tiny_set(tmp_path / "featnet-cache")), [])]
+    cdir = storage / "camp"
+    second = cdir / "fourier_scale" / "trials.parquet"
+    log = open(tmp_path / "driver.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            if second.exists() and len(pd.read_parquet(second)) >= 1:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert second.exists(), "the second search recorded no run in time"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and the trial workers
+        proc.wait()
+    state = json.loads((cdir / campaign.STATE_FILE).read_text())
+    assert state["searches"]["weighting"]["state"] == "done"
+    assert state["searches"]["fourier_scale"]["state"] == "running"
+    first_before = pd.read_parquet(cdir / "weighting" / "trials.parquet")
+    second_before = pd.read_parquet(second)
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "weighting: done" in done.stdout and "skipped" in done.stdout
+    assert "fourier_scale: resuming" in done.stdout
+    state = json.loads((cdir / campaign.STATE_FILE).read_text())
+    assert {s["state"] for s in state["searches"].values()} == {"done"} and state.get("finished")
+    assert all(s["wall_s"] > 0 for s in state["searches"].values())
+    # The finished search was not run again; the unfinished one kept its runs and completed the rest once.
+    first_after = pd.read_parquet(cdir / "weighting" / "trials.parquet")
+    assert first_after["trial_id"].tolist() == first_before["trial_id"].tolist()
+    second_after = pd.read_parquet(second)
+    plan = resolve_plan("fourier_scale", "smoke", extra=dict(x.split("=", 1) for x in TINY_SET))
+    assert len(second_before) < len(second_after) == len(plan.strata[0].variants) * plan.seeds
+    assert second_after["run_key"].is_unique and set(second_before["trial_id"]) <= set(second_after["trial_id"])
+    report = (cdir / "report" / "report.md").read_text()
+    assert "weighting" in report and "fourier_scale" in report
+
+
+def test_dry_run_of_a_gpu_budget_on_a_cpu_machine_counts_but_does_not_time(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the gpu budget is timed")
+    assert campaign.main(["--budget", "gpu", "--spaces", "weighting", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "not timed here" in out and "no CUDA device" in out
+    (row,) = campaign.plan_compute(resolve_plan("weighting", "gpu"))
+    assert (f"campaign: 1 search(es), {row['runs']} runs, {row['images']:,} images; 1 stratum(s) could not be "
+            f"timed here") in out

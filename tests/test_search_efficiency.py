@@ -1,0 +1,86 @@
+"""benchmarks/search_efficiency.py without Ray: its grids, the spaces it derives, and the ratios it prints."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import search_efficiency as se  # noqa: E402
+
+from tune.search import resolve_plan  # noqa: E402
+
+
+def test_grid_values_span_the_searched_range():
+    c = se.grid_values({"type": "loguniform", "low": 1e-4, "high": 1.0}, 5)
+    assert c == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    p_mean = se.grid_values({"type": "uniform", "low": -2.5, "high": 1.5}, 5)
+    assert p_mean == pytest.approx([-2.5, -1.5, -0.5, 0.5, 1.5])
+
+
+@pytest.mark.parametrize("problem", ["c", "lognormal"])
+def test_derived_spaces_plan_with_the_same_seeds_and_run_length(tmp_path, problem):
+    setting = {**se.FULL, "cache_dir": ""}
+    plans = {}
+    for method in se.METHODS:
+        tree = se.derived_space(problem, method, setting, search_seed=1, from_budget="cpu", num_samples=7)
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        plans[method] = resolve_plan(path, "smoke")
+    n_dims = {"c": 1, "lognormal": 2}[problem]
+    assert len(plans["grid"].strata[0].variants) == 12 ** n_dims
+    for method, plan in plans.items():
+        assert plan.seeds == 3 and plan.strata[0].fixed["train.total_steps"] == 300, method
+        assert plan.strata[0].fixed["data.name"] == "digits"
+    assert plans["tpe_asha"].algorithm == "optuna_tpe" and plans["tpe_asha"].search_seed == 1
+    assert plans["random"].algorithm == "random" and plans["random"].scheduler["type"] == "none"
+    assert plans["tpe_asha"].strata[0].num_samples == plans["random"].strata[0].num_samples == 7
+    # The shipped cpu budget's ASHA (grace 1000 of 3000 steps, reduction factor 2) scaled to 300 steps.
+    assert plans["tpe_asha"].scheduler == {"type": "asha", "grace_period": 100, "reduction_factor": 2}
+
+
+def test_ratios_track_best_fd_and_images_relative_to_the_grid():
+    rows = [
+        {"problem": "c", "method": "grid", "search_seed": 0, "best_fd": 10.0, "images": 1000},
+        {"problem": "c", "method": "tpe_asha", "search_seed": 0, "best_fd": 10.5, "images": 300},
+        {"problem": "c", "method": "tpe_asha", "search_seed": 1, "best_fd": 11.5, "images": 400},
+        {"problem": "c", "method": "random", "search_seed": 0, "best_fd": 12.0, "images": 500},
+    ]
+    table = se.ratios(rows).set_index("method")
+    assert table.loc["grid", "best_fd_ratio"] == 1.0 and table.loc["grid", "compute_fraction"] == 1.0
+    assert table.loc["tpe_asha", "best_fd_ratio"] == pytest.approx(1.1)
+    assert (table.loc["tpe_asha", "best_fd_ratio_min"], table.loc["tpe_asha", "best_fd_ratio_max"]) == \
+        pytest.approx((1.05, 1.15))
+    assert table.loc["tpe_asha", "compute_fraction"] == pytest.approx(0.35)
+    assert table.loc["random", "best_fd_ratio"] == pytest.approx(1.2)
+    assert "0.350 [0.300, 0.400]" in se.format_table(se.ratios(rows))
+
+
+def test_search_figures_take_configurations_whose_every_seed_completed(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame([
+        {"config_id": "a", "seed": 0, "status": "completed", "final_fd": 5.0, "images_seen": 100},
+        {"config_id": "a", "seed": 1, "status": "completed", "final_fd": 7.0, "images_seen": 100},
+        {"config_id": "b", "seed": 0, "status": "completed", "final_fd": 1.0, "images_seen": 100},
+        {"config_id": "b", "seed": 1, "status": "pruned", "final_fd": 0.5, "images_seen": 40},
+    ]).to_parquet(tmp_path / "trials.parquet")
+    figures = se.search_figures(tmp_path)
+    # b's mean would be 1.0 from its one completed seed, but its second seed was pruned: not a finished config.
+    assert figures == {"best_fd": 6.0, "images": 340, "runs": 4, "configs": 2, "pruned": 1}
+
+
+def test_derived_spaces_keep_the_shipped_smoke_settings_that_make_short_runs_comparable(tmp_path):
+    """The smoke budget's evaluation EMA (and network) carry over: with the default EMA rate every 60-step run
+    scores its initial weights, and every configuration gets the same FD."""
+    from tune.space import load_space
+
+    smoke = load_space("c_scaling").tree["budgets"]["smoke"]["fixed"]
+    tree = se.derived_space("c", "grid", {**se.QUICK, "cache_dir": ""}, 0, "cpu", 3)
+    for key, value in smoke.items():
+        if key not in ("network.channels", "train.total_steps", "train.batch_size", "eval.every",
+                       "eval.num_samples", "eval.grid"):
+            assert tree["fixed"][key] == value, key
+    assert tree["fixed"]["train.total_steps"] == se.QUICK["steps"]

@@ -1,0 +1,350 @@
+"""A campaign: several search spaces at one budget, one after the other, resumable, ending with one report.
+
+    python tune/campaign.py --budget cpu                                   # every shipped space
+    python tune/campaign.py --budget cpu --spaces c_scaling,dropout --dry-run
+    python tune/campaign.py --budget cpu --resume                          # after a crash, a kill or Ctrl-C
+
+Each space is one search (tune.search.run_search) into CAMPAIGN_DIR/<space>; CAMPAIGN_DIR/campaign.json records
+the campaign's settings and each space's state (pending, running, done) and wall time. --resume skips the spaces
+that are done and resumes the unfinished one where its search stopped (searches resume trial by trial). When every
+space is done, analysis/report.py writes CAMPAIGN_DIR/report/report.md over all of them.
+
+--dry-run prints every search's plan and an estimate of its compute on this machine: the runs, steps and images
+it trains (an upper bound where ASHA stops runs early), and the hours they take, from a few real training steps
+of each distinct configuration timed here at the thread count a trial gets. Nothing is started.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: import the repository's packages, not sibling files of this folder.
+    _ROOT = str(Path(__file__).resolve().parent.parent)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    sys.path.insert(0, _ROOT)
+
+from ict_core.config import ConfigError, load_config, parse_overrides  # noqa: E402
+from tune.search import SearchError, format_plan, resolve_plan, resources, run_search  # noqa: E402
+from tune.space import BUDGETS, SpaceError, list_spaces  # noqa: E402
+
+STATE_FILE = "campaign.json"
+DEFAULT_STORAGE = "results"
+# The issue's order: the paper's open questions first, then the ablation grids.
+ORDER = ("c_scaling", "lognormal", "dropout", "curriculum", "ema_teacher", "metric", "noise_schedule", "weighting",
+         "fourier_scale")
+# Keys that decide what a training step costs; configurations equal in these share one timing.
+COST_KEYS = ("data.name", "data.resolution", "network.channels", "network.channel_mult", "network.num_blocks",
+             "network.attn_resolutions", "train.batch_size", "loss.objective", "loss.teacher", "train.precision",
+             "train.device")
+EVAL_PROBE_IMAGES = 2 * 256  # the Evaluator's train and held-out loss probes (two forwards per image each)
+
+
+class CampaignError(ValueError):
+    """A campaign that cannot start or continue (bad arguments, a changed campaign on --resume)."""
+
+
+def shipped_spaces() -> list[str]:
+    names = list_spaces()
+    return [s for s in ORDER if s in names] + [s for s in names if s not in ORDER]
+
+
+def _space_list(spaces) -> list[str]:
+    if spaces is None:
+        return shipped_spaces()
+    if isinstance(spaces, str):
+        spaces = [s.strip() for s in spaces.split(",")]
+    spaces = [s for s in spaces if s]
+    if not spaces:
+        raise CampaignError(f"--spaces names no space; shipped spaces: {', '.join(shipped_spaces())}")
+    dupes = sorted({s for s in spaces if spaces.count(s) > 1})
+    if dupes:
+        raise CampaignError(f"--spaces names {dupes[0]!r} twice")
+    return spaces
+
+
+def plan_campaign(spaces, budget: str, num_samples=None, extra=None) -> list:
+    """Resolve and validate every search of the campaign without Ray: [(space name, Plan)] in order.
+
+    Raises CampaignError for an unknown budget and SpaceError (from tune.space) for an unknown space or a plan
+    that cannot run, naming the space."""
+    if budget not in BUDGETS:
+        raise CampaignError(f"unknown budget {budget!r}; allowed: {', '.join(BUDGETS)}")
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
+                                    or num_samples < 1):
+        raise CampaignError(f"--num-samples must be an integer >= 1, got {num_samples!r}")
+    plans, names = [], set()
+    for space in _space_list(spaces):
+        try:
+            plan = resolve_plan(space, budget, num_samples, extra)
+        except SpaceError as err:
+            raise SpaceError(f"space {space!r}: {err}") from None
+        if plan.space in names:
+            raise CampaignError(f"two spaces share the name {plan.space!r}; each needs its own experiment folder")
+        names.add(plan.space)
+        plans.append((space, plan))
+    return plans
+
+
+# ---- compute estimate ------------------------------------------------------------------------------------------
+def plan_compute(plan) -> list[dict]:
+    """Per stratum: runs, training steps, images and evaluations the search trains at most (no early stopping)."""
+    rows = []
+    for stratum in plan.strata:
+        cfg = load_config(overrides=stratum.first_config(plan.params))
+        runs = stratum.num_samples * plan.seeds
+        steps = cfg.train.total_steps
+        every = cfg.eval.every
+        evals = steps // every + (1 if steps % every else 0) if every else 1  # every `every` steps and the last
+        rows.append({"space": plan.space, "stratum": stratum.name, "runs": runs, "steps_per_run": steps,
+                     "images": runs * steps * cfg.train.batch_size, "evals_per_run": evals, "cfg": cfg})
+    return rows
+
+
+def _cost_key(cfg) -> str:
+    flat = cfg.flat()
+    return json.dumps({k: flat[k] for k in COST_KEYS}, sort_keys=True)
+
+
+def measure_step_seconds(cfg, threads: int, steps: int = 4, warmup: int = 2) -> float:
+    """Median seconds of one real training step of `cfg` on this machine with `threads` torch threads.
+
+    Uses the trainer's own step (data, noise, teacher and student passes, optimizer, EMA), like
+    benchmarks/step_cost.py, without its evaluation."""
+    import statistics
+
+    import torch
+
+    from ict_core.trainer import _Run
+
+    before = torch.get_num_threads()
+    cfg = cfg.with_overrides({"train.num_threads": max(1, int(threads)), "eval.grid": False})
+    try:
+        with tempfile.TemporaryDirectory(prefix="campaign-timing-") as run_dir:
+            run = _Run(cfg, None, run_dir, None)
+            run.student.train()
+            times = []
+            for i in range(warmup + steps):
+                t0 = time.perf_counter()
+                run.train_step()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+    finally:
+        torch.set_num_threads(before)
+
+
+def estimate_seconds(row: dict, step_s: float, concurrent: int) -> float:
+    """Wall seconds of one stratum: training steps plus evaluations (sampling, one- and two-step, and the loss
+    probes, counted as forward passes at a third of a training step per batch) spread over the concurrent
+    trials. Feature-network training and Ray start-up are left out."""
+    cfg = row["cfg"]
+    batch = cfg.train.batch_size
+    forwards_per_eval = 3 * cfg.eval.num_samples + 2 * EVAL_PROBE_IMAGES
+    eval_s = forwards_per_eval / batch * step_s / 3
+    per_run = row["steps_per_run"] * step_s + row["evals_per_run"] * eval_s
+    return row["runs"] * per_run / max(1, concurrent)
+
+
+def _hours(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+
+
+def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print) -> dict:
+    """Print each search's plan and its compute; returns the totals {runs, images, seconds}."""
+    timings: dict[str, float] = {}
+    total = {"runs": 0, "images": 0, "seconds": 0.0}
+    for space, plan in plans:
+        res = resources(plan, 1, 0, None)
+        out(f"==== {plan.space} ({plan.budget}) ====")
+        out(format_plan(plan, res, campaign_dir / plan.space))
+        asha = plan.scheduler.get("type") == "asha"
+        for row in plan_compute(plan):
+            line = (f"compute {row['stratum']}: {row['runs']} run(s) x {row['steps_per_run']} steps = "
+                    f"{row['images']:,} images" + (" at most (ASHA stops some runs early)" if asha else ""))
+            seconds = float("nan")
+            if measure:
+                key = _cost_key(row["cfg"])
+                if key not in timings:
+                    try:
+                        timings[key] = measure_step_seconds(row["cfg"], res["cpus_per_trial"])
+                    except ConfigError as err:  # e.g. train.device=cuda on a machine without a GPU
+                        timings[key] = float("nan")
+                        line += f"; not timed here ({err})"
+                step_s = timings[key]
+                if math.isfinite(step_s):
+                    seconds = estimate_seconds(row, step_s, res["max_concurrent_trials"])
+                    line += (f"; {1e3 * step_s:.1f} ms/step measured here ({res['cpus_per_trial']} thread(s)), "
+                             f"{res['max_concurrent_trials']} concurrent -> about {_hours(seconds)}")
+                    total["seconds"] += seconds
+                    total["timed"] = total.get("timed", 0) + 1
+                else:
+                    total["untimed"] = total.get("untimed", 0) + 1
+            out(line)
+            total["runs"] += row["runs"]
+            total["images"] += row["images"]
+        out("")
+    out(f"campaign: {len(plans)} search(es), {total['runs']} runs, {total['images']:,} images"
+        + (f", about {_hours(total['seconds'])} on this machine (training and evaluation; Ray start-up and "
+           f"feature-network training not counted)" if total.get("timed") else "")
+        + (f"; {total['untimed']} stratum(s) could not be timed here" if total.get("untimed") else ""))
+    return total
+
+
+# ---- state -----------------------------------------------------------------------------------------------------
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _write_state(path: Path, state: dict) -> None:
+    from ict_core.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def _experiment_finished(exp_dir: Path) -> bool:
+    """A search that ran to its end marks its experiment.json "finished" (tune.search.run_search)."""
+    try:
+        return bool(json.loads((exp_dir / "experiment.json").read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
+def load_state(campaign_dir: Path) -> dict | None:
+    path = campaign_dir / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise CampaignError(f"{path} is not valid JSON ({err}); move it away to start the campaign afresh") from None
+
+
+def _settings(budget, spaces, num_samples, extra) -> dict:
+    return {"budget": budget, "spaces": list(spaces), "num_samples": num_samples,
+            "extra": {k: v for k, v in sorted((extra or {}).items())}}
+
+
+def _check_resume(state: dict, settings: dict, campaign_dir: Path) -> None:
+    for key in ("budget", "spaces", "num_samples", "extra"):
+        old, new = state.get(key), json.loads(json.dumps(settings[key]))
+        if old != new:
+            raise CampaignError(f"--resume: {campaign_dir} was started with {key}={old!r}, not {new!r}; "
+                                f"use the same settings, or --name for a new campaign")
+
+
+def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, resume=False, num_samples=None,
+                 extra=None, report=True, quiet=False, address=None) -> Path:
+    """Run (or resume) the campaign; returns its folder. Every plan is validated before Ray starts."""
+    extra = dict(extra or {})
+    plans = plan_campaign(spaces, budget, num_samples, extra)
+    space_args = [space for space, _ in plans]
+    names = [plan.space for _, plan in plans]
+    campaign_dir = Path(storage).expanduser().resolve() / (name or f"campaign-{budget}")
+    state_path = campaign_dir / STATE_FILE
+    settings = _settings(budget, space_args, num_samples, extra)
+    state = load_state(campaign_dir)
+    if state is not None and not resume:
+        raise CampaignError(f"campaign {campaign_dir} exists; pass --resume to continue it or --name for a new one")
+    if state is None:
+        state = {**settings, "created": _now(),
+                 "searches": {n: {"state": "pending", "wall_s": 0.0, "experiment": n} for n in names}}
+    else:
+        _check_resume(state, settings, campaign_dir)
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, flush=True)
+
+    campaign_dir.mkdir(parents=True, exist_ok=True)
+    _write_state(state_path, state)
+    for space, plan in plans:
+        entry = state["searches"][plan.space]
+        exp_dir = campaign_dir / plan.space
+        if entry["state"] == "done":
+            say(f"[campaign] {plan.space}: done ({_hours(entry['wall_s'])}), skipped")
+            continue
+        again = (exp_dir / "experiment.json").exists()
+        say(f"[campaign] {plan.space}: {'resuming' if again else 'starting'} ({budget})")
+        entry.update(state="running", started=entry.get("started") or _now())
+        _write_state(state_path, state)
+        t0 = time.time()
+        try:
+            run_search(space, budget, num_samples, storage=campaign_dir, name=plan.space, resume=again,
+                       extra=extra, address=address, quiet=quiet)
+        finally:
+            entry["wall_s"] = float(entry.get("wall_s", 0.0)) + (time.time() - t0)
+            _write_state(state_path, state)
+        if not _experiment_finished(exp_dir):
+            raise CampaignError(f"search {plan.space} stopped before its end; continue with --resume")
+        entry.update(state="done", finished=_now())
+        _write_state(state_path, state)
+
+    if report:
+        from analysis.report import main as report_main
+
+        out = campaign_dir / "report"
+        code = report_main([str(campaign_dir / n) for n in names] + ["--out", str(out)])
+        if code != 0:
+            raise CampaignError(f"analysis/report.py exited with {code}; the searches are done, rerun with --resume "
+                                f"to retry the report")
+        state["report"] = str(Path("report") / "report.md")
+    state["finished"] = _now()
+    _write_state(state_path, state)
+    say("[campaign] wall time per search: " + ", ".join(
+        f"{n} {_hours(state['searches'][n]['wall_s'])}" for n in names))
+    return campaign_dir
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", required=True, help=f"one of {', '.join(BUDGETS)}")
+    p.add_argument("--spaces", help="comma-separated spaces, shipped names or .yaml paths (default: every shipped "
+                                    "space, open questions first)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="folder above the campaign folder (default ./results)")
+    p.add_argument("--name", help="campaign folder name (default campaign-<budget>)")
+    p.add_argument("--resume", action="store_true", help="continue the campaign of the same name")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print every search's plan and compute estimate; start nothing")
+    p.add_argument("--no-timing", action="store_true", help="with --dry-run: count runs and images, time no steps")
+    p.add_argument("--num-samples", type=int, help="configurations per stratum of every search (default: budgets')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dotted config override for every trial of every search (repeatable)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray per search)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        extra = parse_overrides(args.set)
+        if args.dry_run:
+            plans = plan_campaign(args.spaces, args.budget, args.num_samples, extra)
+            campaign_dir = Path(args.storage).expanduser().resolve() / (args.name or f"campaign-{args.budget}")
+            dry_run(plans, campaign_dir, measure=not args.no_timing)
+            return 0
+        campaign_dir = run_campaign(args.budget, args.spaces, args.storage, args.name, args.resume,
+                                    args.num_samples, extra, report=not args.no_report, address=args.address)
+        print(f"campaign: {campaign_dir}\nreport:   {campaign_dir / 'report' / 'report.md'}")
+        return 0
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python tune/campaign.py {' '.join(argv or sys.argv[1:])} --resume"
+              .replace(" --resume --resume", " --resume"), file=sys.stderr)
+        return 130
+    except (SpaceError, ConfigError, CampaignError, SearchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
