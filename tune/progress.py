@@ -29,11 +29,13 @@ def _fmt(value) -> str:
 
 class ParquetCallback(Callback):
     """Writes trials.parquet / evals.parquet (atomically) each time a trial of one stratum ends, from the run
-    folders its seeds wrote (tune/results.trial_rows), and at the end of every fit the stratum's ledger
-    (`strata/<stratum>.json`: each Tune trial's status), which tells the driver whether the stratum finished."""
+    folders its seeds wrote (tune/results.trial_rows), and the stratum's ledger (`strata/<name>.json`: the
+    planned number of trials and how each trial that ended, ended), which tells the driver whether the stratum
+    finished. Only trials that ended on their own are in it: Tune marks the trials it stops on Ctrl-C as
+    terminated, so its own statuses cannot tell an interrupted stratum from a finished one."""
 
     def __init__(self, experiment_dir: str, experiment: str, space: str, stratum: dict, seeds: int,
-                 runs_root: str, ledger: str | None = None):
+                 runs_root: str, ledger: str | None = None, planned: int = 0):
         self.experiment_dir = experiment_dir
         self.experiment = experiment
         self.space = space
@@ -41,10 +43,12 @@ class ParquetCallback(Callback):
         self.seeds = seeds
         self.runs_root = runs_root
         self.ledger = ledger or stratum["name"]  # the Tune experiment's name
+        self.planned = planned
 
     def setup(self, **info):
         # Re-read on every (re)start: a restored callback must not hold the tables of a previous driver.
         self.tables = ResultTables(self.experiment_dir)
+        self._ledger_update({})
 
     def _known(self, trial) -> dict:
         from ict_core.config import load_config
@@ -66,18 +70,23 @@ class ParquetCallback(Callback):
             config_id=trial.trial_id, seeds=[base + i for i in range(self.seeds)], known_config=known, error=error)
         if self.tables.add(trial_rows, eval_rows):
             self.tables.write()
+        self._ledger_update({trial.trial_id: "errored" if error else "ended"})
+
+    def _ledger_update(self, ended: dict) -> None:
+        path = ledger_path(self.experiment_dir, self.ledger)
+        try:
+            ledger = json.loads(path.read_text())
+        except (OSError, ValueError):
+            ledger = {}
+        ledger.update(stratum=self.stratum["name"], planned=self.planned)
+        ledger.setdefault("trials", {}).update(ended)
+        write_json_atomic(ledger, path)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record(trial, error_text(trial))
-
-    def on_experiment_end(self, trials, **info):
-        write_json_atomic({"stratum": self.stratum["name"],
-                           "trials": {t.trial_id: t.status for t in trials},
-                           "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                          ledger_path(self.experiment_dir, self.ledger))
 
 
 def ledger_path(experiment_dir, stratum: str) -> Path:

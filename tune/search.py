@@ -284,19 +284,19 @@ def _recorded(exp_dir: Path, stratum: str, plan: Plan) -> tuple[int, list[tuple[
     return int(good.sum()), evaluated
 
 
-def _stratum_outcome(exp_dir: Path, stratum, tune_name: str) -> dict:
-    """Whether a stratum finished: every planned trial ended, none with an error (its ledger, tune/progress.py)."""
+def _stratum_outcome(exp_dir: Path, tune_name: str) -> dict:
+    """Whether a stratum finished: as many trials ended on their own as were planned, none with an error
+    (its ledger, tune/progress.ParquetCallback)."""
     from tune.progress import ledger_path
 
-    ledger = {}
     try:
         ledger = json.loads(ledger_path(exp_dir, tune_name).read_text())
     except (OSError, ValueError):
-        pass
-    statuses = list(ledger.get("trials", {}).values())
-    unfinished = [st for st in statuses if st not in ("TERMINATED", "ERROR")]
-    return {"trials": len(statuses), "errored": statuses.count("ERROR"), "unfinished": len(unfinished),
-            "interrupted": bool(unfinished) or not statuses}
+        ledger = {}
+    ended = list(ledger.get("trials", {}).values())
+    planned = int(ledger.get("planned") or 0)
+    return {"planned": planned, "ended": len(ended), "errored": ended.count("errored"),
+            "interrupted": len(ended) < max(planned, 1)}
 
 
 def run_search(space, budget="smoke", num_samples=None, storage=None, name=None, resume=False,
@@ -397,11 +397,11 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                                                            stratum_seed(plan.search_seed, stratum.name),
                                                            samples, evaluated)
                 stratum_info = {"name": stratum.name, "fixed": stratum.fixed}
+                planned = samples if plan.algorithm != "grid" else len(param_space["variant"]["grid_search"])
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, plan.seeds, runs_root,
-                                             ledger=tune_name),
+                                             ledger=tune_name, planned=planned),
                              ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
-                                              total=samples if plan.algorithm != "grid" else len(stratum.variants),
-                                              quiet=quiet)]
+                                              total=planned, quiet=quiet)]
                 tuner = rt.Tuner(
                     trainable, param_space=param_space,
                     tune_config=rt.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=search_alg,
@@ -412,16 +412,16 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                                             verbose=0, failure_config=rt.FailureConfig(max_failures=0),
                                             log_to_file=True))
             tuner.fit()
-            outcome = _stratum_outcome(exp_dir, stratum, tune_name)
+            outcome = _stratum_outcome(exp_dir, tune_name)
             if outcome["interrupted"]:
                 info.update(status="interrupted", interrupted_stratum=stratum.name)
                 _write_experiment(exp_dir, info)
-                say(f"stratum {stratum.name}: interrupted with {outcome['unfinished']} trial(s) unfinished; "
-                    f"continue with --resume")
+                say(f"stratum {stratum.name}: interrupted, {outcome['ended']} of {outcome['planned']} trial(s) "
+                    f"ended; continue with --resume")
                 return exp_dir
             if outcome["errored"]:
                 failed.append(stratum.name)
-                say(f"stratum {stratum.name}: {outcome['errored']} of {outcome['trials']} trial(s) errored; "
+                say(f"stratum {stratum.name}: {outcome['errored']} of {outcome['planned']} trial(s) errored; "
                     "not finished (--resume retries them)")
                 continue
             done_strata.append(stratum.name)
