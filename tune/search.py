@@ -394,7 +394,9 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                         done_strata.append(stratum.name)
                         continue
                 search_alg, param_space, samples = _search(plan, stratum, res["max_concurrent_trials"],
-                                                           stratum_seed(plan.search_seed, stratum.name),
+                                                           # an extended stratum's new searcher
+                                                           # draws anew (its name carries the plan's hash)
+                                                           stratum_seed(plan.search_seed, tune_name),
                                                            samples, evaluated)
                 stratum_info = {"name": stratum.name, "fixed": stratum.fixed}
                 planned = samples if plan.algorithm != "grid" else len(param_space["variant"]["grid_search"])
