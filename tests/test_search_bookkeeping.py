@@ -106,7 +106,13 @@ def test_ctrl_c_stops_the_strata_and_resume_finishes_exactly_what_was_left(tmp_p
         assert list(kept["final_fd"]) == list(before["final_fd"])
     evals = pd.read_parquet(exp_dir / "evals.parquet")
     assert not evals.duplicated(["trial_id", "step"]).any()
-    assert (evals.groupby("trial_id")["step"].apply(list) == pd.Series({t: [20, 40, 60] for t in trials["trial_id"]})).all()
+    assert evals.groupby("trial_id")["step"].apply(list).to_dict() == {t: [20, 40, 60] for t in trials["trial_id"]}
+
+    # Progress: per stratum, trials done/total, elapsed, ETA and the best configuration so far.
+    best = trials[trials["stratum"] == "second"]["final_fd"].min()
+    last = [l for l in done.stdout.splitlines() if l.startswith("[second] 3/3 trials done")]
+    assert last and "elapsed" in last[0] and "ETA 0:00" in last[0] and f"best fd {best:.4g} (" in last[0], last
+    assert "[second] 1/3 trials done" in done.stdout
 
     # A second resume finds nothing to do.
     again = _run(args + ["--resume"], timeout=300)

@@ -381,7 +381,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                                    gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir),
                 res["trial"])
             path = f"{ray_dir}/{tune_name}"
-            if rt.Tuner.can_restore(path):
+            if resume and rt.Tuner.can_restore(path):
                 tuner = rt.Tuner.restore(path, trainable=trainable, resume_errored=True)
             else:
                 samples, evaluated = None, []
