@@ -192,3 +192,22 @@ def test_extend_searches_a_finished_stratum_further_and_tells_optuna_what_it_mea
     info = json.loads((exp_dir / "experiment.json").read_text())
     assert info["status"] == "finished" and info["tune_names"]["only"].startswith("only-")
     _check_every_row_has_its_run_folder(exp_dir, trials)
+
+
+@pytest.mark.slow
+def test_uri_storage_receives_every_run_folder_and_the_driver_reads_it_back(tmp_path):
+    """Shared storage given as a URI (file:// here; s3:// takes the same pyarrow code): trials train in scratch
+    folders mirrored to it, checkpoints included, and the driver builds the rows from the URI."""
+    space = _space(tmp_path, "uri", steps=40, every=20, values="0.01, 0.1", strata=["{name: only, fixed: {}}"])
+    shared = tmp_path / "shared"
+    out = _run(["--space", str(space), "--storage", str(tmp_path / "results"), "--name", "u",
+                "--ray-storage", f"file://{shared}"])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    exp_dir = tmp_path / "results" / "u"
+    trials = pd.read_parquet(exp_dir / "trials.parquet")
+    assert len(trials) == 2 and (trials["status"] == "completed").all() and not (exp_dir / "runs").exists()
+    for row in trials.itertuples():
+        run = shared / row.run_dir
+        assert json.loads((run / "summary.json").read_text())["fd"] == row.final_fd
+        assert list((run / "checkpoints").glob("step_*/state.pt")) and (run.parent / "stdout.log").exists()
+    assert len(pd.read_parquet(exp_dir / "evals.parquet")) == 4
