@@ -122,9 +122,10 @@ def test_ctrl_c_stops_the_strata_and_resume_finishes_exactly_what_was_left(tmp_p
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["in-process", "ray-train"])
 def test_an_error_in_the_second_seed_then_a_driver_restart_keeps_every_seed(tmp_path, path):
-    """train.fault_step kills the second seed's process once (the trainer leaves a marker, so the retry passes).
-    Every trial errored: the search exits 1 with the error. The first seed's rows survive; --resume (a new
-    driver) retries the trial, which skips the finished seed and resumes the second from its checkpoint."""
+    """train.fault_step kills a seed's process at step 30 once (the trainer leaves a marker in the seed's run
+    folder, so a retry passes): seed 0 on the first attempt, seed 1 on the second. Every trial errored: the
+    search exits 1 with the error. Each restart is a new driver (--resume): the trial skips finished seeds and
+    resumes an unfinished one from the checkpoint in its run folder, and no seed's rows are lost or mislabelled."""
     space = _space(tmp_path, f"fault-{path}", steps=40, every=20, seeds=2, values="0.01",
                    strata=["{name: only, fixed: {train.fault_step: 30}}"])
     storage = tmp_path / "results"
@@ -133,8 +134,6 @@ def test_an_error_in_the_second_seed_then_a_driver_restart_keeps_every_seed(tmp_
         args.append("--ray-train")
     exp_dir = storage / "f"
 
-    # The fault fires in seed 0 too (each seed has its own run folder, hence its own marker): seed 0 dies at
-    # step 30, the trial errors, nothing finished.
     first = _run(args)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert "the first error" in first.stderr and "--resume" in first.stderr
@@ -142,34 +141,40 @@ def test_an_error_in_the_second_seed_then_a_driver_restart_keeps_every_seed(tmp_
     assert list(trials["status"]) == ["errored"] and trials["error"].iloc[0]
     assert json.loads((exp_dir / "experiment.json").read_text())["status"] == "failed"
 
-    # Driver restart: seed 0 resumes from its step-20 checkpoint and finishes; seed 1 faults at step 30.
+    # Driver restart: seed 0 resumes from its step-20 checkpoint and finishes; the error is now in seed 1.
     second = _run(args + ["--resume"])
     assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
     trials = pd.read_parquet(exp_dir / "trials.parquet").sort_values("seed")
     assert list(zip(trials["seed"], trials["status"])) == [(0, "completed"), (1, "errored")]
+    assert trials["run_dir"].str.endswith(("seed_0", "seed_1")).all()
+    _check_every_row_has_its_run_folder(exp_dir, trials)
     evals = pd.read_parquet(exp_dir / "evals.parquet")
-    seed0 = trials["trial_id"].iloc[0]
-    assert list(evals.loc[evals["trial_id"] == seed0, "step"]) == [20, 40]
+    seed0 = trials.iloc[0]
+    run_evals = [json.loads(l) for l in (exp_dir / seed0["run_dir"] / "evals.jsonl").read_text().splitlines()]
+    ours = evals[evals["trial_id"] == seed0["trial_id"]]
+    assert list(ours["step"]) == [20, 40] and list(ours["fd"]) == [e["fd"] for e in run_evals]
+    assert list(evals.loc[evals["trial_id"] == trials.iloc[1]["trial_id"], "step"]) == [20]  # seed 1's own
+    # Both paths report the same keys to Tune; ASHA's time attribute is the first seed's step, and it stays at
+    # total_steps while later seeds train, so no rung ever judges a later seed.
+    results = [json.loads(l) for p in (exp_dir / "ray").rglob("result.json") for l in p.read_text().splitlines()]
+    assert results and all({"trial_step", "seed", "status", "step", "fd", "final"} <= set(r) for r in results)
+    assert all(r["trial_step"] == (r["step"] if r["seed"] == 0 and not r["final"] else 40) for r in results)
+    # (seed 1's one report before the fault may be lost with the Ray Train run that failed right after it)
+    assert 0 in {r["seed"] for r in results} <= {0, 1}
+    if path == "ray-train":
+        return  # each Ray Train start costs ~20 s here; the last restart is the same on both paths
 
-    # And again: seed 0 is not trained again, seed 1 resumes and finishes; each seed's evaluations are its own.
+    # And again: seed 0 is not trained again, seed 1 resumes and finishes.
     third = _run(args + ["--resume"])
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     trials = pd.read_parquet(exp_dir / "trials.parquet").sort_values("seed")
     assert list(zip(trials["seed"], trials["status"])) == [(0, "completed"), (1, "completed")]
-    assert trials["run_key"].is_unique and trials["run_dir"].str.endswith(("seed_0", "seed_1")).all()
+    assert trials["run_key"].is_unique
     _check_every_row_has_its_run_folder(exp_dir, trials)
     evals = pd.read_parquet(exp_dir / "evals.parquet")
     for row in trials.itertuples():
-        run_evals = [json.loads(l) for l in (exp_dir / row.run_dir / "evals.jsonl").read_text().splitlines()]
-        ours = evals[evals["trial_id"] == row.trial_id]
-        assert list(ours["step"]) == [20, 40] and list(ours["fd"]) == [e["fd"] for e in run_evals]
-    assert json.loads((exp_dir / trials["run_dir"].iloc[0] / "summary.json").read_text())["step"] == 40
-    # Both paths report the same keys to Tune: the trial's results carry trial_step, seed, status and final.
-    results = [json.loads(l) for p in (exp_dir / "ray").rglob("result.json") for l in p.read_text().splitlines()]
-    assert results and all({"trial_step", "seed", "status", "step", "fd", "final"} <= set(r) for r in results)
-    # ASHA's time attribute is the first seed's step; it stays at total_steps while later seeds train.
-    assert all(r["trial_step"] == (r["step"] if r["seed"] == 0 and not r["final"] else 40) for r in results)
-    assert {r["seed"] for r in results} <= {0, 1} and any(r["final"] for r in results)
+        assert list(evals.loc[evals["trial_id"] == row.trial_id, "step"]) == [20, 40]
+    assert json.loads((exp_dir / seed0["run_dir"] / "summary.json").read_text())["wall_s"] == seed0["wall_s"]
 
 
 @pytest.mark.slow
