@@ -84,3 +84,31 @@ def test_a_trial_retried_after_an_error_reaches_optuna():
     assert states == [("COMPLETE", 7.0), ("FAIL", None)]
     retried = [t for t in study.get_trials(deepcopy=False) if t.state == State.COMPLETE][0]
     assert retried.params["loss.huber_c"] == params["loss.huber_c"]
+
+
+def test_every_shipped_asha_rung_lies_within_the_first_seed():
+    """trial_step is the first seed's step (tune/trial.py), so a rung beyond train.total_steps would judge nothing
+    and one at or below it compares first seeds at the same step; no budget may place a rung in a later seed."""
+    from tune.search import _scheduler
+    from tune.space import BUDGETS, list_spaces, load_space
+    from tune.trial import tune_result
+
+    checked = 0
+    for name in list_spaces():
+        for budget in BUDGETS:
+            plan = load_space(name).plan(budget)
+            for stratum in plan.strata:
+                scheduler = _scheduler(plan, stratum)
+                if scheduler is None:
+                    continue
+                total = stratum.fixed["train.total_steps"]
+                milestones = [m for bracket in scheduler._brackets for m, _ in bracket._rungs]
+                assert milestones and max(milestones) <= total, (name, budget, milestones, total)
+                checked += 1
+    assert checked >= 8
+    # What a later seed reports sits at total_steps: past every rung, so ASHA has already decided.
+    late = tune_result({"step": 10, "fd": 1.0, "status": "running"}, seed_index=2, seed=2, total_steps=3000,
+                       metric="fd")
+    first = tune_result({"step": 1000, "fd": 1.0, "status": "running"}, seed_index=0, seed=0, total_steps=3000,
+                        metric="fd")
+    assert (late["trial_step"], first["trial_step"]) == (3000, 1000)
