@@ -112,3 +112,6 @@ def test_every_shipped_asha_rung_lies_within_the_first_seed():
     first = tune_result({"step": 1000, "fd": 1.0, "status": "running"}, seed_index=0, seed=0, total_steps=3000,
                         metric="fd")
     assert (late["trial_step"], first["trial_step"]) == (3000, 1000)
+    diverged = tune_result({"step": 700, "fd": float("nan"), "status": "diverged"}, seed_index=0, seed=0,
+                           total_steps=3000, metric="fd")
+    assert diverged["trial_step"] == 3000 and diverged["step"] == 700

@@ -7,8 +7,9 @@ trials hand each seed to tune.ray_train.run_ray_train. Both paths report the sam
 `tune_result`, and nothing else: the driver builds every Parquet row from the run folders (tune/results.py).
 
 What a trial reports (every evaluation of every seed, then one final result):
-  trial_step  ASHA's time attribute: the first seed's step. It stays at total_steps while later seeds train,
-              so every rung compares first seeds at increasing steps and never a later seed's early state.
+  trial_step  ASHA's time attribute: the first seed's step. It stays at total_steps while later seeds train
+              (and jumps there when the first seed diverges), so every rung compares first seeds at increasing
+              steps and never a later seed's early state.
   step, seed  the seed's own step, and which seed
   status      running | completed | diverged (of the seed; of the configuration in the final result)
   <metric>    the seed's evaluation metric (ASHA reads it at the rungs); in the final result the mean over
@@ -67,8 +68,12 @@ def trial_overrides(stratum_fixed: dict, config: dict, cpus_per_trial: float, in
 def tune_result(metrics: dict, *, seed_index: int, seed: int, total_steps: int, metric: str) -> dict:
     """The keys one trainer report sends to Tune, the same on both trial paths (see the module docstring)."""
     step = int(_num(metrics.get("step")) if math.isfinite(_num(metrics.get("step"))) else 0)
-    return {"trial_step": step if seed_index == 0 else int(total_steps), "step": step, "seed": int(seed),
-            "status": metrics.get("status") or "running", metric: _num(metrics.get(metric)), "final": False}
+    status = metrics.get("status") or "running"
+    # A first seed that diverged jumps to total_steps: ASHA records its NaN at every rung left, so no rung is
+    # left for a later seed's early values to be judged at.
+    first = seed_index == 0 and status != "diverged"
+    return {"trial_step": step if first else int(total_steps), "step": step, "seed": int(seed), "status": status,
+            metric: _num(metrics.get(metric)), "final": False}
 
 
 def objective(summaries: list[dict], metric: str) -> float:
