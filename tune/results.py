@@ -262,7 +262,7 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
                    wall_s=_num(summary.get("wall_s", last.get("elapsed_s"))),
                    world_size=summary.get("world_size"))
         row.update({k: v for k, v in _provenance(store.read_json(f"{rel}/provenance.json")).items() if v is not None})
-        node = store.read_json(f"{rel}/node.json") or next(iter(store.read_jsonl(f"{rel}/workers.jsonl")), {})
+        node = store.read_json(f"{rel}.node.json") or next(iter(store.read_jsonl(f"{rel}/workers.jsonl")), {})
         row["node_id"] = node.get("node_id") or node_id
         if summary.get("device") and not row.get("device"):
             row["device"] = summary["device"]

@@ -121,6 +121,12 @@ class RunStore:
                 if info.base_name.startswith("step_") and info.base_name not in keep:
                     self.fs.delete_dir(info.path)
 
+    def write_text(self, rel: str, text: str) -> None:
+        path = self._path(rel)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(path) as fh:
+            fh.write(text.encode())
+
     def remove(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.delete_dir(self._path(rel))

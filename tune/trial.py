@@ -91,18 +91,20 @@ def final_result(summaries: list[dict], seeds: list[int], total_steps: int, metr
             metric: objective(summaries, metric), "final": True, "seeds_done": len(summaries)}
 
 
-NODE_FILE = "node.json"  # which Ray node trained a seed in the trial process (Ray Train runs: workers.jsonl)
+def node_file(rel: str) -> str:
+    """Which Ray node trained a seed in the trial process, beside (not inside) the seed's run folder, which
+    belongs to the trainer. Ray Train runs record their ranks' nodes in the run folder's workers.jsonl."""
+    return f"{rel}.node.json"
 
 
-def _write_node(run_dir: Path) -> None:
+def _write_node(store: RunStore, rel: str) -> None:
     import json
     import os
     import socket
 
     import ray
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / NODE_FILE).write_text(json.dumps({"node_id": ray.get_runtime_context().get_node_id(),
+    store.write_text(node_file(rel), json.dumps({"node_id": ray.get_runtime_context().get_node_id(),
                                                  "hostname": socket.gethostname(), "pid": os.getpid()}) + "\n")
 
 
@@ -150,7 +152,7 @@ def _seed_in_process(cfg, store: RunStore, rel: str, send) -> dict:
     resume = _has_checkpoint(local)
     if not resume and local.exists():
         shutil.rmtree(local)  # a start that wrote files but no checkpoint: begin again, cleanly
-    _write_node(local)
+    _write_node(store, rel)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         store.push(rel, local)
