@@ -3,13 +3,18 @@
     python tune/search.py --space c_scaling --budget smoke
     python tune/search.py --space my_space.yaml --budget cpu --num-samples 20 --storage /data/results
     python tune/search.py --space c_scaling --budget smoke --resume      # after a crash or Ctrl-C
+    python tune/search.py --space c_scaling --budget smoke --num-samples 6 --resume --extend   # search further
     python tune/search.py --space dropout --dry-run                     # print the plan, start nothing
     python tune/search.py --list-spaces
 
 Each stratum of a space (e.g. one data set) is searched on its own, with its own searcher and trial budget, one
 stratum after the other. Results: EXPERIMENT_DIR/trials.parquet (one row per training run = one seed of one
-configuration), evals.parquet (one row per evaluation) and experiment.json (space, budget, plan, provenance);
-Ray's own files go to EXPERIMENT_DIR/ray/<stratum>.
+configuration), evals.parquet (one row per evaluation), both built from the run folders, and experiment.json
+(space, budget, plan and its hash, status, provenance). Every seed's run folder goes to
+EXPERIMENT_DIR/runs/<stratum>/<trial_id>/seed_<seed>, Ray's own files to EXPERIMENT_DIR/ray/<stratum> (both under
+the shared storage instead when one is given). Exit codes: 0 finished, 1 trials errored (the first error is
+printed; --resume retries them), 2 bad input, 130 interrupted (--resume continues). docs/ARCHITECTURE.md has
+the details.
 """
 from __future__ import annotations
 
