@@ -543,9 +543,11 @@ def main(argv=None) -> int:
         print(f"interrupted; continue with: {_resume_command(argv)}", file=sys.stderr)
         return 130
     if info.get("status") == "failed":
-        first = (info.get("first_error") or "unknown error").strip()
+        first = (info.get("first_error") or "unknown error").strip().splitlines()[0]
         print(f"error: trials errored in stratum(s) {', '.join(info.get('failed_strata', []))}; the first error:\n"
-              f"{first}\nfix it, then retry the errored trials with: {_resume_command(argv)}", file=sys.stderr)
+              f"  {first}\n(the whole traceback is in the error column of {exp_dir / 'trials.parquet'}, the "
+              f"trial's output in its runs/<stratum>/<trial_id>/stderr.log)\nfix it, then retry the errored trials "
+              f"with: {_resume_command(argv)}", file=sys.stderr)
         return 1
     return 0
 
