@@ -36,18 +36,22 @@ max_concurrent: 2
 """
 
 
-def noop_trial(config):
-    """Reports one final result shaped like tune.trial's, so the driver callbacks do their full work."""
+def noop_trial(config, runs_root):
+    """Writes a one-line run folder and reports one final result shaped like tune.trial's, so the driver
+    callbacks do their full work (rows built from the run folder, Parquet after every trial)."""
     from ray import tune as rt
 
     from ict_core.config import Config
+    from tune.storage import seed_folder
 
-    flat = {**Config().flat(), "loss.huber_c": config["loss.huber_c"]}
-    done = [{"seed": 0, "status": "completed", "config": flat, "final_fd": config["loss.huber_c"], "steps": 1,
-             "wall_s": 0.0}]
-    rt.report({"fd": config["loss.huber_c"], "step": 1, "trial_step": 1, "status": "completed", "ict_final": True,
-               "ict_done": json.dumps(done), "ict_history": "[]", "ict_current": json.dumps({"seed": 0,
-                                                                                            "config": flat})})
+    cfg = Config().with_overrides({"loss.huber_c": config["loss.huber_c"]})
+    run = Path(runs_root) / seed_folder("all", rt.get_context().get_trial_id(), 0)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg.save(run / "config.json")
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "fd": config["loss.huber_c"], "step": 1,
+                                                  "wall_s": 0.0}))
+    rt.report({"fd": config["loss.huber_c"], "step": 1, "trial_step": 1, "seed": 0, "status": "completed",
+               "final": True, "seeds_done": 1})
 
 
 def real_search(tmp: Path, trials: int, steps: int) -> dict:
@@ -73,9 +77,11 @@ def noop_search(tmp: Path, trials: int) -> dict:
     from tune.progress import ParquetCallback, ProgressCallback
 
     exp_dir = tmp / "noop"
-    callbacks = [ParquetCallback(str(exp_dir), "noop", "noop", {"name": "all", "fixed": {}}),
-                 ProgressCallback("all", ["loss.huber_c"], "fd", quiet=True)]
-    tuner = rt.Tuner(rt.with_resources(noop_trial, {"cpu": 1}),
+    runs_root = str(exp_dir / "runs")
+    callbacks = [ParquetCallback(str(exp_dir), "noop", "noop", {"name": "all", "fixed": {}}, 1, runs_root,
+                                 planned=trials),
+                 ProgressCallback("all", ["loss.huber_c"], "fd", total=trials, quiet=True)]
+    tuner = rt.Tuner(rt.with_resources(rt.with_parameters(noop_trial, runs_root=runs_root), {"cpu": 1}),
                      param_space={"loss.huber_c": rt.grid_search([1e-4 * (i + 1) for i in range(trials)])},
                      tune_config=rt.TuneConfig(metric="fd", mode="min", max_concurrent_trials=2,
                                                reuse_actors=True),

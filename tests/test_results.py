@@ -1,26 +1,29 @@
-"""Parquet tables: documented schema with config-typed columns, rows from trial results, no duplicates, atomic files."""
+"""Parquet tables: documented schema with config-typed columns, rows built from run folders, no duplicates,
+atomic files."""
 from __future__ import annotations
 
 import json
-import math
+import shutil
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ict_core.config import Config, all_keys
-from tune.results import (EVALS_SCHEMA, TRIALS_SCHEMA, ResultTables, rows_from_result, to_table, write_atomic)
+from ict_core.config import Config, all_keys, load_config
+from tune.results import (EVALS_SCHEMA, TRIALS_SCHEMA, ResultTables, run_key, to_table, trial_rows, write_atomic)
+from tune.storage import RunStore, seed_folder
+from tune.trial import resolved_flat
 
 DOCUMENTED_TRIAL_COLUMNS = [
     "experiment", "space", "stratum", "trial_id", "config_id", "seed", "status", "error", "dataset", "dim",
     "final_fd", "best_fd", "final_fd_2step", "final_kid", "final_loss", "final_loss_train", "final_loss_heldout",
     "final_nn_dist", "final_nn_dist_ref", "steps", "images_seen", "wall_s", "device", "world_size", "git_commit",
-    "versions",
+    "versions", "node_id", "run_key", "final_fd_student", "final_fd_se", "run_dir",
 ]
 DOCUMENTED_EVAL_COLUMNS = [
     "experiment", "trial_id", "config_id", "step", "num_points", "loss", "fd", "fd_2step", "kid", "loss_train",
-    "loss_heldout", "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s",
+    "loss_heldout", "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s", "fd_student", "fd_se",
 ]
 
 
@@ -32,76 +35,129 @@ def test_schemas_hold_the_documented_columns_and_config_types():
     assert TRIALS_SCHEMA.field("curriculum.shape").type == pa.string()
     assert TRIALS_SCHEMA.field("train.compile").type == pa.bool_()
     assert TRIALS_SCHEMA.field("network.channel_mult").type == pa.string()
+    for name in ("final_fd_student", "final_fd_se", "run_dir"):
+        assert TRIALS_SCHEMA.field(name).nullable
+    assert EVALS_SCHEMA.field("fd_student").nullable and EVALS_SCHEMA.field("fd_se").nullable
 
 
-def _eval(seed, step, fd):
-    return {"seed": seed, "step": step, "num_points": 11, "loss": 1.0, "fd": fd, "fd_2step": fd / 2, "kid": 0.1,
-            "loss_train": 1.0, "loss_heldout": 1.1, "nn_dist": 0.3, "nn_dist_ref": 0.2, "images_seen": step * 32,
-            "elapsed_s": step / 10}
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """One real run folder (40 steps, two evaluations) that the tests copy and cut to plant the other cases."""
+    from ict_core.trainer import train
+
+    root = tmp_path_factory.mktemp("real_run")
+    cfg = load_config("tiny", {"train.total_steps": 40, "eval.every": 20, "eval.num_samples": 50,
+                               "eval.cache_dir": str(root.parent / "featnet-cache"), "train.log_every": 10})
+    train(cfg, run_dir=root / "run")
+    return root / "run", resolved_flat(cfg)
 
 
-def _done(seed, flat, status="completed", fd=5.0):
-    return {"seed": seed, "status": status, "config": {**flat, "train.seed": seed}, "final_fd": fd, "best_fd": fd,
-            "steps": 100, "images_seen": 3200, "wall_s": 3.0, "device": "cpu", "world_size": 1, "node_id": "n1",
-            "git_commit": "abc", "versions": json.dumps({"torch": "x"})}
+def _plant(root, rel, source, cut_after_first_eval=False):
+    target = root / rel
+    shutil.copytree(source, target)
+    if cut_after_first_eval:  # a seed stopped (or killed) after its first evaluation
+        (target / "summary.json").unlink()
+        lines = (target / "evals.jsonl").read_text().splitlines()
+        (target / "evals.jsonl").write_text(lines[0] + "\n")
+    return target
 
 
-def test_rows_from_results_cover_seeds_pruned_errored_and_diverged(tmp_path):
-    flat = {**Config().flat(), "loss.huber_c": 0.03, "network.channel_mult": [1, 2]}
-    history = [_eval(0, 50, 9.0), _eval(0, 100, 5.0), _eval(1, 50, 8.0)]
-    common = dict(experiment="e", space="s", stratum="digits", config_id="t1",
-                  current={"seed": 1, "config": {**flat, "train.seed": 1}})
-    # Seed 0 finished, seed 1 stopped by ASHA at step 50.
-    result = {"ict_done": json.dumps([_done(0, flat)]), "ict_history": json.dumps(history), "ict_final": False,
-              "fd": 8.0, "step": 50, "node_id": "n1"}
-    trials, evals = rows_from_result(result, **common)
+def test_rows_come_from_run_folders_for_every_way_a_trial_ends(tmp_path, real_run):
+    source, flat = real_run
+    store = RunStore(str(tmp_path / "runs"))
+    summary = json.loads((source / "summary.json").read_text())
+    common = dict(experiment="e", space="s", stratum="digits", seeds=[0, 1, 2], known_config=flat)
+
+    # Seed 0 finished, seed 1 stopped after its first evaluation (ASHA), seed 2 never started.
+    _plant(tmp_path / "runs", seed_folder("digits", "t1", 0), source)
+    _plant(tmp_path / "runs", seed_folder("digits", "t1", 1), source, cut_after_first_eval=True)
+    trials, evals = trial_rows(store, config_id="t1", **common)
     assert [(r["trial_id"], r["seed"], r["status"]) for r in trials] == [("t1-seed0", 0, "completed"),
                                                                          ("t1-seed1", 1, "pruned")]
-    assert trials[1]["final_fd"] == 8.0 and trials[1]["best_fd"] == 8.0 and trials[1]["steps"] == 50
-    assert trials[0]["dataset"] == "digits-8" and trials[0]["dim"] == 64
-    assert len(evals) == 3 and {e["trial_id"] for e in evals} == {"t1-seed0", "t1-seed1"}
-    # A scheduler that stops the trial right at a seed's final evaluation did not prune that seed.
-    at_end = {**result, "status": "completed", "step": 100}
-    assert [r["status"] for r in rows_from_result(at_end, **common)[0]] == ["completed", "completed"]
-    # The same state ending in an exception: the running seed is errored with the text.
-    trials, _ = rows_from_result(result, **common, error="ValueError: boom")
-    assert trials[1]["status"] == "errored" and trials[1]["error"] == "ValueError: boom"
-    assert trials[0]["error"] is None
-    # A trial that died before reporting anything still gets its row.
-    trials, evals = rows_from_result({}, **common, error="RuntimeError: no data")
-    assert [(r["seed"], r["status"]) for r in trials] == [(1, "errored")] and evals == []
-    # A finished trial with a diverged seed.
-    result = {"ict_done": json.dumps([_done(0, flat), _done(1, flat, "diverged", math.nan)]),
-              "ict_history": "[]", "ict_final": True}
-    trials, _ = rows_from_result(result, **common)
-    assert [r["status"] for r in trials] == ["completed", "diverged"]
-    assert trials[0]["run_key"] != trials[1]["run_key"]
+    assert trials[0]["final_fd"] == summary["fd"] and trials[0]["best_fd"] == summary["best_fd"]
+    assert trials[0]["steps"] == 40 and trials[0]["dataset"] == "digits-8" and trials[0]["dim"] == 64
+    assert trials[0]["run_dir"] == "runs/digits/t1/seed_0"
+    first_eval = json.loads((source / "evals.jsonl").read_text().splitlines()[0])
+    assert trials[1]["steps"] == 20 and trials[1]["final_fd"] == first_eval["fd"] == trials[1]["best_fd"]
+    assert [(e["trial_id"], e["step"]) for e in evals] == [("t1-seed0", 20), ("t1-seed0", 40), ("t1-seed1", 20)]
+    assert trials[0]["git_commit"] is not None or trials[0]["versions"] is not None
+    # The same folders ending in an exception: the running seed is errored with the text.
+    trials, _ = trial_rows(store, config_id="t1", error="ValueError: boom", **common)
+    assert [r["status"] for r in trials] == ["completed", "errored"]
+    assert trials[1]["error"] == "ValueError: boom" and trials[0]["error"] is None
 
+    # A seed that died before writing anything still gets its row, from the configuration the driver sent.
+    _plant(tmp_path / "runs", seed_folder("digits", "t2", 0), source)
+    trials, evals = trial_rows(store, config_id="t2", error="RuntimeError: no data", **common)
+    assert [(r["seed"], r["status"], r["run_dir"]) for r in trials] == [(0, "completed", "runs/digits/t2/seed_0"),
+                                                                       (1, "errored", None)]
+    assert trials[1]["loss.huber_c"] == flat["loss.huber_c"] and trials[1]["train.seed"] == 1
+    assert {e["trial_id"] for e in evals} == {"t2-seed0"}
+    # Nothing at all: one errored row.
+    trials, evals = trial_rows(store, config_id="t3", error="RuntimeError: early", **common)
+    assert [(r["seed"], r["status"]) for r in trials] == [(0, "errored")] and evals == []
+
+    # A diverged seed keeps its status; its last (non-evaluation) line is not an evaluation row.
+    div = _plant(tmp_path / "runs", seed_folder("digits", "t4", 0), source)
+    diverged = {**summary, "status": "diverged", "fd": float("nan"), "step": 30}
+    (div / "summary.json").write_text(json.dumps(diverged))
+    with open(div / "evals.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 30, "fd": float("nan"), "status": "diverged", "evaluated": False}) + "\n")
+    trials, evals = trial_rows(store, config_id="t4", **{**common, "seeds": [0]})
+    assert trials[0]["status"] == "diverged" and pd.isna(trials[0]["final_fd"])
+    assert [e["step"] for e in evals] == [20, 40]
+
+    # Evaluation keys added later (fd_student, fd_se) are read where present and null where not.
+    new = _plant(tmp_path / "runs", seed_folder("digits", "t5", 0), source)
+    (new / "summary.json").write_text(json.dumps({**summary, "fd_student": 3.5, "final_fd_se": 0.25}))
+    rows = [json.loads(l) for l in (new / "evals.jsonl").read_text().splitlines()]
+    (new / "evals.jsonl").write_text("".join(json.dumps({**r, "fd_student": 7.0}) + "\n" for r in rows))
+    trials, evals = trial_rows(store, config_id="t5", **{**common, "seeds": [0]})
+    assert trials[0]["final_fd_student"] == 3.5 and trials[0]["final_fd_se"] == 0.25
+    assert [e["fd_student"] for e in evals] == [7.0, 7.0] and all(e["fd_se"] is None for e in evals)
     table = to_table(trials, TRIALS_SCHEMA)
-    assert table.schema == TRIALS_SCHEMA
-    assert table.column("network.channel_mult").to_pylist() == ["1,2", "1,2"]
+    assert table.schema == TRIALS_SCHEMA and table.column("network.channel_mult").to_pylist() == ["1"]
+
+    # The same reader through a URI (pyarrow's file systems, as for s3://) gives the same rows.
+    uri_rows, uri_evals = trial_rows(RunStore("file://" + str(tmp_path / "runs")), config_id="t1", **common)
+    local_rows, local_evals = trial_rows(store, config_id="t1", **common)
+    assert uri_rows == local_rows and uri_evals == local_evals
+
+
+def test_run_key_hashes_what_was_trained_only():
+    flat = Config().flat()
+    key = run_key(flat, 0)
+    moved = {**flat, "train.num_threads": 8, "data.path": "/elsewhere", "train.device": "cuda",
+             "eval.cache_dir": "/tmp/x", "train.log_every": 7, "train.keep_checkpoints": 5}
+    assert run_key(moved, 0) == key
+    assert run_key({**flat, "optim.lr": 3e-4}, 0) != key
+    assert run_key({**flat, "train.seed": 1}, 1) != key and run_key(flat, 1) != key
+    assert run_key({**flat, "eval.num_samples": 999}, 0) != key  # changes the measured FD
+
+
+def _row(config_id, seed, flat, status="completed", fd=5.0, **extra):
+    return {"experiment": "e", "space": "s", "stratum": "digits", "trial_id": f"{config_id}-seed{seed}",
+            "config_id": config_id, "seed": seed, "status": status, "final_fd": fd, "run_key": run_key(flat, seed),
+            **extra}
 
 
 def test_tables_never_duplicate_a_run_and_replace_only_errored_rows(tmp_path):
     flat = Config().flat()
-    common = dict(experiment="e", space="s", stratum="digits", current={"seed": 0, "config": flat})
-    done = {"ict_done": json.dumps([_done(0, flat)]), "ict_history": json.dumps([_eval(0, 100, 5.0)]),
-            "ict_final": True}
+    ev = {"experiment": "e", "step": 100, "fd": 5.0}
     tables = ResultTables(tmp_path)
-    assert tables.add(*rows_from_result(done, config_id="a", **common))
+    assert tables.add([_row("a", 0, flat)], [{**ev, "trial_id": "a-seed0"}])
     tables.write()
-    # A new driver (resume) reads the files back; the same run under the same or another Tune id is not added.
+    # A new driver (resume) reads the files back; the same run under the same or another Tune id is not added,
+    # nor the same run restarted elsewhere (other threads, device, data path).
     tables = ResultTables(tmp_path)
     assert tables.known("a-seed0")
-    assert not tables.add(*rows_from_result(done, config_id="a", **common))
-    assert not tables.add(*rows_from_result(done, config_id="b", **common))
+    assert not tables.add([_row("a", 0, flat)], [])
+    moved = {**flat, "train.num_threads": 4, "train.device": "cpu", "data.path": "/mnt/x"}
+    assert not tables.add([_row("b", 0, moved)], [])
     # An errored run gives way to a successful retry of the same configuration.
     other = {**flat, "loss.huber_c": 0.5}
-    common_other = {**common, "current": {"seed": 0, "config": other}}
-    assert tables.add(*rows_from_result({}, config_id="c", error="boom", **common_other))
-    retry = {"ict_done": json.dumps([_done(0, other)]), "ict_history": json.dumps([_eval(0, 100, 4.0)]),
-             "ict_final": True}
-    assert tables.add(*rows_from_result(retry, config_id="d", **common_other))
+    assert tables.add([_row("c", 0, other, status="errored", fd=None, error="boom")], [])
+    assert tables.add([_row("d", 0, other, fd=4.0)], [{**ev, "trial_id": "d-seed0"}])
     tables.write()
     trials = pd.read_parquet(tmp_path / "trials.parquet")
     evals = pd.read_parquet(tmp_path / "evals.parquet")

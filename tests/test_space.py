@@ -139,3 +139,33 @@ def test_cli_errors_exit_2_without_traceback_and_dry_run_starts_no_ray(tmp_path,
     proc = subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--space", str(good), "--dry-run",
                            "--budget", "huge"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown budget" in proc.stderr
+
+
+@pytest.mark.parametrize("name", list_spaces())
+def test_every_budget_that_feeds_a_verdict_runs_three_seeds(name):
+    """Verdicts need at least 3 seeds per configuration (docs/ARCHITECTURE.md); smoke budgets are labelled
+    inconclusive by the report instead."""
+    space = load_space(name)
+    for budget in ("cpu", "gpu", "paper"):
+        assert space.plan(budget).seeds >= 3, (name, budget)
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_paper_anywhere_in_a_huber_c_choice_is_the_stratum_value(tmp_path, where):
+    values = [0.01, 0.1]
+    values.insert(where, "paper")
+    path = tmp_path / "choice.yaml"
+    path.write_text("name: choice\nfixed: {train.total_steps: 10}\n"
+                    f"params:\n  loss.huber_c: {{type: choice, values: [{', '.join(map(str, values))}]}}\n"
+                    "strata:\n  - {name: digits, fixed: {data.name: digits}}\n"
+                    "  - {name: patches-16, fixed: {data.name: patches, data.resolution: 16}}\n"
+                    "search: {algorithm: random}\nmetric: fd\nmode: min\n")
+    plan = load_space(path).plan("smoke")
+    for stratum in plan.strata:
+        choices = stratum.choices["loss.huber_c"]
+        assert choices[where] == pytest.approx(0.00054 * math.sqrt(stratum.dim))
+        assert [v for i, v in enumerate(choices) if i != where] == [0.01, 0.1]
+        assert isinstance(stratum.first_config(plan.params)["loss.huber_c"], float)
+        # What the searcher draws from is this stratum's list: numbers only.
+        dist = search._distribution(plan.params["loss.huber_c"], stratum.choices["loss.huber_c"])
+        assert all(isinstance(v, float) for v in dist.categories)

@@ -9,10 +9,13 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from ray.tune import Callback
 
-from tune.results import EVAL_METRICS, ResultTables, rows_from_result
+from ict_core.config import Config
+from tune.results import ResultTables, write_json_atomic
+from tune.results import trial_rows as rows_of_trial
 from tune.trial import resolved_flat, trial_params
 
 
@@ -25,54 +28,69 @@ def _fmt(value) -> str:
 
 
 class ParquetCallback(Callback):
-    """Writes trials.parquet / evals.parquet (atomically) each time a trial of one stratum ends."""
+    """Writes trials.parquet / evals.parquet (atomically) each time a trial of one stratum ends, from the run
+    folders its seeds wrote (tune/results.trial_rows), and the stratum's ledger (`strata/<name>.json`: the
+    planned number of trials and how each trial that ended, ended), which tells the driver whether the stratum
+    finished. Only trials that ended on their own are in it: Tune marks the trials it stops on Ctrl-C as
+    terminated, so its own statuses cannot tell an interrupted stratum from a finished one."""
 
-    def __init__(self, experiment_dir: str, experiment: str, space: str, stratum: dict):
+    def __init__(self, experiment_dir: str, experiment: str, space: str, stratum: dict, seeds: int,
+                 runs_root: str, ledger: str | None = None, planned: int = 0):
         self.experiment_dir = experiment_dir
         self.experiment = experiment
         self.space = space
         self.stratum = stratum
-        self._history: dict[str, list] = {}
+        self.seeds = seeds
+        self.runs_root = runs_root
+        self.ledger = ledger or stratum["name"]  # the Tune experiment's name
+        self.planned = planned
 
     def setup(self, **info):
         # Re-read on every (re)start: a restored callback must not hold the tables of a previous driver.
         self.tables = ResultTables(self.experiment_dir)
-        self._history = {}
+        self._ledger_update({})
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "ict_history" in result or "step" not in result or not result.get("evaluated", True):
-            return
-        # Ray Train trials forward rank 0's trainer metrics only: keep the evaluation history here. Seeds run
-        # one after the other, so a step that does not increase starts the next seed.
-        history = self._history.setdefault(trial.trial_id, [])
-        seed = history[-1]["seed"] if history else self._current(trial)["seed"]
-        if history and result["step"] <= history[-1]["step"]:
-            seed += 1
-        history.append({"seed": seed, **{k: result.get(k) for k in ("step", *EVAL_METRICS)}})
-
-    def _current(self, trial) -> dict:
+    def _known(self, trial) -> dict:
         from ict_core.config import load_config
 
         overrides = {**self.stratum["fixed"], **trial_params(trial.config)}
         try:
             cfg = load_config(overrides=overrides)
-            return {"seed": cfg.train.seed, "config": resolved_flat(cfg)}
+            return resolved_flat(cfg)
         except Exception:  # noqa: BLE001 - the row must still be written, with what is known
-            return {"seed": overrides.get("train.seed", 0), "config": overrides}
+            return {**Config().flat(), **overrides}
 
     def _record(self, trial, error: str | None) -> None:
-        trial_rows, eval_rows = rows_from_result(
-            trial.last_result or {}, experiment=self.experiment, space=self.space, stratum=self.stratum["name"],
-            config_id=trial.trial_id, current=self._current(trial), error=error,
-            history=self._history.pop(trial.trial_id, None))
+        from tune.storage import RunStore
+
+        known = self._known(trial)
+        base = int(known.get("train.seed") or 0)
+        trial_rows, eval_rows = rows_of_trial(
+            RunStore(self.runs_root), experiment=self.experiment, space=self.space, stratum=self.stratum["name"],
+            config_id=trial.trial_id, seeds=[base + i for i in range(self.seeds)], known_config=known, error=error)
         if self.tables.add(trial_rows, eval_rows):
             self.tables.write()
+        self._ledger_update({trial.trial_id: "errored" if error else "ended"})
+
+    def _ledger_update(self, ended: dict) -> None:
+        path = ledger_path(self.experiment_dir, self.ledger)
+        try:
+            ledger = json.loads(path.read_text())
+        except (OSError, ValueError):
+            ledger = {}
+        ledger.update(stratum=self.stratum["name"], planned=self.planned)
+        ledger.setdefault("trials", {}).update(ended)
+        write_json_atomic(ledger, path)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record(trial, error_text(trial))
+
+
+def ledger_path(experiment_dir, stratum: str) -> Path:
+    return Path(experiment_dir) / "strata" / f"{stratum}.json"
 
 
 def error_text(trial, limit: int = 4000) -> str:
@@ -92,50 +110,94 @@ def error_text(trial, limit: int = 4000) -> str:
     return (head + "\n" + text.strip()[-limit:]) if len(lines) > 1 else head
 
 
-class ProgressCallback(Callback):
-    """One line per evaluation and per finished trial: stratum, trial, params, step, metric, status."""
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
-    def __init__(self, stratum: str, params: list[str], metric: str, quiet: bool = False):
+
+class ProgressCallback(Callback):
+    """One line per evaluation, and after every trial that ends a progress line for the stratum: trials
+    done/total, elapsed, ETA (elapsed per trial ended in this session, times the trials left) and the best
+    configuration so far (its mean over seeds, the value the searcher sees)."""
+
+    def __init__(self, stratum: str, params: list[str], metric: str, mode: str = "min", total: int = 0,
+                 quiet: bool = False):
         self.stratum = stratum
         self.params = params
         self.metric = metric
+        self.mode = mode
+        self.total = total
         self.quiet = quiet
         self.t0 = time.time()
 
     def setup(self, **info):
         self.t0 = time.time()
+        self.ended: dict[str, str] = {}
+        self.before: set[str] = set()
 
-    def _print(self, trial, step, value, status) -> None:
+    def _say(self, line: str) -> None:
+        if not self.quiet:
+            print(line, file=sys.stdout, flush=True)
+
+    def _shown(self, trial) -> str:
         params = trial_params(trial.config)
         shown = " ".join(f"{k.split('.')[-1]}={_fmt(params.get(k))}" for k in self.params if k in params)
         if not shown and params:
             shown = " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in params.items())
-        line = (f"[{time.time() - self.t0:6.0f}s] {self.stratum:<12} {trial.trial_id:<14} {shown:<40} "
-                f"step {_fmt(step):>6}  {self.metric} {_fmt(value):>8}  {status}")
-        if not self.quiet:
-            print(line, file=sys.stdout, flush=True)
+        return shown
+
+    def _print(self, trial, step, value, status) -> None:
+        self._say(f"[{time.time() - self.t0:6.0f}s] {self.stratum:<12} {trial.trial_id:<14} {self._shown(trial):<40} "
+                  f"step {_fmt(step):>6}  {self.metric} {_fmt(value):>8}  {status}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("ict_between_seeds"):
-            return
+        if not self.before and not self.ended:
+            # Trials a restored run already finished before this session: not counted in the ETA.
+            self.before = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR") and t is not trial}
         status = result.get("status", "running")
-        if result.get("ict_final"):
+        if result.get("final"):
             if result.get("seeds_done", 1) == 1:
                 return  # the seed's own line already said it; a mean of one adds nothing
             status = f"{status} (mean of {result.get('seeds_done')} seeds)"
         elif "seed" in result:
             status = f"{status} seed {result['seed']}"
-        self._print(trial, result.get("trial_step", result.get("step")), result.get(self.metric, float("nan")),
-                    status)
+        self._print(trial, result.get("step"), result.get(self.metric, float("nan")), status)
+
+    def _ended_line(self, trials, trial, status: str) -> None:
+        self.ended[trial.trial_id] = status
+        finished = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | set(self.ended)
+        done = len(finished)
+        total = max(self.total, len(trials), done)
+        elapsed = time.time() - self.t0
+        this_session = len(finished - self.before)
+        eta = _clock(elapsed / this_session * (total - done)) if this_session else "?"
+        best, best_trial = None, None
+        for t in {t.trial_id: t for t in [*trials, trial]}.values():
+            last = t.last_result or {}
+            value = last.get(self.metric)
+            if not last.get("final") or last.get("status") != "completed" or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                continue
+            if best is None or (value < best if self.mode == "min" else value > best):
+                best, best_trial = value, t
+        best_text = (f"best {self.metric} {best:.4g} ({self._shown(best_trial)})" if best is not None
+                     else f"best {self.metric} -")
+        self._say(f"[{self.stratum}] {done}/{total} trials done ({trial.trial_id} {status}), elapsed "
+                  f"{_clock(elapsed)}, ETA {eta}, {best_text}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        if not last.get("ict_final") and last.get("status") not in ("completed", "diverged"):
-            self._print(trial, last.get("trial_step"), last.get(self.metric, float("nan")), "pruned")
+        status = last.get("status", "completed") if last.get("final") else "pruned"
+        if status == "pruned":
+            self._print(trial, last.get("step"), last.get(self.metric, float("nan")), "pruned")
+        self._ended_line(trials, trial, status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(trial, (trial.last_result or {}).get("trial_step"), float("nan"),
+        self._print(trial, (trial.last_result or {}).get("step"), float("nan"),
                     "errored: " + error_text(trial).splitlines()[0][:100])
+        self._ended_line(trials, trial, "errored")
 
 
 def summary_lines(trials_df, metric: str, mode: str) -> list[str]:

@@ -16,6 +16,7 @@ S/NAME/run after every report; a local storage path must be visible at the same 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -133,6 +134,7 @@ def plan_launch(
     resume: bool | str = False,
     run_dir: str | None = None,
     ship_code: bool | None = None,
+    run_uri: str | None = None,
 ) -> LaunchPlan:
     """Check a launch request without starting Ray; raise LaunchError/ConfigError naming what is wrong."""
     if not isinstance(cfg, Config):
@@ -207,7 +209,10 @@ def plan_launch(
     resume = bool(exists)
 
     # With URI storage rank 0 writes to local scratch (or the given run_dir) and mirrors it to the URI.
-    run_uri = _join(storage, name, RUN_SUBDIR) if is_uri(storage) else None
+    if run_uri is not None and not is_uri(run_uri):
+        raise LaunchError(f"run_uri must be a URI such as s3://BUCKET/PATH (a local folder goes in run_dir), got {run_uri!r}")
+    if run_uri is None:
+        run_uri = _join(storage, name, RUN_SUBDIR) if is_uri(storage) else None
     if run_dir is None:
         if run_uri:
             # Unique per launch, so a stale scratch folder of an earlier launch is never appended to.
@@ -361,13 +366,31 @@ def worker_loop(loop_config: dict) -> None:
         if mirror is not None:
             mirror.push()
 
-    if checkpoint is None:
-        train(cfg, report=report, run_dir=str(run_dir))
-    else:
-        with checkpoint.as_directory() as ckpt_dir:
-            train(cfg, report=report, run_dir=str(run_dir), resume_from=ckpt_dir)
+    logs = _rank0_logs(run_dir) if rank == 0 else contextlib.nullcontext()
+    with logs:
+        if checkpoint is None:
+            train(cfg, report=report, run_dir=str(run_dir))
+        else:
+            with checkpoint.as_directory() as ckpt_dir:
+                train(cfg, report=report, run_dir=str(run_dir), resume_from=ckpt_dir)
     if mirror is not None:
         mirror.push()
+
+
+@contextlib.contextmanager
+def _rank0_logs(run_dir: Path):
+    """Rank 0's stdout/stderr, copied into the run folder (worker.stdout.log / worker.stderr.log)."""
+    from tune.storage import _Tee
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    old = sys.stdout, sys.stderr
+    with open(run_dir / "worker.stdout.log", "a", buffering=1) as out, \
+            open(run_dir / "worker.stderr.log", "a", buffering=1) as err:
+        sys.stdout, sys.stderr = _Tee(old[0], out), _Tee(old[1], err)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = old
 
 
 # ---- the driver side -----------------------------------------------------------------------------
@@ -463,6 +486,7 @@ def run_ray_train(
     run_dir: str | None = None,
     ship_code: bool | None = None,
     plan: LaunchPlan | None = None,
+    run_uri: str | None = None,
 ) -> dict:
     """Train one iCT model with `workers` data-parallel ranks under ray.train.torch.TorchTrainer.
 
@@ -480,6 +504,7 @@ def run_ray_train(
         plan = plan_launch(
             cfg, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, storage=storage,
             name=name, max_failures=max_failures, resume=resume, run_dir=run_dir, ship_code=ship_code,
+            run_uri=run_uri,
         )
     import ray
     import ray.train

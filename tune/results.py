@@ -5,8 +5,10 @@ evaluation. Both have explicit pyarrow schemas: the config columns take their ty
 types, so a column is typed even when every value in it is null. Files are rewritten whole and atomically (a temp
 file in the same folder, then os.replace), so a reader or a killed driver never sees half a table.
 
-Beyond the documented columns, trials.parquet carries `node_id` (the Ray node that ran the trial) and `run_key`
-(a hash of stratum, resolved config and seed: the identity used to never write a run twice across resumes).
+Rows are built by the driver from the run folders the trainer wrote (`trial_rows`), never from what trials
+report to Tune. Beyond the documented columns, trials.parquet carries `node_id` (the Ray node that ran the
+trial), `run_key` (a hash of what was trained and the seed: the identity used to never write a run twice across
+resumes) and `run_dir` (the seed's run folder relative to the experiment folder).
 """
 from __future__ import annotations
 
@@ -53,17 +55,22 @@ _TRIAL_TAIL = [
     ("final_nn_dist_ref", pa.float64()), ("steps", pa.int64()), ("images_seen", pa.int64()),
     ("wall_s", pa.float64()), ("device", pa.string()), ("world_size", pa.int64()), ("git_commit", pa.string()),
     ("versions", pa.string()), ("node_id", pa.string()), ("run_key", pa.string()),
+    # Added later: nullable, so tables written before them still load.
+    ("final_fd_student", pa.float64()), ("final_fd_se", pa.float64()), ("run_dir", pa.string()),
 ]
 TRIALS_SCHEMA = pa.schema(_TRIAL_HEAD + [(k, CONFIG_TYPES[k]) for k in all_keys()] + _TRIAL_TAIL)
 
 EVAL_METRICS = ("num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist",
-                "nn_dist_ref", "images_seen", "elapsed_s")
+                "nn_dist_ref", "images_seen", "elapsed_s", "fd_student", "fd_se")
+# final_<key> columns of trials.parquet, read from a run's summary.json (or its last evaluation)
+FINAL_METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref",
+                 "fd_student", "fd_se")
 EVALS_SCHEMA = pa.schema(
     [("experiment", pa.string()), ("trial_id", pa.string()), ("config_id", pa.string()), ("step", pa.int64()),
      ("num_points", pa.int64()), ("loss", pa.float64()), ("fd", pa.float64()), ("fd_2step", pa.float64()),
      ("kid", pa.float64()), ("loss_train", pa.float64()), ("loss_heldout", pa.float64()),
      ("nn_dist", pa.float64()), ("nn_dist_ref", pa.float64()), ("images_seen", pa.int64()),
-     ("elapsed_s", pa.float64())]
+     ("elapsed_s", pa.float64()), ("fd_student", pa.float64()), ("fd_se", pa.float64())]
 )
 
 
@@ -127,10 +134,19 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def run_key(stratum: str, config_flat: dict, seed: int) -> str:
-    """Identity of one training run, stable across driver restarts (unlike Tune's trial ids after a
-    restore that finds no snapshot). train.seed is part of the config; `seed` is repeated for clarity."""
-    body = json.dumps({"stratum": stratum, "config": config_flat, "seed": seed}, sort_keys=True, default=str)
+# Config keys that say where or how a run executed, not what was trained: left out of run_key, so the same run
+# restarted on another machine, with other threads or paths, is recognised as the same run.
+NOT_TRAINED = ("data.path", "eval.cache_dir", "eval.inception_path", "eval.grid", "train.device",
+               "train.num_threads", "train.compile", "train.channels_last", "train.log_every",
+               "train.checkpoint_every", "train.keep_checkpoints", "train.fault_step")
+
+
+def run_key(config_flat: dict, seed: int) -> str:
+    """Identity of one training run: a hash of what was trained (the config without NOT_TRAINED keys) and the
+    seed. Stable across driver restarts and machines (unlike Tune's trial ids after a restore that finds no
+    snapshot); train.seed is part of the config, `seed` is repeated for clarity."""
+    trained = {k: v for k, v in config_flat.items() if k not in NOT_TRAINED}
+    body = json.dumps({"config": trained, "seed": int(seed)}, sort_keys=True, default=str)
     return hashlib.sha1(body.encode()).hexdigest()[:16]
 
 
@@ -174,66 +190,101 @@ class ResultTables:
         write_atomic(to_table(self.evals, EVALS_SCHEMA), self.evals_path)
 
 
-def _loads(text, default):
-    if not text:
-        return default
+def _num(value):
     try:
-        return json.loads(text)
+        value = float(value)
     except (TypeError, ValueError):
-        return default
+        return None
+    return value
 
 
-def rows_from_result(result: dict, *, experiment: str, space: str, stratum: str, config_id: str,
-                     current: dict, error: str | None = None, history: list | None = None,
-                     metric: str = "fd") -> tuple[list[dict], list[dict]]:
-    """trials/evals rows of one finished Tune trial, from its last result (see tune/trial.py).
+def _finite(value) -> bool:
+    value = _num(value)
+    return value is not None and math.isfinite(value)
 
-    Seeds listed in the result's `ict_done` keep their own status (completed or diverged); a seed still running
-    when the trial ended is `errored` when `error` is given, else `pruned` (a scheduler stopped it). `current`
-    ({"seed", "config"}) describes that seed when the trial died before its first report. `history` is the
-    evaluation history gathered by the driver, used when the result carries none (Ray Train trials)."""
+
+def _provenance(prov: dict | None) -> dict:
+    prov = prov or {}
+    return {"git_commit": prov.get("git_commit"), "device": prov.get("device"),
+            "versions": json.dumps(prov["versions"], sort_keys=True) if prov.get("versions") else None}
+
+
+def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: str, seeds: list[int],
+               known_config: dict, runs_prefix: str = "runs", error: str | None = None,
+               node_id: str | None = None) -> tuple[list[dict], list[dict]]:
+    """trials/evals rows of one ended Tune trial, built from the run folders its seeds wrote in `store`
+    (tune/storage.RunStore; a local path or a URI).
+
+    A seed with summary.json keeps its status (completed | diverged); a seed whose folder holds no summary was
+    running when the trial ended: `errored` when `error` is given, else `pruned` (a scheduler stopped it), with
+    its final_* values from its last evaluation. A seed that died before writing anything gets an `errored` row
+    from `known_config` (the configuration the driver sent); seeds never started get no row. `run_dir` is the
+    seed's folder relative to the experiment folder (`runs_prefix` + the folder under the store's root)."""
     from tune.space import dataset_of
-
-    result = result or {}
-    done = _loads(result.get("ict_done"), [])
-    evals = _loads(result.get("ict_history"), None) or history or []
-    current = _loads(result.get("ict_current"), None) or current
-    finished = {d["seed"] for d in done}
-    runs = [dict(d) for d in done]
-    if not result.get("ict_final") and current["seed"] not in finished:
-        # A seed whose last report was its final evaluation finished, even if a scheduler stopped the trial then.
-        ended = result.get("status") if result.get("status") in ("completed", "diverged") else "pruned"
-        run = {"seed": current["seed"], "status": "errored" if error else ended, "config": current["config"],
-               "node_id": result.get("node_id")}
-        for key in ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref"):
-            run[f"final_{key}"] = result.get(key)
-        seed_fds = [e.get("fd") for e in evals if e.get("seed") == current["seed"]]
-        seed_fds = [v for v in seed_fds if v is not None and math.isfinite(v)]
-        run.update(best_fd=min(seed_fds) if seed_fds else None, steps=result.get("step"),
-                   images_seen=result.get("images_seen"), wall_s=result.get("elapsed_s"))
-        runs.append(run)
-    elif error and runs:
-        # The trial failed after its last seed finished (e.g. in the final report): keep the runs, note the error.
-        runs[-1]["error"] = error
+    from tune.storage import FINISHED, seed_folder
 
     trial_rows, eval_rows = [], []
-    for run in runs:
-        config = run["config"]
-        trial_id = f"{config_id}-seed{run['seed']}"
-        dataset, dim = dataset_of(config["data.name"], config["data.resolution"])
+    errored_seen = False
+    folders = [seed_folder(stratum, config_id, s) for s in seeds]
+    started = [store.exists(f"{rel}/config.json") or store.exists(f"{rel}/evals.jsonl") for rel in folders]
+    for index, (seed, rel) in enumerate(zip(seeds, folders)):
+        summary = store.read_json(f"{rel}/summary.json") or {}
+        evals = [e for e in store.read_jsonl(f"{rel}/evals.jsonl")
+                 if e.get("evaluated", True) and e.get("status") != "diverged"]
+        config = store.read_json(f"{rel}/config.json")
+        if summary.get("status") in FINISHED:
+            status, final = summary["status"], summary
+        elif evals and evals[-1].get("status") == "completed" and not error:
+            status, final = "completed", evals[-1]  # stopped right after its final evaluation
+        elif started[index] or evals:
+            status, final = ("errored" if error else "pruned"), (evals[-1] if evals else {})
+            errored_seen = errored_seen or bool(error)
+        elif error and not errored_seen and not any(started[index + 1:]):
+            status, final = "errored", {}  # died before its run folder had anything in it
+            errored_seen = True
+        else:
+            continue
+        flat = _flat_config(config) if config else {**known_config, "train.seed": seed}
+        trial_id = f"{config_id}-seed{seed}"
+        dataset, dim = dataset_of(flat["data.name"], flat["data.resolution"])
         row = {"experiment": experiment, "space": space, "stratum": stratum, "trial_id": trial_id,
-               "config_id": config_id, "seed": run["seed"], "status": run["status"],
-               "error": error if run["status"] == "errored" else run.get("error"),
-               "dataset": dataset, "dim": dim, "run_key": run_key(stratum, config, run["seed"])}
-        row.update({k: v for k, v in config.items() if k in CONFIG_TYPES})
-        for key in ("final_fd", "best_fd", "final_fd_2step", "final_kid", "final_loss", "final_loss_train",
-                    "final_loss_heldout", "final_nn_dist", "final_nn_dist_ref", "steps", "images_seen", "wall_s",
-                    "device", "world_size", "git_commit", "versions", "node_id"):
-            if run.get(key) is not None:
-                row[key] = run[key]
+               "config_id": config_id, "seed": seed, "status": status,
+               "error": error if status == "errored" else None, "dataset": dataset, "dim": dim,
+               "run_key": run_key(flat, seed), "run_dir": f"{runs_prefix}/{rel}" if (started[index] or evals) else None,
+               "node_id": node_id}
+        row.update({k: v for k, v in flat.items() if k in CONFIG_TYPES})
+        for key in FINAL_METRICS:
+            row[f"final_{key}"] = _num(final.get(f"final_{key}", final.get(key)))
+        fds = [e["fd"] for e in evals if _finite(e.get("fd"))]
+        row["best_fd"] = _num(summary["best_fd"]) if "best_fd" in summary else (min(fds) if fds else None)
+        last = summary or (evals[-1] if evals else {})
+        row.update(steps=last.get("step"), images_seen=last.get("images_seen"),
+                   wall_s=_num(summary.get("wall_s", last.get("elapsed_s"))),
+                   world_size=summary.get("world_size"))
+        row.update({k: v for k, v in _provenance(store.read_json(f"{rel}/provenance.json")).items() if v is not None})
+        node = store.read_json(f"{rel}.node.json") or next(iter(store.read_jsonl(f"{rel}/workers.jsonl")), {})
+        row["node_id"] = node.get("node_id") or node_id
+        if summary.get("device") and not row.get("device"):
+            row["device"] = summary["device"]
         trial_rows.append(row)
         for e in evals:
-            if e.get("seed") == run["seed"]:
-                eval_rows.append({"experiment": experiment, "trial_id": trial_id, "config_id": config_id,
-                                  **{k: e.get(k) for k in ("step", *EVAL_METRICS)}})
+            eval_rows.append({"experiment": experiment, "trial_id": trial_id, "config_id": config_id,
+                              **{k: e.get(k) for k in ("step", *EVAL_METRICS)}})
+    if error and trial_rows and not errored_seen:
+        # Every seed finished, then the trial failed (e.g. in its final report): keep the runs, note the error.
+        trial_rows[-1]["error"] = error
     return trial_rows, eval_rows
+
+
+def _flat_config(tree: dict) -> dict:
+    """A run folder's config.json (nested, huber_c resolved) as dotted keys."""
+    from ict_core.config import from_dict
+
+    try:
+        return from_dict(tree).flat()
+    except Exception:  # noqa: BLE001 - a config from another version of the code: keep what is readable
+        out = {}
+        for section, values in tree.items():
+            if isinstance(values, dict):
+                out.update({f"{section}.{k}": v for k, v in values.items()})
+        return out

@@ -3,17 +3,23 @@
     python tune/search.py --space c_scaling --budget smoke
     python tune/search.py --space my_space.yaml --budget cpu --num-samples 20 --storage /data/results
     python tune/search.py --space c_scaling --budget smoke --resume      # after a crash or Ctrl-C
+    python tune/search.py --space c_scaling --budget smoke --num-samples 6 --resume --extend   # search further
     python tune/search.py --space dropout --dry-run                     # print the plan, start nothing
     python tune/search.py --list-spaces
 
 Each stratum of a space (e.g. one data set) is searched on its own, with its own searcher and trial budget, one
 stratum after the other. Results: EXPERIMENT_DIR/trials.parquet (one row per training run = one seed of one
-configuration), evals.parquet (one row per evaluation) and experiment.json (space, budget, plan, provenance);
-Ray's own files go to EXPERIMENT_DIR/ray/<stratum>.
+configuration), evals.parquet (one row per evaluation), both built from the run folders, and experiment.json
+(space, budget, plan and its hash, status, provenance). Every seed's run folder goes to
+EXPERIMENT_DIR/runs/<stratum>/<trial_id>/seed_<seed>, Ray's own files to EXPERIMENT_DIR/ray/<stratum> (both under
+the shared storage instead when one is given). Exit codes: 0 finished, 1 trials errored (the first error is
+printed; --resume retries them), 2 bad input, 130 interrupted (--resume continues). docs/ARCHITECTURE.md has
+the details.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -29,7 +35,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, _ROOT)
 
 from ict_core.config import ConfigError, parse_overrides  # noqa: E402
-from tune.space import BUDGETS, Plan, SpaceError, list_spaces, load_space  # noqa: E402
+from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space  # noqa: E402
+from tune.storage import RUNS_DIR  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = "results"
@@ -53,18 +60,19 @@ def resolve_plan(space, budget="smoke", num_samples=None, extra=None, strata=Non
     return plan
 
 
-def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | None) -> dict:
+def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | None, ray_train: bool = False) -> dict:
     """Trial resources and the number of concurrent trials that fit the cluster (RAY_NOTES 2).
 
     A one-worker CPU trial trains in its own process and holds a CPU share; a Ray Train trial holds 0.01 CPU while
-    its workers hold their own placement group, so concurrency is computed from the workers' needs."""
+    its workers hold their own placement group, so concurrency is computed from the workers' needs. `ray_train`
+    sends even a one-worker CPU trial through Ray Train (the path multi-worker and GPU trials take)."""
     cpus = float((cluster or {}).get("CPU", os.cpu_count() or 1))
     gpus = float((cluster or {}).get("GPU", 0))
     if workers < 1:
         raise SearchError(f"--workers-per-trial must be >= 1, got {workers}")
     if gpus_per_worker < 0:
         raise SearchError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-    if workers == 1 and gpus_per_worker == 0:
+    if workers == 1 and gpus_per_worker == 0 and not ray_train:
         per_trial = max(1, int(cpus // plan.max_concurrent))
         concurrent = max(1, min(plan.max_concurrent, int(cpus // per_trial)))
         return {"mode": "in-trial", "trial": {"cpu": per_trial}, "cpus_per_trial": per_trial,
@@ -103,7 +111,8 @@ def format_plan(plan: Plan, res: dict, exp_dir: Path) -> str:
             lines.append(f"  {key:<24} {p.type} {rng}")
     for s in plan.strata:
         lines.append(f"stratum {s.name}: {s.dataset}, d={s.dim}, {s.num_samples} configuration(s) x {plan.seeds} "
-                     f"seed(s)")
+                     f"seed(s)" + (f": {describe_search(s.num_samples, len(s.points))}"
+                                   if plan.algorithm == "optuna_tpe" else ""))
         lines.append("  fixed  " + ", ".join(f"{k}={v}" for k, v in s.fixed.items()))
         if s.points:
             lines.append("  points " + "; ".join(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -142,7 +151,7 @@ def start_ray(address: str | None = None) -> bool:
     return True
 
 
-def _distribution(p):
+def _distribution(p, values=None):
     from ray import tune as rt
 
     if p.type == "loguniform":
@@ -152,7 +161,7 @@ def _distribution(p):
     if p.type == "int":
         return rt.lograndint(p.low, p.high + 1) if p.log else rt.randint(p.low, p.high + 1)
     if p.type == "choice":
-        return rt.choice(list(p.values))
+        return rt.choice(list(values if values is not None else p.values))
     return rt.grid_search(list(p.values))
 
 
@@ -161,26 +170,39 @@ def stratum_seed(seed: int, stratum: str) -> int:
     return seed + zlib.crc32(stratum.encode()) % 100_000
 
 
-def _search(plan: Plan, stratum, concurrent: int, seed: int):
-    """(search_alg, param_space, num_samples) of one stratum; `seed` seeds its sampler."""
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+def _search(plan: Plan, stratum, concurrent: int, seed: int, num_samples: int | None = None,
+            evaluated: list[tuple[dict, float]] = ()):
+    """(search_alg, param_space, num_samples) of one stratum; `seed` seeds its sampler. `evaluated` are
+    (params, value) pairs an earlier run of the stratum measured (--extend), told to Optuna before it starts."""
+    from ray.tune.search import BasicVariantGenerator
 
     from ray import tune as rt
 
+    samples = stratum.num_samples if num_samples is None else num_samples
     if plan.algorithm == "grid":
-        return (BasicVariantGenerator(max_concurrent=concurrent),
-                {"variant": rt.grid_search(stratum.variants)}, 1)
-    space = {key: _distribution(p) for key, p in plan.params.items()}
+        measured = [p for p, _ in evaluated]
+        variants = [v for v in stratum.variants if {k: v.get(k) for k in plan.params} not in measured]
+        return (BasicVariantGenerator(max_concurrent=concurrent), {"variant": rt.grid_search(variants)}, 1)
+    space = {key: _distribution(p, stratum.choices.get(key)) for key, p in plan.params.items()}
     if plan.algorithm == "random":
         return (BasicVariantGenerator(points_to_evaluate=stratum.points or None, max_concurrent=concurrent,
-                                      random_state=seed), space, stratum.num_samples)
+                                      random_state=seed), space, samples)
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.searcher import RetryAwareLimiter, SeedMeanOptuna, make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = OptunaSearch(metric=plan.metric, mode=plan.mode, points_to_evaluate=stratum.points or None,
-                            sampler=optuna.samplers.TPESampler(seed=seed))
-    return ConcurrencyLimiter(searcher, max_concurrent=concurrent), space, stratum.num_samples
+    points = list(stratum.points or [])
+    rewards = None
+    if evaluated:
+        done = [p for p, _ in evaluated]
+        points = done + [p for p in points if p not in done]
+        rewards = [v for _, v in evaluated]
+        points = points[:len(rewards)]  # OptunaSearch needs one reward per point; the given points ran before
+    searcher = SeedMeanOptuna(metric=plan.metric, mode=plan.mode, points_to_evaluate=points or None,
+                              evaluated_rewards=rewards,
+                              sampler=make_sampler(seed, stratum.num_samples, len(stratum.points)))
+    return RetryAwareLimiter(searcher, max_concurrent=concurrent), space, samples
 
 
 def _scheduler(plan: Plan, stratum):
@@ -189,9 +211,9 @@ def _scheduler(plan: Plan, stratum):
     from ray.tune.schedulers import ASHAScheduler
 
     total_steps = int(stratum.fixed.get("train.total_steps") or _default("train.total_steps"))
-    # max_t one step past the last report: ASHA must not stop a trial at its own end, before the final
-    # report that carries the mean over seeds.
-    return ASHAScheduler(time_attr="trial_step", max_t=plan.seeds * total_steps + 1,
+    # trial_step is the first seed's step (tune/trial.py), so every rung lies within the first seed. max_t one
+    # step past its end: ASHA must not stop a trial at max_t, before the later seeds and the final report.
+    return ASHAScheduler(time_attr="trial_step", max_t=total_steps + 1,
                          grace_period=int(plan.scheduler["grace_period"]),
                          reduction_factor=float(plan.scheduler["reduction_factor"]))
 
@@ -215,21 +237,88 @@ def _write_experiment(exp_dir: Path, info: dict) -> None:
     write_json_atomic(info, exp_dir / "experiment.json")
 
 
-def _default_ray_storage(exp_dir: Path, name: str) -> str:
+def _default_shared(exp_dir: Path, name: str) -> str:
     shared = os.environ.get("ICT_STORAGE", "").rstrip("/")
-    return f"{shared}/{name}/ray" if shared else str(exp_dir / "ray")
+    return f"{shared}/{name}" if shared else str(exp_dir)
+
+
+# ---- plan identity (--resume refuses a changed plan unless --extend) ---------------------------------
+_NOT_PLAN = ("source", "description", "question", "max_concurrent", "skipped_strata", "strata")
+
+
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def plan_hashes(plan: Plan) -> dict:
+    """{"search": hash of the searcher/scheduler/seed settings, "strata": {name: hash of search + stratum}}."""
+    d = plan.to_dict()
+    search = _hash({k: v for k, v in d.items() if k not in _NOT_PLAN})
+    return {"search": search, "strata": {s["name"]: _hash({"search": search, **s}) for s in d["strata"]}}
+
+
+def _plan_changes(old: dict, new: dict) -> list[str]:
+    out = []
+    if old.get("search") != new["search"]:
+        out.append("search settings (budget, params, seeds, scheduler, algorithm or metric)")
+    for name, h in new["strata"].items():
+        if name in old.get("strata", {}) and old["strata"][name] != h:
+            out.append(f"stratum {name}")
+    return out
+
+
+def _recorded(exp_dir: Path, stratum: str, plan: Plan) -> tuple[int, list[tuple[dict, float]]]:
+    """Configurations of a stratum already in trials.parquet without error, and (params, mean metric) of those
+    whose seeds all completed: what --extend tells a new searcher."""
+    import pandas as pd
+
+    path = exp_dir / "trials.parquet"
+    if not path.exists():
+        return 0, []
+    rows = pd.read_parquet(path)
+    rows = rows[rows["stratum"] == stratum]
+    if rows.empty:
+        return 0, []
+    good = rows.groupby("config_id")["status"].apply(lambda st: not (st == "errored").any())
+    evaluated = []
+    for config_id, group in rows.groupby("config_id"):
+        column = f"final_{plan.metric}"
+        if (group["status"] == "completed").all() and column in group and group[column].notna().all():
+            evaluated.append(({k: group[k].iloc[0].item() if hasattr(group[k].iloc[0], "item") else group[k].iloc[0]
+                               for k in plan.params}, float(group[column].mean())))
+    return int(good.sum()), evaluated
+
+
+def _stratum_outcome(exp_dir: Path, tune_name: str) -> dict:
+    """Whether a stratum finished: as many trials ended on their own as were planned, none with an error
+    (its ledger, tune/progress.ParquetCallback)."""
+    from tune.progress import ledger_path
+
+    try:
+        ledger = json.loads(ledger_path(exp_dir, tune_name).read_text())
+    except (OSError, ValueError):
+        ledger = {}
+    ended = list(ledger.get("trials", {}).values())
+    planned = int(ledger.get("planned") or 0)
+    return {"planned": planned, "ended": len(ended), "errored": ended.count("errored"),
+            "interrupted": len(ended) < max(planned, 1)}
 
 
 def run_search(space, budget="smoke", num_samples=None, storage=None, name=None, resume=False,
                workers_per_trial=1, gpus_per_worker=0, *, extra=None, strata=None, address=None,
-               max_concurrent=None, quiet=False, ray_storage=None) -> Path:
-    """Run (or resume) a search; returns the experiment folder holding trials.parquet and evals.parquet.
+               max_concurrent=None, quiet=False, ray_storage=None, extend=False, ray_train=False) -> Path:
+    """Run (or resume) a search; returns the experiment folder holding trials.parquet, evals.parquet and
+    experiment.json, whose `status` says how it ended: finished | failed (some trials errored; `first_error`) |
+    interrupted (Ctrl-C; --resume continues).
 
     `extra` are dotted overrides for every trial (the CLI's --set), `strata` limits the search to some strata,
     `max_concurrent` overrides the space's concurrency, `address` names a Ray cluster (default: a local one).
-    `ray_storage` is where Ray keeps trial checkpoints: EXPERIMENT_DIR/ray by default, or $ICT_STORAGE/NAME/ray
-    when that is set (cluster.yaml sets it to s3), since on several nodes it must be shared. The Parquet tables
-    are always written by the driver into the local experiment folder."""
+    `ray_storage` is the experiment's shared storage, which every node must see: run folders go to its `runs/`,
+    Ray's state to its `ray/`. Default: the experiment folder, or $ICT_STORAGE/NAME when that is set (cluster.yaml
+    sets it to s3). The Parquet tables are always written by the driver into the local experiment folder.
+    A resumed search refuses a changed plan unless `extend`: then changed strata run again under a new
+    searcher that is told what the stratum already measured, up to the new number of configurations.
+    `ray_train` sends one-worker CPU trials through Ray Train too."""
     plan = resolve_plan(space, budget, num_samples, extra, strata)
     if max_concurrent is not None:
         plan.max_concurrent = int(max_concurrent)
@@ -238,9 +327,17 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     info_path = exp_dir / "experiment.json"
     if info_path.exists() and not resume:
         raise SearchError(f"experiment {exp_dir} exists; pass --resume to continue it or --name for a new one")
-    info = json.loads(info_path.read_text()) if (resume and info_path.exists()) else {}
+    if resume and not info_path.exists():
+        raise SearchError(f"--resume: no experiment at {exp_dir} (no experiment.json); check --storage and --name")
+    info = json.loads(info_path.read_text()) if resume else {}
     if info and info.get("space") != plan.space:
         raise SearchError(f"--resume: {exp_dir} holds space {info.get('space')!r}, not {plan.space!r}")
+    hashes = plan_hashes(plan)
+    changed = _plan_changes(info.get("plan_hash", {}), hashes) if info.get("plan_hash") else []
+    if changed and not extend:
+        raise SearchError(f"--resume: the plan differs from the one {exp_dir} was started with ({'; '.join(changed)}); "
+                          "resume with the same --budget, --num-samples and --set, or pass --extend to search the "
+                          "changed strata further")
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_S)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -250,62 +347,118 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     from tune.progress import ParquetCallback, ProgressCallback
     from tune.trial import ict_trial
 
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, flush=True)
+
     started = start_ray(address)
     try:
-        res = resources(plan, workers_per_trial, gpus_per_worker, ray.cluster_resources())
-        done_strata = list(info.get("done_strata", []))
+        res = resources(plan, workers_per_trial, gpus_per_worker, ray.cluster_resources(), ray_train)
+        old_hashes = info.get("plan_hash", {}).get("strata", {})
+        done_strata = [s for s in info.get("done_strata", []) if old_hashes.get(s) in (None, hashes["strata"].get(s))]
+        tune_names = dict(info.get("tune_names", {}))
+        shared = (ray_storage or info.get("shared_storage") or _default_shared(exp_dir, name)).rstrip("/")
         info = {"experiment": name, "space": plan.space, "budget": budget, "plan": plan.to_dict(),
-                "resources": res, "provenance": info.get("provenance") or _provenance(),
-                "done_strata": done_strata}
+                "plan_hash": hashes, "resources": res, "provenance": info.get("provenance") or _provenance(),
+                "done_strata": done_strata, "tune_names": tune_names, "shared_storage": shared,
+                "runs": f"{shared}/{RUNS_DIR}", "status": "running"}
         exp_dir.mkdir(parents=True, exist_ok=True)
         _write_experiment(exp_dir, info)
-        def say(text: str) -> None:
-            if not quiet:
-                print(text, flush=True)
-
         say(format_plan(plan, res, exp_dir))
-        ray_dir = ray_storage or info.get("ray_storage") or _default_ray_storage(exp_dir, name)
-        info["ray_storage"] = ray_dir
-        _write_experiment(exp_dir, info)
+        ray_dir, runs_root = f"{shared}/ray", f"{shared}/{RUNS_DIR}"
+        failed = []
         for stratum in plan.strata:
             if stratum.name in done_strata:
                 say(f"stratum {stratum.name}: already finished, skipped")
                 continue
+            stratum_hash = hashes["strata"][stratum.name]
+            extending = stratum.name in old_hashes and old_hashes[stratum.name] != stratum_hash
+            tune_name = tune_names.get(stratum.name, stratum.name)
+            if extending and not tune_name.endswith(stratum_hash[:8]):
+                tune_name = f"{stratum.name}-{stratum_hash[:8]}"
+            tune_names[stratum.name] = tune_name
+            info["tune_names"] = tune_names
+            _write_experiment(exp_dir, info)
             trainable = rt.with_resources(
                 rt.with_parameters(ict_trial, stratum={"name": stratum.name, "fixed": stratum.fixed},
-                                   seeds=plan.seeds, metric=plan.metric, cpus_per_trial=res["cpus_per_trial"],
-                                   workers=workers_per_trial, gpus_per_worker=gpus_per_worker,
-                                   storage=str(ray_dir)),
+                                   seeds=plan.seeds, metric=plan.metric, runs_root=runs_root,
+                                   cpus_per_trial=res["cpus_per_trial"], workers=workers_per_trial,
+                                   gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir),
                 res["trial"])
-            path = f"{ray_dir.rstrip('/')}/{stratum.name}"
+            path = f"{ray_dir}/{tune_name}"
             if resume and rt.Tuner.can_restore(path):
                 tuner = rt.Tuner.restore(path, trainable=trainable, resume_errored=True)
             else:
+                samples, evaluated = None, []
+                if extending:
+                    recorded, evaluated = _recorded(exp_dir, stratum.name, plan)
+                    samples = stratum.num_samples - recorded
+                    say(f"stratum {stratum.name}: --extend, {recorded} configuration(s) recorded, "
+                        f"{max(samples, 0)} more")
+                    if samples <= 0:
+                        done_strata.append(stratum.name)
+                        continue
                 search_alg, param_space, samples = _search(plan, stratum, res["max_concurrent_trials"],
-                                                           stratum_seed(plan.search_seed, stratum.name))
-                callbacks = [ParquetCallback(str(exp_dir), name, plan.space,
-                                             {"name": stratum.name, "fixed": stratum.fixed}),
-                             ProgressCallback(stratum.name, list(plan.params), plan.metric, quiet=quiet)]
+                                                           # an extended stratum's new searcher
+                                                           # draws anew (its name carries the plan's hash)
+                                                           stratum_seed(plan.search_seed, tune_name),
+                                                           samples, evaluated)
+                stratum_info = {"name": stratum.name, "fixed": stratum.fixed}
+                planned = samples if plan.algorithm != "grid" else len(param_space["variant"]["grid_search"])
+                callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, plan.seeds, runs_root,
+                                             ledger=tune_name, planned=planned),
+                             ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
+                                              total=planned, quiet=quiet)]
                 tuner = rt.Tuner(
                     trainable, param_space=param_space,
                     tune_config=rt.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=search_alg,
                                               scheduler=_scheduler(plan, stratum), num_samples=samples,
                                               max_concurrent_trials=res["max_concurrent_trials"],
                                               reuse_actors=True),
-                    run_config=rt.RunConfig(name=stratum.name, storage_path=str(ray_dir), callbacks=callbacks,
+                    run_config=rt.RunConfig(name=tune_name, storage_path=ray_dir, callbacks=callbacks,
                                             verbose=0, failure_config=rt.FailureConfig(max_failures=0),
-                                            checkpoint_config=rt.CheckpointConfig(num_to_keep=1),
                                             log_to_file=True))
             tuner.fit()
+            outcome = _stratum_outcome(exp_dir, tune_name)
+            if outcome["interrupted"]:
+                info.update(status="interrupted", interrupted_stratum=stratum.name)
+                _write_experiment(exp_dir, info)
+                say(f"stratum {stratum.name}: interrupted, {outcome['ended']} of {outcome['planned']} trial(s) "
+                    f"ended; continue with --resume")
+                return exp_dir
+            if outcome["errored"]:
+                failed.append(stratum.name)
+                say(f"stratum {stratum.name}: {outcome['errored']} of {outcome['planned']} trial(s) errored; "
+                    "not finished (--resume retries them)")
+                continue
             done_strata.append(stratum.name)
             info["done_strata"] = done_strata
             _write_experiment(exp_dir, info)
-        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        info["done_strata"] = done_strata
+        if failed:
+            info.update(status="failed", failed_strata=failed, first_error=_first_error(exp_dir, failed))
+        else:
+            info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         _write_experiment(exp_dir, info)
+    except KeyboardInterrupt:
+        info.update(status="interrupted")
+        _write_experiment(exp_dir, info)
+        raise
     finally:
         if started:
             ray.shutdown()
     return exp_dir
+
+
+def _first_error(exp_dir: Path, strata: list[str]) -> str | None:
+    import pandas as pd
+
+    path = exp_dir / "trials.parquet"
+    if not path.exists():
+        return None
+    rows = pd.read_parquet(path)
+    rows = rows[rows["stratum"].isin(strata) & (rows["status"] == "errored")]
+    return None if rows.empty else str(rows["error"].iloc[0])
 
 
 def print_summary(exp_dir: Path, metric: str, mode: str) -> None:
@@ -333,10 +486,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default 0)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="results folder (default ./results)")
     p.add_argument("--ray-storage", default=None,
-                   help="where Ray keeps trial checkpoints; must be shared on several nodes, e.g. s3://BUCKET/ict "
-                        "(default: EXPERIMENT_DIR/ray, or $ICT_STORAGE/NAME/ray when ICT_STORAGE is set)")
+                   help="the experiment's shared storage (run folders in runs/, Ray's state in ray/); must be seen "
+                        "by every node, e.g. s3://BUCKET/ict/NAME (default: the experiment folder, or "
+                        "$ICT_STORAGE/NAME when ICT_STORAGE is set)")
     p.add_argument("--name", help="experiment name (default <space>-<budget>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment of the same name")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume: accept a changed plan (e.g. more --num-samples) and search the changed "
+                        "strata further, telling the searcher what they already measured")
+    p.add_argument("--ray-train", action="store_true",
+                   help="run every trial's seeds through Ray Train, even with one CPU worker (the GPU path)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit without Ray")
     p.add_argument("--list-spaces", action="store_true", help="list the shipped spaces and exit")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -364,19 +523,40 @@ def main(argv=None) -> int:
             if args.max_concurrent:
                 plan.max_concurrent = args.max_concurrent
             name = args.name or f"{plan.space}-{args.budget}"
-            res = resources(plan, args.workers_per_trial, args.gpus_per_worker, None)
+            res = resources(plan, args.workers_per_trial, args.gpus_per_worker, None, args.ray_train)
             print(format_plan(plan, res, Path(args.storage).expanduser().resolve() / name))
             return 0
         exp_dir = run_search(args.space, args.budget, args.num_samples, args.storage, args.name, args.resume,
                              args.workers_per_trial, args.gpus_per_worker, extra=extra, strata=strata,
                              address=args.address, max_concurrent=args.max_concurrent,
-                             ray_storage=args.ray_storage)
-        plan = load_space(args.space)
-        print_summary(exp_dir, plan.metric, plan.mode)
-        return 0
+                             ray_storage=args.ray_storage, extend=args.extend, ray_train=args.ray_train)
     except (SpaceError, SearchError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: {_resume_command(argv)}", file=sys.stderr)
+        return 130
+    plan = load_space(args.space)
+    print_summary(exp_dir, plan.metric, plan.mode)
+    info = json.loads((exp_dir / "experiment.json").read_text())
+    if info.get("status") == "interrupted":
+        print(f"interrupted; continue with: {_resume_command(argv)}", file=sys.stderr)
+        return 130
+    if info.get("status") == "failed":
+        first = (info.get("first_error") or "unknown error").strip().splitlines()[0]
+        print(f"error: trials errored in stratum(s) {', '.join(info.get('failed_strata', []))}; the first error:\n"
+              f"  {first}\n(the whole traceback is in the error column of {exp_dir / 'trials.parquet'}, the "
+              f"trial's output in its runs/<stratum>/<trial_id>/stderr.log)\nfix it, then retry the errored trials "
+              f"with: {_resume_command(argv)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _resume_command(argv) -> str:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return "python tune/search.py " + " ".join(args)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class Stratum:
     dataset: str
     dim: int
     variants: list = field(default_factory=list)  # grid algorithm: every configuration, points first
+    choices: dict = field(default_factory=dict)  # choice params' values for this stratum ("paper" resolved)
 
     def first_config(self, params: dict[str, Param]) -> dict:
         """The overrides of the first trial the searcher will run (a point, a grid variant, or the midpoints)."""
@@ -84,7 +85,7 @@ class Stratum:
             if key in chosen:
                 continue
             if p.type in ("choice", "grid"):
-                chosen[key] = p.values[0]
+                chosen[key] = self.choices.get(key, p.values)[0]
             elif p.type == "loguniform" or p.log:
                 chosen[key] = math.sqrt(p.low * p.high)
             else:
@@ -123,7 +124,8 @@ class Plan:
             "params": {k: {"type": p.type, "low": p.low, "high": p.high, "values": list(p.values), "log": p.log}
                        for k, p in self.params.items()},
             "strata": [{"name": s.name, "fixed": s.fixed, "points": s.points, "num_samples": s.num_samples,
-                        "dataset": s.dataset, "dim": s.dim, "variants": s.variants} for s in self.strata],
+                        "dataset": s.dataset, "dim": s.dim, "variants": s.variants, "choices": s.choices}
+                       for s in self.strata],
             "skipped_strata": self.skipped_strata,
         }
 
@@ -423,10 +425,14 @@ class Space:
                 variants = points + [v for v in variants if v not in points]
                 if not variants:
                     raise self.error("params", "search.algorithm grid needs grid params or points")
+            # "paper" in a choice means this stratum's 0.00054*sqrt(d), wherever it is listed.
+            choices = {k: [self._resolve_point({k: v}, dim, f"params.{k}.values")[k] for v in p.values]
+                       for k, p in self.params.items() if p.type == "choice"}
             stratum = Stratum(raw["name"], fixed, points, samples if not variants else len(variants),
-                              dataset, dim, variants)
-            for overrides in ([stratum.first_config(self.params)] + [{**fixed, **v} for v in variants]
-                              + [{**fixed, **p} for p in points]):
+                              dataset, dim, variants, choices)
+            first = stratum.first_config(self.params)
+            for overrides in ([first] + [{**fixed, **v} for v in variants] + [{**fixed, **p} for p in points]
+                              + [{**first, k: v} for k, values in choices.items() for v in values]):
                 try:
                     load_config(overrides=overrides)
                 except ConfigError as err:
@@ -449,6 +455,23 @@ class Space:
                                  f"[{p.low}, {p.high}]")
             out[key] = coerce(key, value)
         return out
+
+
+def startup_trials(num_samples: int, points: int = 0) -> int:
+    """Random (or given) configurations before TPE takes over: a third of the budget, at least 2 and at least
+    the given points, at most Optuna's default of 10, and never the whole budget when it has 3 or more."""
+    k = max(2, points, math.ceil(num_samples / 3))
+    k = min(k, 10)
+    if num_samples >= 3:
+        k = min(k, num_samples - 1)
+    return max(1, min(k, num_samples))
+
+
+def describe_search(num_samples: int, points: int) -> str:
+    """The dry-run line, e.g. '4 random (1 given point), then 8 TPE'."""
+    k = startup_trials(num_samples, points)
+    given = f" ({min(points, k)} given point{'s' if min(points, k) != 1 else ''})" if points else ""
+    return f"{k} random{given}, then {num_samples - k} TPE"
 
 
 def load_space(name_or_path: str | os.PathLike) -> Space:

@@ -1,30 +1,35 @@
-"""The Ray Tune trial: one configuration of a search, trained once per seed.
+"""The Ray Tune trial: one configuration of a search, trained once per seed, each seed into its own run folder.
 
-A one-worker CPU trial runs ict_core.trainer.train in the trial process itself (a TorchTrainer would cost ~20 s of
-start-up per trial, RAY_NOTES 2); multi-worker or GPU trials hand each seed to tune.ray_train.run_ray_train.
+Seeds run one after the other inside the trial, each into `RUNS_ROOT/<stratum>/<trial_id>/seed_<seed>` in the
+experiment's storage (tune/storage.py). A one-worker CPU trial runs ict_core.trainer.train in the trial process
+itself (a TorchTrainer costs ~20 s of start-up per trial, RAY_NOTES 2); multi-worker, GPU or `ray_train=True`
+trials hand each seed to tune.ray_train.run_ray_train. Both paths report the same few keys to Tune, built by
+`tune_result`, and nothing else: the driver builds every Parquet row from the run folders (tune/results.py).
 
-Seeds run one after the other inside the trial, so the searcher sees one observation per configuration: the mean
-of the seeds' final metric (noise averaged out, and Optuna's TPE models configurations, not seeds). Each report
-carries `trial_step` = training steps done by the whole trial (monotone across seeds), which is ASHA's time
-attribute; every report also carries the trial's evaluation history and the finished seeds' summaries as JSON, so
-the driver can write every run's rows from the last result alone, whatever way the trial ended.
+What a trial reports (every evaluation of every seed, then one final result):
+  trial_step  ASHA's time attribute: the first seed's step. It stays at total_steps while later seeds train
+              (and jumps there when the first seed diverges), so every rung compares first seeds at increasing
+              steps and never a later seed's early state.
+  step, seed  the seed's own step, and which seed
+  status      running | completed | diverged (of the seed; of the configuration in the final result)
+  <metric>    the seed's evaluation metric (ASHA reads it at the rungs); in the final result the mean over
+              seeds, the one value the searcher learns (tune/searcher.py)
+  final       True only in the final result; seeds_done there counts the seeds
+A restarted trial (driver restart, --resume, resume_errored) reads the seeds that already finished from their
+summary.json and resumes an unfinished seed from the newest checkpoint in its run folder.
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-from ict_core.config import load_config
+from ray.tune.integration.ray_train import TuneReportCallback
 
-STATE_FILE = "ict_trial_state.json"
-TRAINER_DIR = "trainer"
-# Metrics copied from a trainer report into the Tune result and the evaluation history.
-REPORT_KEYS = ("step", "total_steps", "num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout",
-               "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s")
+from ict_core.config import load_config
+from tune.storage import FINISHED, RunStore, seed_folder, trial_folder
 
 
 def _num(value):
@@ -53,139 +58,137 @@ def resolved_flat(cfg) -> dict:
     return flat
 
 
-def _provenance(run_dir: Path) -> dict:
-    try:
-        prov = json.loads((run_dir / "provenance.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return {"git_commit": prov.get("git_commit"), "versions": json.dumps(prov.get("versions", {}), sort_keys=True),
-            "device": prov.get("device")}
+def trial_overrides(stratum_fixed: dict, config: dict, cpus_per_trial: float, in_process: bool) -> dict:
+    overrides = {**stratum_fixed, **trial_params(config)}
+    if in_process and not overrides.get("train.num_threads"):
+        overrides["train.num_threads"] = max(1, int(cpus_per_trial))
+    return overrides
 
 
-def _seed_record(seed: int, summary: dict, flat: dict, run_dir: Path, node_id: str) -> dict:
-    """What the driver needs of one finished seed to write its trials.parquet row."""
-    record = {"seed": seed, "status": summary.get("status", "completed"), "config": summary.get("config") or flat,
-              "node_id": node_id, **_provenance(run_dir)}
-    for key in ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref"):
-        record[f"final_{key}"] = _num(summary.get(key))
-    record.update(best_fd=_num(summary.get("best_fd")), steps=summary.get("step"),
-                  images_seen=summary.get("images_seen"), wall_s=_num(summary.get("wall_s")),
-                  world_size=summary.get("world_size", 1))
-    if record.get("device") is None:
-        record["device"] = summary.get("device")
-    return record
+def tune_result(metrics: dict, *, seed_index: int, seed: int, total_steps: int, metric: str) -> dict:
+    """The keys one trainer report sends to Tune, the same on both trial paths (see the module docstring)."""
+    step = int(_num(metrics.get("step")) if math.isfinite(_num(metrics.get("step"))) else 0)
+    status = metrics.get("status") or "running"
+    # A first seed that diverged jumps to total_steps: ASHA records its NaN at every rung left, so no rung is
+    # left for a later seed's early values to be judged at.
+    first = seed_index == 0 and status != "diverged"
+    return {"trial_step": step if first else int(total_steps), "step": step, "seed": int(seed), "status": status,
+            metric: _num(metrics.get(metric)), "final": False}
 
 
-def objective(done: list[dict], metric: str) -> float:
+def objective(summaries: list[dict], metric: str) -> float:
     """The searcher's value of a configuration: the mean over seeds of the final metric (NaN if any diverged)."""
-    values = [_num(d.get(f"final_{metric}")) for d in done]
+    values = [_num(s.get(metric)) for s in summaries]
     if not values or any(not math.isfinite(v) for v in values):
         return float("nan")
     return sum(values) / len(values)
 
 
-def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, cpus_per_trial: float = 1.0,
-              workers: int = 1, gpus_per_worker: float = 0.0, storage: str | None = None) -> None:
-    """Tune function trainable. `stratum` is a plan stratum as a dict (name, fixed, ...)."""
+def final_result(summaries: list[dict], seeds: list[int], total_steps: int, metric: str) -> dict:
+    diverged = any(s.get("status") == "diverged" for s in summaries)
+    return {"trial_step": int(total_steps), "step": int(_num(summaries[-1].get("step")) or 0) if summaries else 0,
+            "seed": int(seeds[len(summaries) - 1]), "status": "diverged" if diverged else "completed",
+            metric: objective(summaries, metric), "final": True, "seeds_done": len(summaries)}
+
+
+def node_file(rel: str) -> str:
+    """Which Ray node trained a seed in the trial process, beside (not inside) the seed's run folder, which
+    belongs to the trainer. Ray Train runs record their ranks' nodes in the run folder's workers.jsonl."""
+    return f"{rel}.node.json"
+
+
+def _write_node(store: RunStore, rel: str) -> None:
+    import json
+    import os
+    import socket
+
     import ray
+
+    store.write_text(node_file(rel), json.dumps({"node_id": ray.get_runtime_context().get_node_id(),
+                                                 "hostname": socket.gethostname(), "pid": os.getpid()}) + "\n")
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((p / "state.pt").is_file() for p in (run_dir / "checkpoints").glob("step_*"))
+
+
+def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: str, cpus_per_trial: float = 1.0,
+              workers: int = 1, gpus_per_worker: float = 0.0, ray_train: bool = False,
+              ray_storage: str | None = None) -> None:
+    """Tune function trainable. `stratum` is a plan stratum as a dict (name, fixed, ...); `runs_root` is where run
+    folders go (tune/storage.py); `ray_storage` holds the Ray Train runs' own state when `ray_train`."""
     from ray import tune as rt
 
-    node_id = ray.get_runtime_context().get_node_id()
-    overrides = {**stratum["fixed"], **trial_params(config)}
-    if workers == 1 and gpus_per_worker == 0 and not overrides.get("train.num_threads"):
-        overrides["train.num_threads"] = max(1, int(cpus_per_trial))
-    base_cfg = load_config(overrides=overrides)
-    context = rt.get_context()
-    trial_dir = Path(context.get_trial_dir())
+    ray_train = ray_train or workers > 1 or gpus_per_worker > 0
+    trial_id = rt.get_context().get_trial_id()
+    store = RunStore(runs_root)
+    base_cfg = load_config(overrides=trial_overrides(stratum["fixed"], config, cpus_per_trial, not ray_train))
     total_steps = base_cfg.train.total_steps
+    seed_list = [base_cfg.train.seed + i for i in range(seeds)]
 
-    state = {"seed_index": 0, "done": [], "history": []}
-    resume_dir = None
-    checkpoint = rt.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt:
-            state = json.loads((Path(ckpt) / STATE_FILE).read_text())
-            if (Path(ckpt) / TRAINER_DIR).is_dir():
-                resume_dir = trial_dir / "_resume" / f"seed_index_{state['seed_index']}"
-                shutil.rmtree(resume_dir, ignore_errors=True)
-                shutil.copytree(Path(ckpt) / TRAINER_DIR, resume_dir)
-
-    def result(metrics: dict, seed: int, seed_index: int, flat: dict, final: bool = False) -> dict:
-        out = {k: _num(metrics.get(k)) for k in REPORT_KEYS if k in metrics}
-        out.update(status=metrics.get("status", "running"), seed=seed, node_id=node_id, ict_final=final,
-                   ict_stratum=stratum["name"],
-                   trial_step=seed_index * total_steps + int(_num(metrics.get("step", 0)) or 0),
-                   ict_history=json.dumps(state["history"]), ict_done=json.dumps(state["done"]),
-                   ict_current=json.dumps({"seed": seed, "config": flat}))
-        return out
-
-    def send(out: dict, checkpoint_dir: str | None, seed_index: int) -> None:
-        if checkpoint_dir is None:
-            rt.report(out)
-            return
-        staging = Path(tempfile.mkdtemp(prefix="ict-ckpt-"))
-        try:
-            shutil.copytree(checkpoint_dir, staging / TRAINER_DIR)
-            (staging / STATE_FILE).write_text(json.dumps({**state, "seed_index": seed_index}))
-            rt.report(out, checkpoint=rt.Checkpoint.from_directory(str(staging)))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    for seed_index in range(state["seed_index"], seeds):
-        seed = base_cfg.train.seed + seed_index
-        cfg = base_cfg.with_overrides({"train.seed": seed})
-        flat = resolved_flat(cfg)
-        run_dir = trial_dir / f"seed_{seed}"
-
-        if workers == 1 and gpus_per_worker == 0:
-            from ict_core.trainer import train
-
-            def report(metrics: dict, checkpoint_dir: str | None, _seed=seed, _index=seed_index, _flat=flat):
-                if metrics.get("evaluated"):
-                    state["history"].append({"seed": _seed, **{k: _num(metrics.get(k)) for k in REPORT_KEYS}})
-                send(result(metrics, _seed, _index, _flat), checkpoint_dir, _index)
-
-            t0 = time.time()
-            summary = train(cfg, report=report, run_dir=run_dir,
-                            resume_from=resume_dir if seed_index == state["seed_index"] else None)
-            summary.setdefault("wall_s", time.time() - t0)
-        else:
-            summary = _train_distributed(cfg, workers, gpus_per_worker, cpus_per_trial, storage, trial_dir, seed)
-        state["done"].append(_seed_record(seed, summary, flat, run_dir, node_id))
-        # A checkpoint between seeds, so a restored trial does not train a finished seed again.
-        if seed_index + 1 < seeds:
-            staging = Path(tempfile.mkdtemp(prefix="ict-ckpt-"))
-            try:
-                (staging / STATE_FILE).write_text(json.dumps({**state, "seed_index": seed_index + 1}))
-                done_metrics = {**summary, "status": "running"}
-                rt.report({**result(done_metrics, seed, seed_index, flat), "ict_between_seeds": True},
-                          checkpoint=rt.Checkpoint.from_directory(str(staging)))
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-
-    statuses = {d["status"] for d in state["done"]}
-    last = state["done"][-1]
-    final = result({"step": last.get("steps") or total_steps}, last["seed"], seeds - 1, last["config"], final=True)
-    final[metric] = objective(state["done"], metric)
-    final["status"] = "diverged" if "diverged" in statuses else "completed"
-    final["seeds_done"] = len(state["done"])
-    rt.report(final)
+    with store.capture_output(trial_folder(stratum["name"], trial_id)):
+        summaries = []
+        for index, seed in enumerate(seed_list):
+            rel = seed_folder(stratum["name"], trial_id, seed)
+            summary = store.read_json(f"{rel}/summary.json")
+            if summary is None or summary.get("status") not in FINISHED:
+                cfg = base_cfg.with_overrides({"train.seed": seed})
+                send = partial(tune_result, seed_index=index, seed=seed, total_steps=total_steps, metric=metric)
+                if ray_train:
+                    summary = _seed_ray_train(cfg, store, rel, send, workers, gpus_per_worker, cpus_per_trial,
+                                              ray_storage or runs_root, f"{stratum['name']}-{trial_id}-seed{seed}")
+                else:
+                    summary = _seed_in_process(cfg, store, rel, send)
+            summaries.append(summary)
+        rt.report(final_result(summaries, seed_list, total_steps, metric))
 
 
-def _train_distributed(cfg, workers: int, gpus_per_worker: float, cpus_per_worker: float, storage,
-                       trial_dir: Path, seed: int) -> dict:
-    """One seed through Ray Train (tune.ray_train.run_ray_train); rank 0's reports reach Tune through
-    TuneReportCallback, and the driver builds the evaluation history from those results."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+def _seed_in_process(cfg, store: RunStore, rel: str, send) -> dict:
+    from ray import tune as rt
 
+    from ict_core.trainer import train
+
+    local = store.local_dir(rel)
+    resume = _has_checkpoint(local)
+    if not resume and local.exists():
+        shutil.rmtree(local)  # a start that wrote files but no checkpoint: begin again, cleanly
+    _write_node(store, rel)
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        store.push(rel, local)
+        if metrics.get("evaluated", True) or metrics.get("status") != "running":
+            rt.report(send(metrics))
+
+    t0 = time.time()
+    try:
+        summary = train(cfg, report=report, run_dir=local, resume_from=local if resume else None)
+    finally:
+        store.push(rel, local)
+    summary.setdefault("wall_s", time.time() - t0)
+    return summary
+
+
+class TrialReportCallback(TuneReportCallback):
+    """Forwards rank 0's reports of a Ray Train run to this Tune trial, reduced by `send` to the trial's keys
+    (Ray's TuneReportCallback forwards them whole, without trial_step or seed)."""
+
+    def __init__(self, send):
+        super().__init__()
+        self._send = send
+
+    def after_report(self, run_context, metrics, checkpoint):
+        row = metrics[0]
+        if row.get("evaluated", True) or row.get("status") != "running":
+            self._training_actor_item_queue.put(self._send(row))
+
+
+def _seed_ray_train(cfg, store: RunStore, rel: str, send, workers: int, gpus_per_worker: float,
+                    cpus_per_worker: float, ray_storage: str, name: str) -> dict:
+    """One seed through Ray Train (tune.ray_train.run_ray_train) into the same run folder layout."""
     from tune.ray_train import run_ray_train
 
+    kwargs = {"run_uri": store.uri(rel)} if store.is_uri else {"run_dir": str(store.local_dir(rel))}
     summary = run_ray_train(cfg, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                            storage=storage or str(trial_dir.parent), name=f"{trial_dir.name}-seed{seed}",
-                            resume="auto", run_dir=str(trial_dir / f"seed_{seed}"),
-                            callbacks=[TuneReportCallback()])
-    summary = dict(summary or {})
-    summary.update({k: v for k, v in (summary.get("last_report") or {}).items() if k not in summary})
-    summary.setdefault("config", cfg.flat())
-    summary.setdefault("world_size", workers)
-    return summary
+                            storage=ray_storage, name=name.replace("/", "_"), resume="auto",
+                            callbacks=[TrialReportCallback(send)], **kwargs)
+    return dict(summary or {})
