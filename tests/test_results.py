@@ -111,7 +111,9 @@ def test_rows_come_from_run_folders_for_every_way_a_trial_ends(tmp_path, real_ru
     new = _plant(tmp_path / "runs", seed_folder("digits", "t5", 0), source)
     (new / "summary.json").write_text(json.dumps({**summary, "fd_student": 3.5, "final_fd_se": 0.25}))
     rows = [json.loads(l) for l in (new / "evals.jsonl").read_text().splitlines()]
-    (new / "evals.jsonl").write_text("".join(json.dumps({**r, "fd_student": 7.0}) + "\n" for r in rows))
+    # The planted run predates fd_se: drop it, keep a hand-set fd_student.
+    (new / "evals.jsonl").write_text("".join(
+        json.dumps({**{k: v for k, v in r.items() if k != "fd_se"}, "fd_student": 7.0}) + "\n" for r in rows))
     trials, evals = trial_rows(store, config_id="t5", **{**common, "seeds": [0]})
     assert trials[0]["final_fd_student"] == 3.5 and trials[0]["final_fd_se"] == 0.25
     assert [e["fd_student"] for e in evals] == [7.0, 7.0] and all(e["fd_se"] is None for e in evals)
