@@ -24,6 +24,7 @@ from typing import Any, Iterable, get_args, get_type_hints
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ict_core import datasets
 from ict_core.config import Config, all_keys
 
 STATUSES = ("completed", "pruned", "diverged", "errored")
@@ -220,7 +221,6 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
     its final_* values from its last evaluation. A seed that died before writing anything gets an `errored` row
     from `known_config` (the configuration the driver sent); seeds never started get no row. `run_dir` is the
     seed's folder relative to the experiment folder (`runs_prefix` + the folder under the store's root)."""
-    from tune.space import dataset_of
     from tune.storage import FINISHED, seed_folder
 
     trial_rows, eval_rows = [], []
@@ -246,7 +246,7 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
             continue
         flat = _flat_config(config) if config else {**known_config, "train.seed": seed}
         trial_id = f"{config_id}-seed{seed}"
-        dataset, dim = dataset_of(flat["data.name"], flat["data.resolution"])
+        dataset, dim = datasets.dataset_dim(flat["data.name"], flat["data.resolution"])
         row = {"experiment": experiment, "space": space, "stratum": stratum, "trial_id": trial_id,
                "config_id": config_id, "seed": seed, "status": status,
                "error": error if status == "errored" else None, "dataset": dataset, "dim": dim,

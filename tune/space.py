@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from ict_core.config import ConfigError, all_keys, coerce, load_config
+from ict_core import datasets
+from ict_core.config import ConfigError, all_keys, coerce, default_huber_c, load_config
 
 SPACE_DIR = Path(__file__).parent / "spaces"
 BUDGETS = ("smoke", "cpu", "gpu", "paper")
@@ -44,9 +45,7 @@ SCHEDULERS = ("asha", "none")
 # Keys a trial reports (ict_core.trainer evaluation metrics) that a searcher may optimise.
 METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist")
 PAPER = "paper"
-NEEDS_PATH = ("cifar10", "imagenet64")
-_CHANNELS = {"digits": 1, "patches": 3, "cifar10": 3, "imagenet64": 3}
-_NATIVE_RESOLUTION = {"digits": 8, "cifar10": 32, "imagenet64": 64}
+NEEDS_PATH = datasets.NEEDS_PATH
 
 
 class SpaceError(ValueError):
@@ -132,17 +131,10 @@ class Plan:
 
 def dataset_dim(cfg) -> tuple[str, int]:
     """("patches-16", C*H*W) of a config's data set, known without loading it (ICT_SPEC, Metric: d = C*H*W)."""
-    return dataset_of(cfg.data.name, cfg.data.resolution)
-
-
-def dataset_of(name: str, resolution: int) -> tuple[str, int]:
-    resolution = int(resolution or _NATIVE_RESOLUTION.get(name, 0))
-    return f"{name}-{resolution}", _CHANNELS[name] * resolution * resolution
+    return datasets.dataset_dim(cfg.data.name, cfg.data.resolution)
 
 
 def paper_huber_c(dim: int) -> float:
-    from ict_core.loss import default_huber_c
-
     return float(default_huber_c(dim))
 
 
