@@ -221,7 +221,8 @@ def _load_digits(data_cfg: DataConfig, seed: int) -> Dataset:
     images = _resize(images, resolution)
     labels = torch.from_numpy(target)
     train, train_labels, held, held_labels, feat, feat_labels = _split(images, labels, data_cfg, seed)
-    return Dataset(train=train.contiguous(), heldout=held.contiguous(), name="digits", channels=datasets.DATASETS["digits"].channels,
+    return Dataset(train=train.contiguous(), heldout=held.contiguous(), name="digits",
+                   channels=datasets.DATASETS["digits"].channels,
                    resolution=resolution, allows_flip=False, train_labels=train_labels,
                    heldout_labels=held_labels, num_classes=10, label_kind="class", featnet=feat.contiguous(),
                    featnet_labels=feat_labels)
@@ -406,8 +407,8 @@ def _official_split(data_cfg, seed, name, resolution, train_u8, train_labels, he
     held_order = np.sort(rest[rng.permutation(rest.shape[0])[:MAX_OFFICIAL_HELDOUT]])
     train = _resize(_to_unit_range(train_u8[np.sort(order)]), resolution)
     heldout = _resize(_to_unit_range(held_u8[held_order]), resolution)
-    return Dataset(train=train, heldout=heldout, name=name, channels=datasets.DATASETS[name].channels, resolution=resolution,
-                   allows_flip=True,
+    return Dataset(train=train, heldout=heldout, name=name, channels=datasets.DATASETS[name].channels,
+                   resolution=resolution, allows_flip=True,
                    train_labels=torch.from_numpy(train_labels[np.sort(order)]),
                    heldout_labels=torch.from_numpy(held_labels[held_order]),
                    num_classes=num_classes, label_kind="class",

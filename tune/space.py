@@ -34,6 +34,7 @@ import yaml
 
 from ict_core import datasets
 from ict_core.config import ConfigError, all_keys, coerce, default_huber_c, load_config
+from ict_core.records import SEARCH_METRICS
 
 SPACE_DIR = Path(__file__).parent / "spaces"
 BUDGETS = ("smoke", "cpu", "gpu", "paper")
@@ -43,7 +44,7 @@ PARAM_TYPES = ("loguniform", "uniform", "int", "choice", "grid")
 ALGORITHMS = ("optuna_tpe", "grid", "random")
 SCHEDULERS = ("asha", "none")
 # Keys a trial reports (ict_core.trainer evaluation metrics) that a searcher may optimise.
-METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist")
+METRICS = SEARCH_METRICS
 PAPER = "paper"
 NEEDS_PATH = datasets.NEEDS_PATH
 
