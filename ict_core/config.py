@@ -398,6 +398,21 @@ def default_huber_c(dim: int) -> float:
     return HUBER_C_PER_SQRT_DIM * math.sqrt(dim)
 
 
+# Words a search space may write instead of a number, each resolved once the data set's d = C*H*W is known
+# (per stratum): loss.huber_c "paper" = default_huber_c(d). The only place such a word is understood.
+NAMED_VALUES = {("loss.huber_c", "paper"): default_huber_c}
+
+
+def is_named_value(key: str, value: Any) -> bool:
+    """True when `value` is a word of NAMED_VALUES for `key` (e.g. loss.huber_c: paper)."""
+    return isinstance(value, str) and (key, value) in NAMED_VALUES
+
+
+def resolve_named_value(key: str, value: Any, dim: int) -> Any:
+    """The number a named value stands for at data dimension `dim`; any other value unchanged."""
+    return float(NAMED_VALUES[key, value](dim)) if is_named_value(key, value) else value
+
+
 def resolve_config(cfg: Config, dim: int | None = None) -> Config:
     """The config a run trains with: every value that depends on the data or the objective filled in.
 

@@ -8,7 +8,8 @@ import pytest
 
 from ict_core import data, datasets
 from ict_core import train as cli
-from ict_core.config import ConfigError, DataConfig, default_huber_c, load_config, resolve_config
+from ict_core.config import (ConfigError, DataConfig, default_huber_c, is_named_value, load_config, resolve_config,
+                             resolve_named_value)
 
 
 def test_config_choices_and_unknown_name_error_come_from_the_registry():
@@ -68,13 +69,16 @@ def test_resolve_config_fills_derived_values_and_keeps_set_ones():
 
 
 def test_search_and_trial_rows_use_the_same_rule():
-    from tune.space import dataset_dim, paper_huber_c
+    from tune.space import dataset_dim
     from tune.trial import resolved_flat
 
     cfg = load_config(overrides={"data.name": "patches", "data.resolution": 32})
     assert dataset_dim(cfg) == ("patches-32", 3072)
-    assert paper_huber_c(3072) == default_huber_c(3072)
     assert resolved_flat(cfg)["loss.huber_c"] == resolve_config(cfg).loss.huber_c == default_huber_c(3072)
+    # the one named value a search space may write, resolved by config alone
+    assert is_named_value("loss.huber_c", "paper") and not is_named_value("loss.p_mean", "paper")
+    assert resolve_named_value("loss.huber_c", "paper", 3072) == default_huber_c(3072)
+    assert resolve_named_value("loss.huber_c", 0.1, 3072) == 0.1
 
 
 def test_dry_run_prints_the_resolved_values(capsys):

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from ict_core import datasets
-from ict_core.config import ConfigError, all_keys, coerce, default_huber_c, load_config
+from ict_core.config import ConfigError, all_keys, coerce, is_named_value, load_config, resolve_named_value
 from ict_core.records import SEARCH_METRICS
 
 SPACE_DIR = Path(__file__).parent / "spaces"
@@ -45,7 +45,6 @@ ALGORITHMS = ("optuna_tpe", "grid", "random")
 SCHEDULERS = ("asha", "none")
 # Keys a trial reports (ict_core.trainer evaluation metrics) that a searcher may optimise.
 METRICS = SEARCH_METRICS
-PAPER = "paper"
 NEEDS_PATH = datasets.NEEDS_PATH
 
 
@@ -133,10 +132,6 @@ class Plan:
 def dataset_dim(cfg) -> tuple[str, int]:
     """("patches-16", C*H*W) of a config's data set, known without loading it (ICT_SPEC, Metric: d = C*H*W)."""
     return datasets.dataset_dim(cfg.data.name, cfg.data.resolution)
-
-
-def paper_huber_c(dim: int) -> float:
-    return float(default_huber_c(dim))
 
 
 def list_spaces() -> list[str]:
@@ -256,7 +251,7 @@ class Space:
                 if key not in self.params and self.algorithm != "grid":
                     raise self.error(f"points[{i}].{key}", f"is not a searched param; searched: "
                                      f"{', '.join(self.params) or 'none'}")
-                if not (key == "loss.huber_c" and value == PAPER):
+                if not is_named_value(key, value):
                     try:
                         coerce(key, value)
                     except ConfigError as err:
@@ -321,8 +316,8 @@ class Space:
                 raise self.error(f"{where}.values", f"must be a non-empty list, got {values!r}")
             out = []
             for v in values:
-                if key == "loss.huber_c" and v == PAPER:
-                    out.append(PAPER)
+                if is_named_value(key, v):
+                    out.append(v)
                     continue
                 try:
                     out.append(coerce(key, v))
@@ -440,8 +435,7 @@ class Space:
     def _resolve_point(self, point: dict, dim: int, where: str) -> dict:
         out = {}
         for key, value in point.items():
-            if key == "loss.huber_c" and value == PAPER:
-                value = paper_huber_c(dim)
+            value = resolve_named_value(key, value, dim)
             p = self.params.get(key)
             if p is not None and p.low is not None and not (p.low <= value <= p.high):
                 raise self.error(f"{where}.{key}", f"value {value!r} is outside the searched range "
