@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from analysis.c_scaling import paper_c
 from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, context_key, difference_stats, pool_cells, t_interval, t_pvalue,
                             typical_se, usable, value_token)
 
@@ -39,7 +40,7 @@ class Ablation:
 
 def _heuristic_c(rows: pd.DataFrame) -> pd.Series:
     c = pd.to_numeric(rows["loss.huber_c"], errors="coerce")
-    ref = 0.00054 * np.sqrt(pd.to_numeric(rows["dim"], errors="coerce"))
+    ref = paper_c(pd.to_numeric(rows["dim"], errors="coerce"))
     return (c - ref).abs() <= 0.05 * ref
 
 

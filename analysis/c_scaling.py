@@ -17,17 +17,18 @@ import pandas as pd
 
 from analysis.load import require_columns
 import scipy.stats
+from ict_core.config import HUBER_C_PER_SQRT_DIM
 
 from analysis.stats import (LEVEL, N_BOOT, TWO_SIDED, context_key, curve_minimum, describe_context, left_out,
                             mean_ci, typical_se, usable)
 
-PAPER_A = 0.00054
+PAPER_A = HUBER_C_PER_SQRT_DIM
 PAPER_B = 0.5
 C_KEY = "loss.huber_c"
 
 
 def paper_c(dim) -> np.ndarray:
-    """The paper's heuristic c = 0.00054 * sqrt(d)."""
+    """The paper's heuristic c = 0.00054 * sqrt(d), over arrays (ict_core.config.default_huber_c)."""
     return PAPER_A * np.sqrt(np.asarray(dim, dtype=float))
 
 

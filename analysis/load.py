@@ -18,28 +18,21 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-TRIALS_FILE = "trials.parquet"
-EVALS_FILE = "evals.parquet"
+from ict_core.records import EVALS_FILE, REQUIRED_EVAL_COLUMNS, REQUIRED_TRIAL_COLUMNS, STATUSES, TRIALS_FILE
+
 EXPERIMENT_FILE = "experiment.json"
 
-# Columns of trials.parquet that do not come from the config (the config keys follow under their
-# dotted names, e.g. "loss.huber_c"; each analysis checks the config columns it needs).
-TRIAL_COLUMNS = (
-    "experiment", "space", "stratum", "trial_id", "config_id", "seed", "status", "error", "dataset", "dim",
-    "final_fd", "best_fd", "final_fd_2step", "final_kid", "final_loss", "final_loss_train",
-    "final_loss_heldout", "final_nn_dist", "final_nn_dist_ref", "steps", "images_seen", "wall_s",
-)
-EVAL_COLUMNS = (
-    "experiment", "trial_id", "config_id", "step", "num_points", "loss", "fd", "fd_2step", "kid",
-    "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s",
-)
-# Optional columns (newer tables): trials final_fd_student, final_fd_se, run_dir; evals fd_student, fd_se.
-STATUSES = ("completed", "pruned", "diverged", "errored")
+# Columns of trials.parquet that a table must have (the config keys follow under their dotted names, e.g.
+# "loss.huber_c"; each analysis checks the config columns it needs), and of evals.parquet: ict_core/records.py,
+# the schemas tune/ writes with. Optional (newer) columns: trials final_fd_student, final_fd_se, run_dir, ...;
+# evals fd_student, fd_se.
+TRIAL_COLUMNS = REQUIRED_TRIAL_COLUMNS
+EVAL_COLUMNS = REQUIRED_EVAL_COLUMNS
 # A run is identified by what was trained: the same (experiment, stratum, config, seed) twice is one run
 # written twice (e.g. a trial restarted on another node), not another seed.
 RUN_IDENTITY = ("experiment_dir", "stratum", "config_id", "seed")
 # Which of the repeated rows of one run is kept: the most complete outcome, then the last written.
-_STATUS_RANK = {"completed": 0, "pruned": 1, "diverged": 2, "errored": 3}
+_STATUS_RANK = {status: rank for rank, status in enumerate(STATUSES)}  # completed, pruned, diverged, errored
 
 
 class SchemaError(ValueError):

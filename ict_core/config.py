@@ -17,6 +17,8 @@ from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
 import yaml
 
+from . import datasets
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
@@ -36,15 +38,12 @@ def _int_list(example: str) -> dict:
     return {"example": example}
 
 
-# Side length of each data set when data.resolution is 0; "patches" has none and needs data.resolution.
-NATIVE_RESOLUTION = {"digits": 8, "cifar10": 32, "imagenet64": 64}
-
-
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = field(default="digits", metadata=_choice("digits", "patches", "cifar10", "imagenet64"))
+    # The data sets and their facts (channels, native size, whether they need data.path): ict_core/datasets.py.
+    name: str = field(default="digits", metadata=_choice(*datasets.NAMES))
     # Side length in pixels; 0 keeps the data set's native size (digits 8, cifar10 32, imagenet64 64).
-    # The "patches" data set needs one of 8, 16, 32, 64.
+    # The "patches" data set has none and needs one of 8, 16, 32, 64.
     resolution: int = field(default=0, metadata=_range(0, 512))
     # Folder (cifar10: the extracted cifar-10-batches-py; imagenet64: the folder of .npz batches).
     path: str = ""
@@ -387,6 +386,50 @@ def noise_distribution(loss_cfg: LossConfig) -> tuple[float, float]:
             p_std if loss_cfg.p_std is None else loss_cfg.p_std)
 
 
+# The a of the paper's c = a sqrt(d) (iCT Sec. 3.3); analysis/c_scaling.py fits it and the exponent 0.5.
+HUBER_C_PER_SQRT_DIM = 0.00054
+
+
+def default_huber_c(dim: int) -> float:
+    """The paper's heuristic c = 0.00054 sqrt(d), d = C*H*W (iCT Sec. 3.3; 0.0299 on CIFAR-10). The one place
+    this rule lives: loss.huber_c = null resolves to it (resolve_config), and so do searches and analysis."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive integer (C*H*W), got {dim!r}")
+    return HUBER_C_PER_SQRT_DIM * math.sqrt(dim)
+
+
+# Words a search space may write instead of a number, each resolved once the data set's d = C*H*W is known
+# (per stratum): loss.huber_c "paper" = default_huber_c(d). The only place such a word is understood.
+NAMED_VALUES = {("loss.huber_c", "paper"): default_huber_c}
+
+
+def is_named_value(key: str, value: Any) -> bool:
+    """True when `value` is a word of NAMED_VALUES for `key` (e.g. loss.huber_c: paper)."""
+    return isinstance(value, str) and (key, value) in NAMED_VALUES
+
+
+def resolve_named_value(key: str, value: Any, dim: int) -> Any:
+    """The number a named value stands for at data dimension `dim`; any other value unchanged."""
+    return float(NAMED_VALUES[key, value](dim)) if is_named_value(key, value) else value
+
+
+def resolve_config(cfg: Config, dim: int | None = None) -> Config:
+    """The config a run trains with: every value that depends on the data or the objective filled in.
+
+    loss.huber_c = null -> default_huber_c(d); loss.p_mean / loss.p_std = null -> the objective's own
+    (noise_distribution). `dim` is d = C*H*W of the loaded data set; None takes it from ict_core.datasets.
+    Values set explicitly are kept.
+    """
+    if cfg.loss.huber_c is None:
+        if dim is None:
+            dim = datasets.dataset_dim(cfg.data.name, cfg.data.resolution)[1]
+        cfg = apply_overrides(cfg, {"loss.huber_c": float(default_huber_c(dim))})
+    if cfg.loss.p_mean is None or cfg.loss.p_std is None:
+        p_mean, p_std = noise_distribution(cfg.loss)
+        cfg = apply_overrides(cfg, {"loss.p_mean": p_mean, "loss.p_std": p_std})
+    return cfg
+
+
 def _validate_measurement(cfg: Config) -> None:
     """Checks that keep the evaluation honest (docs/MEASUREMENT.md)."""
     if cfg.eval.features == "inception" and not cfg.eval.inception_path:
@@ -416,9 +459,11 @@ def validate(cfg: Config) -> None:
         )
     if not cfg.network.channel_mult or any(m < 1 for m in cfg.network.channel_mult):
         raise ConfigError(f"network.channel_mult must be a non-empty list of positive ints, got {cfg.network.channel_mult}")
-    if cfg.data.name == "patches" and cfg.data.resolution not in (8, 16, 32, 64):
-        raise ConfigError(f"data.resolution must be one of 8, 16, 32, 64 for data.name=patches, got {cfg.data.resolution}")
-    if cfg.data.name in ("cifar10", "imagenet64") and not cfg.data.path:
+    data = datasets.spec(cfg.data.name)
+    if data.resolutions and cfg.data.resolution not in data.resolutions:
+        raise ConfigError(f"data.resolution must be one of {', '.join(map(str, data.resolutions))} for "
+                          f"data.name={data.name}, got {cfg.data.resolution}")
+    if data.needs_path and not cfg.data.path:
         raise ConfigError(f"data.path must name a local folder for data.name={cfg.data.name} (see README, Data sets)")
     _validate_measurement(cfg)
     _validate_architecture(cfg)
@@ -426,7 +471,7 @@ def validate(cfg: Config) -> None:
 
 def data_resolution(cfg: Config) -> int:
     """Side length of the training images in pixels: data.resolution, or the data set's native size if 0."""
-    return cfg.data.resolution or NATIVE_RESOLUTION[cfg.data.name]
+    return datasets.spec(cfg.data.name).resolution(cfg.data.resolution)
 
 
 def network_resolutions(channel_mult, resolution: int) -> list[int]:

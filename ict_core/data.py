@@ -34,9 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ict_core import datasets
 from ict_core.config import DataConfig
 
-PATCH_RESOLUTIONS = (8, 16, 32, 64)
+PATCH_RESOLUTIONS = datasets.DATASETS["patches"].resolutions
 # Photographs that ship inside the scikit-image wheel (no download); gray ones are repeated to RGB.
 PATCH_SOURCES = (
     "astronaut", "camera", "chelsea", "coffee", "rocket",
@@ -136,16 +137,16 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None,
 
 
 def load_dataset(data_cfg: DataConfig, seed: int = 0) -> Dataset:
-    """Load the data set named by data.name; `seed` fixes patch positions and the held-out split."""
-    loaders = {"digits": _load_digits, "patches": _load_patches, "cifar10": _load_cifar10,
-               "imagenet64": _load_imagenet64}
-    if data_cfg.name not in loaders:
-        raise DataError(f"data.name must be one of {', '.join(loaders)}; got {data_cfg.name!r}")
+    """Load the data set named by data.name (ict_core.datasets names its loader below); `seed` fixes patch
+    positions and the held-out split."""
+    if data_cfg.name not in datasets.DATASETS:
+        raise DataError(f"data.name must be one of {', '.join(datasets.NAMES)}; got {data_cfg.name!r}")
+    loader = globals()[datasets.DATASETS[data_cfg.name].loader]
     if data_cfg.max_images < 0:
         raise DataError(f"data.max_images must be >= 0 (0 = all), got {data_cfg.max_images}")
     if not 0.0 <= data_cfg.holdout_fraction < 1.0:
         raise DataError(f"data.holdout_fraction must be in [0, 1), got {data_cfg.holdout_fraction}")
-    dataset = loaders[data_cfg.name](data_cfg, seed)
+    dataset = loader(data_cfg, seed)
     dataset.hflip = bool(dataset.allows_flip and data_cfg.hflip)
     dataset.seed = seed
     dataset.data_cfg = data_cfg
@@ -187,7 +188,8 @@ def _split(images: torch.Tensor, labels: torch.Tensor, data_cfg: DataConfig, see
     return images[train], labels[train], images[held], labels[held], images[feat], labels[feat]
 
 
-def _check_resolution(data_cfg: DataConfig, native: int) -> int:
+def _check_resolution(data_cfg: DataConfig) -> int:
+    native = datasets.DATASETS[data_cfg.name].native_resolution
     resolution = data_cfg.resolution or native
     if resolution < 2:
         raise DataError(f"data.resolution must be 0 (native {native}) or >= 2 for data.name={data_cfg.name}, "
@@ -213,13 +215,14 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_digits(data_cfg: DataConfig, seed: int) -> Dataset:
-    resolution = _check_resolution(data_cfg, 8)
+    resolution = _check_resolution(data_cfg)
     pixels, target = _digits_arrays()
     images = torch.from_numpy(pixels).unsqueeze(1).div_(8.0).sub_(1.0)  # 0..16 -> [-1, 1]
     images = _resize(images, resolution)
     labels = torch.from_numpy(target)
     train, train_labels, held, held_labels, feat, feat_labels = _split(images, labels, data_cfg, seed)
-    return Dataset(train=train.contiguous(), heldout=held.contiguous(), name="digits", channels=1,
+    return Dataset(train=train.contiguous(), heldout=held.contiguous(), name="digits",
+                   channels=datasets.DATASETS["digits"].channels,
                    resolution=resolution, allows_flip=False, train_labels=train_labels,
                    heldout_labels=held_labels, num_classes=10, label_kind="class", featnet=feat.contiguous(),
                    featnet_labels=feat_labels)
@@ -344,7 +347,8 @@ def _load_patches(data_cfg: DataConfig, seed: int) -> Dataset:
         order = order[: data_cfg.max_images]
     out["train"] = tuple(x[order] for x in out["train"])
     return Dataset(train=out["train"][0].contiguous(), heldout=out["heldout"][0].contiguous(), name="patches",
-                   channels=3, resolution=resolution, allows_flip=True, train_labels=out["train"][1],
+                   channels=datasets.DATASETS["patches"].channels, resolution=resolution, allows_flip=True,
+                   train_labels=out["train"][1],
                    heldout_labels=out["heldout"][1], num_classes=len(PATCH_SOURCES), label_kind="source_image",
                    featnet=out["featnet"][0].contiguous(), featnet_labels=out["featnet"][1],
                    crop_boxes={name: values[2] for name, values in out.items()})
@@ -381,7 +385,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_cifar10(data_cfg: DataConfig, seed: int) -> Dataset:
     folder = _data_folder(data_cfg, CIFAR_URL_HINT)
-    resolution = _check_resolution(data_cfg, 32)
+    resolution = _check_resolution(data_cfg)
     parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     test_data, test_labels = _read_cifar_batch(folder / "test_batch")
     return _official_split(data_cfg, seed, "cifar10", resolution, np.concatenate([p[0] for p in parts]),
@@ -403,7 +407,8 @@ def _official_split(data_cfg, seed, name, resolution, train_u8, train_labels, he
     held_order = np.sort(rest[rng.permutation(rest.shape[0])[:MAX_OFFICIAL_HELDOUT]])
     train = _resize(_to_unit_range(train_u8[np.sort(order)]), resolution)
     heldout = _resize(_to_unit_range(held_u8[held_order]), resolution)
-    return Dataset(train=train, heldout=heldout, name=name, channels=3, resolution=resolution, allows_flip=True,
+    return Dataset(train=train, heldout=heldout, name=name, channels=datasets.DATASETS[name].channels,
+                   resolution=resolution, allows_flip=True,
                    train_labels=torch.from_numpy(train_labels[np.sort(order)]),
                    heldout_labels=torch.from_numpy(held_labels[held_order]),
                    num_classes=num_classes, label_kind="class",
@@ -436,7 +441,7 @@ def _load_imagenet64(data_cfg: DataConfig, seed: int) -> Dataset:
     """Training batches are read in order until data.max_images images are in memory (all 1.28M images as
     float32 need ~63 GB, so set data.max_images on ordinary machines)."""
     folder = _data_folder(data_cfg, IMAGENET_URL_HINT)
-    resolution = _check_resolution(data_cfg, 64)
+    resolution = _check_resolution(data_cfg)
     batch_paths = sorted(folder.glob("train_data_batch_*.npz"), key=lambda p: int(p.stem.rsplit("_", 1)[-1])
                          if p.stem.rsplit("_", 1)[-1].isdigit() else math.inf)
     if not batch_paths:

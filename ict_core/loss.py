@@ -9,7 +9,7 @@ import math
 import torch
 
 from . import schedule
-from .config import noise_distribution
+from .config import default_huber_c, noise_distribution
 
 METRICS = ("pseudo_huber", "l2")
 
@@ -38,13 +38,6 @@ def pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
 def squared_l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """||x - y||_2^2 summed over the whole sample, shape (B,), at least fp32."""
     return _per_sample_sq_norm(x, y)
-
-
-def default_huber_c(dim: int) -> float:
-    """The paper's heuristic c = 0.00054 sqrt(d), d = C*H*W (iCT Sec. 3.3; 0.0299 on CIFAR-10)."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive integer (C*H*W), got {dim!r}")
-    return 0.00054 * math.sqrt(dim)
 
 
 def _fork_rng_kwargs(x: torch.Tensor) -> dict:

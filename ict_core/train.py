@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, from_dict, list_presets, load_config, preset_description
+from .config import ConfigError, from_dict, list_presets, load_config, preset_description, resolve_config
+from .datasets import dataset_dim
 
 EXIT_CONFIG_ERROR = 2
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as a shell reports a killed job
@@ -148,6 +149,17 @@ def end_message(summary: dict) -> str:
     return "\n".join([head] + [f"  {name:<{width}}  {value}" for name, value in rows])
 
 
+def _resolved_note(cfg) -> str:
+    """YAML comment lines naming the values a null key resolves to at run time (config.resolve_config)."""
+    resolved = resolve_config(cfg)
+    dataset, dim = dataset_dim(cfg.data.name, cfg.data.resolution)
+    own = f"loss.objective={cfg.loss.objective}'s own"
+    why = {"loss.huber_c": f"0.00054 * sqrt(d), d = C*H*W = {dim} ({dataset})", "loss.p_mean": own, "loss.p_std": own}
+    given, final = cfg.flat(), resolved.flat()
+    lines = [f"#   {key}: {final[key]!r}  ({why.get(key, 'derived')})" for key in final if given[key] != final[key]]
+    return "".join(f"{line}\n" for line in ["# null keys resolve at run time to:"] + lines) if lines else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_presets:
@@ -162,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(tree, indent=2, sort_keys=True))
             else:
                 print(yaml.safe_dump(tree, sort_keys=False), end="")
-                if cfg.loss.huber_c is None:
-                    print("# loss.huber_c: null is resolved at run time to 0.00054 * sqrt(C*H*W) of the data set")
+                print(_resolved_note(cfg), end="")
             return 0
         from .trainer import train
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from . import provenance
-from .config import Config, ConfigError, apply_overrides
+from .config import Config, ConfigError, resolve_config
 from .ema import ema_beta
 from .fileio import atomic_write_text
 
@@ -179,21 +179,6 @@ def _append_jsonl(path: Path, row: dict) -> None:
 
 def _write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
-
-
-# ---- config resolution ---------------------------------------------------------------------------
-def resolve_config(cfg: Config, dim: int) -> Config:
-    """Fill in what depends on the data: loss.huber_c = 0.00054 * sqrt(dim) when left empty (iCT, Sec. 3.3)."""
-    if cfg.loss.huber_c is None:
-        from .loss import default_huber_c
-
-        cfg = apply_overrides(cfg, {"loss.huber_c": float(default_huber_c(dim))})
-    if cfg.loss.p_mean is None or cfg.loss.p_std is None:
-        from .config import noise_distribution
-
-        p_mean, p_std = noise_distribution(cfg.loss)
-        cfg = apply_overrides(cfg, {"loss.p_mean": p_mean, "loss.p_std": p_std})
-    return cfg
 
 
 def check_compile(cfg: Config) -> None:

@@ -178,3 +178,52 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
     with pytest.raises(KeyError, match="not in the schema"):
         to_table([{"experiment": "x", "colour": 1}], EVALS_SCHEMA)
+
+
+def test_the_tables_tune_writes_are_the_ones_analysis_reads(tmp_path, real_run):
+    """One module (ict_core.records) owns the schemas: rows built by tune/ from a real run folder, written by
+    ResultTables and loaded by analysis/ come back with every column and value; a table that breaks the
+    shared schema or statuses is refused by analysis naming what is wrong."""
+    from analysis.load import SchemaError, load_results
+    from ict_core import records
+    from tune import results, space
+
+    assert results.TRIALS_SCHEMA is records.TRIALS_SCHEMA and results.EVALS_SCHEMA is records.EVALS_SCHEMA
+    assert results.STATUSES is records.STATUSES and space.METRICS is records.SEARCH_METRICS
+    assert set(records.REQUIRED_TRIAL_COLUMNS) <= set(records.TRIALS_SCHEMA.names)
+    assert set(records.REQUIRED_EVAL_COLUMNS) <= set(records.EVALS_SCHEMA.names)
+
+    source, flat = real_run
+    store = RunStore(str(tmp_path / "exp" / "runs"))
+    _plant(tmp_path / "exp" / "runs", seed_folder("digits", "t1", 0), source)
+    _plant(tmp_path / "exp" / "runs", seed_folder("digits", "t1", 1), source, cut_after_first_eval=True)
+    trials, evals = trial_rows(store, experiment="e", space="s", stratum="digits", config_id="t1", seeds=[0, 1],
+                               known_config=flat)
+    tables = ResultTables(tmp_path / "exp")
+    tables.add(trials, evals)
+    tables.write()
+    assert pq.read_schema(tmp_path / "exp" / records.TRIALS_FILE).remove_metadata() == records.TRIALS_SCHEMA
+    assert pq.read_schema(tmp_path / "exp" / records.EVALS_FILE).remove_metadata() == records.EVALS_SCHEMA
+
+    loaded = load_results(tmp_path)
+    assert set(records.TRIALS_SCHEMA.names) <= set(loaded.trials.columns)
+    assert list(loaded.evals.columns) == records.EVALS_SCHEMA.names + ["experiment_dir"]
+    back = loaded.trials.set_index("trial_id")
+    for row in trials:
+        for key in ("status", "seed", "final_fd", "best_fd", "steps", "dim", "dataset", "run_dir", "loss.huber_c"):
+            assert back.loc[row["trial_id"], key] == row[key], key
+    assert list(zip(loaded.evals["trial_id"], loaded.evals["step"])) == [(e["trial_id"], e["step"]) for e in evals]
+    assert list(loaded.evals["fd"]) == [e["fd"] for e in evals]
+
+    # Planted breakage: a required column missing, a status outside records.STATUSES.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    table = pq.read_table(tmp_path / "exp" / records.TRIALS_FILE)
+    pq.write_table(table.drop_columns(["final_fd"]), bad / records.TRIALS_FILE)
+    with pytest.raises(SchemaError, match="lacks column\\(s\\) 'final_fd'"):
+        load_results(bad)
+    statuses = pa.array(["stopped"] * table.num_rows)
+    pq.write_table(table.set_column(table.schema.get_field_index("status"), "status", statuses),
+                   bad / records.TRIALS_FILE)
+    with pytest.raises(SchemaError, match="status must be one of completed, pruned, diverged, errored"):
+        load_results(bad)

@@ -1,9 +1,9 @@
 """The Parquet tables a search writes and analysis/ reads (docs/ARCHITECTURE.md, "Parquet tables").
 
 trials.parquet: one row per training run (one seed of one configuration); evals.parquet: one row per run and
-evaluation. Both have explicit pyarrow schemas: the config columns take their types from ict_core.config's field
-types, so a column is typed even when every value in it is null. Files are rewritten whole and atomically (a temp
-file in the same folder, then os.replace), so a reader or a killed driver never sees half a table.
+evaluation. Their schemas, metric names and statuses live in ict_core/records.py, which analysis/ reads too.
+Files are rewritten whole and atomically (a temp file in the same folder, then os.replace), so a reader or a
+killed driver never sees half a table.
 
 Rows are built by the driver from the run folders the trainer wrote (`trial_rows`), never from what trials
 report to Tune. Beyond the documented columns, trials.parquet carries `node_id` (the Ray node that ran the
@@ -17,62 +17,15 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterable, get_args, get_type_hints
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ict_core.config import Config, all_keys
-
-STATUSES = ("completed", "pruned", "diverged", "errored")
-
-
-def _config_types() -> dict[str, pa.DataType]:
-    out = {}
-    hints = get_type_hints(Config)
-    for section in (f.name for f in fields(Config)):
-        cls = hints[section]
-        for f in fields(cls):
-            hint = get_type_hints(cls)[f.name]
-            base = next((a for a in get_args(hint) if a is not type(None)), hint)
-            out[f"{section}.{f.name}"] = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(),
-                                          str: pa.string(), tuple: pa.string()}[base]
-    return out
-
-
-CONFIG_TYPES = _config_types()
-
-_TRIAL_HEAD = [
-    ("experiment", pa.string()), ("space", pa.string()), ("stratum", pa.string()), ("trial_id", pa.string()),
-    ("config_id", pa.string()), ("seed", pa.int64()), ("status", pa.string()), ("error", pa.string()),
-]
-_TRIAL_TAIL = [
-    ("dataset", pa.string()), ("dim", pa.int64()), ("final_fd", pa.float64()), ("best_fd", pa.float64()),
-    ("final_fd_2step", pa.float64()), ("final_kid", pa.float64()), ("final_loss", pa.float64()),
-    ("final_loss_train", pa.float64()), ("final_loss_heldout", pa.float64()), ("final_nn_dist", pa.float64()),
-    ("final_nn_dist_ref", pa.float64()), ("steps", pa.int64()), ("images_seen", pa.int64()),
-    ("wall_s", pa.float64()), ("device", pa.string()), ("world_size", pa.int64()), ("git_commit", pa.string()),
-    ("versions", pa.string()), ("node_id", pa.string()), ("run_key", pa.string()),
-    # Added later: nullable, so tables written before them still load.
-    ("final_fd_student", pa.float64()), ("final_fd_se", pa.float64()), ("run_dir", pa.string()),
-]
-TRIALS_SCHEMA = pa.schema(_TRIAL_HEAD + [(k, CONFIG_TYPES[k]) for k in all_keys()] + _TRIAL_TAIL)
-
-EVAL_METRICS = ("num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist",
-                "nn_dist_ref", "images_seen", "elapsed_s", "fd_student", "fd_se")
-# final_<key> columns of trials.parquet, read from a run's summary.json (or its last evaluation)
-FINAL_METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref",
-                 "fd_student", "fd_se")
-EVALS_SCHEMA = pa.schema(
-    [("experiment", pa.string()), ("trial_id", pa.string()), ("config_id", pa.string()), ("step", pa.int64()),
-     ("num_points", pa.int64()), ("loss", pa.float64()), ("fd", pa.float64()), ("fd_2step", pa.float64()),
-     ("kid", pa.float64()), ("loss_train", pa.float64()), ("loss_heldout", pa.float64()),
-     ("nn_dist", pa.float64()), ("nn_dist_ref", pa.float64()), ("images_seen", pa.int64()),
-     ("elapsed_s", pa.float64()), ("fd_student", pa.float64()), ("fd_se", pa.float64())]
-)
-
+from ict_core import datasets
+from ict_core.records import (CONFIG_TYPES, EVAL_METRICS, EVALS_FILE, EVALS_SCHEMA, FINAL_METRICS,  # noqa: F401
+                              STATUSES, TRIALS_FILE, TRIALS_SCHEMA)
 
 def _cell(value: Any, dtype: pa.DataType) -> Any:
     """One Python value converted to what its column type holds; None stays null."""
@@ -158,8 +111,8 @@ class ResultTables:
 
     def __init__(self, experiment_dir: str | os.PathLike):
         self.dir = Path(experiment_dir)
-        self.trials_path = self.dir / "trials.parquet"
-        self.evals_path = self.dir / "evals.parquet"
+        self.trials_path = self.dir / TRIALS_FILE
+        self.evals_path = self.dir / EVALS_FILE
         self.trials = pq.read_table(self.trials_path).to_pylist() if self.trials_path.exists() else []
         self.evals = pq.read_table(self.evals_path).to_pylist() if self.evals_path.exists() else []
 
@@ -220,7 +173,6 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
     its final_* values from its last evaluation. A seed that died before writing anything gets an `errored` row
     from `known_config` (the configuration the driver sent); seeds never started get no row. `run_dir` is the
     seed's folder relative to the experiment folder (`runs_prefix` + the folder under the store's root)."""
-    from tune.space import dataset_of
     from tune.storage import FINISHED, seed_folder
 
     trial_rows, eval_rows = [], []
@@ -246,7 +198,7 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
             continue
         flat = _flat_config(config) if config else {**known_config, "train.seed": seed}
         trial_id = f"{config_id}-seed{seed}"
-        dataset, dim = dataset_of(flat["data.name"], flat["data.resolution"])
+        dataset, dim = datasets.dataset_dim(flat["data.name"], flat["data.resolution"])
         row = {"experiment": experiment, "space": space, "stratum": stratum, "trial_id": trial_id,
                "config_id": config_id, "seed": seed, "status": status,
                "error": error if status == "errored" else None, "dataset": dataset, "dim": dim,

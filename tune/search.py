@@ -272,7 +272,9 @@ def _recorded(exp_dir: Path, stratum: str, plan: Plan) -> tuple[int, list[tuple[
     whose seeds all completed: what --extend tells a new searcher."""
     import pandas as pd
 
-    path = exp_dir / "trials.parquet"
+    from ict_core.records import TRIALS_FILE
+
+    path = exp_dir / TRIALS_FILE
     if not path.exists():
         return 0, []
     rows = pd.read_parquet(path)
@@ -453,7 +455,9 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
 def _first_error(exp_dir: Path, strata: list[str]) -> str | None:
     import pandas as pd
 
-    path = exp_dir / "trials.parquet"
+    from ict_core.records import TRIALS_FILE
+
+    path = exp_dir / TRIALS_FILE
     if not path.exists():
         return None
     rows = pd.read_parquet(path)
@@ -464,10 +468,11 @@ def _first_error(exp_dir: Path, strata: list[str]) -> str | None:
 def print_summary(exp_dir: Path, metric: str, mode: str) -> None:
     import pandas as pd
 
+    from ict_core.records import EVALS_FILE, TRIALS_FILE
     from tune.progress import summary_lines
 
-    trials = exp_dir / "trials.parquet"
-    print(f"\ntrials: {trials}\nevals:  {exp_dir / 'evals.parquet'}")
+    trials = exp_dir / TRIALS_FILE
+    print(f"\ntrials: {trials}\nevals:  {exp_dir / EVALS_FILE}")
     print(f"read:   python -c \"import pandas as pd; print(pd.read_parquet('{trials}'))\"")
     if trials.exists():
         for line in summary_lines(pd.read_parquet(trials), metric, mode):

@@ -32,7 +32,9 @@ from typing import Any
 
 import yaml
 
-from ict_core.config import ConfigError, all_keys, coerce, load_config
+from ict_core import datasets
+from ict_core.config import ConfigError, all_keys, coerce, is_named_value, load_config, resolve_named_value
+from ict_core.records import SEARCH_METRICS
 
 SPACE_DIR = Path(__file__).parent / "spaces"
 BUDGETS = ("smoke", "cpu", "gpu", "paper")
@@ -42,11 +44,8 @@ PARAM_TYPES = ("loguniform", "uniform", "int", "choice", "grid")
 ALGORITHMS = ("optuna_tpe", "grid", "random")
 SCHEDULERS = ("asha", "none")
 # Keys a trial reports (ict_core.trainer evaluation metrics) that a searcher may optimise.
-METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist")
-PAPER = "paper"
-NEEDS_PATH = ("cifar10", "imagenet64")
-_CHANNELS = {"digits": 1, "patches": 3, "cifar10": 3, "imagenet64": 3}
-_NATIVE_RESOLUTION = {"digits": 8, "cifar10": 32, "imagenet64": 64}
+METRICS = SEARCH_METRICS
+NEEDS_PATH = datasets.NEEDS_PATH
 
 
 class SpaceError(ValueError):
@@ -132,18 +131,7 @@ class Plan:
 
 def dataset_dim(cfg) -> tuple[str, int]:
     """("patches-16", C*H*W) of a config's data set, known without loading it (ICT_SPEC, Metric: d = C*H*W)."""
-    return dataset_of(cfg.data.name, cfg.data.resolution)
-
-
-def dataset_of(name: str, resolution: int) -> tuple[str, int]:
-    resolution = int(resolution or _NATIVE_RESOLUTION.get(name, 0))
-    return f"{name}-{resolution}", _CHANNELS[name] * resolution * resolution
-
-
-def paper_huber_c(dim: int) -> float:
-    from ict_core.loss import default_huber_c
-
-    return float(default_huber_c(dim))
+    return datasets.dataset_dim(cfg.data.name, cfg.data.resolution)
 
 
 def list_spaces() -> list[str]:
@@ -263,7 +251,7 @@ class Space:
                 if key not in self.params and self.algorithm != "grid":
                     raise self.error(f"points[{i}].{key}", f"is not a searched param; searched: "
                                      f"{', '.join(self.params) or 'none'}")
-                if not (key == "loss.huber_c" and value == PAPER):
+                if not is_named_value(key, value):
                     try:
                         coerce(key, value)
                     except ConfigError as err:
@@ -328,8 +316,8 @@ class Space:
                 raise self.error(f"{where}.values", f"must be a non-empty list, got {values!r}")
             out = []
             for v in values:
-                if key == "loss.huber_c" and v == PAPER:
-                    out.append(PAPER)
+                if is_named_value(key, v):
+                    out.append(v)
                     continue
                 try:
                     out.append(coerce(key, v))
@@ -447,8 +435,7 @@ class Space:
     def _resolve_point(self, point: dict, dim: int, where: str) -> dict:
         out = {}
         for key, value in point.items():
-            if key == "loss.huber_c" and value == PAPER:
-                value = paper_huber_c(dim)
+            value = resolve_named_value(key, value, dim)
             p = self.params.get(key)
             if p is not None and p.low is not None and not (p.low <= value <= p.high):
                 raise self.error(f"{where}.{key}", f"value {value!r} is outside the searched range "

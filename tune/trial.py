@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from ict_core.config import load_config
+from ict_core.config import load_config, resolve_config
 from tune.storage import FINISHED, RunStore, seed_folder, trial_folder
 
 
@@ -50,11 +50,9 @@ def trial_params(config: dict) -> dict:
 
 def resolved_flat(cfg) -> dict:
     """Config.flat() with the paper's huber_c filled in, as the trainer resolves it."""
-    from tune.space import dataset_dim, paper_huber_c
-
     flat = cfg.flat()
     if flat["loss.huber_c"] is None:
-        flat["loss.huber_c"] = paper_huber_c(dataset_dim(cfg)[1])
+        flat["loss.huber_c"] = resolve_config(cfg).loss.huber_c
     return flat
 
 

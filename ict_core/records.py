@@ -1,0 +1,77 @@
+"""What a search records, named once: metric names, run statuses, and the two Parquet tables' files and schemas.
+
+tune/ writes the tables (tune/results.py) and analysis/ reads them (analysis/load.py); both take the names from
+here, so a column cannot be renamed on one side only. No Ray import: analysis runs without it. The columns are
+documented in docs/ARCHITECTURE.md, "Parquet tables".
+
+trials.parquet: one row per training run (one seed of one configuration); the config columns take their types
+from ict_core.config's field types, so a column is typed even when every value in it is null.
+evals.parquet: one row per run and evaluation.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import get_args, get_type_hints
+
+import pyarrow as pa
+
+from ict_core.config import Config, all_keys
+
+TRIALS_FILE = "trials.parquet"
+EVALS_FILE = "evals.parquet"
+
+# How a run ended: completed | diverged (its summary.json says so), pruned (a scheduler stopped it), errored.
+STATUSES = ("completed", "pruned", "diverged", "errored")
+
+# Evaluation metrics a searcher may optimise (`metric:` of a space file; each is what a trial reports).
+SEARCH_METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist")
+# Columns of evals.parquet after (experiment, trial_id, config_id, step), as the trainer's evals.jsonl names them.
+EVAL_METRICS = ("num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist",
+                "nn_dist_ref", "images_seen", "elapsed_s", "fd_student", "fd_se")
+_INT_METRICS = ("num_points", "images_seen")
+# final_<key> columns of trials.parquet, read from a run's summary.json (or its last evaluation).
+FINAL_METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref",
+                 "fd_student", "fd_se")
+
+
+def _config_types() -> dict[str, pa.DataType]:
+    out = {}
+    hints = get_type_hints(Config)
+    for section in (f.name for f in fields(Config)):
+        cls = hints[section]
+        for f in fields(cls):
+            hint = get_type_hints(cls)[f.name]
+            base = next((a for a in get_args(hint) if a is not type(None)), hint)
+            out[f"{section}.{f.name}"] = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(),
+                                          str: pa.string(), tuple: pa.string()}[base]
+    return out
+
+
+CONFIG_TYPES = _config_types()
+
+_TRIAL_HEAD = [
+    ("experiment", pa.string()), ("space", pa.string()), ("stratum", pa.string()), ("trial_id", pa.string()),
+    ("config_id", pa.string()), ("seed", pa.int64()), ("status", pa.string()), ("error", pa.string()),
+]
+_TRIAL_TAIL = [
+    ("dataset", pa.string()), ("dim", pa.int64()), ("final_fd", pa.float64()), ("best_fd", pa.float64()),
+    ("final_fd_2step", pa.float64()), ("final_kid", pa.float64()), ("final_loss", pa.float64()),
+    ("final_loss_train", pa.float64()), ("final_loss_heldout", pa.float64()), ("final_nn_dist", pa.float64()),
+    ("final_nn_dist_ref", pa.float64()), ("steps", pa.int64()), ("images_seen", pa.int64()),
+    ("wall_s", pa.float64()), ("device", pa.string()), ("world_size", pa.int64()), ("git_commit", pa.string()),
+    ("versions", pa.string()), ("node_id", pa.string()), ("run_key", pa.string()),
+    # Added later: nullable, so tables written before them still load.
+    ("final_fd_student", pa.float64()), ("final_fd_se", pa.float64()), ("run_dir", pa.string()),
+]
+TRIALS_SCHEMA = pa.schema(_TRIAL_HEAD + [(k, CONFIG_TYPES[k]) for k in all_keys()] + _TRIAL_TAIL)
+EVALS_SCHEMA = pa.schema(
+    [("experiment", pa.string()), ("trial_id", pa.string()), ("config_id", pa.string()), ("step", pa.int64())]
+    + [(m, pa.int64() if m in _INT_METRICS else pa.float64()) for m in EVAL_METRICS]
+)
+
+# Columns a reader requires (analysis/load.py); the others were added later, or are bookkeeping a reader may
+# lack in tables written by hand, and the config columns are checked by each analysis that needs them.
+_OPTIONAL_TRIAL = ("device", "world_size", "git_commit", "versions", "node_id", "run_key", "final_fd_student",
+                   "final_fd_se", "run_dir")
+REQUIRED_TRIAL_COLUMNS = tuple(name for name, _ in _TRIAL_HEAD + _TRIAL_TAIL if name not in _OPTIONAL_TRIAL)
+REQUIRED_EVAL_COLUMNS = tuple(name for name in EVALS_SCHEMA.names if name not in ("fd_student", "fd_se"))
