@@ -63,7 +63,7 @@ def _refuse_existing(run_dir: Path, flag: str) -> None:
 def _resolve(args: argparse.Namespace):
     """(config, run_dir, resume_from) from the arguments."""
     if args.resume:
-        from .trainer import latest_checkpoint
+        from .rundir import latest_checkpoint
 
         source = Path(args.resume).expanduser()
         if not source.exists():
@@ -114,7 +114,7 @@ def _fmt(value, spec: str = ".4g") -> str:
 
 def end_message(summary: dict) -> str:
     """What a person needs when a run ends: how it ended, where its samples and checkpoints are, how to go on."""
-    from .trainer import latest_checkpoint
+    from .rundir import latest_checkpoint
 
     run_dir = Path(summary["run_dir"])
     quoted = shlex.quote(str(run_dir))
@@ -182,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             hint = f"; continue from its newest checkpoint with {COMMAND} --resume {shlex.quote(str(run_dir))}"
         print(f"\n[ict] interrupted before a checkpoint of the current step was written{hint}", file=sys.stderr)
         return EXIT_ON_SIGNAL["SIGINT"]
-    from .trainer import _json_safe
+    from .rundir import json_safe
 
     keys = ("status", "step", "fd", "fd_2step", "kid", "best_fd", "wall_s", "run_dir")
-    print(json.dumps(_json_safe({k: summary.get(k) for k in keys}), default=str))
+    print(json.dumps(json_safe({k: summary.get(k) for k in keys}), default=str))
     print(end_message(summary), flush=True)
     if summary.get("status") == "interrupted":
         return EXIT_ON_SIGNAL.get(summary.get("signal"), 1)
