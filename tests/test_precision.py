@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ict_core import precision, trainer
+from ict_core import trainer
 from ict_core.config import ConfigError, list_presets, load_config, load_preset
 from ict_core.data import load_dataset
-from ict_core.precision import MAX_RELATIVE_ERROR, passing_precisions, relative_errors
+from ict_core.precision import MAX_RELATIVE_ERROR, passing_precisions, relative_errors, wrap_precision
 from ict_core.schedule import karras_sigmas
 
 
@@ -48,7 +48,7 @@ def test_bf16_stem_keeps_embedding_and_first_conv_in_fp32_under_autocast(trained
     try:
         x = torch.zeros(2, 1, 8, 8)
         for precision, expected in (("bf16", torch.bfloat16), ("bf16_stem", torch.float32)):
-            out = precision.wrap_precision(net, precision, "cpu")(x, torch.tensor([0.5, 1.0]))
+            out = wrap_precision(net, precision, "cpu")(x, torch.tensor([0.5, 1.0]))
             assert out.dtype == torch.float32 and seen == {"conv": expected, "emb": expected}, precision
     finally:
         hook.remove()
@@ -57,4 +57,4 @@ def test_bf16_stem_keeps_embedding_and_first_conv_in_fp32_under_autocast(trained
 
         set_fp32_stem(net, False)
     with pytest.raises(ConfigError, match="train.precision must be one of"):
-        precision.wrap_precision(net, "fp16", "cpu")
+        wrap_precision(net, "fp16", "cpu")
