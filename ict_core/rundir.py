@@ -23,8 +23,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .fileio import atomic_write_text
 
 CONFIG = "config.json"
@@ -66,6 +64,8 @@ def run_dir_of(checkpoint: Path) -> Path:
 def load_checkpoint(checkpoint: Path) -> dict:
     """The state a checkpoint folder holds, on the CPU (generator states must stay CPU ByteTensors; the
     trainer's load_state_dict calls move weights and optimizer moments to the parameters' device)."""
+    import torch
+
     return torch.load(Path(checkpoint) / STATE, map_location="cpu", weights_only=False)
 
 
@@ -143,6 +143,8 @@ class RunFolder:
 
     def save_checkpoint(self, step: int, state: dict, meta: dict, keep: int) -> Path:
         """checkpoints/step_<step>/ written whole or not at all; only the newest `keep` are kept."""
+        import torch
+
         name = step_dir_name(step)
         tmp = self.checkpoints / f".tmp_{name}"
         final = self.checkpoints / name

@@ -19,11 +19,10 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, from_dict, list_presets, load_config, preset_description
+from .rundir import RUN_FILES
 
 EXIT_CONFIG_ERROR = 2
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as a shell reports a killed job
-# What the trainer writes into a run folder; any of them means the folder holds a run.
-RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "evals.jsonl", "checkpoints", "samples")
 COMMAND = "python -m ict_core.train"
 
 
