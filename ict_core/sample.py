@@ -42,7 +42,7 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "cpu"):
     """(config, network in eval mode on `device`, checkpoint folder) of a run folder or checkpoint folder."""
     from .data import load_dataset
     from .network import build_network
-    from .rundir import latest_checkpoint
+    from .rundir import CONFIG, latest_checkpoint, load_checkpoint
 
     path = Path(run_dir)
     if not path.exists():
@@ -51,9 +51,8 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "cpu"):
         ckpt = latest_checkpoint(path)
     except FileNotFoundError as err:
         raise ConfigError(str(err).replace("resume_from=", "RUN_DIR ")) from None
-    saved = next((p / "config.json" for p in (path, ckpt.parent.parent, ckpt.parent) if (p / "config.json").is_file()),
-                 None)
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    saved = next((p / CONFIG for p in (path, ckpt.parent.parent, ckpt.parent) if (p / CONFIG).is_file()), None)
+    state = load_checkpoint(ckpt)
     tree = state.get("config") or (json.loads(saved.read_text()) if saved is not None else None)
     if tree is None:
         raise ConfigError(f"RUN_DIR {str(path)!r}: neither the checkpoint nor config.json holds the run's config")

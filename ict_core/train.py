@@ -62,7 +62,7 @@ def _refuse_existing(run_dir: Path, flag: str) -> None:
 def _resolve(args: argparse.Namespace):
     """(config, run_dir, resume_from) from the arguments."""
     if args.resume:
-        from .rundir import latest_checkpoint
+        from .rundir import CONFIG, latest_checkpoint, run_dir_of
 
         source = Path(args.resume).expanduser()
         if not source.exists():
@@ -74,8 +74,8 @@ def _resolve(args: argparse.Namespace):
             ckpt = latest_checkpoint(source)
         except FileNotFoundError as err:
             raise ConfigError(str(err)) from None
-        source_run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        saved = source_run / "config.json"
+        source_run = run_dir_of(ckpt)
+        saved = source_run / CONFIG
         if not saved.exists():
             raise ConfigError(f"--resume {args.resume}: {saved} is missing, so the run's config is unknown")
         run_dir = source_run
