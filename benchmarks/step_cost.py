@@ -21,7 +21,7 @@ import time
 import torch
 
 from ict_core.config import ConfigError, load_config
-from ict_core.trainer import _Run
+from ict_core.trainer import Run
 
 
 def parse_args(argv=None):
@@ -59,16 +59,12 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="step-cost-") as run_dir:
-        run = _Run(cfg, None, run_dir, None)
+        run = Run(cfg, None, run_dir, None)
         run.step = cfg.train.total_steps // 2  # mid-curriculum; N(k) does not change the cost
         device = run.device
         run.student.train()
-        x, extra = run._draw_batch()
-        if cfg.loss.objective == "consistency":
-            sigmas = run.loss_fn.grid(run._num_points(run.step))[0].to(device=device, dtype=x.dtype)
-            sigma = sigmas[extra["indices"].to(device) + 1]
-        else:
-            sigma = extra["sigma"].to(device)
+        x, extra = run.draw_batch()
+        sigma = run.objective.student_sigma(run.step, extra).to(device=device, dtype=x.dtype)
         x_noisy = x + sigma.view(-1, 1, 1, 1) * extra["z"].to(device)
 
         def forward_backward():
@@ -122,14 +118,14 @@ def main(argv=None) -> int:
             out["images_per_s"] = round(cfg.train.batch_size / med["ict_step"], 1)
             from torch.utils.flop_counter import FlopCounterMode
 
-            from ict_core.trainer import _Bf16Net
+            from ict_core.precision import Bf16Net
 
             # Counted on the eager module: FlopCounterMode does not see inside compiled graphs.
-            compiled, run.student = run.student, (_Bf16Net(run.model, "cuda") if args.bf16 else run.model)
+            compiled, run.student = run.student, (Bf16Net(run.model, "cuda") if args.bf16 else run.model)
             counter = FlopCounterMode(display=False)
             with counter:
                 run.optimizer.zero_grad(set_to_none=True)
-                loss_vec, _ = run._loss(x, extra)
+                loss_vec, _ = run.step_loss(x, extra)
                 loss_vec.float().mean().backward()
             run.student = compiled
             step_flops = counter.get_total_flops()

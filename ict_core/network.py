@@ -271,7 +271,7 @@ def set_fp32_stem(net: nn.Module, enabled: bool = True) -> nn.Module:
 
 
 def build_network(cfg, in_channels: int, resolution: int) -> Precond:
-    """The Precond-wrapped UNet of `cfg.network`; kind follows cfg.loss.objective."""
+    """The Precond-wrapped UNet of `cfg.network`; its kind is that of cfg.loss.objective (ict_core/objectives.py)."""
     net = cfg.network
     backbone = UNet(
         in_channels=in_channels,
@@ -283,8 +283,9 @@ def build_network(cfg, in_channels: int, resolution: int) -> Precond:
         dropout=net.dropout,
         fourier_scale=net.fourier_scale,
     )
-    kind = "diffusion" if cfg.loss.objective == "diffusion" else "consistency"
-    return Precond(backbone, kind=kind, sigma_min=cfg.precond.sigma_min, sigma_data=cfg.precond.sigma_data)
+    from .objectives import objective_class
+
+    return Precond(backbone, kind=objective_class(cfg.loss.objective).precond, sigma_min=cfg.precond.sigma_min, sigma_data=cfg.precond.sigma_data)
 
 
 def count_parameters(module: nn.Module) -> int:

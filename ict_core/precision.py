@@ -15,8 +15,40 @@ from __future__ import annotations
 
 import torch
 
+from .config import ConfigError
+
 MAX_RELATIVE_ERROR = 0.01
 PRECISIONS = ("fp32", "bf16", "bf16_stem")
+
+
+class Bf16Net(torch.nn.Module):
+    """Runs the network under bf16 autocast and hands back fp32, so the loss (lambda up to ~2.6e4) stays fp32.
+
+    keep_stem_fp32 (train.precision=bf16_stem) keeps the noise embedding and the first convolution, which see
+    c_in * x and ln(sigma) / 4 directly, in fp32 (network.set_fp32_stem): adjacent sigmas of the N=1281 grid
+    differ by less than one bf16 step there. benchmarks/precision.py measures what each variant keeps.
+    """
+
+    def __init__(self, net: torch.nn.Module, device_type: str, keep_stem_fp32: bool = False):
+        from .network import set_fp32_stem
+
+        super().__init__()
+        self.net = set_fp32_stem(net, keep_stem_fp32)
+        self.device_type = device_type
+
+    def forward(self, x, sigma):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.net(x, sigma)
+        return out.float()
+
+
+def wrap_precision(net: torch.nn.Module, precision: str, device_type: str) -> torch.nn.Module:
+    """The network as train.precision runs it: itself (fp32) or under bf16 autocast (bf16, bf16_stem)."""
+    if precision == "fp32":
+        return net
+    if precision in ("bf16", "bf16_stem"):
+        return Bf16Net(net, device_type, keep_stem_fp32=precision == "bf16_stem")
+    raise ConfigError(f"train.precision must be one of fp32, bf16, bf16_stem; got {precision!r}")
 
 
 @torch.no_grad()
@@ -24,8 +56,6 @@ def output_differences(net: torch.nn.Module, images: torch.Tensor, sigmas: torch
                        seed: int = 0, chunk: int = 64) -> torch.Tensor:
     """(N-1, B, C, H, W) teacher-student differences D_i of `net` (eval mode) in `precision`, the noise z fixed
     by `seed` and shared by every interval and every precision."""
-    from .trainer import wrap_precision
-
     device = images.device
     was_training = net.training
     net.eval()

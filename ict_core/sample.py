@@ -42,7 +42,7 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "cpu"):
     """(config, network in eval mode on `device`, checkpoint folder) of a run folder or checkpoint folder."""
     from .data import load_dataset
     from .network import build_network
-    from .trainer import latest_checkpoint
+    from .rundir import CONFIG, latest_checkpoint, load_checkpoint
 
     path = Path(run_dir)
     if not path.exists():
@@ -51,9 +51,8 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "cpu"):
         ckpt = latest_checkpoint(path)
     except FileNotFoundError as err:
         raise ConfigError(str(err).replace("resume_from=", "RUN_DIR ")) from None
-    saved = next((p / "config.json" for p in (path, ckpt.parent.parent, ckpt.parent) if (p / "config.json").is_file()),
-                 None)
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    saved = next((p / CONFIG for p in (path, ckpt.parent.parent, ckpt.parent) if (p / CONFIG).is_file()), None)
+    state = load_checkpoint(ckpt)
     tree = state.get("config") or (json.loads(saved.read_text()) if saved is not None else None)
     if tree is None:
         raise ConfigError(f"RUN_DIR {str(path)!r}: neither the checkpoint nor config.json holds the run's config")
@@ -70,21 +69,15 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "cpu"):
 def sample_images(cfg, net, num: int, steps: int | None, seed: int, shape_cr: tuple[int, int],
                   device: torch.device) -> torch.Tensor:
     """(num, C, H, W) float32 in [-1, 1] on the CPU, from a CPU generator seeded with `seed`."""
-    from . import sampling
+    from .objectives import build_objective
 
     channels, resolution = shape_cr
+    objective = build_objective(cfg, channels * resolution * resolution)
     generator = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, num, _CHUNK):
         shape = (min(_CHUNK, num - start), channels, resolution, resolution)
-        if cfg.loss.objective == "diffusion":
-            x = sampling.sample_diffusion(net, shape, num_steps=cfg.eval.diffusion_steps, sigma_min=cfg.precond.sigma_min,
-                                          sigma_max=cfg.precond.sigma_max, rho=cfg.precond.rho, generator=generator,
-                                          device=device)
-        else:
-            sigmas = [cfg.precond.sigma_max] + ([cfg.eval.sigma_mid] if steps == 2 else [])
-            x = sampling.sample_consistency(net, shape, sigmas, sigma_min=cfg.precond.sigma_min, generator=generator,
-                                            device=device)
+        x = objective.sample(net, shape, steps, generator, device)
         out.append(x.float().clamp(-1.0, 1.0).cpu())
     return torch.cat(out)
 
@@ -102,15 +95,19 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--out must name a .npz file, got {args.out!r}")
         if args.grid is not None and not args.grid.endswith(".png"):
             raise ConfigError(f"--grid must name a .png file, got {args.grid!r}")
-        from .trainer import resolve_device
+        from .dist import resolve_device
 
         device = resolve_device(args.device)
         cfg, net, ckpt, shape_cr = load_run(args.run_dir, args.weights, device)
-        if cfg.loss.objective == "diffusion" and args.steps is not None:
-            raise ConfigError(f"--steps applies to consistency models; {args.run_dir} trains the diffusion objective, "
-                              f"sampled with Heun's method in eval.diffusion_steps={cfg.eval.diffusion_steps} steps: "
-                              f"omit --steps")
-        images = sample_images(cfg, net, args.num, args.steps or 1, args.seed, shape_cr, device)
+        from .objectives import objective_class
+
+        objective = objective_class(cfg.loss.objective)
+        if not objective.sample_steps and args.steps is not None:
+            raise ConfigError(f"--steps applies to consistency models; {args.run_dir} trains the {objective.name} "
+                              f"objective, sampled with its own sampler (eval.diffusion_steps={cfg.eval.diffusion_steps} "
+                              f"steps): omit --steps")
+        steps = (args.steps or 1) if objective.sample_steps else None
+        images = sample_images(cfg, net, args.num, steps, args.seed, shape_cr, device)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -129,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         save_grid(images[:64], args.grid)
     print(json.dumps({"out": str(out), "num": int(images.shape[0]), "shape": list(images.shape[1:]),
                       "weights": args.weights, "checkpoint": str(ckpt), "seed": args.seed,
-                      "steps": None if cfg.loss.objective == "diffusion" else (args.steps or 1)}))
+                      "steps": steps}))
     return 0
 
 

@@ -96,7 +96,7 @@ def score_images(images: torch.Tensor, cfg, device: torch.device | str = "cpu") 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from .trainer import resolve_device
+        from .dist import resolve_device
 
         cfg = load_config(args.preset, args.overrides)
         images = load_images(args.file)

@@ -20,11 +20,10 @@ import yaml
 
 from .config import ConfigError, from_dict, list_presets, load_config, preset_description, resolve_config
 from .datasets import dataset_dim
+from .rundir import RUN_FILES
 
 EXIT_CONFIG_ERROR = 2
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as a shell reports a killed job
-# What the trainer writes into a run folder; any of them means the folder holds a run.
-RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "evals.jsonl", "checkpoints", "samples")
 COMMAND = "python -m ict_core.train"
 
 
@@ -64,7 +63,7 @@ def _refuse_existing(run_dir: Path, flag: str) -> None:
 def _resolve(args: argparse.Namespace):
     """(config, run_dir, resume_from) from the arguments."""
     if args.resume:
-        from .trainer import latest_checkpoint
+        from .rundir import CONFIG, latest_checkpoint, run_dir_of
 
         source = Path(args.resume).expanduser()
         if not source.exists():
@@ -76,8 +75,8 @@ def _resolve(args: argparse.Namespace):
             ckpt = latest_checkpoint(source)
         except FileNotFoundError as err:
             raise ConfigError(str(err)) from None
-        source_run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        saved = source_run / "config.json"
+        source_run = run_dir_of(ckpt)
+        saved = source_run / CONFIG
         if not saved.exists():
             raise ConfigError(f"--resume {args.resume}: {saved} is missing, so the run's config is unknown")
         run_dir = source_run
@@ -115,7 +114,7 @@ def _fmt(value, spec: str = ".4g") -> str:
 
 def end_message(summary: dict) -> str:
     """What a person needs when a run ends: how it ended, where its samples and checkpoints are, how to go on."""
-    from .trainer import latest_checkpoint
+    from .rundir import latest_checkpoint
 
     run_dir = Path(summary["run_dir"])
     quoted = shlex.quote(str(run_dir))
@@ -193,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             hint = f"; continue from its newest checkpoint with {COMMAND} --resume {shlex.quote(str(run_dir))}"
         print(f"\n[ict] interrupted before a checkpoint of the current step was written{hint}", file=sys.stderr)
         return EXIT_ON_SIGNAL["SIGINT"]
-    from .trainer import _json_safe
+    from .rundir import json_safe
 
     keys = ("status", "step", "fd", "fd_2step", "kid", "best_fd", "wall_s", "run_dir")
-    print(json.dumps(_json_safe({k: summary.get(k) for k in keys}), default=str))
+    print(json.dumps(json_safe({k: summary.get(k) for k in keys}), default=str))
     print(end_message(summary), flush=True)
     if summary.get("status") == "interrupted":
         return EXIT_ON_SIGNAL.get(summary.get("signal"), 1)

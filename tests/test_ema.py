@@ -35,7 +35,7 @@ def test_initial_share_is_the_product_of_betas():
 def test_trainer_ema_is_the_ramped_average_of_the_student_trajectory(tmp_path):
     cfg = load_config("tiny", ["train.num_threads=1", "train.ema_rate=0.9", "train.ema_rampup=0.5",
                                "network.dropout=0.1"])
-    run = trainer._Run(cfg, None, tmp_path, None)
+    run = trainer.Run(cfg, None, tmp_path, None)
     expected = {k: v.clone() for k, v in run.model.state_dict().items()}
     for _ in range(6):
         run.train_step()

@@ -8,7 +8,7 @@ import torch
 from ict_core import trainer
 from ict_core.config import ConfigError, list_presets, load_config, load_preset
 from ict_core.data import load_dataset
-from ict_core.precision import MAX_RELATIVE_ERROR, passing_precisions, relative_errors
+from ict_core.precision import MAX_RELATIVE_ERROR, passing_precisions, relative_errors, wrap_precision
 from ict_core.schedule import karras_sigmas
 
 
@@ -16,7 +16,7 @@ from ict_core.schedule import karras_sigmas
 def trained(tmp_path_factory):
     """A tiny digits network after 150 real training steps (no evaluation, so no feature network)."""
     cfg = load_config("tiny", ["train.total_steps=150", "train.num_threads=1", "network.channels=16"])
-    run = trainer._Run(cfg, None, tmp_path_factory.mktemp("precision_run"), None)
+    run = trainer.Run(cfg, None, tmp_path_factory.mktemp("precision_run"), None)
     for _ in range(cfg.train.total_steps):
         run.train_step()
         run.step += 1
@@ -48,7 +48,7 @@ def test_bf16_stem_keeps_embedding_and_first_conv_in_fp32_under_autocast(trained
     try:
         x = torch.zeros(2, 1, 8, 8)
         for precision, expected in (("bf16", torch.bfloat16), ("bf16_stem", torch.float32)):
-            out = trainer.wrap_precision(net, precision, "cpu")(x, torch.tensor([0.5, 1.0]))
+            out = wrap_precision(net, precision, "cpu")(x, torch.tensor([0.5, 1.0]))
             assert out.dtype == torch.float32 and seen == {"conv": expected, "emb": expected}, precision
     finally:
         hook.remove()
@@ -57,4 +57,4 @@ def test_bf16_stem_keeps_embedding_and_first_conv_in_fp32_under_autocast(trained
 
         set_fp32_stem(net, False)
     with pytest.raises(ConfigError, match="train.precision must be one of"):
-        trainer.wrap_precision(net, "fp16", "cpu")
+        wrap_precision(net, "fp16", "cpu")

@@ -15,7 +15,7 @@ import torch
 from ict_core import trainer
 from ict_core.config import load_config
 from ict_core.data import load_dataset
-from ict_core.loss import ConsistencyLoss
+from ict_core.objectives import build_objective
 from ict_core.network import build_network
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def test_training_on_digits_lowers_feature_fd(cache_dir, tmp_path):
     cfg_resolved = trainer.resolve_config(cfg, dataset.dim)
     torch.manual_seed(cfg.train.seed)  # the trainer's initial weights
     initial_net = build_network(cfg_resolved, dataset.channels, dataset.resolution)
-    evaluator = trainer.Evaluator(cfg_resolved, dataset, torch.device("cpu"), ConsistencyLoss(cfg_resolved, dataset.dim))
+    evaluator = trainer.Evaluator(cfg_resolved, dataset, torch.device("cpu"), build_objective(cfg_resolved, dataset.dim))
     initial = evaluator(initial_net, 0)
 
     reports = []

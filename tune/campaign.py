@@ -120,7 +120,7 @@ def measure_step_seconds(cfg, threads: int, steps: int = 4, warmup: int = 2) -> 
 
     import torch
 
-    from ict_core.trainer import _Run
+    from ict_core.trainer import Run as _Run
 
     before = torch.get_num_threads()
     cfg = cfg.with_overrides({"train.num_threads": max(1, int(threads)), "eval.grid": False})

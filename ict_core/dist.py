@@ -1,0 +1,63 @@
+"""Where this process runs: its rank and world size in a torch.distributed group someone else initialised (Ray
+Train, torchrun), the collective operations the training loop needs, and the device train.device names."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from .config import ConfigError
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_mean(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The mean of `values` over all ranks (a copy; `values` itself is left alone)."""
+    if world_size > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= world_size
+    return values
+
+
+def broadcast_floats(values: list[float], device: torch.device, world_size: int) -> list[float]:
+    """Rank 0's `values` on every rank."""
+    if world_size == 1:
+        return values
+    buf = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(buf, src=0)
+    return buf.tolist()
+
+
+def any_nonfinite(value: torch.Tensor, world_size: int) -> bool:
+    """True on every rank when `value` is NaN or infinite on any rank."""
+    bad = (~torch.isfinite(value)).to(torch.float32).reshape(1)
+    if world_size > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bool(bad.item() > 0)
+
+
+def gather_objects(obj, world_size: int) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if world_size == 1:
+        return [obj]
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def resolve_device(name: str) -> torch.device:
+    """train.device: auto (CUDA when available), cuda (this process's LOCAL_RANK GPU) or cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is available; allowed here: auto, cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")

@@ -1,0 +1,121 @@
+"""Evaluation during training: feature FD of one- and two-step samples (or the diffusion objective's sampler),
+its bootstrap standard error, KID, the loss on fixed train and held-out images, and nearest-neighbour distances
+(docs/MEASUREMENT.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import Config
+
+EVAL_SEED_OFFSET = 7_919  # evaluation noise is fixed per run and independent of the training RNG
+_KID_SUBSETS = 10  # 100 costs seconds per evaluation at small scale; 10 suffices for tracking a run
+_LOSS_PROBE_IMAGES = 256  # images in the fixed train / held-out subsets of loss_train and loss_heldout
+_SAMPLE_CHUNK = 1000  # images per sampler call during evaluation
+
+# What an evaluation measures. fd: one-step FD of the evaluation EMA (what searches act on); fd_student: the same
+# for the raw student, with the same noise; fd_se: bootstrap standard error of fd (metrics.frechet_distance_se).
+EVAL_KEYS = ("fd", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref", "fd_student", "fd_se")
+
+
+class Evaluator:
+    """Feature FD (one- and two-step, or Heun for diffusion), KID, train/held-out loss and nearest-neighbour
+    distances of the EMA network. Noise is fixed per run, and the global RNG is left untouched."""
+
+    def __init__(self, cfg: Config, dataset, device: torch.device, objective):
+        from . import metrics
+
+        self.cfg = cfg
+        self.dataset = dataset
+        self.device = device
+        self.objective = objective
+        self.metrics = metrics
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            self.extractor = metrics.get_feature_extractor(dataset, cfg.eval, device)
+            self.ref_mu, self.ref_sigma = metrics.reference_stats(dataset, self.extractor, cfg.eval.cache_dir)
+            g = torch.Generator().manual_seed(cfg.train.seed + EVAL_SEED_OFFSET)
+            train = dataset.train
+            reference = metrics.reference_images(dataset, self.extractor)  # KID's reference is FD's
+            num_ref = min(len(reference), max(2 * cfg.eval.num_samples, 1000), 10_000)
+            ref_idx = torch.randperm(len(reference), generator=g)[:num_ref]
+            self.ref_images = reference[ref_idx]
+            self.ref_feats = self._features(self.ref_images)
+            probe_idx = torch.randperm(len(train), generator=g)[:_LOSS_PROBE_IMAGES]
+            self.probe_train = train[probe_idx]
+            self.probe_heldout = dataset.heldout[:_LOSS_PROBE_IMAGES]
+            nn_ref = self.probe_heldout if len(self.probe_heldout) else self.probe_train
+            self.nn_dist_ref = float(metrics.nearest_neighbor_distance(nn_ref.to(device), train.to(device)).mean())
+
+    @torch.no_grad()
+    def _features(self, images: torch.Tensor, chunk: int = 500) -> torch.Tensor:
+        return torch.cat([self.extractor(images[i : i + chunk].to(self.device)).float().cpu()
+                          for i in range(0, len(images), chunk)])
+
+    def _fd(self, feats: torch.Tensor) -> float:
+        mu, sigma = self.metrics.feature_stats(feats)
+        return float(self.metrics.frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma))
+
+    @torch.no_grad()
+    def _sample(self, net, steps: int | None, seed: int) -> torch.Tensor:
+        """eval.num_samples samples of `net` in `steps` (None: the objective's own sampler) from fixed noise."""
+        cfg = self.cfg
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        out = []
+        # Chunks bound the activation memory of a 10k-sample evaluation next to the training state on a GPU.
+        for start in range(0, cfg.eval.num_samples, _SAMPLE_CHUNK):
+            count = min(_SAMPLE_CHUNK, cfg.eval.num_samples - start)
+            shape = (count, self.dataset.channels, self.dataset.resolution, self.dataset.resolution)
+            out.append(self.objective.sample(net, shape, steps, generator, self.device))
+        return torch.cat(out)
+
+    def _probe_loss(self, net, images: torch.Tensor, step: int, seed: int) -> float:
+        if len(images) == 0:
+            return float("nan")
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        return float(self.objective.probe_loss(net, images.to(self.device), step, g).float().mean())
+
+    @torch.no_grad()
+    def __call__(self, net: torch.nn.Module, step: int, sample_path: Path | None = None,
+                 student: torch.nn.Module | None = None) -> dict:
+        """Metrics of `net` (the evaluation EMA); fd_student is the FD of `student` from the same noise."""
+        cfg = self.cfg
+        nets = [net] + ([student] if student is not None else [])
+        was_training = [m.training for m in nets]
+        for m in nets:
+            m.eval()
+        seed = cfg.train.seed + EVAL_SEED_OFFSET
+        two_step = 2 in self.objective.sample_steps
+        one = 1 if two_step else None  # the one-step sampler, or the objective's own
+        out = {}
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                samples = self._sample(net, one, seed)
+                two = None
+                if two_step:
+                    two = self._sample(net, 2, seed + 1)
+                    out["fd_2step"] = self._fd(self._features(two))
+                else:
+                    out["fd_2step"] = float("nan")
+                feats = self._features(samples)
+                out["fd"] = self._fd(feats)
+                out["fd_se"] = self.metrics.frechet_distance_se(feats, self.ref_mu, self.ref_sigma, seed=seed)
+                out["fd_student"] = (self._fd(self._features(self._sample(student, one, seed)))
+                                     if student is not None else float("nan"))
+                out["kid"] = float(self.metrics.kid_reported(feats, self.ref_feats, num_subsets=_KID_SUBSETS))
+                out["nn_dist"] = float(
+                    self.metrics.nearest_neighbor_distance(samples, self.dataset.train.to(samples.device)).mean()
+                )
+                out["nn_dist_ref"] = self.nn_dist_ref
+                out["loss_train"] = self._probe_loss(net, self.probe_train, step, seed + 2)
+                out["loss_heldout"] = self._probe_loss(net, self.probe_heldout, step, seed + 2)
+                if sample_path is not None and cfg.eval.grid:
+                    panels = {self.objective.sampler_label(one): samples[:64].cpu()}
+                    if two is not None:
+                        panels[self.objective.sampler_label(2)] = two[:64].cpu()
+                    self.metrics.save_sample_grid(panels, sample_path,
+                                                  title=f"step {step}/{cfg.train.total_steps}, EMA network")
+        finally:
+            for m, mode in zip(nets, was_training):
+                m.train(mode)
+        return out
