@@ -93,7 +93,8 @@ def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | 
 
 def format_plan(plan: Plan, res: dict, exp_dir: Path) -> str:
     lines = [f"space      {plan.space} ({plan.source})", f"question   {plan.question or '-'}",
-             f"budget     {plan.budget}", f"experiment {exp_dir}",
+             f"budget     {plan.budget} (preset tune/budgets/{plan.budget}.yaml under every stratum's fixed keys)",
+             f"experiment {exp_dir}",
              f"search     {plan.algorithm} (seed {plan.search_seed}), metric {plan.metric} ({plan.mode}), "
              f"scheduler {plan.scheduler.get('type')}"
              + (f" (grace_period {plan.scheduler['grace_period']} steps, reduction_factor "

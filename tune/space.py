@@ -12,7 +12,12 @@ A space is a YAML mapping; every config knob in it is an ict_core.config dotted 
     scheduler    {type: asha|none, grace_period, reduction_factor}  (time attribute: training steps of the trial)
     seeds        runs per configuration (train.seed, train.seed+1, ...)
     max_concurrent  concurrent trials per stratum
-    budgets      {smoke|cpu|gpu|paper: {num_samples, fixed, seeds, max_concurrent, scheduler}}
+    budgets      {smoke|cpu|gpu|paper: {num_samples, seeds, max_concurrent, scheduler, fixed}}
+
+A budget's model size, steps and evaluation are written once, in the preset tune/budgets/<budget>.yaml (`paper`
+inherits the cifar10 preset through `base:`). A trial's config is that preset, then the space's `fixed`, the
+space's own `budgets.<budget>.fixed` (rarely needed), the stratum's `fixed`, `--set`, and the searched params:
+exactly `python -m ict_core.train --preset tune/budgets/<budget>.yaml --set ...` of the same keys.
 
 Strings in `fixed` may name environment variables (${ICT_CIFAR10_PATH}); a stratum marked optional whose data set
 needs a path that is not given is skipped, so CIFAR-10 / ImageNet 64 strata join a search only where the data exist.
@@ -32,9 +37,10 @@ from typing import Any
 
 import yaml
 
-from ict_core.config import ConfigError, all_keys, coerce, load_config
+from ict_core.config import ConfigError, all_keys, coerce, load_config, preset_overrides
 
 SPACE_DIR = Path(__file__).parent / "spaces"
+BUDGET_DIR = Path(__file__).parent / "budgets"
 BUDGETS = ("smoke", "cpu", "gpu", "paper")
 TOP_KEYS = ("name", "description", "question", "fixed", "params", "strata", "points", "search", "metric", "mode",
             "scheduler", "seeds", "max_concurrent", "budgets")
@@ -144,6 +150,13 @@ def paper_huber_c(dim: int) -> float:
     from ict_core.loss import default_huber_c
 
     return float(default_huber_c(dim))
+
+
+def budget_preset(budget: str) -> Path:
+    """The preset file of a budget: its model size, steps and evaluation, shared by every space."""
+    if budget not in BUDGETS:
+        raise SpaceError(f"unknown budget {budget!r}; allowed: {', '.join(BUDGETS)}")
+    return BUDGET_DIR / f"{budget}.yaml"
 
 
 def list_spaces() -> list[str]:
@@ -385,6 +398,12 @@ class Space:
         concurrent = self._count(spec.get("max_concurrent", self.max_concurrent), f"{where}.max_concurrent")
         scheduler = self._scheduler(spec.get("scheduler"), f"{where}.scheduler", dict(self.scheduler))
         budget_fixed = self._overrides(spec.get("fixed"), f"{where}.fixed")
+        try:
+            preset = preset_overrides(str(budget_preset(budget)))
+        except ConfigError as err:
+            raise SpaceError(f"budget {budget}: {err}") from None
+        # A searched param replaces the budget's value of that key in every trial.
+        preset = {k: coerce(k, v) for k, v in preset.items() if k not in self.params}
         extra = {str(k): v for k, v in (extra or {}).items()}
         try:
             extra = {k: coerce(k, v) for k, v in extra.items()}
@@ -401,7 +420,7 @@ class Space:
             for key in self.params:
                 if key in stratum_fixed:
                     raise self.error(f"strata[{i}].fixed.{key}", "is a searched param and cannot be fixed")
-            fixed = {**self.fixed, **budget_fixed, **stratum_fixed, **extra}
+            fixed = {**preset, **self.fixed, **budget_fixed, **stratum_fixed, **extra}
             data_name = fixed.get("data.name", "digits")
             if data_name in NEEDS_PATH and not fixed.get("data.path"):
                 if raw["optional"]:
