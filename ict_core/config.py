@@ -32,6 +32,10 @@ def _range(lo=None, hi=None, lo_open=False, hi_open=False) -> dict:
     return {"range": (lo, hi, lo_open, hi_open)}
 
 
+# Public names of the two field-metadata helpers, for schemas read by parse_record outside this module.
+one_of, in_range = _choice, _range
+
+
 def _int_list(example: str) -> dict:
     return {"example": example}
 
@@ -271,7 +275,13 @@ def _parse_scalar(text: str) -> Any:
 def coerce(key: str, value: Any) -> Any:
     """Convert `value` to the type of `key` and check its allowed range or choices."""
     cls, f = _field_of(key)
-    hint = get_type_hints(cls)[f.name]
+    return check_value(key, get_type_hints(cls)[f.name], f.metadata, value)
+
+
+def check_value(key: str, hint: Any, meta: Mapping, value: Any) -> Any:
+    """The typed engine behind every config key (and every search-space field): convert `value` to `hint` (bool,
+    int, float, str, a tuple of ints, or Optional of one) and check meta's choices or range; `key` names it in
+    the error."""
     given = value
     if isinstance(value, str) and hint is not str:
         value = _parse_scalar(value)
@@ -302,7 +312,7 @@ def coerce(key: str, value: Any) -> Any:
             if isinstance(value, int) and not isinstance(value, bool):
                 value = (value,)
             if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
-                example = f.metadata.get("example", "[1,2]")
+                example = meta.get("example", "[1,2]")
                 raise ConfigError(f"{key} must be a list of integers such as {example} (YAML list syntax; on the "
                                   f"command line quote it: --set '{key}=[...]'), got {given!r}")
             value = tuple(value)
@@ -314,7 +324,6 @@ def coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"{key} must be of type {base.__name__}, got {value!r}") from None
     if base is float and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    meta = f.metadata
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}; got {value!r}")
     if "range" in meta:
@@ -328,6 +337,43 @@ def coerce(key: str, value: Any) -> Any:
             interval = f"{'(' if lo_open else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
             raise ConfigError(f"{key} must be in {interval}, got {value!r}")
     return value
+
+
+def parse_record(cls: type, tree: Any, where: str, what: str = "key") -> Any:
+    """A frozen dataclass instance from a mapping, by the same typed engine as Config: an unknown key fails
+    naming it and the allowed keys; bool/int/float/str fields go through check_value with their metadata;
+    fields typed dict, list or Any are only checked to be a mapping, a list, or left as given."""
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{where or 'the file'} must be a mapping, got {type(tree).__name__} {tree!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    prefix = f"{where}." if where else ""
+    for key in tree:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown {what}; allowed: {', '.join(names)}")
+    values = {}
+    for f in fields(cls):
+        if f.name not in tree:
+            continue
+        value, hint = tree[f.name], hints[f.name]
+        optional = get_origin(hint) is not None and type(None) in get_args(hint)
+        base = next((a for a in get_args(hint) if a is not type(None)), hint) if optional else hint
+        if value is None and optional:
+            values[f.name] = None
+        elif base in (dict, list):
+            if value is None:
+                value = base()
+            if not isinstance(value, base):
+                kind = "a mapping" if base is dict else "a list"
+                raise ConfigError(f"{prefix}{f.name} must be {kind}, got {type(value).__name__} {value!r}")
+            values[f.name] = value
+        elif base is Any:
+            values[f.name] = value
+        else:
+            values[f.name] = check_value(f"{prefix}{f.name}", hint, f.metadata, value)
+    return cls(**values)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

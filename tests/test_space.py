@@ -261,3 +261,25 @@ def test_preset_base_inherits_overrides_and_fails_on_a_circle_or_an_unknown_key(
     (tmp_path / "e.yaml").write_text("base: a.yaml\ntrain: {total_stepz: 3}\n")
     with pytest.raises(ConfigError, match=r"e\.yaml.*total_stepz"):
         load_config(str(tmp_path / "e.yaml"))
+
+
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        ("budgets:\n  smoke: {num_samples: 2, sedes: 3}\n", ["budgets.smoke.sedes", "unknown key", "seeds", "fixed"]),
+        ("strata: [{name: a, fixd: {data.name: digits}}]\n", ["strata[0].fixd", "unknown key", "optional"]),
+        ("search: {algorithm: random, sed: 1}\n", ["search.sed", "unknown key", "algorithm, seed"]),
+        ("scheduler: {type: asha, grace: 5}\n", ["scheduler.grace", "unknown key", "grace_period"]),
+        ("seeds: 0\n", ["seeds must be in [1, inf)", "0"]),
+        ("budgets:\n  smoke: {num_samples: many}\n", ["budgets.smoke.num_samples", "int", "many"]),
+    ],
+)
+def test_space_schema_is_read_by_the_typed_config_engine(tmp_path, extra, needles):
+    path = tmp_path / "schema.yaml"
+    path.write_text("name: schema\nparams:\n  loss.huber_c: {type: loguniform, low: 0.001, high: 0.1}\n" + extra)
+    with pytest.raises(SpaceError) as info:
+        load_space(path).plan("smoke")
+    message = str(info.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message, (needle, message)
