@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if summary.get("status") == "completed" else 1
 
 
-def _entry() -> int:
+def cli() -> int:
+    """The ict-train command: main() with a late Ctrl-C reported as an interrupt, not a traceback."""
     try:
         return main()
     except KeyboardInterrupt:  # a Ctrl-C after training returned, while the end message was printed
@@ -201,4 +202,4 @@ def _entry() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_entry())
+    sys.exit(cli())

@@ -54,3 +54,27 @@ def test_list_presets_and_json_dry_run(capsys):
     assert listed[:-1] == list_presets()  # then one line on how to use them
     assert cli.main(["--preset", "digits", "--dry-run", "--format", "json"]) == 0
     assert from_dict(json.loads(capsys.readouterr().out)) == load_config("digits")
+
+
+def test_every_entry_point_is_a_console_script_that_resolves():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"ict-train", "ict-train-ray", "ict-search", "ict-campaign", "ict-report", "ict-sample",
+                            "ict-score"}
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), target
+
+
+def test_script_folders_hold_no_module_that_could_shadow_an_import():
+    """`python tune/search.py` puts tune/ first on sys.path. The scripts edit no sys.path, which is safe only while
+    no file beside them has the name of an importable top-level module (a `tune/ray.py` would break Ray)."""
+    import importlib.util
+
+    for folder in ("tune", "analysis"):
+        for path in (REPO / folder).glob("*.py"):
+            if path.stem != "__init__":
+                spec = importlib.util.find_spec(path.stem)
+                assert spec is None, f"{path} shadows the module {path.stem} ({spec.origin})"

@@ -23,15 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script: import the repository's packages, not sibling files of this folder.
-    _ROOT = str(Path(__file__).resolve().parent.parent)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    sys.path.insert(0, _ROOT)
-
-from ict_core.config import ConfigError, load_config, parse_overrides  # noqa: E402
-from tune.search import SearchError, format_plan, resolve_plan, resources, run_search  # noqa: E402
-from tune.space import BUDGETS, SpaceError, list_spaces  # noqa: E402
+from ict_core.config import ConfigError, load_config, parse_overrides
+from tune.search import SearchError, format_plan, resolve_plan, resources, run_search
+from tune.space import BUDGETS, SpaceError, list_spaces
 
 STATE_FILE = "campaign.json"
 DEFAULT_STORAGE = "results"

@@ -28,15 +28,9 @@ import time
 import zlib
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script: import the repository's packages, not sibling files of this folder.
-    _ROOT = str(Path(__file__).resolve().parent.parent)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    sys.path.insert(0, _ROOT)
-
-from ict_core.config import ConfigError, parse_overrides  # noqa: E402
-from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space  # noqa: E402
-from tune.storage import RUNS_DIR  # noqa: E402
+from ict_core.config import ConfigError, parse_overrides
+from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space
+from tune.storage import RUNS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = "results"

@@ -16,11 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script: put the repository root first, not tune/ (whose module names would shadow imports).
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from ict_core.config import ConfigError, list_presets, load_config  # noqa: E402
+from ict_core.config import ConfigError, list_presets, load_config
 
 EXIT_BAD_INPUT = 2
 
