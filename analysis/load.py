@@ -18,6 +18,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from ict_core.cli import BadInput
+
 TRIALS_FILE = "trials.parquet"
 EVALS_FILE = "evals.parquet"
 EXPERIMENT_FILE = "experiment.json"
@@ -42,7 +44,7 @@ RUN_IDENTITY = ("experiment_dir", "stratum", "config_id", "seed")
 _STATUS_RANK = {"completed": 0, "pruned": 1, "diverged": 2, "errored": 3}
 
 
-class SchemaError(ValueError):
+class SchemaError(BadInput):
     """A results folder or table that does not follow the documented Parquet schema."""
 
 

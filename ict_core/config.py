@@ -17,10 +17,12 @@ from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .cli import BadInput
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A configuration key or value that is not allowed."""
 
 

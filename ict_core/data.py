@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ict_core.cli import BadInput
 from ict_core.config import DataConfig
 
 PATCH_RESOLUTIONS = (8, 16, 32, 64)
@@ -68,7 +69,7 @@ IMAGENET_URL_HINT = (
 )
 
 
-class DataError(ValueError):
+class DataError(BadInput):
     """Missing or malformed local data files; the message names the path and how to get the files."""
 
 

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ict_core.cli import BadInput, bad_input, check_writable_folder
 from ict_core.config import ConfigError, load_config, parse_overrides
 from tune.search import SearchError, format_plan, resolve_plan, resources, run_search
 from tune.space import BUDGETS, SpaceError, list_spaces
@@ -39,7 +40,7 @@ COST_KEYS = ("data.name", "data.resolution", "network.channels", "network.channe
 EVAL_PROBE_IMAGES = 2 * 256  # the Evaluator's train and held-out loss probes (two forwards per image each)
 
 
-class CampaignError(ValueError):
+class CampaignError(BadInput):
     """A campaign that cannot start or continue (bad arguments, a changed campaign on --resume)."""
 
 
@@ -322,6 +323,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         extra = parse_overrides(args.set)
+        check_writable_folder(args.storage, "--storage")
         if args.dry_run:
             plans = plan_campaign(args.spaces, args.budget, args.num_samples, extra)
             campaign_dir = Path(args.storage).expanduser().resolve() / (args.name or f"campaign-{args.budget}")
@@ -335,9 +337,8 @@ def main(argv=None) -> int:
         print(f"\ninterrupted; continue with: python tune/campaign.py {' '.join(argv or sys.argv[1:])} --resume"
               .replace(" --resume --resume", " --resume"), file=sys.stderr)
         return 130
-    except (SpaceError, ConfigError, CampaignError, SearchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except BadInput as err:
+        return bad_input(err)
 
 
 if __name__ == "__main__":

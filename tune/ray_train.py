@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+from ict_core.cli import BadInput
 from ict_core.config import Config, ConfigError, from_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ STORAGE_ENV = "ICT_STORAGE"  # default storage for runs on a cluster, e.g. s3://
 WORKING_DIR_EXCLUDES = [".git", ".venv", "runs", "results", "**/__pycache__", "*.egg-info", ".pytest_cache"]
 
 
-class LaunchError(ValueError):
+class LaunchError(BadInput):
     """A launch request that cannot work (workers, GPUs, storage, name), found before training starts."""
 
 

@@ -28,7 +28,8 @@ import time
 import zlib
 from pathlib import Path
 
-from ict_core.config import ConfigError, parse_overrides
+from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder
+from ict_core.config import ConfigError, load_config, parse_overrides
 from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space
 from tune.storage import RUNS_DIR
 
@@ -38,7 +39,7 @@ DEFAULT_STORAGE = "results"
 SNAPSHOT_S = "2"
 
 
-class SearchError(ValueError):
+class SearchError(BadInput):
     """A search that cannot start (bad arguments, an experiment that exists without --resume)."""
 
 
@@ -513,8 +514,11 @@ def main(argv=None) -> int:
             raise SearchError("--space is required (a shipped name or a .yaml path); see --list-spaces")
         extra = parse_overrides(args.set)
         strata = [s for s in (args.strata or "").split(",") if s]
+        check_writable_folder(args.storage, "--storage")
         if args.dry_run:
             plan = resolve_plan(args.space, args.budget, args.num_samples, extra, strata)
+            for stratum in plan.strata:
+                check_data_paths(load_config(overrides=stratum.first_config(plan.params)))
             if args.max_concurrent:
                 plan.max_concurrent = args.max_concurrent
             name = args.name or f"{plan.space}-{args.budget}"
@@ -525,9 +529,8 @@ def main(argv=None) -> int:
                              args.workers_per_trial, args.gpus_per_worker, extra=extra, strata=strata,
                              address=args.address, max_concurrent=args.max_concurrent,
                              ray_storage=args.ray_storage, extend=args.extend, ray_train=args.ray_train)
-    except (SpaceError, SearchError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except BadInput as err:
+        return bad_input(err)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: {_resume_command(argv)}", file=sys.stderr)
         return 130

@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 import yaml
 
+from ict_core.cli import BadInput
 from ict_core.config import (ConfigError, all_keys, coerce, in_range, load_config, one_of, parse_record,
                               preset_overrides)
 
@@ -56,7 +57,7 @@ _CHANNELS = {"digits": 1, "patches": 3, "cifar10": 3, "imagenet64": 3}
 _NATIVE_RESOLUTION = {"digits": 8, "cifar10": 32, "imagenet64": 64}
 
 
-class SpaceError(ValueError):
+class SpaceError(BadInput):
     """A search-space file that cannot be run; the message names the file, the key and the value."""
 
 
