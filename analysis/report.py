@@ -32,6 +32,7 @@ from analysis.grids import RUN_DIR, best_and_worst, copy_grids
 from analysis.importance import JOURNAL_FILE, MIN_COMPLETED, export_journal, importance_table, rebuild_studies
 from analysis.load import SchemaError, load_results, status_counts
 from ict_core.cli import BadInput, bad_input
+from ict_core.fileio import atomic_write_text
 from analysis.searched import best_runs, metric_by_key
 from analysis.stats import BELOW, LEVEL, MIN_SEEDS, N_BOOT, TWO_SIDED, UNLOCATED, at_common_compute, fmt, fmt_ci
 
@@ -573,7 +574,7 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
         *rep.sections,
     ]
     path = out / "report.md"
-    path.write_text("\n".join(text))
+    atomic_write_text(path, "\n".join(text))
     return path
 
 

@@ -207,7 +207,9 @@ class Config:
         return apply_overrides(self, overrides)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        from .fileio import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 SECTIONS = {f.name: f.type for f in fields(Config)}

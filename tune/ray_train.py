@@ -395,21 +395,12 @@ def _rank0_logs(run_dir: Path):
 
 
 # ---- the driver side -----------------------------------------------------------------------------
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def code_runtime_env() -> dict:
     """runtime_env that ships this repository to every node of a cluster that lacks the package."""
     env = {"working_dir": str(REPO_ROOT), "excludes": list(WORKING_DIR_EXCLUDES)}
-    commit = _git_commit()
+    from ict_core.provenance import git_commit
+
+    commit = git_commit()["git_commit"]
     if commit:  # .git does not travel; provenance on the workers can read it from here
         env["env_vars"] = {"ICT_GIT_COMMIT": commit}
     return env
