@@ -83,7 +83,7 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class PrecondConfig:
-    """Constants of the EDM/iCT parameterization (ICT_SPEC, Constants)."""
+    """Constants of the EDM/iCT parameterization (docs/ALGORITHM.md, Constants)."""
 
     sigma_min: float = field(default=0.002, metadata=_range(0.0, lo_open=True))
     sigma_max: float = field(default=80.0, metadata=_range(0.0, lo_open=True))

@@ -56,7 +56,8 @@ def resolve_plan(space, budget="smoke", num_samples=None, extra=None, strata=Non
 
 
 def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | None, ray_train: bool = False) -> dict:
-    """Trial resources and the number of concurrent trials that fit the cluster (RAY_NOTES 2).
+    """Trial resources and the number of concurrent trials that fit the cluster (docs/ARCHITECTURE.md, Trial
+    resources).
 
     A one-worker CPU trial trains in its own process and holds a CPU share; a Ray Train trial holds 0.01 CPU while
     its workers hold their own placement group, so concurrency is computed from the workers' needs. `ray_train`
@@ -72,7 +73,8 @@ def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | 
         concurrent = max(1, min(plan.max_concurrent, int(cpus // per_trial)))
         return {"mode": "in-trial", "trial": {"cpu": per_trial}, "cpus_per_trial": per_trial,
                 "max_concurrent_trials": concurrent, "cluster": {"CPU": cpus, "GPU": gpus}}
-    # One CPU per worker where it fits; on a small machine a share, so one trial still runs (RAY_NOTES 2: 0.49).
+    # One CPU per worker where it fits; on a small machine a share, so one trial still runs
+    # (docs/ARCHITECTURE.md, Trial resources: 0.49).
     cpus_per_worker = 1.0 if cpus >= 0.01 + workers else max(0.01, math.floor((cpus - 0.01) / workers * 100) / 100)
     need_cpu = 0.01 + workers * cpus_per_worker
     fit = int(cpus // need_cpu)

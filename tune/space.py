@@ -197,7 +197,8 @@ class Plan:
 
 
 def dataset_dim(cfg) -> tuple[str, int]:
-    """("patches-16", C*H*W) of a config's data set, known without loading it (ICT_SPEC, Metric: d = C*H*W)."""
+    """("patches-16", C*H*W) of a config's data set, known without loading it (docs/ALGORITHM.md, Distance:
+    d = C*H*W)."""
     return dataset_of(cfg.data.name, cfg.data.resolution)
 
 
