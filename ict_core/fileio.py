@@ -3,12 +3,11 @@ half a file (concurrent trials share the feature-net cache; a killed run must ke
 search driver must keep its last good tables). The one helper for it in this repository."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Callable, Iterator
 
 
 @contextmanager
@@ -37,8 +36,3 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text.encode()))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Indented, key-sorted JSON with a final newline."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

@@ -36,7 +36,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = "runs"  # relative to the working directory, like `python -m ict_core.train`
 RUN_SUBDIR = "run"
 WORKERS_FILE = "workers.jsonl"
-RAY_STATE_FILE = "checkpoint_manager_snapshot.json"  # written by Train V2 once a checkpoint exists
 # Set by cluster.yaml on every node (environment of `ray start` and of login shells): the package is installed
 # there, so the repository need not travel as a runtime_env working_dir.
 CODE_ON_NODES_ENV = "ICT_CODE_ON_NODES"
