@@ -121,3 +121,17 @@ def test_search_campaign_and_ray_train_refuse_an_unwritable_storage_with_exit_2(
     assert "is a file, not a folder" in capsys.readouterr().err
     assert search.main(["--space", "c_scaling", "--dry-run", "--storage", str(tmp_path / "new" / "x")]) == 0
     assert not (tmp_path / "new").exists()
+
+
+def test_search_and_campaign_dry_runs_exit_2_naming_a_missing_data_path(tmp_path, monkeypatch, capsys):
+    from tune import campaign, search
+
+    monkeypatch.setenv("ICT_CIFAR10_PATH", str(tmp_path / "no-such-folder"))
+    assert search.main(["--space", "c_scaling", "--dry-run", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "stratum cifar10" in err and "no-such-folder" in err and "does not exist" in err
+    assert campaign.main(["--budget", "smoke", "--spaces", "c_scaling", "--dry-run", "--no-timing",
+                          "--storage", str(tmp_path)]) == 2
+    assert "no-such-folder" in capsys.readouterr().err
+    (tmp_path / "no-such-folder").mkdir()
+    assert search.main(["--space", "c_scaling", "--dry-run", "--storage", str(tmp_path)]) == 0

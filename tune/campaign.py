@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ict_core.cli import BadInput, bad_input, check_writable_folder
 from ict_core.config import ConfigError, load_config, parse_overrides
-from tune.search import SearchError, format_plan, resolve_plan, resources, run_search
+from tune.search import SearchError, check_plan_paths, format_plan, resolve_plan, resources, run_search
 from tune.space import BUDGETS, SpaceError, list_spaces
 
 STATE_FILE = "campaign.json"
@@ -326,6 +326,8 @@ def main(argv=None) -> int:
         check_writable_folder(args.storage, "--storage")
         if args.dry_run:
             plans = plan_campaign(args.spaces, args.budget, args.num_samples, extra)
+            for _, plan in plans:
+                check_plan_paths(plan)
             campaign_dir = Path(args.storage).expanduser().resolve() / (args.name or f"campaign-{args.budget}")
             dry_run(plans, campaign_dir, measure=not args.no_timing)
             return 0

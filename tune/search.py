@@ -88,6 +88,15 @@ def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | 
             "cluster": {"CPU": cpus, "GPU": gpus}}
 
 
+def check_plan_paths(plan: Plan) -> None:
+    """--dry-run: the files every stratum's trials read exist here (data.path, eval.inception_path)."""
+    for stratum in plan.strata:
+        try:
+            check_data_paths(load_config(overrides=stratum.first_config(plan.params)))
+        except BadInput as err:
+            raise SearchError(f"{plan.space}, stratum {stratum.name}: {err}") from None
+
+
 def format_plan(plan: Plan, res: dict, exp_dir: Path) -> str:
     lines = [f"space      {plan.space} ({plan.source})", f"question   {plan.question or '-'}",
              f"budget     {plan.budget} (preset tune/budgets/{plan.budget}.yaml under every stratum's fixed keys)",
@@ -519,8 +528,7 @@ def main(argv=None) -> int:
         check_writable_folder(args.storage, "--storage")
         if args.dry_run:
             plan = resolve_plan(args.space, args.budget, args.num_samples, extra, strata)
-            for stratum in plan.strata:
-                check_data_paths(load_config(overrides=stratum.first_config(plan.params)))
+            check_plan_paths(plan)
             if args.max_concurrent:
                 plan.max_concurrent = args.max_concurrent
             name = args.name or f"{plan.space}-{args.budget}"
