@@ -31,7 +31,7 @@ import itertools
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,8 +44,6 @@ from ict_core.config import (ConfigError, all_keys, coerce, in_range, load_confi
 SPACE_DIR = Path(__file__).parent / "spaces"
 BUDGET_DIR = Path(__file__).parent / "budgets"
 BUDGETS = ("smoke", "cpu", "gpu", "paper")
-TOP_KEYS = ("name", "description", "question", "fixed", "params", "strata", "points", "search", "metric", "mode",
-            "scheduler", "seeds", "max_concurrent", "budgets")
 PARAM_TYPES = ("loguniform", "uniform", "int", "choice", "grid")
 ALGORITHMS = ("optuna_tpe", "grid", "random")
 SCHEDULERS = ("asha", "none")
@@ -79,6 +77,9 @@ class SpaceSpec:
     seeds: int = field(default=1, metadata=in_range(1))
     max_concurrent: int = field(default=2, metadata=in_range(1))
     budgets: dict = field(default_factory=dict)
+
+
+TOP_KEYS = tuple(f.name for f in fields(SpaceSpec))
 
 
 @dataclass(frozen=True)
