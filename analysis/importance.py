@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 
 from analysis.load import EXPERIMENT_FILE, require_columns
 from analysis.stats import config_columns, value_token
+from ict_core.fileio import atomic_path
 
 JOURNAL_FILE = "optuna_journal.log"
 # fANOVA fits a random forest on the completed trials; below this many it ranks noise.
@@ -238,10 +238,8 @@ def export_journal(studies: list[RebuiltStudy], path: str | Path) -> Path:
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
+    with atomic_path(path) as tmp:
+        tmp.unlink()  # the journal backend starts its own file
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp)))
         for s in studies:
             with _quiet_optuna():
@@ -249,10 +247,6 @@ def export_journal(studies: list[RebuiltStudy], path: str | Path) -> Path:
             study.set_user_attr("experiment", s.experiment)
             study.set_user_attr("stratum", s.stratum)
             study.add_trials(s.study.get_trials(deepcopy=False))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

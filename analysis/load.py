@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from ict_core.cli import BadInput
 from ict_core.records import EVALS_FILE, REQUIRED_EVAL_COLUMNS, REQUIRED_TRIAL_COLUMNS, STATUSES, TRIALS_FILE
 
 EXPERIMENT_FILE = "experiment.json"
@@ -35,7 +36,7 @@ RUN_IDENTITY = ("experiment_dir", "stratum", "config_id", "seed")
 _STATUS_RANK = {status: rank for rank, status in enumerate(STATUSES)}  # completed, pruned, diverged, errored
 
 
-class SchemaError(ValueError):
+class SchemaError(BadInput):
     """A results folder or table that does not follow the documented Parquet schema."""
 
 

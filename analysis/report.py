@@ -19,9 +19,6 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import pandas as pd
 
@@ -34,6 +31,8 @@ from analysis.dropout import analyze_dropout
 from analysis.grids import RUN_DIR, best_and_worst, copy_grids
 from analysis.importance import JOURNAL_FILE, MIN_COMPLETED, export_journal, importance_table, rebuild_studies
 from analysis.load import SchemaError, load_results, status_counts
+from ict_core.cli import BadInput, bad_input
+from ict_core.fileio import atomic_write_text
 from analysis.searched import best_runs, metric_by_key
 from analysis.stats import BELOW, LEVEL, MIN_SEEDS, N_BOOT, TWO_SIDED, UNLOCATED, at_common_compute, fmt, fmt_ci
 
@@ -575,7 +574,7 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
         *rep.sections,
     ]
     path = out / "report.md"
-    path.write_text("\n".join(text))
+    atomic_write_text(path, "\n".join(text))
     return path
 
 
@@ -599,9 +598,8 @@ def main(argv=None) -> int:
     try:
         path = write_report(args.results, args.out, args.metric, args.n_boot, args.level, args.seed, args.min_seeds,
                             journal=not args.no_journal)
-    except SchemaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except BadInput as err:
+        return bad_input(err)
     print(f"report written to {path}")
     return 0
 

@@ -254,16 +254,6 @@ def inflate(values: np.ndarray) -> np.ndarray:
     return centre + (values - centre) * math.sqrt(values.size / (values.size - 1))
 
 
-def resample_means(values, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot,) means of `values` resampled with replacement (variance-adjusted, see inflate); NaN
-    when `values` is empty."""
-    values = inflate(np.asarray(values, dtype=float))
-    if values.size == 0:
-        return np.full(n_boot, math.nan)
-    idx = rng.integers(0, values.size, size=(n_boot, values.size))
-    return values[idx].mean(axis=1)
-
-
 def mean_draws(values, n_draws: int, rng: np.random.Generator) -> np.ndarray:
     """(n_draws,) draws of the mean of `values`: mean + s / sqrt(n) * T with T ~ Student t(n - 1).
 

@@ -23,14 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import pandas as pd
+import yaml
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
-from tune.space import load_space  # noqa: E402
+from ict_core.config import preset_overrides
+from tune.space import budget_preset, load_space
 
 PROBLEMS = {"c": "c_scaling", "lognormal": "lognormal"}  # problem -> shipped space it is derived from
 METHODS = ("grid", "tpe_asha", "random")
@@ -58,8 +56,9 @@ def derived_space(problem: str, method: str, setting: dict, search_seed: int, fr
     shipped = load_space(PROBLEMS[problem])
     tree = shipped.tree
     params = {k: dict(v) for k, v in tree["params"].items()}
-    # The shipped smoke budget's settings (network, learning rate, evaluation EMA, ...), at this run length.
-    smoke = dict((tree.get("budgets", {}).get("smoke") or {}).get("fixed") or {})
+    # The smoke budget's settings (network, learning rate, evaluation EMA, ...), at this run length.
+    smoke = {k: v for k, v in preset_overrides(str(budget_preset("smoke"))).items() if k not in params}
+    smoke.update((tree.get("budgets", {}).get("smoke") or {}).get("fixed") or {})
     fixed = {**smoke, **(tree.get("fixed") or {}), "data.name": "digits", "network.channels": setting["channels"],
              "train.total_steps": setting["steps"], "train.batch_size": setting["batch"],
              "eval.every": setting["every"], "eval.num_samples": setting["eval_samples"], "eval.grid": False}
@@ -85,7 +84,8 @@ def derived_space(problem: str, method: str, setting: dict, search_seed: int, fr
         sched = dict(shipped_budget.get("scheduler") or tree.get("scheduler") or {})
         if sched.get("type") != "asha":
             sched = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
-        total = int((shipped_budget.get("fixed") or {}).get("train.total_steps", setting["steps"]))
+        budget_keys = {**preset_overrides(str(budget_preset(from_budget))), **(shipped_budget.get("fixed") or {})}
+        total = int(budget_keys.get("train.total_steps", setting["steps"]))
         # Same fraction of the run as the shipped budget's grace period, on an evaluation step.
         grace = sched["grace_period"] / total * setting["steps"]
         grace = max(setting["every"], int(round(grace / setting["every"])) * setting["every"])

@@ -19,10 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ict_core.config import load_config  # noqa: E402
-from tune.ray_train import WORKERS_FILE, run_ray_train  # noqa: E402
+from ict_core.config import load_config
+from tune.ray_train import WORKERS_FILE, run_ray_train
 
 
 def _rows(path: Path) -> list[dict]:

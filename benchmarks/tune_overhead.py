@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SPACE = """name: overhead
 fixed: {{data.name: digits, network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,

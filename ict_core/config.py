@@ -18,11 +18,12 @@ from typing import Any, Mapping, get_args, get_origin, get_type_hints
 import yaml
 
 from . import datasets
+from .cli import BadInput
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A configuration key or value that is not allowed."""
 
 
@@ -32,6 +33,10 @@ def _choice(*allowed: str) -> dict:
 
 def _range(lo=None, hi=None, lo_open=False, hi_open=False) -> dict:
     return {"range": (lo, hi, lo_open, hi_open)}
+
+
+# Public names of the two field-metadata helpers, for schemas read by parse_record outside this module.
+one_of, in_range = _choice, _range
 
 
 def _int_list(example: str) -> dict:
@@ -76,7 +81,7 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class PrecondConfig:
-    """Constants of the EDM/iCT parameterization (ICT_SPEC, Constants)."""
+    """Constants of the EDM/iCT parameterization (docs/ALGORITHM.md, Constants)."""
 
     sigma_min: float = field(default=0.002, metadata=_range(0.0, lo_open=True))
     sigma_max: float = field(default=80.0, metadata=_range(0.0, lo_open=True))
@@ -200,7 +205,9 @@ class Config:
         return apply_overrides(self, overrides)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        from .fileio import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 SECTIONS = {f.name: f.type for f in fields(Config)}
@@ -270,7 +277,13 @@ def _parse_scalar(text: str) -> Any:
 def coerce(key: str, value: Any) -> Any:
     """Convert `value` to the type of `key` and check its allowed range or choices."""
     cls, f = _field_of(key)
-    hint = get_type_hints(cls)[f.name]
+    return check_value(key, get_type_hints(cls)[f.name], f.metadata, value)
+
+
+def check_value(key: str, hint: Any, meta: Mapping, value: Any) -> Any:
+    """The typed engine behind every config key (and every search-space field): convert `value` to `hint` (bool,
+    int, float, str, a tuple of ints, or Optional of one) and check meta's choices or range; `key` names it in
+    the error."""
     given = value
     if isinstance(value, str) and hint is not str:
         value = _parse_scalar(value)
@@ -301,7 +314,7 @@ def coerce(key: str, value: Any) -> Any:
             if isinstance(value, int) and not isinstance(value, bool):
                 value = (value,)
             if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
-                example = f.metadata.get("example", "[1,2]")
+                example = meta.get("example", "[1,2]")
                 raise ConfigError(f"{key} must be a list of integers such as {example} (YAML list syntax; on the "
                                   f"command line quote it: --set '{key}=[...]'), got {given!r}")
             value = tuple(value)
@@ -313,7 +326,6 @@ def coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"{key} must be of type {base.__name__}, got {value!r}") from None
     if base is float and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    meta = f.metadata
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}; got {value!r}")
     if "range" in meta:
@@ -327,6 +339,43 @@ def coerce(key: str, value: Any) -> Any:
             interval = f"{'(' if lo_open else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
             raise ConfigError(f"{key} must be in {interval}, got {value!r}")
     return value
+
+
+def parse_record(cls: type, tree: Any, where: str, what: str = "key") -> Any:
+    """A frozen dataclass instance from a mapping, by the same typed engine as Config: an unknown key fails
+    naming it and the allowed keys; bool/int/float/str fields go through check_value with their metadata;
+    fields typed dict, list or Any are only checked to be a mapping, a list, or left as given."""
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{where or 'the file'} must be a mapping, got {type(tree).__name__} {tree!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    prefix = f"{where}." if where else ""
+    for key in tree:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown {what}; allowed: {', '.join(names)}")
+    values = {}
+    for f in fields(cls):
+        if f.name not in tree:
+            continue
+        value, hint = tree[f.name], hints[f.name]
+        optional = get_origin(hint) is not None and type(None) in get_args(hint)
+        base = next((a for a in get_args(hint) if a is not type(None)), hint) if optional else hint
+        if value is None and optional:
+            values[f.name] = None
+        elif base in (dict, list):
+            if value is None:
+                value = base()
+            if not isinstance(value, base):
+                kind = "a mapping" if base is dict else "a list"
+                raise ConfigError(f"{prefix}{f.name} must be {kind}, got {type(value).__name__} {value!r}")
+            values[f.name] = value
+        elif base is Any:
+            values[f.name] = value
+        else:
+            values[f.name] = check_value(f"{prefix}{f.name}", hint, f.metadata, value)
+    return cls(**values)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -526,36 +575,69 @@ def _is_path(name_or_path: str) -> bool:
     return bool(Path(name_or_path).suffix) or "/" in name_or_path or "\\" in name_or_path
 
 
-def load_preset(name_or_path: str | None) -> Config:
-    """A preset is a YAML file of (nested or dotted) overrides on the defaults above: a shipped preset's name
-    ("digits") or a path to a .yaml file."""
-    if not name_or_path:
-        return Config()
+def _preset_path(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """A shipped preset's file, or a .yaml path (relative to the including preset's folder for a `base:`)."""
     if _is_path(name_or_path):
         path = Path(name_or_path).expanduser()
+        if relative_to is not None and not path.is_absolute():
+            path = relative_to / path
         if not path.is_file():
             what = "is a folder, not a .yaml file" if path.is_dir() else "does not exist"
             shipped = path.stem if path.stem in list_presets() else None
             hint = f"; the shipped preset of that name is --preset {shipped}" if shipped else ""
             where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
             raise ConfigError(f"preset file {str(path)!r} {what}{where}{hint}")
-    else:
-        path = PRESET_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            close = difflib.get_close_matches(name_or_path, list_presets(), n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"unknown preset {name_or_path!r}; {hint}available: {', '.join(list_presets())} "
-                              f"(or a path to a .yaml file; --list-presets describes them)")
+        return path
+    path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        close = difflib.get_close_matches(name_or_path, list_presets(), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown preset {name_or_path!r}; {hint}available: {', '.join(list_presets())} "
+                          f"(or a path to a .yaml file; --list-presets describes them)")
+    return path
+
+
+def preset_overrides(name_or_path: str, _relative_to: Path | None = None, _seen: tuple = ()) -> dict[str, Any]:
+    """The dotted overrides a preset sets, its `base:` chain resolved (the base first, the file's own keys on top).
+
+    `base:` names a shipped preset ("cifar10") or a .yaml path relative to the preset's own folder."""
+    path = _preset_path(str(name_or_path), _relative_to)
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"preset {path}: `base:` chain runs in a circle: {chain}")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"preset {path} is not valid YAML: {err}") from None
     if not isinstance(tree, Mapping):
         raise ConfigError(f"preset {path} must be a mapping of config keys, got {type(tree).__name__}")
+    tree = dict(tree)
+    out: dict[str, Any] = {}
+    if "base" in tree:
+        base = tree.pop("base")
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"preset {path}: base must name a preset or a .yaml path, got {base!r}")
+        out.update(preset_overrides(base, path.parent, (*_seen, path.resolve())))
     try:
-        return apply_overrides(Config(), tree)
+        own = parse_overrides(tree)
+        for key, value in own.items():
+            coerce(key, value)
     except ConfigError as err:
         raise ConfigError(f"preset {path}: {err}") from None
+    out.update(own)
+    return out
+
+
+def load_preset(name_or_path: str | None) -> Config:
+    """A preset is a YAML file of (nested or dotted) overrides on the defaults above: a shipped preset's name
+    ("digits") or a path to a .yaml file. A `base:` key inherits another preset's values first."""
+    if not name_or_path:
+        return Config()
+    flat = preset_overrides(name_or_path)
+    try:
+        return apply_overrides(Config(), flat)
+    except ConfigError as err:
+        raise ConfigError(f"preset {_preset_path(name_or_path)}: {err}") from None
 
 
 def load_config(preset: str | None = None, overrides=None) -> Config:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ict_core import datasets
+from ict_core.cli import BadInput
 from ict_core.config import DataConfig
 
 PATCH_RESOLUTIONS = datasets.DATASETS["patches"].resolutions
@@ -69,7 +70,7 @@ IMAGENET_URL_HINT = (
 )
 
 
-class DataError(ValueError):
+class DataError(BadInput):
     """Missing or malformed local data files; the message names the path and how to get the files."""
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import BadInput, bad_input
 from .config import ConfigError, from_dict
 
-EXIT_BAD_INPUT = 2
 _CHUNK = 1000  # images per sampler call
 
 
@@ -108,14 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"steps): omit --steps")
         steps = (args.steps or 1) if objective.sample_steps else None
         images = sample_images(cfg, net, args.num, steps, args.seed, shape_cr, device)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ValueError as err:  # DataError: the run's data files are gone
-        if type(err).__name__ != "DataError":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except BadInput as err:  # ConfigError, or a DataError: the run's data files are gone
+        return bad_input(err)
     from .fileio import atomic_write
 
     out = Path(args.out)

@@ -1,7 +1,7 @@
 """Noise levels, curricula N(k), noise-index sampling and loss weights of CT / iCT.
 
 Small pure functions in float64. Equations refer to Song & Dhariwal 2023 (iCT, arXiv 2310.14189)
-and Song et al. 2023 (CT, arXiv 2303.01469); the project's ICT_SPEC restates them.
+and Song et al. 2023 (CT, arXiv 2303.01469); docs/ALGORITHM.md restates them.
 """
 from __future__ import annotations
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import BadInput, bad_input
 from .config import ConfigError, load_config
 
-EXIT_BAD_INPUT = 2
 KID_SUBSETS = 10
 MAX_REFERENCE = 10_000  # reference images for KID, as in the trainer's evaluation
 
@@ -101,14 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.preset, args.overrides)
         images = load_images(args.file)
         result = score_images(images, cfg, resolve_device(args.device))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ValueError as err:  # DataError: the preset's data files are missing
-        if type(err).__name__ != "DataError":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except BadInput as err:  # ConfigError, or a DataError: the preset's data files are missing
+        return bad_input(err)
     print(json.dumps(result))
     return 0
 

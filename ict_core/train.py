@@ -18,11 +18,11 @@ from pathlib import Path
 
 import yaml
 
+from .cli import BadInput, bad_input, check_data_paths
 from .config import ConfigError, from_dict, list_presets, load_config, preset_description, resolve_config
 from .datasets import dataset_dim
 from .rundir import RUN_FILES
 
-EXIT_CONFIG_ERROR = 2
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as a shell reports a killed job
 COMMAND = "python -m ict_core.train"
 
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, run_dir, resume_from = _resolve(args)
         if args.dry_run:
+            check_data_paths(cfg)
             tree = cfg.to_dict()
             if args.format == "json":
                 print(json.dumps(tree, indent=2, sort_keys=True))
@@ -178,14 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         from .trainer import train
 
         summary = train(cfg, run_dir=run_dir, resume_from=resume_from, handle_signals=True)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    except ValueError as err:  # DataError and friends: a bad path or file, not a bug
-        if type(err).__name__ != "DataError":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    except BadInput as err:  # ConfigError, DataError, a missing file: not a bug
+        return bad_input(err)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
         hint = ""
         if run_dir is not None and (Path(run_dir) / "checkpoints").is_dir() and any((Path(run_dir) / "checkpoints").glob("step_*")):
@@ -202,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if summary.get("status") == "completed" else 1
 
 
-def _entry() -> int:
+def cli() -> int:
+    """The ict-train command: main() with a late Ctrl-C reported as an interrupt, not a traceback."""
     try:
         return main()
     except KeyboardInterrupt:  # a Ctrl-C after training returned, while the end message was printed
@@ -211,4 +207,4 @@ def _entry() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_entry())
+    sys.exit(cli())

@@ -11,16 +11,14 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # an editable install made before analysis/ existed does not map it
-    sys.path.insert(0, str(REPO))
 
-from tests import synthetic  # noqa: E402
-from analysis.ablations import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED, analyze_ablations  # noqa: E402
-from analysis.c_scaling import estimate_c_star  # noqa: E402
-from analysis.curriculum import final_ranking, rank_curricula  # noqa: E402
-from analysis.dropout import analyze_dropout, evidence_trend  # noqa: E402
-from analysis.load import SchemaError, find_experiments, load_results, load_trials  # noqa: E402
-from analysis.stats import curve_minimum  # noqa: E402
+from tests import synthetic
+from analysis.ablations import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED, analyze_ablations
+from analysis.c_scaling import estimate_c_star
+from analysis.curriculum import final_ranking, rank_curricula
+from analysis.dropout import analyze_dropout, evidence_trend
+from analysis.load import SchemaError, find_experiments, load_results, load_trials
+from analysis.stats import curve_minimum
 
 N_BOOT = 400
 

@@ -2,20 +2,17 @@
 trials.parquet / evals.parquet; the analysis and the report must read them as they are."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # an editable install made before analysis/ existed does not map it
-    sys.path.insert(0, str(REPO))
 
-from analysis.ablations import INCONCLUSIVE, analyze_ablations  # noqa: E402
-from analysis.curriculum import curves  # noqa: E402
-from analysis.load import load_results  # noqa: E402
-from analysis.report import write_report  # noqa: E402
+from analysis.ablations import INCONCLUSIVE, analyze_ablations
+from analysis.curriculum import curves
+from analysis.load import load_results
+from analysis.report import write_report
 
 STEPS, EVERY, BATCH = 20, 10, 32
 # EMA teacher (the CT baseline) against none (iCT), two seeds each, plus a run whose loss blows up.

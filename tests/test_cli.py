@@ -15,14 +15,23 @@ from ict_core.config import from_dict, list_presets, load_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "ict_core.train", *args], capture_output=True, text=True,
-                          timeout=120, cwd=REPO, env=env)
+                          timeout=120, cwd=cwd, env=env)
 
 
-def test_dry_run_prints_the_resolved_config_as_yaml():
-    result = _run("--preset", "cifar10", "--set", "loss.huber_c=0.03", "--set", "train.total_steps=10", "--dry-run")
+def _cifar10_files(root: Path) -> Path:
+    """The files the cifar10 preset names (relative to the working directory), which --dry-run checks exist."""
+    cfg = load_config("cifar10")
+    (root / cfg.data.path).mkdir(parents=True)
+    (root / cfg.eval.inception_path).write_bytes(b"")
+    return root
+
+
+def test_dry_run_prints_the_resolved_config_as_yaml(tmp_path):
+    result = _run("--preset", "cifar10", "--set", "loss.huber_c=0.03", "--set", "train.total_steps=10", "--dry-run",
+                  cwd=_cifar10_files(tmp_path))
     assert result.returncode == 0, result.stderr
     printed = from_dict(yaml.safe_load(result.stdout))
     assert printed == load_config("cifar10", ["loss.huber_c=0.03", "train.total_steps=10"])
@@ -54,3 +63,75 @@ def test_list_presets_and_json_dry_run(capsys):
     assert listed[:-1] == list_presets()  # then one line on how to use them
     assert cli.main(["--preset", "digits", "--dry-run", "--format", "json"]) == 0
     assert from_dict(json.loads(capsys.readouterr().out)) == load_config("digits")
+
+
+def test_every_entry_point_is_a_console_script_that_resolves():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"ict-train", "ict-train-ray", "ict-search", "ict-campaign", "ict-report", "ict-sample",
+                            "ict-score"}
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), target
+
+
+def test_script_folders_hold_no_module_that_could_shadow_an_import():
+    """`python tune/search.py` puts tune/ first on sys.path. The scripts edit no sys.path, which is safe only while
+    no file beside them has the name of an importable top-level module (a `tune/ray.py` would break Ray)."""
+    import importlib.util
+
+    for folder in ("tune", "analysis"):
+        for path in (REPO / folder).glob("*.py"):
+            if path.stem != "__init__":
+                spec = importlib.util.find_spec(path.stem)
+                assert spec is None, f"{path} shadows the module {path.stem} ({spec.origin})"
+
+
+def test_dry_run_exits_2_naming_a_data_path_that_does_not_exist(tmp_path):
+    result = _run("--preset", "cifar10", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "data.path='data/cifar-10-batches-py' does not exist" in result.stderr
+    (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
+    result = _run("--preset", "cifar10", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 2 and "eval.inception_path=" in result.stderr and "is not a file" in result.stderr
+    assert _run("--preset", "digits", "--dry-run", cwd=tmp_path).returncode == 0
+
+
+def test_search_campaign_and_ray_train_refuse_an_unwritable_storage_with_exit_2(tmp_path, capsys):
+    from tune import campaign, search
+    from tune import train as ray_train_cli
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    # /sys refuses new folders even to root; a read-only folder refuses them to anyone else.
+    target = (locked if not os.access(locked, os.W_OK) else Path("/sys")) / "results"
+    try:
+        for main, args in ((search.main, ["--space", "c_scaling"]), (campaign.main, ["--budget", "smoke", "--spaces", "c_scaling"]),
+                           (ray_train_cli.main, ["--preset", "tiny"])):
+            assert main([*args, "--dry-run", "--storage", str(target)]) == 2
+            err = capsys.readouterr().err
+            assert f"--storage {str(target)!r} cannot be created" in err and "Traceback" not in err, err
+    finally:
+        locked.chmod(0o700)
+    (tmp_path / "file").write_text("")
+    assert search.main(["--space", "c_scaling", "--dry-run", "--storage", str(tmp_path / "file" / "x")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert search.main(["--space", "c_scaling", "--dry-run", "--storage", str(tmp_path / "new" / "x")]) == 0
+    assert not (tmp_path / "new").exists()
+
+
+def test_search_and_campaign_dry_runs_exit_2_naming_a_missing_data_path(tmp_path, monkeypatch, capsys):
+    from tune import campaign, search
+
+    monkeypatch.setenv("ICT_CIFAR10_PATH", str(tmp_path / "no-such-folder"))
+    assert search.main(["--space", "c_scaling", "--dry-run", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "stratum cifar10" in err and "no-such-folder" in err and "does not exist" in err
+    assert campaign.main(["--budget", "smoke", "--spaces", "c_scaling", "--dry-run", "--no-timing",
+                          "--storage", str(tmp_path)]) == 2
+    assert "no-such-folder" in capsys.readouterr().err
+    (tmp_path / "no-such-folder").mkdir()
+    assert search.main(["--space", "c_scaling", "--dry-run", "--storage", str(tmp_path)]) == 0

@@ -239,3 +239,26 @@ def test_every_preset_has_a_description():
         text = preset_description(name)
         assert len(text) > 20 and "#" not in text, (name, text)
     assert preset_description("digits").startswith("The main CPU job")
+
+
+def test_config_save_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path):
+    import json
+
+    import pytest
+
+    from ict_core.config import from_dict, load_config
+    from ict_core.fileio import atomic_write
+
+    path = tmp_path / "config.json"
+    cfg = load_config("digits")
+    cfg.save(path)
+    assert from_dict(json.loads(path.read_text())) == cfg
+
+    def half_written(handle):
+        handle.write(b'{"data": ')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half_written)
+    assert from_dict(json.loads(path.read_text())) == cfg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ict_core.config import ConfigError, load_config
+from ict_core.config import load_config
 from tune import train as train_cli
 from tune.ray_train import (
     LaunchError,

@@ -1,4 +1,5 @@
-"""Schedules of CT / iCT against hand-computed values (ICT_SPEC: Discretization, Curriculum, Noise-level sampling)."""
+"""Schedules of CT / iCT against hand-computed values (docs/ALGORITHM.md: Discretization, Curriculum, Noise-level
+sampling)."""
 import math
 
 import pytest

@@ -7,10 +7,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import search_efficiency as se  # noqa: E402
+from tune.search import resolve_plan
 
-from tune.search import resolve_plan  # noqa: E402
+
+def _load_benchmark(name: str):
+    """A script of benchmarks/ (a folder of scripts, not a package) as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+se = _load_benchmark("search_efficiency")
 
 
 def test_grid_values_span_the_searched_range():
@@ -75,9 +87,10 @@ def test_search_figures_take_configurations_whose_every_seed_completed(tmp_path)
 def test_derived_spaces_keep_the_shipped_smoke_settings_that_make_short_runs_comparable(tmp_path):
     """The smoke budget's evaluation EMA (and network) carry over: with the default EMA rate every 60-step run
     scores its initial weights, and every configuration gets the same FD."""
-    from tune.space import load_space
+    from ict_core.config import preset_overrides
+    from tune.space import budget_preset
 
-    smoke = load_space("c_scaling").tree["budgets"]["smoke"]["fixed"]
+    smoke = preset_overrides(str(budget_preset("smoke")))  # the smoke budget, shared by every space
     tree = se.derived_space("c", "grid", {**se.QUICK, "cache_dir": ""}, 0, "cpu", 3)
     for key, value in smoke.items():
         if key not in ("network.channels", "train.total_steps", "train.batch_size", "eval.every",

@@ -169,3 +169,117 @@ def test_paper_anywhere_in_a_huber_c_choice_is_the_stratum_value(tmp_path, where
         # What the searcher draws from is this stratum's list: numbers only.
         dist = search._distribution(plan.params["loss.huber_c"], stratum.choices["loss.huber_c"])
         assert all(isinstance(v, float) for v in dist.categories)
+
+
+# ---- budgets are presets (tune/budgets/*.yaml) -------------------------------------------------------------------
+def _space_keys(raw: dict, budget: str, stratum_name: str) -> dict:
+    """The overrides a space file itself writes for one stratum and budget, read straight from its YAML."""
+    from tune.space import _expand
+
+    stratum = next(s for s in raw.get("strata") or [{"name": "all"}] if s["name"] == stratum_name)
+    keys = {**(raw.get("fixed") or {}), **((raw.get("budgets") or {}).get(budget, {}).get("fixed") or {}),
+            **(stratum.get("fixed") or {})}
+    return {k: _expand(v) for k, v in keys.items()}
+
+
+def _trial_configs(plan, stratum) -> list[dict]:
+    """Every searcher-visible trial's params: the first trial, each grid variant, each point, each choice."""
+    params = [stratum.first_config(plan.params)] + [dict(v) for v in stratum.variants] + list(stratum.points)
+    first = stratum.first_config(plan.params)
+    params += [{k: first[k] for k in plan.params if k in first} | {key: v}
+               for key, values in stratum.choices.items() for v in values]
+    return [{k: v for k, v in p.items() if k in plan.params} for p in params]
+
+
+@pytest.mark.parametrize("name", list_spaces())
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_every_trial_config_is_the_budget_preset_with_the_space_keys_on_top(name, budget, monkeypatch, tmp_path):
+    """A trial's config equals `--preset tune/budgets/<budget>.yaml --set <the space's keys> <the params>`."""
+    import yaml
+
+    from tune.space import budget_preset, space_path
+    from tune.trial import trial_overrides
+
+    monkeypatch.setenv("ICT_CIFAR10_PATH", str(tmp_path))
+    monkeypatch.setenv("ICT_IMAGENET64_PATH", str(tmp_path))
+    raw = yaml.safe_load(space_path(name).read_text())
+    plan = load_space(name).plan(budget)
+    for stratum in plan.strata:
+        keys = _space_keys(raw, budget, stratum.name)
+        for params in _trial_configs(plan, stratum):
+            trial = load_config(overrides=trial_overrides(stratum.fixed, params, 1, in_process=False))
+            cli = load_config(str(budget_preset(budget)), {**keys, **params})
+            assert trial == cli, (name, budget, stratum.name, params)
+
+
+def test_paper_budget_is_the_cifar10_preset(monkeypatch, tmp_path):
+    from tune.space import budget_preset
+
+    assert load_config(str(budget_preset("paper"))) == load_config("cifar10")
+    monkeypatch.setenv("ICT_CIFAR10_PATH", str(tmp_path))
+    plan = load_space("c_scaling").plan("paper")
+    cifar = next(s for s in plan.strata if s.name == "cifar10")
+    trial = load_config(overrides=cifar.first_config(plan.params)).flat()
+    preset = load_config("cifar10", {"data.path": str(tmp_path)}).flat()
+    own = {"data.path", "loss.metric", *plan.params}  # the stratum's path, the space's fixed key, the searched c
+    assert {k: v for k, v in trial.items() if k not in own} == {k: v for k, v in preset.items() if k not in own}
+    assert trial["eval.every"] == 25000 and trial["train.precision"] == preset["train.precision"]
+
+
+def test_a_budget_trial_config_equals_the_training_cli_dry_run(monkeypatch, tmp_path):
+    """One real `python -m ict_core.train --preset <budget> --set ... --dry-run` against the planned trial."""
+    import json
+    import subprocess
+    import sys
+
+    from tune.space import budget_preset
+
+    plan = load_space("dropout").plan("cpu")
+    stratum = next(s for s in plan.strata if s.name == "diffusion-digits")
+    params = {"network.dropout": 0.25}
+    sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in
+            {"loss.objective": "diffusion", "loss.p_mean": -1.2, "loss.p_std": 1.2, "data.name": "digits",
+             "network.attn_resolutions": [], **params}.items()]
+    proc = subprocess.run([sys.executable, "-m", "ict_core.train", "--preset", str(budget_preset("cpu")),
+                           *sum((["--set", s] for s in sets), []), "--dry-run", "--format", "json"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == load_config(overrides={**stratum.fixed, **params}).to_dict()
+
+
+def test_preset_base_inherits_overrides_and_fails_on_a_circle_or_an_unknown_key(tmp_path):
+    from ict_core.config import ConfigError
+
+    (tmp_path / "a.yaml").write_text("base: digits\ntrain: {total_steps: 7}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\noptim.lr: 0.5\n")
+    cfg = load_config(str(tmp_path / "b.yaml"))
+    assert cfg == load_config("digits", {"train.total_steps": 7, "optim.lr": 0.5})
+    (tmp_path / "c.yaml").write_text("base: d.yaml\n")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="circle"):
+        load_config(str(tmp_path / "c.yaml"))
+    (tmp_path / "e.yaml").write_text("base: a.yaml\ntrain: {total_stepz: 3}\n")
+    with pytest.raises(ConfigError, match=r"e\.yaml.*total_stepz"):
+        load_config(str(tmp_path / "e.yaml"))
+
+
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        ("budgets:\n  smoke: {num_samples: 2, sedes: 3}\n", ["budgets.smoke.sedes", "unknown key", "seeds", "fixed"]),
+        ("strata: [{name: a, fixd: {data.name: digits}}]\n", ["strata[0].fixd", "unknown key", "optional"]),
+        ("search: {algorithm: random, sed: 1}\n", ["search.sed", "unknown key", "algorithm, seed"]),
+        ("scheduler: {type: asha, grace: 5}\n", ["scheduler.grace", "unknown key", "grace_period"]),
+        ("seeds: 0\n", ["seeds must be in [1, inf)", "0"]),
+        ("budgets:\n  smoke: {num_samples: many}\n", ["budgets.smoke.num_samples", "int", "many"]),
+    ],
+)
+def test_space_schema_is_read_by_the_typed_config_engine(tmp_path, extra, needles):
+    path = tmp_path / "schema.yaml"
+    path.write_text("name: schema\nparams:\n  loss.huber_c: {type: loguniform, low: 0.001, high: 0.1}\n" + extra)
+    with pytest.raises(SpaceError) as info:
+        load_space(path).plan("smoke")
+    message = str(info.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message, (needle, message)

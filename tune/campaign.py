@@ -23,15 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script: import the repository's packages, not sibling files of this folder.
-    _ROOT = str(Path(__file__).resolve().parent.parent)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    sys.path.insert(0, _ROOT)
-
-from ict_core.config import ConfigError, load_config, parse_overrides  # noqa: E402
-from tune.search import SearchError, format_plan, resolve_plan, resources, run_search  # noqa: E402
-from tune.space import BUDGETS, SpaceError, list_spaces  # noqa: E402
+from ict_core.cli import BadInput, bad_input, check_writable_folder
+from ict_core.config import ConfigError, load_config, parse_overrides
+from tune.search import check_plan_paths, format_plan, resolve_plan, resources, run_search
+from tune.space import BUDGETS, SpaceError, list_spaces
 
 STATE_FILE = "campaign.json"
 DEFAULT_STORAGE = "results"
@@ -45,7 +40,7 @@ COST_KEYS = ("data.name", "data.resolution", "network.channels", "network.channe
 EVAL_PROBE_IMAGES = 2 * 256  # the Evaluator's train and held-out loss probes (two forwards per image each)
 
 
-class CampaignError(ValueError):
+class CampaignError(BadInput):
     """A campaign that cannot start or continue (bad arguments, a changed campaign on --resume)."""
 
 
@@ -328,8 +323,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         extra = parse_overrides(args.set)
+        check_writable_folder(args.storage, "--storage")
         if args.dry_run:
             plans = plan_campaign(args.spaces, args.budget, args.num_samples, extra)
+            for _, plan in plans:
+                check_plan_paths(plan)
             campaign_dir = Path(args.storage).expanduser().resolve() / (args.name or f"campaign-{args.budget}")
             dry_run(plans, campaign_dir, measure=not args.no_timing)
             return 0
@@ -341,9 +339,8 @@ def main(argv=None) -> int:
         print(f"\ninterrupted; continue with: python tune/campaign.py {' '.join(argv or sys.argv[1:])} --resume"
               .replace(" --resume --resume", " --resume"), file=sys.stderr)
         return 130
-    except (SpaceError, ConfigError, CampaignError, SearchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except BadInput as err:
+        return bad_input(err)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+from ict_core.cli import BadInput
 from ict_core.config import Config, ConfigError, from_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = "runs"  # relative to the working directory, like `python -m ict_core.train`
 RUN_SUBDIR = "run"
 WORKERS_FILE = "workers.jsonl"
-RAY_STATE_FILE = "checkpoint_manager_snapshot.json"  # written by Train V2 once a checkpoint exists
 # Set by cluster.yaml on every node (environment of `ray start` and of login shells): the package is installed
 # there, so the repository need not travel as a runtime_env working_dir.
 CODE_ON_NODES_ENV = "ICT_CODE_ON_NODES"
@@ -43,7 +43,7 @@ STORAGE_ENV = "ICT_STORAGE"  # default storage for runs on a cluster, e.g. s3://
 WORKING_DIR_EXCLUDES = [".git", ".venv", "runs", "results", "**/__pycache__", "*.egg-info", ".pytest_cache"]
 
 
-class LaunchError(ValueError):
+class LaunchError(BadInput):
     """A launch request that cannot work (workers, GPUs, storage, name), found before training starts."""
 
 
@@ -394,21 +394,12 @@ def _rank0_logs(run_dir: Path):
 
 
 # ---- the driver side -----------------------------------------------------------------------------
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def code_runtime_env() -> dict:
     """runtime_env that ships this repository to every node of a cluster that lacks the package."""
     env = {"working_dir": str(REPO_ROOT), "excludes": list(WORKING_DIR_EXCLUDES)}
-    commit = _git_commit()
+    from ict_core.provenance import git_commit
+
+    commit = git_commit()["git_commit"]
     if commit:  # .git does not travel; provenance on the workers can read it from here
         env["env_vars"] = {"ICT_GIT_COMMIT": commit}
     return env

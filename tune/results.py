@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ict_core import datasets
+from ict_core.fileio import atomic_path, atomic_write_text
 from ict_core.records import (CONFIG_TYPES, EVAL_METRICS, EVALS_FILE, EVALS_SCHEMA, FINAL_METRICS,  # noqa: F401
                               STATUSES, TRIALS_FILE, TRIALS_SCHEMA)
 
@@ -65,26 +65,12 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 
 
 def write_atomic(table: pa.Table, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 # Config keys that say where or how a run executed, not what was trained: left out of run_key, so the same run

@@ -28,15 +28,10 @@ import time
 import zlib
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script: import the repository's packages, not sibling files of this folder.
-    _ROOT = str(Path(__file__).resolve().parent.parent)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    sys.path.insert(0, _ROOT)
-
-from ict_core.config import ConfigError, parse_overrides  # noqa: E402
-from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space  # noqa: E402
-from tune.storage import RUNS_DIR  # noqa: E402
+from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder
+from ict_core.config import load_config, parse_overrides
+from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space
+from tune.storage import RUNS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = "results"
@@ -44,7 +39,7 @@ DEFAULT_STORAGE = "results"
 SNAPSHOT_S = "2"
 
 
-class SearchError(ValueError):
+class SearchError(BadInput):
     """A search that cannot start (bad arguments, an experiment that exists without --resume)."""
 
 
@@ -61,7 +56,8 @@ def resolve_plan(space, budget="smoke", num_samples=None, extra=None, strata=Non
 
 
 def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | None, ray_train: bool = False) -> dict:
-    """Trial resources and the number of concurrent trials that fit the cluster (RAY_NOTES 2).
+    """Trial resources and the number of concurrent trials that fit the cluster (docs/ARCHITECTURE.md, Trial
+    resources).
 
     A one-worker CPU trial trains in its own process and holds a CPU share; a Ray Train trial holds 0.01 CPU while
     its workers hold their own placement group, so concurrency is computed from the workers' needs. `ray_train`
@@ -77,7 +73,8 @@ def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | 
         concurrent = max(1, min(plan.max_concurrent, int(cpus // per_trial)))
         return {"mode": "in-trial", "trial": {"cpu": per_trial}, "cpus_per_trial": per_trial,
                 "max_concurrent_trials": concurrent, "cluster": {"CPU": cpus, "GPU": gpus}}
-    # One CPU per worker where it fits; on a small machine a share, so one trial still runs (RAY_NOTES 2: 0.49).
+    # One CPU per worker where it fits; on a small machine a share, so one trial still runs
+    # (docs/ARCHITECTURE.md, Trial resources: 0.49).
     cpus_per_worker = 1.0 if cpus >= 0.01 + workers else max(0.01, math.floor((cpus - 0.01) / workers * 100) / 100)
     need_cpu = 0.01 + workers * cpus_per_worker
     fit = int(cpus // need_cpu)
@@ -91,9 +88,19 @@ def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | 
             "cluster": {"CPU": cpus, "GPU": gpus}}
 
 
+def check_plan_paths(plan: Plan) -> None:
+    """--dry-run: the files every stratum's trials read exist here (data.path, eval.inception_path)."""
+    for stratum in plan.strata:
+        try:
+            check_data_paths(load_config(overrides=stratum.first_config(plan.params)))
+        except BadInput as err:
+            raise SearchError(f"{plan.space}, stratum {stratum.name}: {err}") from None
+
+
 def format_plan(plan: Plan, res: dict, exp_dir: Path) -> str:
     lines = [f"space      {plan.space} ({plan.source})", f"question   {plan.question or '-'}",
-             f"budget     {plan.budget}", f"experiment {exp_dir}",
+             f"budget     {plan.budget} (preset tune/budgets/{plan.budget}.yaml under every stratum's fixed keys)",
+             f"experiment {exp_dir}",
              f"search     {plan.algorithm} (seed {plan.search_seed}), metric {plan.metric} ({plan.mode}), "
              f"scheduler {plan.scheduler.get('type')}"
              + (f" (grace_period {plan.scheduler['grace_period']} steps, reduction_factor "
@@ -523,8 +530,10 @@ def main(argv=None) -> int:
             raise SearchError("--space is required (a shipped name or a .yaml path); see --list-spaces")
         extra = parse_overrides(args.set)
         strata = [s for s in (args.strata or "").split(",") if s]
+        check_writable_folder(args.storage, "--storage")
         if args.dry_run:
             plan = resolve_plan(args.space, args.budget, args.num_samples, extra, strata)
+            check_plan_paths(plan)
             if args.max_concurrent:
                 plan.max_concurrent = args.max_concurrent
             name = args.name or f"{plan.space}-{args.budget}"
@@ -535,9 +544,8 @@ def main(argv=None) -> int:
                              args.workers_per_trial, args.gpus_per_worker, extra=extra, strata=strata,
                              address=args.address, max_concurrent=args.max_concurrent,
                              ray_storage=args.ray_storage, extend=args.extend, ray_train=args.ray_train)
-    except (SpaceError, SearchError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except BadInput as err:
+        return bad_input(err)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: {_resume_command(argv)}", file=sys.stderr)
         return 130

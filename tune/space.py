@@ -12,7 +12,12 @@ A space is a YAML mapping; every config knob in it is an ict_core.config dotted 
     scheduler    {type: asha|none, grace_period, reduction_factor}  (time attribute: training steps of the trial)
     seeds        runs per configuration (train.seed, train.seed+1, ...)
     max_concurrent  concurrent trials per stratum
-    budgets      {smoke|cpu|gpu|paper: {num_samples, fixed, seeds, max_concurrent, scheduler}}
+    budgets      {smoke|cpu|gpu|paper: {num_samples, seeds, max_concurrent, scheduler, fixed}}
+
+A budget's model size, steps and evaluation are written once, in the preset tune/budgets/<budget>.yaml (`paper`
+inherits the cifar10 preset through `base:`). A trial's config is that preset, then the space's `fixed`, the
+space's own `budgets.<budget>.fixed` (rarely needed), the stratum's `fixed`, `--set`, and the searched params:
+exactly `python -m ict_core.train --preset tune/budgets/<budget>.yaml --set ...` of the same keys.
 
 Strings in `fixed` may name environment variables (${ICT_CIFAR10_PATH}); a stratum marked optional whose data set
 needs a path that is not given is skipped, so CIFAR-10 / ImageNet 64 strata join a search only where the data exist.
@@ -26,20 +31,21 @@ import itertools
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
 from ict_core import datasets
-from ict_core.config import ConfigError, all_keys, coerce, is_named_value, load_config, resolve_named_value
+from ict_core.cli import BadInput
+from ict_core.config import (ConfigError, all_keys, coerce, in_range, is_named_value, load_config, one_of,
+                              parse_record, preset_overrides, resolve_named_value)
 from ict_core.records import SEARCH_METRICS
 
 SPACE_DIR = Path(__file__).parent / "spaces"
+BUDGET_DIR = Path(__file__).parent / "budgets"
 BUDGETS = ("smoke", "cpu", "gpu", "paper")
-TOP_KEYS = ("name", "description", "question", "fixed", "params", "strata", "points", "search", "metric", "mode",
-            "scheduler", "seeds", "max_concurrent", "budgets")
 PARAM_TYPES = ("loguniform", "uniform", "int", "choice", "grid")
 ALGORITHMS = ("optuna_tpe", "grid", "random")
 SCHEDULERS = ("asha", "none")
@@ -48,8 +54,69 @@ METRICS = SEARCH_METRICS
 NEEDS_PATH = datasets.NEEDS_PATH
 
 
-class SpaceError(ValueError):
+class SpaceError(BadInput):
     """A search-space file that cannot be run; the message names the file, the key and the value."""
+
+
+# The schema of a space file, read by ict_core.config's typed engine (parse_record): an unknown key fails naming
+# the allowed ones; typed fields are converted and range-checked as config keys are.
+@dataclass(frozen=True)
+class SpaceSpec:
+    name: str = ""
+    description: str = ""
+    question: str = ""
+    fixed: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    strata: list = field(default_factory=list)
+    points: list = field(default_factory=list)
+    search: dict = field(default_factory=dict)
+    metric: str = field(default="fd", metadata=one_of(*METRICS))
+    mode: str = field(default="min", metadata=one_of("min", "max"))
+    scheduler: dict = field(default_factory=dict)
+    seeds: int = field(default=1, metadata=in_range(1))
+    max_concurrent: int = field(default=2, metadata=in_range(1))
+    budgets: dict = field(default_factory=dict)
+
+
+TOP_KEYS = tuple(f.name for f in fields(SpaceSpec))
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    algorithm: str = field(default="optuna_tpe", metadata=one_of(*ALGORITHMS))
+    seed: int = field(default=0, metadata=in_range(0))
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    type: str = field(default="none", metadata=one_of(*SCHEDULERS))
+    grace_period: Optional[int] = field(default=None, metadata=in_range(1))  # training steps
+    reduction_factor: Optional[float] = None  # > 1, checked with its own message
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    num_samples: Optional[int] = field(default=None, metadata=in_range(1))
+    seeds: Optional[int] = field(default=None, metadata=in_range(1))
+    max_concurrent: Optional[int] = field(default=None, metadata=in_range(1))
+    scheduler: Optional[dict] = None
+    fixed: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StratumSpec:
+    name: str = ""
+    fixed: dict = field(default_factory=dict)
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    type: str = field(default="", metadata=one_of(*PARAM_TYPES))
+    low: Any = None
+    high: Any = None
+    values: Optional[list] = None
+    log: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,8 +197,16 @@ class Plan:
 
 
 def dataset_dim(cfg) -> tuple[str, int]:
-    """("patches-16", C*H*W) of a config's data set, known without loading it (ICT_SPEC, Metric: d = C*H*W)."""
+    """("patches-16", C*H*W) of a config's data set, known without loading it (docs/ALGORITHM.md,
+    Distance: d = C*H*W)."""
     return datasets.dataset_dim(cfg.data.name, cfg.data.resolution)
+
+
+def budget_preset(budget: str) -> Path:
+    """The preset file of a budget: its model size, steps and evaluation, shared by every space."""
+    if budget not in BUDGETS:
+        raise SpaceError(f"unknown budget {budget!r}; allowed: {', '.join(BUDGETS)}")
+    return BUDGET_DIR / f"{budget}.yaml"
 
 
 def list_spaces() -> list[str]:
@@ -190,37 +265,31 @@ class Space:
                 raise self.error(f"{where}.{key}", f"{err} (value {raw!r})") from None
         return out
 
-    def _count(self, value, where: str, minimum: int = 1) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.error(where, f"must be an integer >= {minimum}, got {value!r}")
-        return value
+    def _record(self, cls: type, value, where: str, what: str = "key"):
+        try:
+            return parse_record(cls, value, where, what)
+        except ConfigError as err:
+            raise SpaceError(f"{self.source}: {err}") from None
 
     # ---- schema ---------------------------------------------------------------------------------
     def _check_schema(self) -> None:
-        tree = self.tree
-        unknown = [k for k in tree if k not in TOP_KEYS]
-        if unknown:
-            raise self.error(f"key {unknown[0]!r}", f"unknown top-level key; allowed: {', '.join(TOP_KEYS)}")
-        name = tree.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise self.error("name", f"must be a word of letters, digits, '_', '-' or '.', got {name!r}")
+        spec = self._record(SpaceSpec, self.tree, "", "top-level key")
+        name = spec.name
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise self.error("name", f"must be a word of letters, digits, '_', '-' or '.', "
+                             f"got {self.tree.get('name')!r}")
         self.name = name
-        self.description = str(tree.get("description", "")).strip()
-        self.question = str(tree.get("question", "")).strip()
-        self.fixed = self._overrides(tree.get("fixed"), "fixed")
+        self.description = spec.description.strip()
+        self.question = spec.question.strip()
+        self.fixed = self._overrides(spec.fixed, "fixed")
 
         self.params: dict[str, Param] = {}
-        for key, spec in self._mapping(tree.get("params"), "params").items():
-            self.params[str(key)] = self._param(str(key), spec)
+        for key, pspec in spec.params.items():
+            self.params[str(key)] = self._param(str(key), pspec)
 
-        search = self._mapping(tree.get("search"), "search")
-        bad = [k for k in search if k not in ("algorithm", "seed")]
-        if bad:
-            raise self.error(f"search.{bad[0]}", "unknown key; allowed: algorithm, seed")
-        self.algorithm = search.get("algorithm", "optuna_tpe")
-        if self.algorithm not in ALGORITHMS:
-            raise self.error("search.algorithm", f"must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
-        self.search_seed = self._count(search.get("seed", 0), "search.seed", minimum=0)
+        search = self._record(SearchSpec, spec.search, "search")
+        self.algorithm = search.algorithm
+        self.search_seed = search.seed
         grid_keys = [k for k, p in self.params.items() if p.type == "grid"]
         if self.algorithm == "optuna_tpe" and grid_keys:
             raise self.error(f"params.{grid_keys[0]}.type", "grid is not allowed with search.algorithm optuna_tpe "
@@ -231,21 +300,14 @@ class Space:
                 raise self.error(f"params.{other[0]}.type", f"search.algorithm grid needs type grid for every "
                                  f"param, got {self.params[other[0]].type!r}")
 
-        self.metric = tree.get("metric", "fd")
-        if self.metric not in METRICS:
-            raise self.error("metric", f"must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        self.mode = tree.get("mode", "min")
-        if self.mode not in ("min", "max"):
-            raise self.error("mode", f"must be min or max, got {self.mode!r}")
-        self.scheduler = self._scheduler(tree.get("scheduler"), "scheduler", {"type": "none"})
-        self.seeds = self._count(tree.get("seeds", 1), "seeds")
-        self.max_concurrent = self._count(tree.get("max_concurrent", 2), "max_concurrent")
+        self.metric = spec.metric
+        self.mode = spec.mode
+        self.scheduler = self._scheduler(spec.scheduler, "scheduler", {"type": "none"})
+        self.seeds = spec.seeds
+        self.max_concurrent = spec.max_concurrent
 
         self.points = []
-        raw_points = tree.get("points") or []
-        if not isinstance(raw_points, list):
-            raise self.error("points", f"must be a list of {{dotted key: value}} mappings, got {raw_points!r}")
-        for i, point in enumerate(raw_points):
+        for i, point in enumerate(spec.points):
             point = self._mapping(point, f"points[{i}]")
             for key, value in point.items():
                 if key not in self.params and self.algorithm != "grid":
@@ -259,37 +321,25 @@ class Space:
             self.points.append(dict(point))
 
         self.strata = []
-        raw_strata = tree.get("strata") or [{"name": "all"}]
-        if not isinstance(raw_strata, list):
-            raise self.error("strata", f"must be a list of {{name, fixed, optional}} mappings, got {raw_strata!r}")
         seen = set()
-        for i, stratum in enumerate(raw_strata):
-            stratum = self._mapping(stratum, f"strata[{i}]")
-            bad = [k for k in stratum if k not in ("name", "fixed", "optional")]
-            if bad:
-                raise self.error(f"strata[{i}].{bad[0]}", "unknown key; allowed: name, fixed, optional")
-            sname = stratum.get("name")
-            if not isinstance(sname, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", sname) or sname in seen:
+        for i, raw in enumerate(spec.strata or [{"name": "all"}]):
+            stratum = self._record(StratumSpec, raw, f"strata[{i}]")
+            sname = stratum.name
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", sname) or sname in seen:
                 raise self.error(f"strata[{i}].name", f"must be a unique word of letters, digits, '_', '-' or '.', "
-                                 f"got {sname!r}")
+                                 f"got {raw.get('name')!r}")
             seen.add(sname)
             # Keep the raw strings: ${VARS} are expanded when planning, so a later env change is seen.
-            self._overrides(stratum.get("fixed"), f"strata[{i}].fixed")
-            self.strata.append({"name": sname, "fixed": dict(stratum.get("fixed") or {}),
-                                "optional": bool(stratum.get("optional", False))})
+            self._overrides(stratum.fixed, f"strata[{i}].fixed")
+            self.strata.append({"name": sname, "fixed": dict(stratum.fixed), "optional": stratum.optional})
 
         self.budgets = {}
-        raw_budgets = self._mapping(tree.get("budgets"), "budgets")
-        for bname, spec in raw_budgets.items():
+        for bname, raw in spec.budgets.items():
             if bname not in BUDGETS:
                 raise self.error(f"budgets.{bname}", f"unknown budget; allowed: {', '.join(BUDGETS)}")
-            spec = self._mapping(spec, f"budgets.{bname}")
-            bad = [k for k in spec if k not in ("num_samples", "fixed", "seeds", "max_concurrent", "scheduler")]
-            if bad:
-                raise self.error(f"budgets.{bname}.{bad[0]}", "unknown key; allowed: num_samples, fixed, seeds, "
-                                 "max_concurrent, scheduler")
-            self._overrides(spec.get("fixed"), f"budgets.{bname}.fixed")
-            self.budgets[bname] = spec
+            budget = self._record(BudgetSpec, raw, f"budgets.{bname}")
+            self._overrides(budget.fixed, f"budgets.{bname}.fixed")
+            self.budgets[bname] = budget
         for key in self.params:
             if key in self.fixed:
                 raise self.error(f"fixed.{key}", "is also a searched param; remove it from one of them")
@@ -310,6 +360,7 @@ class Space:
         bad = [k for k in spec if k not in ("type", *allowed)]
         if bad:
             raise self.error(f"{where}.{bad[0]}", f"unknown key for type {kind}; allowed: {', '.join(allowed)}")
+        self._record(ParamSpec, spec, where)
         if kind in ("choice", "grid"):
             values = spec.get("values")
             if not isinstance(values, list) or not values:
@@ -344,17 +395,11 @@ class Space:
 
     def _scheduler(self, value, where: str, base: dict) -> dict:
         spec = {**base, **self._mapping(value, where)}
-        kind = spec.get("type", "none")
-        if kind not in SCHEDULERS:
-            raise self.error(f"{where}.type", f"must be one of {', '.join(SCHEDULERS)}, got {kind!r}")
-        bad = [k for k in spec if k not in ("type", "grace_period", "reduction_factor")]
-        if bad:
-            raise self.error(f"{where}.{bad[0]}", "unknown key; allowed: type, grace_period, reduction_factor")
-        if kind == "asha":
+        checked = self._record(SchedulerSpec, spec, where)
+        if checked.type == "asha":
             spec.setdefault("grace_period", 1)
             spec.setdefault("reduction_factor", 2)
-            self._count(spec["grace_period"], f"{where}.grace_period")
-            if not isinstance(spec["reduction_factor"], (int, float)) or spec["reduction_factor"] <= 1:
+            if spec["reduction_factor"] is None or float(spec["reduction_factor"]) <= 1:
                 raise self.error(f"{where}.reduction_factor", f"must be a number > 1, got {spec['reduction_factor']!r}")
         return spec
 
@@ -364,15 +409,21 @@ class Space:
         ict_core.config so a bad combination fails here and not in a Ray worker."""
         if budget not in BUDGETS:
             raise SpaceError(f"{self.source}: unknown budget {budget!r}; allowed: {', '.join(BUDGETS)}")
-        spec = self.budgets.get(budget, {})
+        spec = self.budgets.get(budget, BudgetSpec())
         where = f"budgets.{budget}"
-        samples = num_samples if num_samples is not None else spec.get("num_samples", 1)
+        samples = num_samples if num_samples is not None else (spec.num_samples or 1)
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise self.error(f"{where}.num_samples", f"must be an integer >= 1, got {samples!r}")
-        seeds = self._count(spec.get("seeds", self.seeds), f"{where}.seeds")
-        concurrent = self._count(spec.get("max_concurrent", self.max_concurrent), f"{where}.max_concurrent")
-        scheduler = self._scheduler(spec.get("scheduler"), f"{where}.scheduler", dict(self.scheduler))
-        budget_fixed = self._overrides(spec.get("fixed"), f"{where}.fixed")
+        seeds = spec.seeds or self.seeds
+        concurrent = spec.max_concurrent or self.max_concurrent
+        scheduler = self._scheduler(spec.scheduler, f"{where}.scheduler", dict(self.scheduler))
+        budget_fixed = self._overrides(spec.fixed, f"{where}.fixed")
+        try:
+            preset = preset_overrides(str(budget_preset(budget)))
+        except ConfigError as err:
+            raise SpaceError(f"budget {budget}: {err}") from None
+        # A searched param replaces the budget's value of that key in every trial.
+        preset = {k: coerce(k, v) for k, v in preset.items() if k not in self.params}
         extra = {str(k): v for k, v in (extra or {}).items()}
         try:
             extra = {k: coerce(k, v) for k, v in extra.items()}
@@ -389,7 +440,7 @@ class Space:
             for key in self.params:
                 if key in stratum_fixed:
                     raise self.error(f"strata[{i}].fixed.{key}", "is a searched param and cannot be fixed")
-            fixed = {**self.fixed, **budget_fixed, **stratum_fixed, **extra}
+            fixed = {**preset, **self.fixed, **budget_fixed, **stratum_fixed, **extra}
             data_name = fixed.get("data.name", "digits")
             if data_name in NEEDS_PATH and not fixed.get("data.path"):
                 if raw["optional"]:

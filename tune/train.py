@@ -16,13 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script: put the repository root first, not tune/ (whose module names would shadow imports).
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from ict_core.config import ConfigError, list_presets, load_config  # noqa: E402
-
-EXIT_BAD_INPUT = 2
+from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder
+from ict_core.config import list_presets, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,13 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_presets:
         print("\n".join(list_presets()))
         return 0
-    from tune.ray_train import LaunchError, run_ray_train
+    from tune.ray_train import run_ray_train
 
     try:
+        check_writable_folder(args.storage, "--storage")
         cfg, plan = _resolve(args)
-    except (ConfigError, LaunchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        if args.dry_run:
+            check_data_paths(cfg)
+    except BadInput as err:
+        return bad_input(err)
     if args.dry_run:
         print(json.dumps({"config": cfg.to_dict(), "launch": plan.describe()}, indent=2))
         return 0
@@ -99,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = run_ray_train(cfg, plan=plan)
-    except LaunchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except BadInput as err:
+        return bad_input(err)
     except ray.train.TrainingFailedError as err:
         print(f"error: the run failed after {plan.max_failures} restart(s): {err}\n"
               f"its checkpoints are in {plan.experiment_path}; continue with --resume --name {plan.name} "

@@ -2,9 +2,9 @@
 
 Seeds run one after the other inside the trial, each into `RUNS_ROOT/<stratum>/<trial_id>/seed_<seed>` in the
 experiment's storage (tune/storage.py). A one-worker CPU trial runs ict_core.trainer.train in the trial process
-itself (a TorchTrainer costs ~20 s of start-up per trial, RAY_NOTES 2); multi-worker, GPU or `ray_train=True`
-trials hand each seed to tune.ray_train.run_ray_train. Both paths report the same few keys to Tune, built by
-`tune_result`, and nothing else: the driver builds every Parquet row from the run folders (tune/results.py).
+itself (a TorchTrainer costs ~20 s of start-up per trial, docs/ARCHITECTURE.md, Trial resources); multi-worker,
+GPU or `ray_train=True` trials hand each seed to tune.ray_train.run_ray_train. Both paths report the same few keys
+to Tune, built by `tune_result`, and nothing else: the driver builds every Parquet row from the run folders (tune/results.py).
 
 What a trial reports (every evaluation of every seed, then one final result):
   trial_step  ASHA's time attribute: the first seed's step. It stays at total_steps while later seeds train
