@@ -8,15 +8,15 @@ from pathlib import Path
 import torch
 
 from .config import Config
+from .records import EVALUATOR_METRICS
 
 EVAL_SEED_OFFSET = 7_919  # evaluation noise is fixed per run and independent of the training RNG
 _KID_SUBSETS = 10  # 100 costs seconds per evaluation at small scale; 10 suffices for tracking a run
 _LOSS_PROBE_IMAGES = 256  # images in the fixed train / held-out subsets of loss_train and loss_heldout
 _SAMPLE_CHUNK = 1000  # images per sampler call during evaluation
 
-# What an evaluation measures. fd: one-step FD of the evaluation EMA (what searches act on); fd_student: the same
-# for the raw student, with the same noise; fd_se: bootstrap standard error of fd (metrics.frechet_distance_se).
-EVAL_KEYS = ("fd", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref", "fd_student", "fd_se")
+# What an evaluation measures: named in ict_core/records.py (fd_se is metrics.frechet_distance_se).
+EVAL_KEYS = EVALUATOR_METRICS
 
 
 class Evaluator:

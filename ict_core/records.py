@@ -23,6 +23,13 @@ EVALS_FILE = "evals.parquet"
 # How a run ended: completed | diverged (its summary.json says so), pruned (a scheduler stopped it), errored.
 STATUSES = ("completed", "pruned", "diverged", "errored")
 
+# What one evaluation measures (ict_core/evaluate.py). fd: one-step FD of the evaluation EMA (what searches act on);
+# fd_student: the same for the raw student, with the same noise; fd_se: bootstrap standard error of fd.
+EVALUATOR_METRICS = ("fd", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref", "fd_student",
+                     "fd_se")
+# What the trainer puts in every report (and summary.json): its own counters plus the last evaluation's metrics.
+REPORT_KEYS = ("step", "total_steps", "num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout",
+               "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s", "status", "fd_student", "fd_se")
 # Evaluation metrics a searcher may optimise (`metric:` of a space file; each is what a trial reports).
 SEARCH_METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist")
 # Columns of evals.parquet after (experiment, trial_id, config_id, step), as the trainer's evals.jsonl names them.

@@ -27,16 +27,14 @@ from .ema import ema_beta
 from .evaluate import EVAL_KEYS, Evaluator
 from .objectives import build_objective, objective_class
 from .precision import wrap_precision
+from .records import REPORT_KEYS
 from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_of
 
 Report = Callable[[dict, "str | None"], None]
 
 _DROPOUT_SEED_STRIDE = 1_000_003  # rank r seeds its dropout RNG with seed + r * stride
 
-METRIC_KEYS = (
-    "step", "total_steps", "num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout",
-    "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s", "status", "fd_student", "fd_se",
-)
+METRIC_KEYS = REPORT_KEYS  # named in ict_core/records.py
 
 __all__ = ["train", "Run", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile", "ema_update",
            "latest_checkpoint", "resolve_config", "resolve_device"]

@@ -227,3 +227,18 @@ def test_the_tables_tune_writes_are_the_ones_analysis_reads(tmp_path, real_run):
                    bad / records.TRIALS_FILE)
     with pytest.raises(SchemaError, match="status must be one of completed, pruned, diverged, errored"):
         load_results(bad)
+
+
+def test_what_the_trainer_writes_is_what_records_names(real_run):
+    """Metric names live in ict_core/records.py: every evaluation row and the summary carry exactly those keys, and
+    each evaluation metric has its evals.parquet column (a name changed on one side fails here)."""
+    from ict_core import records, rundir
+
+    run_dir, _ = real_run
+    rows = [json.loads(line) for line in (run_dir / rundir.EVALS).read_text().splitlines()]
+    evaluated = [r for r in rows if r.get("evaluated")]
+    assert evaluated and all(set(records.REPORT_KEYS) <= set(r) for r in rows)
+    assert all(set(records.EVALUATOR_METRICS) <= {k for k, v in r.items() if v is not None} for r in evaluated)
+    assert set(records.EVALUATOR_METRICS) <= set(records.EVAL_METRICS) <= set(EVALS_SCHEMA.names)
+    summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+    assert set(records.REPORT_KEYS) <= set(summary)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ict_core.cli import BadInput
+from ict_core import rundir
 from ict_core.config import Config, ConfigError, from_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -280,7 +281,7 @@ class RunMirror:
         local_fs = self._pafs.LocalFileSystem()
         for path in sorted(self.local_dir.rglob("*")):
             rel = path.relative_to(self.local_dir)
-            if rel.parts[0] == "checkpoints" or not path.is_file():
+            if rel.parts[0] == rundir.CHECKPOINTS or not path.is_file():
                 continue
             stat = path.stat()
             if self._pushed.get(rel) == (stat.st_size, stat.st_mtime_ns):
@@ -455,7 +456,7 @@ def _storage_note(plan: LaunchPlan) -> None:
 
 
 def _read_summary(plan: LaunchPlan) -> dict:
-    path = Path(plan.run_dir) / "summary.json"
+    path = Path(plan.run_dir) / rundir.SUMMARY
     if plan.run_uri:  # rank 0 may have run on another node: fetch its mirrored run folder
         RunMirror(plan.run_dir, plan.run_uri).pull()
     if path.exists():
@@ -556,7 +557,7 @@ def run_ray_train(
 
 def load_run_config(plan: LaunchPlan) -> Config | None:
     """The resolved config an earlier attempt of this run wrote (for --resume without --preset)."""
-    path = Path(plan.run_dir) / "config.json"
+    path = Path(plan.run_dir) / rundir.CONFIG
     if plan.run_uri and not path.exists():
         RunMirror(plan.run_dir, plan.run_uri).pull()
     if not path.exists():

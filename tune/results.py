@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ict_core import datasets
+from ict_core import rundir
 from ict_core.fileio import atomic_path, atomic_write_text
 from ict_core.records import (CONFIG_TYPES, EVAL_METRICS, EVALS_FILE, EVALS_SCHEMA, FINAL_METRICS,  # noqa: F401
                               STATUSES, TRIALS_FILE, TRIALS_SCHEMA)
@@ -164,12 +165,12 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
     trial_rows, eval_rows = [], []
     errored_seen = False
     folders = [seed_folder(stratum, config_id, s) for s in seeds]
-    started = [store.exists(f"{rel}/config.json") or store.exists(f"{rel}/evals.jsonl") for rel in folders]
+    started = [store.exists(f"{rel}/{rundir.CONFIG}") or store.exists(f"{rel}/{rundir.EVALS}") for rel in folders]
     for index, (seed, rel) in enumerate(zip(seeds, folders)):
-        summary = store.read_json(f"{rel}/summary.json") or {}
-        evals = [e for e in store.read_jsonl(f"{rel}/evals.jsonl")
+        summary = store.read_json(f"{rel}/{rundir.SUMMARY}") or {}
+        evals = [e for e in store.read_jsonl(f"{rel}/{rundir.EVALS}")
                  if e.get("evaluated", True) and e.get("status") != "diverged"]
-        config = store.read_json(f"{rel}/config.json")
+        config = store.read_json(f"{rel}/{rundir.CONFIG}")
         if summary.get("status") in FINISHED:
             status, final = summary["status"], summary
         elif evals and evals[-1].get("status") == "completed" and not error:
@@ -199,7 +200,7 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
         row.update(steps=last.get("step"), images_seen=last.get("images_seen"),
                    wall_s=_num(summary.get("wall_s", last.get("elapsed_s"))),
                    world_size=summary.get("world_size"))
-        row.update({k: v for k, v in _provenance(store.read_json(f"{rel}/provenance.json")).items() if v is not None})
+        row.update({k: v for k, v in _provenance(store.read_json(f"{rel}/{rundir.PROVENANCE}")).items() if v is not None})
         node = store.read_json(f"{rel}.node.json") or next(iter(store.read_jsonl(f"{rel}/workers.jsonl")), {})
         row["node_id"] = node.get("node_id") or node_id
         if summary.get("device") and not row.get("device"):

@@ -16,6 +16,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from ict_core import rundir
+
 RUNS_DIR = "runs"  # under the experiment's shared storage
 FINISHED = ("completed", "diverged")  # a seed whose summary.json says this is not trained again
 
@@ -110,13 +112,15 @@ class RunStore:
             return
         local_fs = self._pafs.LocalFileSystem()
         for path in sorted(Path(local).rglob("*")):
-            if path.is_file() and not any(p.startswith(".tmp_") for p in path.relative_to(local).parts):
+            # Half-written files and checkpoint folders (".tmp-" of fileio, ".tmp_" of rundir) are skipped: they are
+            # renamed into place by the writer and would vanish under the copy.
+            if path.is_file() and not any(p.startswith(".tmp") for p in path.relative_to(local).parts):
                 target = self._path(f"{rel}/{path.relative_to(local).as_posix()}")
                 self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
                 self._pafs.copy_files(str(path), target, source_filesystem=local_fs, destination_filesystem=self.fs)
-        ckpts = self._path(f"{rel}/checkpoints")
-        if self.exists(f"{rel}/checkpoints"):
-            keep = {p.name for p in (Path(local) / "checkpoints").glob("step_*")}
+        ckpts = self._path(f"{rel}/{rundir.CHECKPOINTS}")
+        if self.exists(f"{rel}/{rundir.CHECKPOINTS}"):
+            keep = {p.name for p in (Path(local) / rundir.CHECKPOINTS).glob("step_*")}
             for info in self.fs.get_file_info(self._pafs.FileSelector(ckpts)):
                 if info.base_name.startswith("step_") and info.base_name not in keep:
                     self.fs.delete_dir(info.path)

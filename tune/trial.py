@@ -29,6 +29,7 @@ from pathlib import Path
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ict_core.config import load_config, resolve_config
+from ict_core import rundir
 from tune.storage import FINISHED, RunStore, seed_folder, trial_folder
 
 
@@ -107,7 +108,7 @@ def _write_node(store: RunStore, rel: str) -> None:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    return any((p / "state.pt").is_file() for p in (run_dir / "checkpoints").glob("step_*"))
+    return any((p / rundir.STATE).is_file() for p in (run_dir / rundir.CHECKPOINTS).glob("step_*"))
 
 
 def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: str, cpus_per_trial: float = 1.0,
@@ -128,7 +129,7 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
         summaries = []
         for index, seed in enumerate(seed_list):
             rel = seed_folder(stratum["name"], trial_id, seed)
-            summary = store.read_json(f"{rel}/summary.json")
+            summary = store.read_json(f"{rel}/{rundir.SUMMARY}")
             if summary is None or summary.get("status") not in FINISHED:
                 cfg = base_cfg.with_overrides({"train.seed": seed})
                 send = partial(tune_result, seed_index=index, seed=seed, total_steps=total_steps, metric=metric)
