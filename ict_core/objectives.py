@@ -17,6 +17,8 @@ The loss math itself lives in ict_core/loss.py.
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from . import loss as loss_mod
@@ -27,7 +29,7 @@ def slice_noise(noise: dict, lo: int, hi: int) -> dict:
     return {key: value[lo:hi] for key, value in noise.items()}
 
 
-class Objective:
+class Objective(abc.ABC):
     """The interface; see the module docstring. Subclasses set the class attributes and the methods."""
 
     name: str = ""
@@ -47,24 +49,30 @@ class Objective:
     def teacher_rate(self, step: int) -> float:
         raise NotImplementedError(f"the {self.name} objective keeps no EMA teacher")
 
+    @abc.abstractmethod
     def draw(self, step: int, batch_size: int, shape, generator: torch.Generator) -> dict:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def student_sigma(self, step: int, noise: dict) -> torch.Tensor:
         """The noise level (B,) at which the student network sees each image of a draw."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def loss(self, net, x: torch.Tensor, step: int, noise: dict, teacher=None) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def probe_loss(self, net, x: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def sample(self, net, shape, steps: int | None, generator: torch.Generator, device) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def sampler_label(self, steps: int | None) -> str:
-        raise NotImplementedError
+        ...
 
 
 class ConsistencyObjective(Objective):
