@@ -73,6 +73,16 @@ budgets:
 """
 
 
+
+def _assert_plan_error(path, needles):
+    """Planning the space file at `path` fails with a SpaceError naming the file and every needle."""
+    with pytest.raises(SpaceError) as info:
+        load_space(path).plan("smoke")
+    message = str(info.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+
 @pytest.mark.parametrize(
     "text, needles",
     [
@@ -102,12 +112,7 @@ budgets:
 def test_bad_space_files_name_the_file_key_and_value(tmp_path, text, needles):
     path = tmp_path / "bad_space.yaml"
     path.write_text(text)
-    with pytest.raises(SpaceError) as info:
-        load_space(path).plan("smoke")
-    message = str(info.value)
-    assert str(path) in message
-    for needle in needles:
-        assert needle in message, (needle, message)
+    _assert_plan_error(path, needles)
 
 
 def test_unknown_budget_and_space_are_errors(tmp_path):
@@ -277,9 +282,4 @@ def test_preset_base_inherits_overrides_and_fails_on_a_circle_or_an_unknown_key(
 def test_space_schema_is_read_by_the_typed_config_engine(tmp_path, extra, needles):
     path = tmp_path / "schema.yaml"
     path.write_text("name: schema\nparams:\n  loss.huber_c: {type: loguniform, low: 0.001, high: 0.1}\n" + extra)
-    with pytest.raises(SpaceError) as info:
-        load_space(path).plan("smoke")
-    message = str(info.value)
-    assert str(path) in message
-    for needle in needles:
-        assert needle in message, (needle, message)
+    _assert_plan_error(path, needles)
