@@ -36,8 +36,8 @@ METHODS = ("grid", "tpe_asha", "random")
 # A cheap digits run: the shipped smoke budget's settings (its evaluation EMA rate included: the default rate
 # would leave every short run at its initial weights and every FD equal), a fixed run length and two evaluations
 # before the last, so ASHA has rungs to compare at.
-FULL = {"steps": 300, "every": 100, "grid_points": 12, "seeds": 3, "samples": None, "search_seeds": 3,
-        "eval_samples": 200, "channels": 16, "batch": 32}
+FULL = {"steps": 200, "every": 100, "grid_points": 12, "seeds": 3, "samples": None, "search_seeds": 3,
+        "eval_samples": 500, "channels": 16, "batch": 32}
 QUICK = {"steps": 60, "every": 20, "grid_points": 3, "seeds": 1, "samples": 3, "search_seeds": 2,
          "eval_samples": 100, "channels": 8, "batch": 16}
 
@@ -117,7 +117,7 @@ def run_benchmark(setting: dict, problems, storage: Path, from_budget: str, quie
         for problem in problems:
             n_dims = len(load_space(PROBLEMS[problem]).params)
             grid_configs = setting["grid_points"] ** n_dims
-            samples = setting["samples"] or max(4, math.ceil(grid_configs / 3))
+            samples = setting["samples"] or max(4, math.ceil(grid_configs / 6))
             for method in METHODS:
                 search_seeds = [0] if method == "grid" else list(range(setting["search_seeds"]))
                 for search_seed in search_seeds:
@@ -172,11 +172,11 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="shrink everything to prove the script in minutes")
     p.add_argument("--problems", default="c,lognormal", help="comma-separated: c, lognormal (default both)")
     p.add_argument("--from-budget", default="cpu", help="shipped budget whose ASHA settings TPE+ASHA uses")
-    p.add_argument("--steps", type=int, help="training steps per run (default 300; --quick 60)")
+    p.add_argument("--steps", type=int, help="training steps per run (default 200; --quick 60)")
     p.add_argument("--grid-points", type=int, help="grid values per dimension (default 12; --quick 3)")
     p.add_argument("--seeds", type=int, help="seeds per configuration (default 3; --quick 1)")
     p.add_argument("--num-samples", type=int, help="configurations per TPE / random search "
-                                                   "(default: a third of the grid's, at least 4; --quick 3)")
+                                                   "(default: a sixth of the grid's, at least 4; --quick 3)")
     p.add_argument("--search-seeds", type=int, help="search seeds of TPE and random (default 3; --quick 2)")
     p.add_argument("--storage", help="folder for the searches (default: a temporary folder, removed at the end)")
     p.add_argument("--cache-dir", default="", help="eval.cache_dir for the feature network (default: the usual)")

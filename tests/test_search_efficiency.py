@@ -44,12 +44,12 @@ def test_derived_spaces_plan_with_the_same_seeds_and_run_length(tmp_path, proble
     n_dims = {"c": 1, "lognormal": 2}[problem]
     assert len(plans["grid"].strata[0].variants) == 12 ** n_dims
     for method, plan in plans.items():
-        assert plan.seeds == 3 and plan.strata[0].fixed["train.total_steps"] == 300, method
+        assert plan.seeds == 3 and plan.strata[0].fixed["train.total_steps"] == 200, method
         assert plan.strata[0].fixed["data.name"] == "digits"
     assert plans["tpe_asha"].algorithm == "optuna_tpe" and plans["tpe_asha"].search_seed == 1
     assert plans["random"].algorithm == "random" and plans["random"].scheduler["type"] == "none"
     assert plans["tpe_asha"].strata[0].num_samples == plans["random"].strata[0].num_samples == 7
-    # The shipped cpu budget's ASHA (grace 1000 of 3000 steps, reduction factor 2) scaled to 300 steps.
+    # The shipped cpu budget's ASHA (grace 400 of 800 steps, reduction factor 2) scaled to 200 steps.
     assert plans["tpe_asha"].scheduler == {"type": "asha", "grace_period": 100, "reduction_factor": 2}
 
 

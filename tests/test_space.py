@@ -48,7 +48,7 @@ def test_c_scaling_puts_the_paper_heuristic_first_per_dimension():
 
 def test_optional_data_strata_join_when_their_path_is_given(monkeypatch, tmp_path):
     monkeypatch.setenv("ICT_CIFAR10_PATH", str(tmp_path))
-    plan = load_space("c_scaling").plan("cpu")
+    plan = load_space("c_scaling").plan("gpu")
     cifar = next(s for s in plan.strata if s.name == "cifar10")
     assert cifar.fixed["data.path"] == str(tmp_path) and cifar.dim == 3072
     assert cifar.points[0]["loss.huber_c"] == pytest.approx(0.00054 * math.sqrt(3072))
@@ -107,12 +107,28 @@ def _assert_plan_error(path, needles):
         (GOOD + "scheduler: {type: asha, reduction_factor: 1}\n", ["scheduler.reduction_factor", "> 1"]),
         (GOOD + "metric: accuracy\n", ["metric", "accuracy", "fd"]),
         (GOOD + "strata: [{name: a, fixed: {data.name: imagenet64}}]\n", ["strata[0]", "data.path", "imagenet64"]),
+        (GOOD.replace("fixed: {train.total_steps: 10}", "strata: [b], fixed: {train.total_steps: 10}")
+         + "strata: [{name: a}]\n", ["budgets.smoke.strata", "unknown stratum 'b'", "allowed: a"]),
+        (GOOD.replace("fixed: {train.total_steps: 10}", "strata: a, fixed: {train.total_steps: 10}")
+         + "strata: [{name: a}]\n", ["budgets.smoke.strata", "must be a list", "got str"]),
     ],
 )
 def test_bad_space_files_name_the_file_key_and_value(tmp_path, text, needles):
     path = tmp_path / "bad_space.yaml"
     path.write_text(text)
     _assert_plan_error(path, needles)
+
+
+def test_a_budget_runs_only_the_strata_it_lists(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(GOOD.replace("smoke: {num_samples: 2,", "smoke: {num_samples: 2, strata: [small],")
+                    + "strata: [{name: small, fixed: {data.name: digits}},"
+                      " {name: big, fixed: {data.name: patches, data.resolution: 32}}]\n")
+    plan = load_space(path).plan("smoke")
+    assert [s.name for s in plan.strata] == ["small"]
+    assert plan.skipped_strata == ["big (not in budgets.smoke.strata)"]
+    plan = load_space(path).plan("cpu")  # a budget without a list runs every stratum
+    assert [s.name for s in plan.strata] == ["small", "big"]
 
 
 def test_unknown_budget_and_space_are_errors(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
@@ -236,8 +237,13 @@ def _check_resume(state: dict, settings: dict, campaign_dir: Path) -> None:
 
 
 def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, resume=False, num_samples=None,
-                 extra=None, report=True, quiet=False, address=None) -> Path:
-    """Run (or resume) the campaign; returns its folder. Every plan is validated before Ray starts."""
+                 extra=None, report=True, quiet=False, address=None, command: str | None = None) -> Path:
+    """Run (or resume) the campaign; returns its folder. Every plan is validated before Ray starts.
+
+    Every start and resume is recorded in campaign.json's `sessions` (time, command, git commit, local changes),
+    so the findings name the code that produced each search."""
+    from ict_core.provenance import git_commit
+
     extra = dict(extra or {})
     plans = plan_campaign(spaces, budget, num_samples, extra)
     space_args = [space for space, _ in plans]
@@ -259,6 +265,9 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
             print(text, flush=True)
 
     campaign_dir.mkdir(parents=True, exist_ok=True)
+    state.setdefault("sessions", []).append(
+        {"started": _now(), "command": command or f"run_campaign(budget={budget!r}, spaces={space_args!r})",
+         **git_commit(), "pending": [n for n in names if state["searches"][n]["state"] != "done"]})
     _write_state(state_path, state)
     for space, plan in plans:
         entry = state["searches"][plan.space]
@@ -331,8 +340,11 @@ def main(argv=None) -> int:
             campaign_dir = Path(args.storage).expanduser().resolve() / (args.name or f"campaign-{args.budget}")
             dry_run(plans, campaign_dir, measure=not args.no_timing)
             return 0
+        command = "python tune/campaign.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
+                                                                                   else sys.argv[1:]))
         campaign_dir = run_campaign(args.budget, args.spaces, args.storage, args.name, args.resume,
-                                    args.num_samples, extra, report=not args.no_report, address=args.address)
+                                    args.num_samples, extra, report=not args.no_report, address=args.address,
+                                    command=command)
         print(f"campaign: {campaign_dir}\nreport:   {campaign_dir / 'report' / 'report.md'}")
         return 0
     except KeyboardInterrupt:

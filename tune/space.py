@@ -12,7 +12,9 @@ A space is a YAML mapping; every config knob in it is an ict_core.config dotted 
     scheduler    {type: asha|none, grace_period, reduction_factor}  (time attribute: training steps of the trial)
     seeds        runs per configuration (train.seed, train.seed+1, ...)
     max_concurrent  concurrent trials per stratum
-    budgets      {smoke|cpu|gpu|paper: {num_samples, seeds, max_concurrent, scheduler, fixed}}
+    budgets      {smoke|cpu|gpu|paper: {num_samples, seeds, max_concurrent, scheduler, fixed, strata}}
+                 (a budget's `strata` lists the strata it runs, e.g. the cpu budget leaves out the data sets
+                 too large to train there; default: all)
 
 A budget's model size, steps and evaluation are written once, in the preset tune/budgets/<budget>.yaml (`paper`
 inherits the cifar10 preset through `base:`). A trial's config is that preset, then the space's `fixed`, the
@@ -101,6 +103,7 @@ class BudgetSpec:
     max_concurrent: Optional[int] = field(default=None, metadata=in_range(1))
     scheduler: Optional[dict] = None
     fixed: dict = field(default_factory=dict)
+    strata: Optional[list] = None
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,15 @@ class Space:
                 raise self.error(f"budgets.{bname}", f"unknown budget; allowed: {', '.join(BUDGETS)}")
             budget = self._record(BudgetSpec, raw, f"budgets.{bname}")
             self._overrides(budget.fixed, f"budgets.{bname}.fixed")
+            if budget.strata is not None:
+                names = [st["name"] for st in self.strata]
+                if not isinstance(budget.strata, list) or not budget.strata:
+                    raise self.error(f"budgets.{bname}.strata", f"must be a list of stratum names from "
+                                     f"{', '.join(names)}, got {budget.strata!r}")
+                for name in budget.strata:
+                    if name not in names:
+                        raise self.error(f"budgets.{bname}.strata", f"unknown stratum {name!r}; allowed: "
+                                         f"{', '.join(names)}")
             self.budgets[bname] = budget
         for key in self.params:
             if key in self.fixed:
@@ -434,8 +446,17 @@ class Space:
                 raise self.error(f"{where}.fixed.{key}" if key in budget_fixed else f"--set {key}",
                                  "is a searched param and cannot be fixed")
 
+        names = [raw["name"] for raw in self.strata]
+        chosen = names if spec.strata is None else list(spec.strata)
+        unknown = [n for n in chosen if n not in names]
+        if unknown or not chosen:
+            raise self.error(f"{where}.strata", f"unknown stratum {unknown[0]!r}; allowed: {', '.join(names)}"
+                             if unknown else f"must name at least one stratum of {', '.join(names)}")
         strata, skipped = [], []
         for i, raw in enumerate(self.strata):
+            if raw["name"] not in chosen:
+                skipped.append(f"{raw['name']} (not in budgets.{budget}.strata)")
+                continue
             stratum_fixed = self._overrides(raw["fixed"], f"strata[{i}].fixed")
             for key in self.params:
                 if key in stratum_fixed:
