@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from tune import campaign
+from tune.findings import ExportError, export_findings
 from tune.search import resolve_plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,8 +125,13 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     assert state["searches"]["fourier_scale"]["state"] == "running"
     first_before = pd.read_parquet(cdir / "weighting" / "trials.parquet")
     second_before = pd.read_parquet(second)
+    findings = tmp_path / "docs" / "findings" / "tiny"
+    with pytest.raises(ExportError, match="not finished.*fourier_scale.*--resume"):
+        export_findings(cdir, findings)
+    assert not findings.exists()
 
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd + ["--resume", "--export", str(findings)], capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "weighting: done" in done.stdout and "skipped" in done.stdout
     assert "fourier_scale: resuming" in done.stdout
@@ -141,6 +147,22 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     assert second_after["run_key"].is_unique and set(second_before["trial_id"]) <= set(second_after["trial_id"])
     report = (cdir / "report" / "report.md").read_text()
     assert "weighting" in report and "fourier_scale" in report
+
+    # --export: the evidence, with no path of this machine, and a README naming both sessions' commands.
+    for name, before in (("weighting", first_after), ("fourier_scale", second_after)):
+        exported = pd.read_parquet(findings / name / "trials.parquet")
+        assert exported["run_key"].tolist() == before["run_key"].tolist()
+        assert len(pd.read_parquet(findings / name / "evals.parquet")) == len(pd.read_parquet(cdir / name / "evals.parquet"))
+    assert (findings / "report" / "report.md").read_text().count("fourier_scale") == report.count("fourier_scale")
+    readme = (findings / "README.md").read_text()
+    assert readme.count("python tune/campaign.py --budget smoke") == 2 and "--resume --export" in readme
+    assert f"`{state['sessions'][0]['git_commit']}`" in readme and "weighting" in readme
+    assert not (findings / "weighting" / "runs").exists()  # run folders stay behind
+    for path in findings.rglob("*"):
+        if path.suffix in {".md", ".csv", ".json", ".log"}:
+            assert str(cdir) not in path.read_text(), path
+    for path in findings.rglob("*.parquet"):
+        assert str(cdir) not in pd.read_parquet(path).astype(str).to_string(), path
 
 
 def test_dry_run_of_a_gpu_budget_on_a_cpu_machine_counts_but_does_not_time(capsys):

@@ -7,7 +7,8 @@
 Each space is one search (tune.search.run_search) into CAMPAIGN_DIR/<space>; CAMPAIGN_DIR/campaign.json records
 the campaign's settings and each space's state (pending, running, done) and wall time. --resume skips the spaces
 that are done and resumes the unfinished one where its search stopped (searches resume trial by trial). When every
-space is done, analysis/report.py writes CAMPAIGN_DIR/report/report.md over all of them.
+space is done, analysis/report.py writes CAMPAIGN_DIR/report/report.md over all of them. --export DIR then
+copies the evidence (tables, journals, report, state) into DIR for the repository (tune/findings.py).
 
 --dry-run prints every search's plan and an estimate of its compute on this machine: the runs, steps and images
 it trains (an upper bound where ASHA stops runs early), and the hours they take, from a few real training steps
@@ -324,6 +325,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a dotted config override for every trial of every search (repeatable)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--export", metavar="DIR",
+                   help="when the campaign is finished, copy its tables, journals, report and state into DIR with "
+                        "a generated README.md naming the commands and commits (tune/findings.py), e.g. "
+                        "docs/findings/cpu")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray per search)")
     return p
 
@@ -333,6 +338,10 @@ def main(argv=None) -> int:
     try:
         extra = parse_overrides(args.set)
         check_writable_folder(args.storage, "--storage")
+        if args.export:
+            if args.no_report:
+                raise CampaignError("--export copies the report; it cannot be combined with --no-report")
+            check_writable_folder(str(Path(args.export).expanduser().absolute().parent), "--export's parent")
         if args.dry_run:
             plans = plan_campaign(args.spaces, args.budget, args.num_samples, extra)
             for _, plan in plans:
@@ -346,6 +355,14 @@ def main(argv=None) -> int:
                                     args.num_samples, extra, report=not args.no_report, address=args.address,
                                     command=command)
         print(f"campaign: {campaign_dir}\nreport:   {campaign_dir / 'report' / 'report.md'}")
+        if args.export:
+            from tune.findings import ExportError, export_findings
+
+            try:
+                dest = export_findings(campaign_dir, Path(args.export).expanduser())
+            except ExportError as err:
+                raise CampaignError(str(err)) from None
+            print(f"exported: {dest} (README.md there names the commands and commits)")
         return 0
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python tune/campaign.py {' '.join(argv or sys.argv[1:])} --resume"
