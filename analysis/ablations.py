@@ -19,6 +19,7 @@ import pandas as pd
 from analysis.c_scaling import paper_c
 from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, context_key, difference_stats, pool_cells, t_interval, t_pvalue,
                             typical_se, usable, value_token)
+from ict_core.records import COMPLETED, DIVERGED
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "reproduced", "contradicted", "inconclusive", "not run"
 
@@ -80,19 +81,19 @@ def compare(trials: pd.DataFrame, ablation: Ablation, metric: str = "final_fd", 
     if ablation.key not in trials.columns:
         return [_not_run(base, f"no column {ablation.key!r}")]
     # Diverged runs travel with their arm: an arm that lost runs to divergence cannot win by its survivors.
-    runs = pd.concat([usable(trials, metric), trials[trials["status"].astype(str) == "diverged"]], sort=False)
+    runs = pd.concat([usable(trials, metric), trials[trials["status"].astype(str) == DIVERGED]], sort=False)
     runs = runs.assign(_value=runs[ablation.key].map(value_token))
     paper_token = value_token(ablation.paper)
     is_paper = runs["_value"] == paper_token
     if ablation.paper_filter is not None and is_paper.any():
         is_paper &= ablation.paper_filter(runs).fillna(False).astype(bool)
     out = []
-    for alt in sorted(set(runs.loc[runs["status"].astype(str) == "completed", "_value"]) - {paper_token}):
+    for alt in sorted(set(runs.loc[runs["status"].astype(str) == COMPLETED, "_value"]) - {paper_token}):
         sub = runs[is_paper | (runs["_value"] == alt)]
         ctx = context_key(sub, exclude={ablation.key, *ablation.ignore}) + "@" + sub["dataset"].astype(str)
         cells, stats, used, diverged = [], [], [], [0, 0]
         for _, whole in sub.groupby(ctx):
-            failed = whole["status"].astype(str) == "diverged"
+            failed = whole["status"].astype(str) == DIVERGED
             cell = whole[~failed]
             paper_rows = cell[cell["_value"] == paper_token]
             alt_rows = cell[cell["_value"] == alt]

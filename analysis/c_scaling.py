@@ -18,6 +18,7 @@ import pandas as pd
 from analysis.load import require_columns
 import scipy.stats
 from ict_core.config import HUBER_C_PER_SQRT_DIM
+from ict_core.records import COMPLETED, DIVERGED
 
 from analysis.stats import (LEVEL, N_BOOT, TWO_SIDED, context_key, curve_minimum, describe_context, left_out,
                             mean_ci, typical_se, usable)
@@ -69,10 +70,10 @@ class CScaling:
     samples: dict = field(repr=False, default_factory=dict)
 
 
-def select_runs(trials: pd.DataFrame, metric: str = "final_fd", statuses=("completed",)) -> pd.DataFrame:
+def select_runs(trials: pd.DataFrame, metric: str = "final_fd", statuses=(COMPLETED,)) -> pd.DataFrame:
     """Pseudo-Huber runs with c > 0 of `statuses`; completed ones need a finite metric."""
     require_columns(trials, ["dataset", "dim", "seed", "experiment", C_KEY], "trials table (c scaling)")
-    runs = usable(trials, metric) if statuses == ("completed",) else trials[trials["status"].astype(str).isin(statuses)]
+    runs = usable(trials, metric) if statuses == (COMPLETED,) else trials[trials["status"].astype(str).isin(statuses)]
     if "loss.metric" in runs.columns:
         runs = runs[runs["loss.metric"].astype(str) == "pseudo_huber"]
     c = pd.to_numeric(runs[C_KEY], errors="coerce")
@@ -99,13 +100,13 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     """
     rng = np.random.default_rng(seed)
     runs = select_runs(trials, metric)
-    failed = select_runs(trials, metric, statuses=("diverged",))
+    failed = select_runs(trials, metric, statuses=(DIVERGED,))
     rows, curves, samples, variances = [], [], {}, {}
     for dataset, group in runs.groupby("dataset", sort=True):
         # Contexts over completed and diverged runs together, so a diverged run joins its own configuration.
         pool = pd.concat([group, failed[failed["dataset"] == dataset]], sort=False)
         pool_ctx = context_key(pool, exclude={C_KEY})
-        done = pool["status"].astype(str).to_numpy() == "completed"
+        done = pool["status"].astype(str).to_numpy() == COMPLETED
         ctx = pool_ctx[done]
         best_key, best_score = None, (0, 0)
         for key, cell in group.groupby(ctx.to_numpy()):

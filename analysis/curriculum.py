@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
+from ict_core.records import COMPLETED, PRUNED
 from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, context_key, describe_context, mean_ci, percentile_ci,
                             value_at, value_token)
 
@@ -43,7 +44,7 @@ def curriculum_label(row: pd.Series, columns: list[str]) -> str:
 
 
 def curves(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd", by_shape: bool = False,
-           statuses=("completed", "pruned")) -> pd.DataFrame:
+           statuses=(COMPLETED, PRUNED)) -> pd.DataFrame:
     """FD against compute, one row per run of `statuses` and evaluation.
 
     trials: one row per run (dataset, seed, status, trial_id, experiment_dir, curriculum.* columns and
@@ -123,7 +124,7 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
                 v = value_at(x, g[metric].to_numpy(float), budget)
                 if np.isfinite(v):
                     values[name].append(v)
-                    pruned[name] += str(g["status"].iloc[0]) == "pruned"
+                    pruned[name] += str(g["status"].iloc[0]) == PRUNED
                     if "fd_se" in g.columns:
                         ses.append(value_at(x, g["fd_se"].to_numpy(float), budget))
             present = [n for n in names if values[n]]

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
+from ict_core.records import COMPLETED, DIVERGED
 from analysis.stats import (LEVEL, N_BOOT, TWO_SIDED, config_columns, context_key, curve_minimum, describe_context,
                             mean_ci, percentile_ci, typical_se, usable, value_token)
 
@@ -59,7 +60,7 @@ def _pick_context(group: pd.DataFrame, own: set) -> tuple[pd.Series, str | None]
     objectives x rates were run."""
     ctx = context_key(group, exclude={P_KEY, OBJECTIVE_KEY, *own})
     best_key, best_score = None, (0, 0, 0)
-    for key, cell in group[group["status"].astype(str) == "completed"].groupby(ctx):
+    for key, cell in group[group["status"].astype(str) == COMPLETED].groupby(ctx):
         rates = cell.groupby(OBJECTIVE_KEY)[P_KEY].nunique()
         score = (int((rates >= 2).sum()), int(rates.sum()), len(cell))
         if score > best_score:
@@ -86,7 +87,7 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
                              "final_nn_dist", "final_nn_dist_ref"], "trials table (dropout)")
     rng = np.random.default_rng(seed)
     done = usable(trials, metric)
-    diverged = trials[trials["status"].astype(str) == "diverged"]
+    diverged = trials[trials["status"].astype(str) == DIVERGED]
     runs = pd.concat([done, diverged], sort=False)
     runs = runs.assign(**{P_KEY: pd.to_numeric(runs[P_KEY], errors="coerce")}).dropna(subset=[P_KEY])
     best_rows, diff_rows, evidence_rows, trend_rows = [], [], [], []
@@ -96,7 +97,7 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
         if key is None:
             continue
         whole = group[ctx == key]
-        cell = whole[whole["status"].astype(str) == "completed"]
+        cell = whole[whole["status"].astype(str) == COMPLETED]
         if cell.groupby(OBJECTIVE_KEY)[P_KEY].nunique().max() < min_values:
             continue
         estimates = {}
@@ -104,7 +105,7 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
             objective = str(objective)
             if arm[P_KEY].nunique() < 2:
                 continue
-            fail = whole[(whole["status"].astype(str) == "diverged") & (whole[OBJECTIVE_KEY].astype(str) == objective)]
+            fail = whole[(whole["status"].astype(str) == DIVERGED) & (whole[OBJECTIVE_KEY].astype(str) == objective)]
             trend_rows += run_trends(arm, dataset, objective, n_boot, level, rng)
             if arm[P_KEY].nunique() >= min_values:
                 est = curve_minimum(arm[P_KEY], arm[metric], log_x=False, n_boot=n_boot, level=level,

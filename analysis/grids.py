@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
+from ict_core.records import COMPLETED, DIVERGED, ERRORED
 
 RUN_DIR = "run_dir"
 GRID_FOLDER = "grids"
@@ -59,8 +60,8 @@ def best_and_worst(trials: pd.DataFrame, metric: str = "final_fd") -> pd.DataFra
     rows = []
     for (where, stratum), group in trials.groupby([folder, "stratum"], sort=True):
         status = group["status"].astype(str)
-        broken = set(group.loc[status.isin(["diverged", "errored"]), "config_id"])
-        done = group[(status == "completed") & ~group["config_id"].isin(broken)
+        broken = set(group.loc[status.isin([DIVERGED, ERRORED]), "config_id"])
+        done = group[(status == COMPLETED) & ~group["config_id"].isin(broken)
                      & np.isfinite(pd.to_numeric(group[metric], errors="coerce"))]
         if done.empty:
             continue

@@ -29,12 +29,13 @@ import pandas as pd
 
 from analysis.load import EXPERIMENT_FILE, require_columns
 from analysis.stats import config_columns, value_token
+from ict_core.records import COMPLETED, DIVERGED, ERRORED, PRUNED
 from ict_core.fileio import atomic_path
 
 JOURNAL_FILE = "optuna_journal.log"
 # fANOVA fits a random forest on the completed trials; below this many it ranks noise.
 MIN_COMPLETED = 6
-FAILED = ("diverged", "errored")
+FAILED = (DIVERGED, ERRORED)
 
 
 @dataclass
@@ -149,13 +150,13 @@ def rebuild_study(group: pd.DataFrame, metric: str = "final_fd", params: dict | 
     per_config = []
     for config_id, runs in group.groupby("config_id", sort=False):
         states = set(runs["status"].astype(str))
-        done = runs[runs["status"].astype(str) == "completed"]
+        done = runs[runs["status"].astype(str) == COMPLETED]
         values = pd.to_numeric(done[metric], errors="coerce")
         if states & set(FAILED):
             state = optuna.trial.TrialState.FAIL
         elif len(done) and values.notna().all() and len(done) == len(runs):
             state = optuna.trial.TrialState.COMPLETE
-        elif "pruned" in states:
+        elif PRUNED in states:
             state = optuna.trial.TrialState.PRUNED
         else:
             state = optuna.trial.TrialState.FAIL

@@ -16,6 +16,7 @@ from analysis.ablations import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED
 from analysis.c_scaling import C_KEY, PAPER_A, PAPER_B, CScaling
 from analysis.curriculum import CurriculumResult, final_ranking
 from analysis.dropout import DropoutResult
+from ict_core.records import COMPLETED, DIVERGED
 
 FD_LABEL = "{metric} (Frechet distance, lower is better)"
 VERDICT_COLOURS = {REPRODUCED: "tab:green", CONTRADICTED: "tab:red", INCONCLUSIVE: "tab:gray", NOT_RUN: "white"}
@@ -198,11 +199,11 @@ def plot_searched(trials: pd.DataFrame, table: pd.DataFrame, metric: str, max_pa
             ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=20)
         elif log_axis(x):
             ax.set_xscale("log")
-        done = (status == "completed") & np.isfinite(y)
-        ax.plot(x[done], y[done], "o", alpha=0.7, label="completed")
-        failed = status == "diverged"
+        done = (status == COMPLETED) & np.isfinite(y)
+        ax.plot(x[done], y[done], "o", alpha=0.7, label=COMPLETED)
+        failed = status == DIVERGED
         if failed.any() and done.any():
-            ax.plot(x[failed], np.full(failed.sum(), np.nanmax(y[done])), "x", color="tab:red", label="diverged")
+            ax.plot(x[failed], np.full(failed.sum(), np.nanmax(y[done])), "x", color="tab:red", label=DIVERGED)
         ax.set_xlabel(key)
         ax.set_ylabel(FD_LABEL.format(metric=metric))
         ax.set_title(f"{experiment} / {dataset}", fontsize=10)

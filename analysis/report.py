@@ -31,6 +31,7 @@ from analysis.dropout import analyze_dropout
 from analysis.grids import RUN_DIR, best_and_worst, copy_grids
 from analysis.importance import JOURNAL_FILE, MIN_COMPLETED, export_journal, importance_table, rebuild_studies
 from analysis.load import SchemaError, load_results, status_counts
+from ict_core.records import COMPLETED, PRUNED
 from ict_core.cli import BadInput, bad_input
 from ict_core.fileio import atomic_write_text
 from analysis.searched import best_runs, metric_by_key
@@ -197,7 +198,7 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     if dr.best.empty:
         rates = ""
         if "network.dropout" in trials.columns and "loss.objective" in trials.columns:
-            done = trials[trials["status"].astype(str) == "completed"]
+            done = trials[trials["status"].astype(str) == COMPLETED]
             counts = done.groupby(done["loss.objective"].astype(str))["network.dropout"].nunique()
             rates = "; found " + ", ".join(f"{k}: {v}" for k, v in counts.items()) if len(counts) else ""
         rep.unanswered.append("Q2 (dropout): no dropout experiment found (no objective has completed runs at 3 or "
@@ -460,7 +461,7 @@ def grids_section(rep: Report, trials, metric) -> None:
 
 def budget_line(trials: pd.DataFrame, min_seeds: int) -> str:
     """First words of the report: whether the budgets behind the tables can give a verdict at all."""
-    done = trials[trials["status"].astype(str) == "completed"]
+    done = trials[trials["status"].astype(str) == COMPLETED]
     key = [c for c in ("experiment_dir", "stratum", "config_id") if c in done.columns]
     most = done.groupby(key)["seed"].nunique().groupby(level=0).max() if len(done) else pd.Series(dtype=int)
     experiments = sorted(set(trials["experiment_dir"])) if "experiment_dir" in trials.columns else []
@@ -503,7 +504,7 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
                           + ", ".join(c for c in trials.columns if c.startswith("final_") or c == "best_fd"))
     counts = status_counts(trials)
     view = None
-    if counts["pruned"] and not results.evals.empty:
+    if counts[PRUNED] and not results.evals.empty:
         # A scheduler keeps the promising runs, so finished runs alone are a selected sample: repeat the
         # analyses at the largest compute every run reached, pruned runs included.
         view = at_common_compute(trials, results.evals)
@@ -524,7 +525,7 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
         dropout_section(sub, view, "fd_at_compute", n_boot, level, seed)
         ablation_section(sub, tables[1], min_seeds, family)
         budgets = ", ".join(f"{int(b)}" for b in sorted(view["budget_images"].dropna().unique()))
-        label = f"At equal compute with the {counts['pruned']} pruned runs included ({budgets} images): "
+        label = f"At equal compute with the {counts[PRUNED]} pruned runs included ({budgets} images): "
         answered = {a.split(",")[0].split(" (")[0].split(":")[0] for a in sub.answers}
         rep.unanswered = [u for u in rep.unanswered
                           if u in sub.unanswered or not any(u.startswith(tag) for tag in answered)]

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import require_columns
+from ict_core.records import COMPLETED, DIVERGED
 from analysis.stats import LEVEL, N_BOOT, mean_ci, value_token, varying_columns
 
 COLUMNS = ["experiment", "dataset", "key", "value", "num_runs", "num_diverged", "num_other", "mean", "lo", "hi",
@@ -64,7 +65,7 @@ def metric_by_key(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int = 
     for (experiment, dataset), group in trials.groupby(["experiment", "dataset"], sort=True):
         status = group["status"].astype(str)
         y = pd.to_numeric(group[metric], errors="coerce").to_numpy(float)
-        ok = (status == "completed").to_numpy() & np.isfinite(y)
+        ok = (status == COMPLETED).to_numpy() & np.isfinite(y)
         for key in searched_keys(group):
             x = _numeric(group[key])
             if x is not None:
@@ -78,8 +79,8 @@ def metric_by_key(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int = 
                 m = mean_ci(y[at & ok], n_boot=n_boot, level=level, rng=rng)
                 rows.append({"experiment": experiment, "dataset": dataset, "key": key, "value": label,
                              "num_runs": int((at & ok).sum()),
-                             "num_diverged": int((at & (status == "diverged").to_numpy()).sum()),
-                             "num_other": int((at & ~ok & (status != "diverged").to_numpy()).sum()),
+                             "num_diverged": int((at & (status == DIVERGED).to_numpy()).sum()),
+                             "num_other": int((at & ~ok & (status != DIVERGED).to_numpy()).sum()),
                              "mean": m.value, "lo": m.lo, "hi": m.hi,
                              "best": float(np.min(y[at & ok])) if (at & ok).any() else math.nan})
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -91,7 +92,7 @@ def best_runs(trials: pd.DataFrame, metric: str = "final_fd") -> pd.DataFrame:
     rows = []
     for (experiment, dataset), group in trials.groupby(["experiment", "dataset"], sort=True):
         y = pd.to_numeric(group[metric], errors="coerce")
-        done = group[(group["status"].astype(str) == "completed") & np.isfinite(y)]
+        done = group[(group["status"].astype(str) == COMPLETED) & np.isfinite(y)]
         if done.empty:
             continue
         best = done.loc[pd.to_numeric(done[metric]).idxmin()]

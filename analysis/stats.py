@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.stats
 
 from analysis.load import require_columns
+from ict_core.records import COMPLETED, DIVERGED, PRUNED
 
 LEVEL = 0.95
 N_BOOT = 2000
@@ -62,7 +63,7 @@ def usable(trials: pd.DataFrame, metric: str = "final_fd") -> pd.DataFrame:
     """
     require_columns(trials, ["status", metric], "trials table")
     values = pd.to_numeric(trials[metric], errors="coerce")
-    keep = (trials["status"].astype(str) == "completed") & np.isfinite(values)
+    keep = (trials["status"].astype(str) == COMPLETED) & np.isfinite(values)
     return trials.loc[keep].assign(**{metric: values[keep]})
 
 
@@ -70,8 +71,8 @@ def left_out(trials: pd.DataFrame, metric: str = "final_fd") -> str:
     """The runs of `trials` that usable() drops, counted by reason: "2 diverged, 1 pruned" ("" if none)."""
     values = pd.to_numeric(trials[metric], errors="coerce")
     status = trials["status"].astype(str)
-    reasons = status.where(status != "completed", f"completed without finite {metric}")
-    counts = reasons[(status != "completed") | ~np.isfinite(values)].value_counts()
+    reasons = status.where(status != COMPLETED, f"completed without finite {metric}")
+    counts = reasons[(status != COMPLETED) | ~np.isfinite(values)].value_counts()
     return ", ".join(f"{n} {reason}" for reason, n in counts.items())
 
 
@@ -89,7 +90,7 @@ EVIDENCE_COLUMNS = ("fd_se", "fd_student", "fd_2step", "kid", "loss_train", "los
 
 
 def at_common_compute(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd",
-                      statuses=("completed", "pruned")) -> pd.DataFrame:
+                      statuses=(COMPLETED, PRUNED)) -> pd.DataFrame:
     """Runs compared at equal training compute, so that runs an early-stopping scheduler pruned count.
 
     trials, evals: as loaded (see load.py). For each experiment and dataset, the budget is the largest
@@ -132,13 +133,13 @@ def at_common_compute(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "
             values[f"{c}_at_compute"] = [at(k, c, budget) for k in keys]
             if c != "fd_se":
                 values[f"final_{c}"] = values[f"{c}_at_compute"]
-        out.append(group.assign(**values, budget_images=budget, run_status=group["status"], status="completed"))
+        out.append(group.assign(**values, budget_images=budget, run_status=group["status"], status=COMPLETED))
     if not out:
         return trials.iloc[0:0].assign(**{column: [], "budget_images": [], "run_status": []})
     view = pd.concat(out)
     view = view[np.isfinite(view[column])]
     # Diverged runs stay in the view as they are, so that each level still counts its failures.
-    diverged = trials[(trials["status"].astype(str) == "diverged") & trials["experiment"].isin(view["experiment"])]
+    diverged = trials[(trials["status"].astype(str) == DIVERGED) & trials["experiment"].isin(view["experiment"])]
     return pd.concat([view, diverged.assign(run_status=diverged["status"])], sort=False)
 
 

@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 
 from ict_core.config import preset_overrides
+from ict_core.records import COMPLETED, PRUNED, TRIALS_FILE
 from tune.space import budget_preset, load_space
 
 PROBLEMS = {"c": "c_scaling", "lognormal": "lognormal"}  # problem -> shipped space it is derived from
@@ -97,15 +98,15 @@ def derived_space(problem: str, method: str, setting: dict, search_seed: int, fr
 
 def search_figures(exp_dir: Path) -> dict:
     """Best mean-over-seeds final FD of configurations whose every seed completed, and images trained in all."""
-    trials = pd.read_parquet(exp_dir / "trials.parquet")
-    ok = trials[trials["status"] == "completed"]
+    trials = pd.read_parquet(exp_dir / TRIALS_FILE)
+    ok = trials[trials["status"] == COMPLETED]
     counts = ok.groupby("config_id")["final_fd"].agg(["mean", "count"])
     seeds = trials.groupby("config_id")["seed"].nunique().max()
     full = counts[counts["count"] >= seeds]
     best = float(full["mean"].min()) if not full.empty else float("nan")
     return {"best_fd": best, "images": int(trials["images_seen"].fillna(0).sum()), "runs": len(trials),
             "configs": int(trials["config_id"].nunique()),
-            "pruned": int((trials["status"] == "pruned").sum())}
+            "pruned": int((trials["status"] == PRUNED).sum())}
 
 
 def run_benchmark(setting: dict, problems, storage: Path, from_budget: str, quiet: bool = True) -> list[dict]:

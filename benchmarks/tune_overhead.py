@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ict_core.records import COMPLETED, TRIALS_FILE
+
 
 SPACE = """name: overhead
 fixed: {{data.name: digits, network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,
@@ -45,9 +47,9 @@ def noop_trial(config, runs_root):
     run = Path(runs_root) / seed_folder("all", rt.get_context().get_trial_id(), 0)
     run.mkdir(parents=True, exist_ok=True)
     cfg.save(run / "config.json")
-    (run / "summary.json").write_text(json.dumps({"status": "completed", "fd": config["loss.huber_c"], "step": 1,
+    (run / "summary.json").write_text(json.dumps({"status": COMPLETED, "fd": config["loss.huber_c"], "step": 1,
                                                   "wall_s": 0.0}))
-    rt.report({"fd": config["loss.huber_c"], "step": 1, "trial_step": 1, "seed": 0, "status": "completed",
+    rt.report({"fd": config["loss.huber_c"], "step": 1, "trial_step": 1, "seed": 0, "status": COMPLETED,
                "final": True, "seeds_done": 1})
 
 
@@ -62,7 +64,7 @@ def real_search(tmp: Path, trials: int, steps: int) -> dict:
     t0 = time.time()
     exp_dir = run_search(space, storage=tmp / "results", name="real", quiet=True)
     wall = time.time() - t0
-    df = pd.read_parquet(exp_dir / "trials.parquet")
+    df = pd.read_parquet(exp_dir / TRIALS_FILE)
     slots = 2
     return {"trials": len(df), "wall_s": wall, "train_s": float(df["wall_s"].sum()), "slots": slots,
             "utilization": float(df["wall_s"].sum()) / (wall * slots)}
@@ -89,7 +91,7 @@ def noop_search(tmp: Path, trials: int) -> dict:
     wall = time.time() - t0
     import pandas as pd
 
-    rows = len(pd.read_parquet(exp_dir / "trials.parquet"))
+    rows = len(pd.read_parquet(exp_dir / TRIALS_FILE))
     return {"trials": trials, "rows": rows, "wall_s": wall, "per_trial_s": wall * 2 / trials}
 
 

@@ -20,8 +20,21 @@ from ict_core.config import Config, all_keys
 TRIALS_FILE = "trials.parquet"
 EVALS_FILE = "evals.parquet"
 
-# How a run ended: completed | diverged (its summary.json says so), pruned (a scheduler stopped it), errored.
-STATUSES = ("completed", "pruned", "diverged", "errored")
+# A run's status. The trainer (ict_core/trainer.py) reports RUNNING at each evaluation before the last and ends
+# COMPLETED, DIVERGED (a non-finite loss) or INTERRUPTED (a stop signal; only the command line installs one), which
+# its summary.json keeps. tune/ adds the two endings a run cannot write itself: PRUNED (a scheduler stopped it
+# between evaluations) and ERRORED (it raised). A search's experiment.json (tune/search.py) is RUNNING while a
+# driver runs it, then SEARCH_FINISHED, SEARCH_FAILED (some trials errored) or INTERRUPTED (--resume continues).
+RUNNING = "running"
+COMPLETED = "completed"
+DIVERGED = "diverged"
+INTERRUPTED = "interrupted"
+PRUNED = "pruned"
+ERRORED = "errored"
+SEARCH_FINISHED = "finished"
+SEARCH_FAILED = "failed"
+# How a run ended, as trials.parquet's status column says, best first (analysis/load.py keeps the best of repeats).
+STATUSES = (COMPLETED, PRUNED, DIVERGED, ERRORED)
 
 # What one evaluation measures (ict_core/evaluate.py). fd: one-step FD of the evaluation EMA (what searches act on);
 # fd_student: the same for the raw student, with the same noise; fd_se: bootstrap standard error of fd.

@@ -114,15 +114,16 @@ def _fmt(value, spec: str = ".4g") -> str:
 
 def end_message(summary: dict) -> str:
     """What a person needs when a run ends: how it ended, where its samples and checkpoints are, how to go on."""
+    from .records import COMPLETED, DIVERGED, INTERRUPTED  # here, not at the top: pyarrow slows --help
     from .rundir import latest_checkpoint
 
     run_dir = Path(summary["run_dir"])
     quoted = shlex.quote(str(run_dir))
     status, step = summary.get("status"), summary.get("step")
     total = summary.get("total_steps")
-    if status == "interrupted":
+    if status == INTERRUPTED:
         head = f"[ict] interrupted by {summary.get('signal', 'a signal')} at step {step}/{total}"
-    elif status == "diverged":
+    elif status == DIVERGED:
         head = f"[ict] diverged at step {step}/{total}: the loss became non-finite"
     else:
         head = (f"[ict] {status} {step} steps in {_fmt(summary.get('wall_s'), '.0f')} s: fd {_fmt(summary.get('fd'))}, "
@@ -138,11 +139,11 @@ def end_message(summary: dict) -> str:
             ("summary", str(run_dir / "summary.json"))]
     if (run_dir / "tensorboard").is_dir():
         rows.append(("tensorboard", f"tensorboard --logdir {quoted}"))
-    if status == "interrupted":
+    if status == INTERRUPTED:
         rows.append(("resume", f"{COMMAND} --resume {quoted}"))
-    elif status == "diverged" and checkpoint is not None:
+    elif status == DIVERGED and checkpoint is not None:
         rows.append(("retry", f"{COMMAND} --resume {shlex.quote(str(checkpoint))} --set optim.lr=<lower>"))
-    elif status == "completed" and isinstance(total, int):
+    elif status == COMPLETED and isinstance(total, int):
         rows.append(("train longer", f"{COMMAND} --resume {quoted} --set train.total_steps={2 * total}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join([head] + [f"  {name:<{width}}  {value}" for name, value in rows])
@@ -187,14 +188,15 @@ def main(argv: list[str] | None = None) -> int:
             hint = f"; continue from its newest checkpoint with {COMMAND} --resume {shlex.quote(str(run_dir))}"
         print(f"\n[ict] interrupted before a checkpoint of the current step was written{hint}", file=sys.stderr)
         return EXIT_ON_SIGNAL["SIGINT"]
+    from .records import COMPLETED, INTERRUPTED
     from .rundir import json_safe
 
     keys = ("status", "step", "fd", "fd_2step", "kid", "best_fd", "wall_s", "run_dir")
     print(json.dumps(json_safe({k: summary.get(k) for k in keys}), default=str))
     print(end_message(summary), flush=True)
-    if summary.get("status") == "interrupted":
+    if summary.get("status") == INTERRUPTED:
         return EXIT_ON_SIGNAL.get(summary.get("signal"), 1)
-    return 0 if summary.get("status") == "completed" else 1
+    return 0 if summary.get("status") == COMPLETED else 1
 
 
 def cli() -> int:

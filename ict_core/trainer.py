@@ -27,7 +27,7 @@ from .ema import ema_beta
 from .evaluate import EVAL_KEYS, Evaluator
 from .objectives import build_objective, objective_class
 from .precision import wrap_precision
-from .records import REPORT_KEYS
+from .records import COMPLETED, DIVERGED, INTERRUPTED, REPORT_KEYS, RUNNING
 from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_of
 
 Report = Callable[[dict, "str | None"], None]
@@ -397,8 +397,8 @@ class Run:
         cfg, tcfg = self.cfg, self.cfg.train
         total = tcfg.total_steps
         if self.step >= total:
-            self.final_metrics = self._metrics(float("nan"), "completed")
-            return self._summary("completed")
+            self.final_metrics = self._metrics(float("nan"), COMPLETED)
+            return self._summary(COMPLETED)
         eval_every = cfg.eval.every
         check_every = 1 if self.device.type == "cpu" else tcfg.log_every
         self.student.train()
@@ -468,7 +468,7 @@ class Run:
                 report_count = 0
                 if is_eval:
                     self._evaluate()
-                metrics = self._metrics(mean_loss, "completed" if is_final else "running")
+                metrics = self._metrics(mean_loss, COMPLETED if is_final else RUNNING)
                 metrics["evaluated"] = is_eval
                 if is_eval and self.is_main:
                     self.folder.log_eval(metrics)
@@ -486,27 +486,27 @@ class Run:
                     return self._finish_diverged()
                 return self._finish_interrupted(report_sum, report_count, saved=is_eval or is_ckpt)
 
-        return self._summary("completed")
+        return self._summary(COMPLETED)
 
     def _finish_interrupted(self, report_sum: torch.Tensor, report_count: int, saved: bool) -> dict:
         """A stop signal: keep a checkpoint of this step (unless one was just written) and end the run."""
         mean_loss = float(all_reduce_mean(report_sum / report_count, self.world_size)) if report_count else float("nan")
-        metrics = self._metrics(mean_loss, "interrupted")
+        metrics = self._metrics(mean_loss, INTERRUPTED)
         if not saved:
             self._save_checkpoint()
         self.final_metrics = metrics
-        return self._summary("interrupted", signal=self.stop.signal)
+        return self._summary(INTERRUPTED, signal=self.stop.signal)
 
     def _finish_diverged(self) -> dict:
         self.last_eval = {k: float("nan") for k in EVAL_KEYS}
-        metrics = self._metrics(float("nan"), "diverged")
+        metrics = self._metrics(float("nan"), DIVERGED)
         metrics["evaluated"] = False
         if self.is_main:
             self.folder.log_eval(metrics)
             print(f"[ict] diverged at step {self.step}: non-finite loss; stopping", flush=True)
         self._report(metrics, None)
         self.final_metrics = metrics
-        return self._summary("diverged")
+        return self._summary(DIVERGED)
 
     def _summary(self, status: str, **extra) -> dict:
         summary = {

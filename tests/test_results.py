@@ -180,6 +180,17 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
         to_table([{"experiment": "x", "colour": 1}], EVALS_SCHEMA)
 
 
+def test_status_words_are_the_file_format():
+    """The statuses are named once in ict_core.records, but their words are what summary.json, trials.parquet
+    and experiment.json hold: renaming a constant's value would make every table written before unreadable."""
+    from ict_core import records
+
+    assert (records.RUNNING, records.COMPLETED, records.DIVERGED, records.INTERRUPTED, records.PRUNED,
+            records.ERRORED) == ("running", "completed", "diverged", "interrupted", "pruned", "errored")
+    assert (records.SEARCH_FINISHED, records.SEARCH_FAILED) == ("finished", "failed")
+    assert records.STATUSES == ("completed", "pruned", "diverged", "errored")  # best first: analysis/load.py
+
+
 def test_the_tables_tune_writes_are_the_ones_analysis_reads(tmp_path, real_run):
     """One module (ict_core.records) owns the schemas: rows built by tune/ from a real run folder, written by
     ResultTables and loaded by analysis/ come back with every column and value; a table that breaks the

@@ -14,6 +14,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from ict_core.config import Config
+from ict_core.records import COMPLETED, ERRORED, PRUNED, RUNNING
 from tune.results import ResultTables, write_json_atomic
 from tune.results import trial_rows as rows_of_trial
 from tune.trial import resolved_flat, trial_params
@@ -70,7 +71,7 @@ class ParquetCallback(Callback):
             config_id=trial.trial_id, seeds=[base + i for i in range(self.seeds)], known_config=known, error=error)
         if self.tables.add(trial_rows, eval_rows):
             self.tables.write()
-        self._ledger_update({trial.trial_id: "errored" if error else "ended"})
+        self._ledger_update({trial.trial_id: ERRORED if error else "ended"})
 
     def _ledger_update(self, ended: dict) -> None:
         path = ledger_path(self.experiment_dir, self.ledger)
@@ -156,7 +157,7 @@ class ProgressCallback(Callback):
         if not self.before and not self.ended:
             # Trials a restored run already finished before this session: not counted in the ETA.
             self.before = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR") and t is not trial}
-        status = result.get("status", "running")
+        status = result.get("status", RUNNING)
         if result.get("final"):
             if result.get("seeds_done", 1) == 1:
                 return  # the seed's own line already said it; a mean of one adds nothing
@@ -177,7 +178,7 @@ class ProgressCallback(Callback):
         for t in {t.trial_id: t for t in [*trials, trial]}.values():
             last = t.last_result or {}
             value = last.get(self.metric)
-            if not last.get("final") or last.get("status") != "completed" or not isinstance(value, (int, float)) \
+            if not last.get("final") or last.get("status") != COMPLETED or not isinstance(value, (int, float)) \
                     or not math.isfinite(value):
                 continue
             if best is None or (value < best if self.mode == "min" else value > best):
@@ -189,15 +190,15 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        status = last.get("status", "completed") if last.get("final") else "pruned"
-        if status == "pruned":
-            self._print(trial, last.get("step"), last.get(self.metric, float("nan")), "pruned")
+        status = last.get("status", COMPLETED) if last.get("final") else PRUNED
+        if status == PRUNED:
+            self._print(trial, last.get("step"), last.get(self.metric, float("nan")), PRUNED)
         self._ended_line(trials, trial, status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trial, (trial.last_result or {}).get("step"), float("nan"),
                     "errored: " + error_text(trial).splitlines()[0][:100])
-        self._ended_line(trials, trial, "errored")
+        self._ended_line(trials, trial, ERRORED)
 
 
 def summary_lines(trials_df, metric: str, mode: str) -> list[str]:
@@ -208,7 +209,7 @@ def summary_lines(trials_df, metric: str, mode: str) -> list[str]:
         return ["no finished trials"]
     config_cols = [c for c in trials_df.columns if "." in c]
     for stratum, group in trials_df.groupby("stratum", sort=False):
-        ok = group[group["status"] == "completed"]
+        ok = group[group["status"] == COMPLETED]
         counts = group["status"].value_counts().to_dict()
         if ok.empty:
             out.append(f"{stratum}: no completed run ({json.dumps(counts)})")

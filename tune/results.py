@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from ict_core import datasets
 from ict_core import rundir
 from ict_core.fileio import atomic_path, atomic_write_text
-from ict_core.records import (CONFIG_TYPES, EVAL_METRICS, EVALS_FILE, EVALS_SCHEMA, FINAL_METRICS,  # noqa: F401
-                              STATUSES, TRIALS_FILE, TRIALS_SCHEMA)
+from ict_core.records import (COMPLETED, CONFIG_TYPES, DIVERGED, ERRORED, EVAL_METRICS, EVALS_FILE,  # noqa: F401
+                              EVALS_SCHEMA, FINAL_METRICS, PRUNED, STATUSES, TRIALS_FILE, TRIALS_SCHEMA)
 
 def _cell(value: Any, dtype: pa.DataType) -> Any:
     """One Python value converted to what its column type holds; None stays null."""
@@ -115,7 +115,7 @@ class ResultTables:
             if row["status"] not in STATUSES:
                 raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {row['status']!r}")
             old = [r for r in self.trials if r["trial_id"] == row["trial_id"] or r["run_key"] == row["run_key"]]
-            if old and not (all(r["status"] == "errored" for r in old) and row["status"] != "errored"):
+            if old and not (all(r["status"] == ERRORED for r in old) and row["status"] != ERRORED):
                 continue
             gone = {r["trial_id"] for r in old}
             self.trials = [r for r in self.trials if r["trial_id"] not in gone]
@@ -169,17 +169,17 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
     for index, (seed, rel) in enumerate(zip(seeds, folders)):
         summary = store.read_json(f"{rel}/{rundir.SUMMARY}") or {}
         evals = [e for e in store.read_jsonl(f"{rel}/{rundir.EVALS}")
-                 if e.get("evaluated", True) and e.get("status") != "diverged"]
+                 if e.get("evaluated", True) and e.get("status") != DIVERGED]
         config = store.read_json(f"{rel}/{rundir.CONFIG}")
         if summary.get("status") in FINISHED:
             status, final = summary["status"], summary
-        elif evals and evals[-1].get("status") == "completed" and not error:
-            status, final = "completed", evals[-1]  # stopped right after its final evaluation
+        elif evals and evals[-1].get("status") == COMPLETED and not error:
+            status, final = COMPLETED, evals[-1]  # stopped right after its final evaluation
         elif started[index] or evals:
-            status, final = ("errored" if error else "pruned"), (evals[-1] if evals else {})
+            status, final = (ERRORED if error else PRUNED), (evals[-1] if evals else {})
             errored_seen = errored_seen or bool(error)
         elif error and not errored_seen and not any(started[index + 1:]):
-            status, final = "errored", {}  # died before its run folder had anything in it
+            status, final = ERRORED, {}  # died before its run folder had anything in it
             errored_seen = True
         else:
             continue
@@ -188,7 +188,7 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
         dataset, dim = datasets.dataset_dim(flat["data.name"], flat["data.resolution"])
         row = {"experiment": experiment, "space": space, "stratum": stratum, "trial_id": trial_id,
                "config_id": config_id, "seed": seed, "status": status,
-               "error": error if status == "errored" else None, "dataset": dataset, "dim": dim,
+               "error": error if status == ERRORED else None, "dataset": dataset, "dim": dim,
                "run_key": run_key(flat, seed), "run_dir": f"{runs_prefix}/{rel}" if (started[index] or evals) else None,
                "node_id": node_id}
         row.update({k: v for k, v in flat.items() if k in CONFIG_TYPES})

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder
 from ict_core.config import load_config, parse_overrides
+from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
+                              TRIALS_FILE)
 from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space
 from tune.storage import RUNS_DIR
 
@@ -279,8 +281,6 @@ def _recorded(exp_dir: Path, stratum: str, plan: Plan) -> tuple[int, list[tuple[
     whose seeds all completed: what --extend tells a new searcher."""
     import pandas as pd
 
-    from ict_core.records import TRIALS_FILE
-
     path = exp_dir / TRIALS_FILE
     if not path.exists():
         return 0, []
@@ -288,11 +288,11 @@ def _recorded(exp_dir: Path, stratum: str, plan: Plan) -> tuple[int, list[tuple[
     rows = rows[rows["stratum"] == stratum]
     if rows.empty:
         return 0, []
-    good = rows.groupby("config_id")["status"].apply(lambda st: not (st == "errored").any())
+    good = rows.groupby("config_id")["status"].apply(lambda st: not (st == ERRORED).any())
     evaluated = []
     for config_id, group in rows.groupby("config_id"):
         column = f"final_{plan.metric}"
-        if (group["status"] == "completed").all() and column in group and group[column].notna().all():
+        if (group["status"] == COMPLETED).all() and column in group and group[column].notna().all():
             evaluated.append(({k: group[k].iloc[0].item() if hasattr(group[k].iloc[0], "item") else group[k].iloc[0]
                                for k in plan.params}, float(group[column].mean())))
     return int(good.sum()), evaluated
@@ -309,7 +309,7 @@ def _stratum_outcome(exp_dir: Path, tune_name: str) -> dict:
         ledger = {}
     ended = list(ledger.get("trials", {}).values())
     planned = int(ledger.get("planned") or 0)
-    return {"planned": planned, "ended": len(ended), "errored": ended.count("errored"),
+    return {"planned": planned, "ended": len(ended), "errored": ended.count(ERRORED),
             "interrupted": len(ended) < max(planned, 1)}
 
 
@@ -370,7 +370,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
         info = {"experiment": name, "space": plan.space, "budget": budget, "plan": plan.to_dict(),
                 "plan_hash": hashes, "resources": res, "provenance": info.get("provenance") or _provenance(),
                 "done_strata": done_strata, "tune_names": tune_names, "shared_storage": shared,
-                "runs": f"{shared}/{RUNS_DIR}", "status": "running"}
+                "runs": f"{shared}/{RUNS_DIR}", "status": RUNNING}
         exp_dir.mkdir(parents=True, exist_ok=True)
         _write_experiment(exp_dir, info)
         say(format_plan(plan, res, exp_dir))
@@ -430,7 +430,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
             tuner.fit()
             outcome = _stratum_outcome(exp_dir, tune_name)
             if outcome["interrupted"]:
-                info.update(status="interrupted", interrupted_stratum=stratum.name)
+                info.update(status=INTERRUPTED, interrupted_stratum=stratum.name)
                 _write_experiment(exp_dir, info)
                 say(f"stratum {stratum.name}: interrupted, {outcome['ended']} of {outcome['planned']} trial(s) "
                     f"ended; continue with --resume")
@@ -445,12 +445,12 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
             _write_experiment(exp_dir, info)
         info["done_strata"] = done_strata
         if failed:
-            info.update(status="failed", failed_strata=failed, first_error=_first_error(exp_dir, failed))
+            info.update(status=SEARCH_FAILED, failed_strata=failed, first_error=_first_error(exp_dir, failed))
         else:
-            info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            info.update(status=SEARCH_FINISHED, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         _write_experiment(exp_dir, info)
     except KeyboardInterrupt:
-        info.update(status="interrupted")
+        info.update(status=INTERRUPTED)
         _write_experiment(exp_dir, info)
         raise
     finally:
@@ -462,20 +462,17 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
 def _first_error(exp_dir: Path, strata: list[str]) -> str | None:
     import pandas as pd
 
-    from ict_core.records import TRIALS_FILE
-
     path = exp_dir / TRIALS_FILE
     if not path.exists():
         return None
     rows = pd.read_parquet(path)
-    rows = rows[rows["stratum"].isin(strata) & (rows["status"] == "errored")]
+    rows = rows[rows["stratum"].isin(strata) & (rows["status"] == ERRORED)]
     return None if rows.empty else str(rows["error"].iloc[0])
 
 
 def print_summary(exp_dir: Path, metric: str, mode: str) -> None:
     import pandas as pd
 
-    from ict_core.records import EVALS_FILE, TRIALS_FILE
     from tune.progress import summary_lines
 
     trials = exp_dir / TRIALS_FILE
@@ -552,13 +549,13 @@ def main(argv=None) -> int:
     plan = load_space(args.space)
     print_summary(exp_dir, plan.metric, plan.mode)
     info = json.loads((exp_dir / "experiment.json").read_text())
-    if info.get("status") == "interrupted":
+    if info.get("status") == INTERRUPTED:
         print(f"interrupted; continue with: {_resume_command(argv)}", file=sys.stderr)
         return 130
-    if info.get("status") == "failed":
+    if info.get("status") == SEARCH_FAILED:
         first = (info.get("first_error") or "unknown error").strip().splitlines()[0]
         print(f"error: trials errored in stratum(s) {', '.join(info.get('failed_strata', []))}; the first error:\n"
-              f"  {first}\n(the whole traceback is in the error column of {exp_dir / 'trials.parquet'}, the "
+              f"  {first}\n(the whole traceback is in the error column of {exp_dir / TRIALS_FILE}, the "
               f"trial's output in its runs/<stratum>/<trial_id>/stderr.log)\nfix it, then retry the errored trials "
               f"with: {_resume_command(argv)}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ import math
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from ict_core.records import DIVERGED
 from tune.space import startup_trials
 
 DIVERGED_ATTR = "diverged"
@@ -56,7 +57,7 @@ class SeedMeanOptuna(OptunaSearch):
             return
         final = bool(result and result.get("final"))
         value = result.get(self._metric) if final else None
-        diverged = final and (result.get("status") == "diverged" or value is None or not math.isfinite(value))
+        diverged = final and (result.get("status") == DIVERGED or value is None or not math.isfinite(value))
         if trial_id in self._completed_trials:
             frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
             if final and frozen.state == State.FAIL:  # a retried trial that now finished

@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ict_core import rundir
+from ict_core.records import COMPLETED, DIVERGED
 
 RUNS_DIR = "runs"  # under the experiment's shared storage
-FINISHED = ("completed", "diverged")  # a seed whose summary.json says this is not trained again
+FINISHED = (COMPLETED, DIVERGED)  # a seed whose summary.json says this is not trained again
 
 
 def is_uri(path: str) -> bool:

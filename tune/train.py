@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder
 from ict_core.config import list_presets, load_config
+from ict_core.records import COMPLETED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['checkpoint_path']})\n"
           f"continue:    python tune/train.py --resume --name {plan.name} --storage {plan.storage} "
           "[--set train.total_steps=...]")
-    return 0 if summary.get("status") == "completed" else 1
+    return 0 if summary.get("status") == COMPLETED else 1
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from ict_core.config import load_config, resolve_config
 from ict_core import rundir
+from ict_core.records import COMPLETED, DIVERGED, RUNNING
 from tune.storage import FINISHED, RunStore, seed_folder, trial_folder
 
 
@@ -67,10 +68,10 @@ def trial_overrides(stratum_fixed: dict, config: dict, cpus_per_trial: float, in
 def tune_result(metrics: dict, *, seed_index: int, seed: int, total_steps: int, metric: str) -> dict:
     """The keys one trainer report sends to Tune, the same on both trial paths (see the module docstring)."""
     step = int(_num(metrics.get("step")) if math.isfinite(_num(metrics.get("step"))) else 0)
-    status = metrics.get("status") or "running"
+    status = metrics.get("status") or RUNNING
     # A first seed that diverged jumps to total_steps: ASHA records its NaN at every rung left, so no rung is
     # left for a later seed's early values to be judged at.
-    first = seed_index == 0 and status != "diverged"
+    first = seed_index == 0 and status != DIVERGED
     return {"trial_step": step if first else int(total_steps), "step": step, "seed": int(seed), "status": status,
             metric: _num(metrics.get(metric)), "final": False}
 
@@ -84,9 +85,9 @@ def objective(summaries: list[dict], metric: str) -> float:
 
 
 def final_result(summaries: list[dict], seeds: list[int], total_steps: int, metric: str) -> dict:
-    diverged = any(s.get("status") == "diverged" for s in summaries)
+    diverged = any(s.get("status") == DIVERGED for s in summaries)
     return {"trial_step": int(total_steps), "step": int(_num(summaries[-1].get("step")) or 0) if summaries else 0,
-            "seed": int(seeds[len(summaries) - 1]), "status": "diverged" if diverged else "completed",
+            "seed": int(seeds[len(summaries) - 1]), "status": DIVERGED if diverged else COMPLETED,
             metric: objective(summaries, metric), "final": True, "seeds_done": len(summaries)}
 
 
@@ -155,7 +156,7 @@ def _seed_in_process(cfg, store: RunStore, rel: str, send) -> dict:
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         store.push(rel, local)
-        if metrics.get("evaluated", True) or metrics.get("status") != "running":
+        if metrics.get("evaluated", True) or metrics.get("status") != RUNNING:
             rt.report(send(metrics))
 
     t0 = time.time()
@@ -177,7 +178,7 @@ class TrialReportCallback(TuneReportCallback):
 
     def after_report(self, run_context, metrics, checkpoint):
         row = metrics[0]
-        if row.get("evaluated", True) or row.get("status") != "running":
+        if row.get("evaluated", True) or row.get("status") != RUNNING:
             self._training_actor_item_queue.put(self._send(row))
 
 
