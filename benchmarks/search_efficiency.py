@@ -10,7 +10,10 @@ best FD (the best configuration's mean final FD over its seeds, as the searcher 
 best, and its compute (images trained, pruned runs included) as a fraction of the grid's.
 
     python benchmarks/search_efficiency.py --quick                    # minutes: proves the script end to end
-    python benchmarks/search_efficiency.py                            # the full setting (hours on 2 cores)
+    python benchmarks/search_efficiency.py --storage se               # the full setting (hours on 2 cores)
+
+With --storage the benchmark resumes: the same command again reads the searches that finished, resumes the one
+that was interrupted and runs the rest, so a long run can be stopped and continued.
 """
 from __future__ import annotations
 
@@ -113,6 +116,7 @@ def run_benchmark(setting: dict, problems, storage: Path, from_budget: str, quie
     from tune.search import run_search, start_ray
 
     rows = []
+    walls_path = storage / "wall_s.json"  # wall seconds per search, summed over the invocations that ran it
     started = start_ray()  # one local Ray for every search; run_search leaves a running Ray alone
     try:
         for problem in problems:
@@ -126,11 +130,16 @@ def run_benchmark(setting: dict, problems, storage: Path, from_budget: str, quie
                     path = storage / "spaces" / f"{tree['name']}.yaml"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(yaml.safe_dump(tree, sort_keys=False))
+                    again = (storage / tree["name"] / "experiment.json").exists()
                     t0 = time.time()
-                    exp_dir = run_search(path, "smoke", storage=storage, name=tree["name"], quiet=quiet)
+                    exp_dir = run_search(path, "smoke", storage=storage, name=tree["name"], quiet=quiet,
+                                         resume=again)
+                    walls = json.loads(walls_path.read_text()) if walls_path.exists() else {}
+                    walls[tree["name"]] = round(walls.get(tree["name"], 0.0) + time.time() - t0, 1)
+                    walls_path.write_text(json.dumps(walls, indent=1))
                     figures = search_figures(exp_dir)
                     rows.append({"problem": problem, "method": method, "search_seed": search_seed,
-                                 "wall_s": round(time.time() - t0, 1), **figures})
+                                 "wall_s": walls[tree["name"]], **figures})
                     print(f"[search_efficiency] {problem} {method} seed {search_seed}: best fd "
                           f"{figures['best_fd']:.4g}, {figures['images']:,} images, {figures['runs']} runs "
                           f"({figures['pruned']} pruned), {rows[-1]['wall_s']} s", flush=True)
@@ -179,7 +188,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-samples", type=int, help="configurations per TPE / random search "
                                                    "(default: a sixth of the grid's, at least 4; --quick 3)")
     p.add_argument("--search-seeds", type=int, help="search seeds of TPE and random (default 3; --quick 2)")
-    p.add_argument("--storage", help="folder for the searches (default: a temporary folder, removed at the end)")
+    p.add_argument("--storage", help="folder for the searches, kept, and resumed when the command is run again "
+                                     "(default: a temporary folder, removed at the end)")
     p.add_argument("--cache-dir", default="", help="eval.cache_dir for the feature network (default: the usual)")
     args = p.parse_args(argv)
     setting = dict(QUICK if args.quick else FULL)

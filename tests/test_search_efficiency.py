@@ -1,4 +1,5 @@
-"""benchmarks/search_efficiency.py without Ray: its grids, the spaces it derives, and the ratios it prints."""
+"""benchmarks/search_efficiency.py: its grids, the spaces it derives, the ratios it prints, and (with a real local Ray)
+that a stopped run continues without training anything twice."""
 from __future__ import annotations
 
 import sys
@@ -97,3 +98,22 @@ def test_derived_spaces_keep_the_shipped_smoke_settings_that_make_short_runs_com
                        "eval.num_samples", "eval.grid"):
             assert tree["fixed"][key] == value, key
     assert tree["fixed"]["train.total_steps"] == se.QUICK["steps"]
+
+
+def test_with_storage_a_second_run_reads_the_finished_searches_instead_of_training_again(tmp_path, capsys):
+    import pandas as pd
+
+    args = ["--quick", "--problems", "c", "--search-seeds", "1", "--grid-points", "2", "--num-samples", "2",
+            "--storage", str(tmp_path / "se"), "--cache-dir", str(tmp_path / "featnet")]
+    assert se.main(args) == 0
+    first = capsys.readouterr().out
+    tables = sorted((tmp_path / "se").glob("*/trials.parquet"))
+    assert [p.parent.name for p in tables] == ["c_grid_s0", "c_random_s0", "c_tpe_asha_s0"]
+    before = {p: pd.read_parquet(p)["run_key"].tolist() for p in tables}
+    runs_before = sorted(str(p) for p in (tmp_path / "se").rglob("summary.json"))
+    assert se.main(args) == 0
+    second = capsys.readouterr().out
+    assert {p: pd.read_parquet(p)["run_key"].tolist() for p in tables} == before
+    assert sorted(str(p) for p in (tmp_path / "se").rglob("summary.json")) == runs_before
+    table = lambda out: out[out.index("problem "):out.index("{")]  # noqa: E731
+    assert table(first) == table(second)  # the same ratios, read back instead of trained again
