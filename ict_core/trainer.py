@@ -8,7 +8,6 @@ files in ict_core/rundir.py and the collectives in ict_core/dist.py.
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 import signal
@@ -23,7 +22,7 @@ import torch
 from . import provenance
 from .config import Config, ConfigError, resolve_config
 from .dist import all_reduce_mean, any_nonfinite, broadcast_floats, gather_objects, rank_and_world, resolve_device
-from .ema import ema_beta
+from .ema import ema_beta, ema_update, frozen_copy
 from .evaluate import EVAL_KEYS, Evaluator
 from .objectives import build_objective, objective_class
 from .precision import wrap_precision
@@ -36,29 +35,8 @@ _DROPOUT_SEED_STRIDE = 1_000_003  # rank r seeds its dropout RNG with seed + r *
 
 METRIC_KEYS = REPORT_KEYS  # named in ict_core/records.py
 
-__all__ = ["train", "Run", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile", "ema_update",
+__all__ = ["train", "Run", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile",
            "latest_checkpoint", "resolve_config", "resolve_device"]
-
-
-@torch.no_grad()
-def ema_update(target: torch.nn.Module, source: torch.nn.Module, rate: float) -> None:
-    """target <- rate * target + (1 - rate) * source, parameters and floating buffers alike."""
-    t_params = list(target.parameters())
-    s_params = [p.detach() for p in source.parameters()]
-    if rate == 0.0:
-        torch._foreach_copy_(t_params, s_params)
-    else:
-        torch._foreach_lerp_(t_params, s_params, 1.0 - rate)
-    for t_buf, s_buf in zip(target.buffers(), source.buffers()):
-        t_buf.copy_(s_buf)
-
-
-def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
-    out = copy.deepcopy(module)
-    out.requires_grad_(False)
-    return out
-
-
 
 
 def check_compile(cfg: Config) -> None:
@@ -191,8 +169,8 @@ class Run:
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.ema = _frozen_copy(model)  # evaluation EMA (ict_core/ema.py); never a teacher
-        self.teacher = _frozen_copy(model) if self.objective.ema_teacher else None  # CT's EMA teacher
+        self.ema = frozen_copy(model)  # evaluation EMA (ict_core/ema.py); never a teacher
+        self.teacher = frozen_copy(model) if self.objective.ema_teacher else None  # CT's EMA teacher
         self.num_params = sum(p.numel() for p in model.parameters())
 
         check_compile(cfg)
