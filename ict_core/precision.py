@@ -10,12 +10,16 @@ computed in it stays close to D_i computed in fp32. relative_errors() gives ||D_
 for every interval i of the grid; benchmarks/precision.py prints them for a trained checkpoint, and the rule
 the presets follow (docs/MEASUREMENT.md) is: the default precision is one whose error stays below
 MAX_RELATIVE_ERROR at every sigma, fp32 if none does.
+
+The trainer runs its forward through wrap_precision (train.precision) and refuses, with check_compile, a
+train.compile that would break the objective's shared dropout masks.
 """
 from __future__ import annotations
 
 import torch
 
-from .config import ConfigError
+from .config import Config, ConfigError
+from .objectives import objective_class
 
 MAX_RELATIVE_ERROR = 0.01
 PRECISIONS = ("fp32", "bf16", "bf16_stem")
@@ -49,6 +53,16 @@ def wrap_precision(net: torch.nn.Module, precision: str, device_type: str) -> to
     if precision in ("bf16", "bf16_stem"):
         return Bf16Net(net, device_type, keep_stem_fp32=precision == "bf16_stem")
     raise ConfigError(f"train.precision must be one of fp32, bf16, bf16_stem; got {precision!r}")
+
+
+def check_compile(cfg: Config) -> None:
+    """train.compile with dropout is refused where teacher and student passes must share dropout masks (the
+    consistency objective): under inductor the teacher's no-grad graph and the student's training graph draw
+    their dropout masks independently."""
+    if cfg.train.compile and cfg.network.dropout > 0 and objective_class(cfg.loss.objective).shares_dropout:
+        raise ConfigError(f"train.compile=true needs network.dropout=0 for the {cfg.loss.objective} objective, got "
+                          f"network.dropout={cfg.network.dropout}: compiled teacher and student passes draw different "
+                          f"dropout masks; set train.compile=false or network.dropout=0")
 
 
 @torch.no_grad()

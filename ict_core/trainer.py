@@ -24,8 +24,8 @@ from .config import Config, ConfigError, resolve_config
 from .dist import all_reduce_mean, any_nonfinite, broadcast_floats, gather_objects, rank_and_world, resolve_device
 from .ema import ema_beta, ema_update, frozen_copy
 from .evaluate import EVAL_KEYS, Evaluator
-from .objectives import build_objective, objective_class
-from .precision import wrap_precision
+from .objectives import build_objective
+from .precision import check_compile, wrap_precision
 from .records import REPORT_KEYS
 from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_of
 
@@ -37,16 +37,6 @@ METRIC_KEYS = REPORT_KEYS  # named in ict_core/records.py
 
 __all__ = ["train", "Run", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile",
            "latest_checkpoint", "resolve_config", "resolve_device"]
-
-
-def check_compile(cfg: Config) -> None:
-    """train.compile with dropout is refused where teacher and student passes must share dropout masks (the
-    consistency objective): under inductor the teacher's no-grad graph and the student's training graph draw
-    their dropout masks independently."""
-    if cfg.train.compile and cfg.network.dropout > 0 and objective_class(cfg.loss.objective).shares_dropout:
-        raise ConfigError(f"train.compile=true needs network.dropout=0 for the {cfg.loss.objective} objective, got "
-                          f"network.dropout={cfg.network.dropout}: compiled teacher and student passes draw different "
-                          f"dropout masks; set train.compile=false or network.dropout=0")
 
 
 class _CurriculumFeed:
