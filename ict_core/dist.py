@@ -35,6 +35,13 @@ def broadcast_floats(values: list[float], device: torch.device, world_size: int)
     return buf.tolist()
 
 
+def agreed_mean(value: torch.Tensor, device: torch.device, world_size: int) -> float:
+    """The mean of `value` over all ranks as one float, rank 0's on every rank: for decisions all ranks must take
+    alike (the adaptive curriculum's)."""
+    mean = all_reduce_mean(value, world_size)
+    return broadcast_floats([float(mean)], device, world_size)[0]
+
+
 def any_nonfinite(value: torch.Tensor, world_size: int) -> bool:
     """True on every rank when `value` is NaN or infinite on any rank."""
     bad = (~torch.isfinite(value)).to(torch.float32).reshape(1)

@@ -21,13 +21,15 @@ import torch
 
 from . import provenance
 from .config import Config, ConfigError, resolve_config
-from .dist import all_reduce_mean, any_nonfinite, broadcast_floats, gather_objects, rank_and_world, resolve_device
+from .dist import (agreed_mean, all_reduce_mean, any_nonfinite, broadcast_floats, gather_objects, rank_and_world,
+                   resolve_device)
 from .ema import ema_beta, ema_update, frozen_copy
 from .evaluate import EVAL_KEYS, Evaluator
 from .objectives import build_objective
 from .precision import check_compile, wrap_precision
 from .records import REPORT_KEYS
 from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_of
+from .schedule import CurriculumFeed
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -37,38 +39,6 @@ METRIC_KEYS = REPORT_KEYS  # named in ict_core/records.py
 
 __all__ = ["train", "Run", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile",
            "latest_checkpoint", "resolve_config", "resolve_device"]
-
-
-class _CurriculumFeed:
-    """Feeds an adaptive curriculum (schedule.Curriculum) the mean loss of every `every` steps over all ranks.
-    Rank 0's value is broadcast so that every rank takes the same decision and N(k) stays the same on all."""
-
-    def __init__(self, curriculum, device: torch.device, world_size: int, verbose: bool):
-        self.curriculum = curriculum
-        self.device, self.world_size, self.verbose = device, world_size, verbose
-        self.sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = 0
-
-    def __call__(self, step: int, loss: torch.Tensor) -> None:
-        """Accumulate the loss of the step that made `step` steps done; at every `every`-th step, decide."""
-        self.sum += loss
-        self.count += 1
-        if step % self.curriculum.every:
-            return
-        mean = all_reduce_mean(self.sum / max(self.count, 1), self.world_size)
-        mean = broadcast_floats([float(mean)], self.device, self.world_size)[0]
-        self.sum.zero_()
-        self.count = 0
-        if self.curriculum.observe(step, mean) and self.verbose:
-            print(f"[ict] step {step}: loss stalled, N(k) -> {self.curriculum.num_points(step)}", flush=True)
-
-    def state_dict(self) -> dict:
-        return {**self.curriculum.state_dict(), "pending_sum": self.sum.item(), "pending_count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.curriculum.load_state_dict(state)
-        self.sum.fill_(float(state["pending_sum"]))
-        self.count = int(state["pending_count"])
 
 
 class _StopRequest:
@@ -126,8 +96,8 @@ class Run:
         self._build_model()
         self._build_batches()
         curriculum = self.objective.curriculum
-        self.curriculum = (_CurriculumFeed(curriculum, self.device, self.world_size, self.is_main)
-                           if curriculum is not None else None)
+        self.curriculum = (CurriculumFeed(curriculum, lambda mean: agreed_mean(mean, self.device, self.world_size),
+                                          self.device, self.is_main) if curriculum is not None else None)
 
         self.step = 0
         self.images_seen = 0
