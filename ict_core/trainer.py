@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,6 +28,7 @@ from .precision import check_compile, wrap_precision
 from .records import REPORT_KEYS
 from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_of
 from .schedule import CurriculumFeed
+from .stop import StopOnSignals, StopRequest
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -41,22 +40,14 @@ __all__ = ["train", "Run", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigEr
            "latest_checkpoint", "resolve_config", "resolve_device"]
 
 
-class _StopRequest:
-    """Set by the SIGINT/SIGTERM handler that train(handle_signals=True) installs; the loop checks it after each
-    step, writes a checkpoint and ends the run with status "interrupted"."""
-
-    def __init__(self):
-        self.signal: str | None = None
-
-
 class Run:
     """One training run: its networks, optimizer, objective, random streams and run folder. train() is the entry
     point; train_step() alone (benchmarks, timing) runs one optimizer step without evaluation or bookkeeping."""
 
-    def __init__(self, cfg: Config, report: Report | None, run_dir, resume_from, stop: _StopRequest | None = None):
+    def __init__(self, cfg: Config, report: Report | None, run_dir, resume_from, stop: StopRequest | None = None):
         from .data import load_dataset
 
-        self.stop = stop or _StopRequest()
+        self.stop = stop or StopRequest()
         self.events = None
         self.t_start = time.time()
         self.rank, self.world_size = rank_and_world()
@@ -477,39 +468,6 @@ def _fmt_s(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class _StopOnSignals:
-    """While active, SIGINT and SIGTERM ask the loop to stop after the current step (a checkpoint, then status
-    "interrupted"); a second SIGINT raises KeyboardInterrupt at once. Signal handlers exist only in the main
-    thread of a process, so elsewhere (a Ray Train worker's training thread) this does nothing."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, stop: _StopRequest, enabled: bool):
-        self.stop = stop
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.previous: dict = {}
-
-    def _handle(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if self.stop.signal is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.stop.signal = name
-        more = " (Ctrl-C again quits without one)" if signum == signal.SIGINT else ""
-        print(f"\n[ict] {name} received: stopping after this step to write a checkpoint{more}", flush=True)
-
-    def __enter__(self) -> "_StopOnSignals":
-        if self.enabled:
-            for sig in self.SIGNALS:
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 def train(cfg: Config, report: Report | None = None, run_dir=None, resume_from=None,
           handle_signals: bool = False) -> dict:
     """Train one model and return its summary (the last report's metrics plus best_fd, wall_s, run_dir, ...).
@@ -523,8 +481,8 @@ def train(cfg: Config, report: Report | None = None, run_dir=None, resume_from=N
     """
     if not isinstance(cfg, Config):
         raise ConfigError(f"train() needs an ict_core.config.Config, got {type(cfg).__name__}")
-    stop = _StopRequest()
-    with _StopOnSignals(stop, handle_signals and rank_and_world()[1] == 1):
+    stop = StopRequest()
+    with StopOnSignals(stop, handle_signals and rank_and_world()[1] == 1):
         run = Run(cfg, report, run_dir, resume_from, stop)
         try:
             return run.run()
