@@ -1,9 +1,11 @@
 """Where this process runs: its rank and world size in a torch.distributed group someone else initialised (Ray
-Train, torchrun), the collective operations the training loop needs, and the device train.device names."""
+Train, torchrun), the collective operations the training loop needs, the device train.device names, and the
+process's own random streams (each rank's, saved in every checkpoint)."""
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -68,3 +70,19 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError("train.device=cuda but no CUDA device is available; allowed here: auto, cpu")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's global random streams: torch's CPU generator, numpy's, and `device`'s CUDA generator."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore what rng_state() returned (a CUDA state only onto a CUDA device)."""
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)

@@ -14,19 +14,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from . import provenance
 from .config import Config, ConfigError, resolve_config
 from .dist import (agreed_mean, all_reduce_mean, any_nonfinite, broadcast_floats, gather_objects, rank_and_world,
-                   resolve_device)
+                   resolve_device, rng_state, set_rng_state)
 from .ema import ema_beta, ema_update, frozen_copy
 from .evaluate import EVAL_KEYS, Evaluator
 from .objectives import build_objective
 from .precision import check_compile, wrap_precision
 from .records import REPORT_KEYS
-from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_of
+from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_for
 from .schedule import CurriculumFeed
 from .stop import StopOnSignals, StopRequest
 
@@ -71,14 +70,7 @@ class Run:
 
         check_feature_weights(self.dataset, cfg.eval)
 
-        if run_dir is None:
-            if resume_from is not None:
-                run_dir = run_dir_of(latest_checkpoint(resume_from))
-            else:
-                import tempfile
-
-                run_dir = tempfile.mkdtemp(prefix="ict-run-")
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_dir_for(run_dir, resume_from)
         self.folder = RunFolder(self.run_dir)
         # Decided once at start, so every rank of the first attempt exits and no rank of a restart does.
         self.fault_armed = tcfg.fault_step >= 0 and not self.folder.fault_marker.exists()
@@ -201,15 +193,9 @@ class Run:
         """N(k) of the last step trained (k = step - 1), as in metrics.jsonl; not that of the step to come."""
         return self.objective.num_points(max(min(self.step, self.cfg.train.total_steps) - 1, 0))
 
-    # -- checkpoints --
-    def _rng_state(self) -> dict:
-        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
+    # -- checkpoints: the loop builds and consumes the state; ict_core/rundir.py writes and reads the files --
     def _save_checkpoint(self) -> str | None:
-        gathered = gather_objects(self._rng_state(), self.world_size)
+        gathered = gather_objects(rng_state(self.device), self.world_size)
         if not self.is_main:
             return None
         state = {
@@ -229,8 +215,7 @@ class Run:
             "world_size": self.world_size,
             "config": self.cfg.to_dict(),
         }
-        meta = {"step": self.step, "metrics": self.last_eval, "config": self.cfg.to_dict()}
-        return str(self.folder.save_checkpoint(self.step, state, meta, keep=self.cfg.train.keep_checkpoints))
+        return str(self.folder.save_checkpoint(self.step, state, keep=self.cfg.train.keep_checkpoints))
 
     def _load_checkpoint(self, ckpt_dir: Path) -> None:
         state = load_checkpoint(ckpt_dir)
@@ -255,11 +240,7 @@ class Run:
             self.noise_gen.set_state(state["noise_generator"].cpu())
         rngs = state["rng_per_rank"]
         if len(rngs) == self.world_size:
-            rng = rngs[self.rank]
-            torch.set_rng_state(rng["torch"].cpu())
-            np.random.set_state(rng["numpy"])
-            if "cuda" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+            set_rng_state(rngs[self.rank], self.device)
         else:  # a different world size cannot continue bitwise; keep dropout streams distinct and reproducible
             torch.manual_seed(self.cfg.train.seed + self.rank * _DROPOUT_SEED_STRIDE + self.step)
         if self.is_main:
