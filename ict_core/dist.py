@@ -52,6 +52,26 @@ def any_nonfinite(value: torch.Tensor, world_size: int) -> bool:
     return bool(bad.item() > 0)
 
 
+class RunningMean:
+    """The mean of per-step values since the last pop(), over this rank's steps and then over all ranks. Sums in
+    float64 on the device, so that add() costs no host sync."""
+
+    def __init__(self, device: torch.device):
+        self.sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+
+    def add(self, value: torch.Tensor) -> None:
+        self.sum += value
+        self.count += 1
+
+    def pop(self, world_size: int) -> float:
+        """The mean over all ranks (a collective; NaN, and none, when nothing was added); then start over."""
+        mean = float(all_reduce_mean(self.sum / self.count, world_size)) if self.count else float("nan")
+        self.sum.zero_()
+        self.count = 0
+        return mean
+
+
 def gather_objects(obj, world_size: int) -> list:
     """Every rank's `obj`, in rank order, on every rank."""
     if world_size == 1:

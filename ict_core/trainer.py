@@ -2,13 +2,13 @@
 
 `train(cfg, report)` runs on one CPU under pytest, on one GPU, or on every rank of a torch.distributed
 group that someone else initialised (Ray Train, torchrun). It owns the evaluation EMA, the optional CT
-EMA teacher, checkpoints with every RNG state (exact resume), the NaN guard and the stop signals. What
-differs between objectives is in ict_core/objectives.py, evaluation in ict_core/evaluate.py, the run folder's
-files in ict_core/rundir.py and the collectives in ict_core/dist.py.
+EMA teacher, the state of its checkpoints (every RNG stream: exact resume) and the NaN guard. Elsewhere: what
+differs between objectives (objectives.py), the EMA update (ema.py), the adaptive curriculum's feed (schedule.py),
+evaluation (evaluate.py), the run folder's files and checkpoint files (rundir.py), the collectives and the
+process's RNG state (dist.py), the stop signals (stop.py) and how the forward runs (precision.py).
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -18,13 +18,13 @@ import torch
 
 from . import provenance
 from .config import Config, ConfigError, resolve_config
-from .dist import (agreed_mean, all_reduce_mean, any_nonfinite, broadcast_floats, gather_objects, rank_and_world,
-                   resolve_device, rng_state, set_rng_state)
+from .dist import (RunningMean, agreed_mean, any_nonfinite, gather_objects, rank_and_world, resolve_device, rng_state,
+                   set_rng_state)
 from .ema import ema_beta, ema_update, frozen_copy
-from .evaluate import EVAL_KEYS, Evaluator
-from .objectives import build_objective
+from .evaluate import Evaluations, Evaluator, no_evaluation
+from .objectives import build_objective, slice_noise
 from .precision import check_compile, wrap_precision
-from .records import REPORT_KEYS
+from .records import REPORT_KEYS, report_row
 from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_for
 from .schedule import CurriculumFeed
 from .stop import StopOnSignals, StopRequest
@@ -35,8 +35,9 @@ _DROPOUT_SEED_STRIDE = 1_000_003  # rank r seeds its dropout RNG with seed + r *
 
 METRIC_KEYS = REPORT_KEYS  # named in ict_core/records.py
 
-__all__ = ["train", "Run", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile",
-           "latest_checkpoint", "resolve_config", "resolve_device"]
+# Evaluator, FAULT_MARKER, latest_checkpoint and resolve_config are also read from here by tests/test_trainer.py.
+__all__ = ["train", "Run", "Report", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile",
+           "latest_checkpoint", "resolve_config"]
 
 
 class Run:
@@ -45,6 +46,7 @@ class Run:
 
     def __init__(self, cfg: Config, report: Report | None, run_dir, resume_from, stop: StopRequest | None = None):
         from .data import load_dataset
+        from .metrics import check_feature_weights
 
         self.stop = stop or StopRequest()
         self.events = None
@@ -66,8 +68,6 @@ class Run:
 
         self.dataset = load_dataset(cfg.data, seed=cfg.data.seed)
         self.cfg = cfg = resolve_config(cfg, self.dataset.dim)
-        from .metrics import check_feature_weights
-
         check_feature_weights(self.dataset, cfg.eval)
 
         self.run_dir = run_dir_for(run_dir, resume_from)
@@ -81,26 +81,24 @@ class Run:
         curriculum = self.objective.curriculum
         self.curriculum = (CurriculumFeed(curriculum, lambda mean: agreed_mean(mean, self.device, self.world_size),
                                           self.device, self.is_main) if curriculum is not None else None)
+        self.evals = Evaluations(cfg, self.dataset, self.device, self.objective, self.rank, self.world_size)
 
         self.step = 0
         self.images_seen = 0
         self.elapsed_before = 0.0
-        self.last_eval: dict = {k: float("nan") for k in EVAL_KEYS}
-        self.best_fd = float("nan")
         self.final_metrics: dict = {}
         if resume_from is not None:
             self._load_checkpoint(latest_checkpoint(resume_from))
         else:
             torch.manual_seed(tcfg.seed + self.rank * _DROPOUT_SEED_STRIDE)
-        self.evaluator: Evaluator | None = None  # built at the first evaluation (trains or loads the feature net)
 
         if self.is_main:
             # The run folder appears only once the model and data are built, so a setup error leaves none behind.
-            self.folder.start(cfg, provenance.collect(self.device, self.world_size),
-                              self.step if resume_from is not None else None)
+            resumed_step = self.step if resume_from is not None else None
+            self.folder.start(cfg, provenance.collect(self.device, self.world_size), resumed_step)
             from .events import EventLog
 
-            self.events = EventLog(self.run_dir, resume_step=self.step if resume_from is not None else None)
+            self.events = EventLog(self.run_dir, resume_step=resumed_step)
 
     # -- setup --
     def _build_model(self) -> None:
@@ -166,7 +164,7 @@ class Run:
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         noise = self.objective.draw(self.step, global_b, x.shape[1:], self.noise_gen)
-        return x, {key: value[lo:hi] for key, value in noise.items()}
+        return x, slice_noise(noise, lo, hi)
 
     def step_loss(self, x: torch.Tensor, noise: dict) -> tuple[torch.Tensor, dict]:
         """The per-sample loss of this rank's slice at self.step, and the objective's info."""
@@ -193,27 +191,113 @@ class Run:
         """N(k) of the last step trained (k = step - 1), as in metrics.jsonl; not that of the step to come."""
         return self.objective.num_points(max(min(self.step, self.cfg.train.total_steps) - 1, 0))
 
+    # -- the loop --
+    def run(self) -> dict:
+        """Train to train.total_steps (or a stop signal, or divergence) and return the run's summary."""
+        tcfg, total, world = self.cfg.train, self.cfg.train.total_steps, self.world_size
+        if self.step >= total:
+            self.final_metrics = self._metrics(float("nan"), "completed")
+            return self._summary("completed")
+        check_every = 1 if self.device.type == "cpu" else tcfg.log_every
+        self.student.train()
+        if self.teacher is not None:
+            self.teacher.train()
+        log_loss, report_loss = RunningMean(self.device), RunningMean(self.device)  # since the last log / report
+        t_log, step_log = time.time(), self.step
+        self._print_start()
+
+        while self.step < total:
+            loss, info = self.train_step()
+            done_loss = loss.to(torch.float64)
+            log_loss.add(done_loss)
+            report_loss.add(done_loss)
+            self.step += 1
+            self.images_seen += tcfg.batch_size
+            if self.fault_armed and self.step == tcfg.fault_step:
+                self._fault()
+
+            is_final = self.step == total
+            is_eval = is_final or (self.cfg.eval.every > 0 and self.step % self.cfg.eval.every == 0)
+            is_ckpt = tcfg.checkpoint_every > 0 and self.step % tcfg.checkpoint_every == 0
+            is_log = self.step % tcfg.log_every == 0 or is_final
+            if (self.step % check_every == 0 or is_eval or is_ckpt or is_log) and any_nonfinite(report_loss.sum, world):
+                return self._finish_diverged()
+            if self.curriculum is not None:
+                self.curriculum(self.step, done_loss)
+
+            if is_log:
+                images_per_s = (self.step - step_log) * tcfg.batch_size / max(time.time() - t_log, 1e-9)
+                self._log_train(log_loss.pop(world), info, images_per_s)
+                t_log, step_log = time.time(), self.step
+            if is_eval or is_ckpt:
+                self._report_step(report_loss.pop(world), is_eval, "completed" if is_final else "running")
+                t_log, step_log = time.time(), self.step  # evaluation time is not training throughput
+            if self.stop.signal is not None and not is_final:
+                if any_nonfinite(report_loss.sum, world):
+                    return self._finish_diverged()
+                self.final_metrics = self._metrics(report_loss.pop(world), "interrupted")
+                if not (is_eval or is_ckpt):  # keep a checkpoint of this step
+                    self._save_checkpoint()
+                return self._summary("interrupted", signal=self.stop.signal)
+        return self._summary("completed")
+
+    def _log_train(self, mean_loss: float, info: dict, images_per_s: float) -> None:
+        """A metrics.jsonl row, its TensorBoard scalars and a progress line (rank 0)."""
+        if not self.is_main:
+            return
+        total = self.cfg.train.total_steps
+        row = {"step": self.step, "loss": mean_loss,
+               "num_points": int(info.get("num_points", self.objective.num_points(self.step - 1))),
+               "images_per_s": images_per_s, "images_seen": self.images_seen, "elapsed_s": self._elapsed(),
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        self.folder.log_metrics(row)
+        self._log_events("train", {k: row[k] for k in ("loss", "num_points", "images_per_s", "lr")})
+        eta = (total - self.step) * self.cfg.train.batch_size / max(images_per_s, 1e-9)
+        print(f"[ict] step {self.step}/{total}  N(k) {row['num_points']}  loss {mean_loss:.4g}  "
+              f"{images_per_s:.0f} img/s  ETA {_fmt_s(eta)}", flush=True)
+
+    def _report_step(self, mean_loss: float, is_eval: bool, status: str) -> None:
+        """Evaluate (at evaluation steps), write a checkpoint and report to the caller on every rank."""
+        if is_eval:
+            path = self.folder.sample_path(self.step)
+            result = self.evals(self.ema, self.step, path, student=self.model)
+            if result is not None:
+                self._log_events("eval", result, path)
+        metrics = {**self._metrics(mean_loss, status), "evaluated": is_eval}
+        if is_eval and self.is_main:
+            self.folder.log_eval(metrics)
+            print(f"[ict] eval step {self.step}: fd {metrics['fd']:.4g} +- {metrics['fd_se']:.2g}  "
+                  f"fd_student {metrics['fd_student']:.4g}  fd_2step {metrics['fd_2step']:.4g}  "
+                  f"kid(x1e3) {metrics['kid']:.4g}  loss_train {metrics['loss_train']:.4g}  "
+                  f"loss_heldout {metrics['loss_heldout']:.4g}", flush=True)
+        self._report(metrics, self._save_checkpoint())
+        self.final_metrics = metrics
+
+    def _finish_diverged(self) -> dict:
+        self.evals.last = no_evaluation()
+        metrics = {**self._metrics(float("nan"), "diverged"), "evaluated": False}
+        if self.is_main:
+            self.folder.log_eval(metrics)
+            print(f"[ict] diverged at step {self.step}: non-finite loss; stopping", flush=True)
+        self._report(metrics, None)
+        self.final_metrics = metrics
+        return self._summary("diverged")
+
     # -- checkpoints: the loop builds and consumes the state; ict_core/rundir.py writes and reads the files --
     def _save_checkpoint(self) -> str | None:
         gathered = gather_objects(rng_state(self.device), self.world_size)
         if not self.is_main:
             return None
         state = {
-            "step": self.step,
-            "images_seen": self.images_seen,
-            "elapsed_s": self._elapsed(),
-            "student": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
+            "step": self.step, "images_seen": self.images_seen, "elapsed_s": self._elapsed(),
+            "student": self.model.state_dict(), "ema": self.ema.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "rng_per_rank": gathered,
+            "optimizer": self.optimizer.state_dict(), "rng_per_rank": gathered,
             "batch_generator": self.batch_gen.get_state(),
             "noise_generator": self.noise_gen.get_state() if self.noise_gen is not self.batch_gen else None,
-            "last_eval": self.last_eval,
-            "best_fd": self.best_fd,
+            **self.evals.state_dict(),  # last_eval, best_fd
             "curriculum": self.curriculum.state_dict() if self.curriculum is not None else None,
-            "world_size": self.world_size,
-            "config": self.cfg.to_dict(),
+            "world_size": self.world_size, "config": self.cfg.to_dict(),
         }
         return str(self.folder.save_checkpoint(self.step, state, keep=self.cfg.train.keep_checkpoints))
 
@@ -226,11 +310,9 @@ class Run:
                 raise ConfigError(f"checkpoint {ckpt_dir} has no EMA teacher but loss.teacher=ema")
             self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.images_seen = int(state["images_seen"])
+        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
         self.elapsed_before = float(state["elapsed_s"])
-        self.last_eval = dict(state.get("last_eval") or self.last_eval)
-        self.best_fd = float(state.get("best_fd", float("nan")))
+        self.evals.load_state_dict(state)
         if self.curriculum is not None:
             if state.get("curriculum") is None:
                 raise ConfigError(f"checkpoint {ckpt_dir} has no adaptive curriculum state but curriculum.shape=adaptive")
@@ -238,48 +320,41 @@ class Run:
         self.batch_gen.set_state(state["batch_generator"])
         if state.get("noise_generator") is not None and self.noise_gen is not self.batch_gen:
             self.noise_gen.set_state(state["noise_generator"].cpu())
-        rngs = state["rng_per_rank"]
-        if len(rngs) == self.world_size:
-            set_rng_state(rngs[self.rank], self.device)
+        if len(state["rng_per_rank"]) == self.world_size:
+            set_rng_state(state["rng_per_rank"][self.rank], self.device)
         else:  # a different world size cannot continue bitwise; keep dropout streams distinct and reproducible
             torch.manual_seed(self.cfg.train.seed + self.rank * _DROPOUT_SEED_STRIDE + self.step)
-        if self.is_main:
-            old = state.get("config") or {}
-            new = self.cfg.to_dict()
-            changed = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
-            if changed:
-                print(f"[ict] resuming {ckpt_dir} with changed keys: {', '.join(changed)}", flush=True)
+        old, new = state.get("config") or {}, self.cfg.to_dict()
+        changed = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+        if changed and self.is_main:
+            print(f"[ict] resuming {ckpt_dir} with changed keys: {', '.join(changed)}", flush=True)
 
     # -- bookkeeping --
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.time() - self.t_start)
 
     def _metrics(self, loss: float, status: str) -> dict:
-        return {
-            "step": self.step,
-            "total_steps": self.cfg.train.total_steps,
-            "num_points": self.num_points_done(),
-            "loss": loss,
-            **{k: self.last_eval.get(k, float("nan")) for k in EVAL_KEYS},
-            "images_seen": self.images_seen,
-            "elapsed_s": self._elapsed(),
-            "status": status,
-        }
+        return report_row(self.step, self.cfg.train.total_steps, self.num_points_done(), loss, self.evals.last,
+                          self.images_seen, self._elapsed(), status)
 
-    def _evaluate(self) -> None:
-        values = [float("nan")] * len(EVAL_KEYS)
+    def _summary(self, status: str, **extra) -> dict:
+        summary = {**self.final_metrics, "status": status, "best_fd": self.evals.best_fd, "wall_s": self._elapsed(),
+                   "run_dir": str(self.run_dir), "world_size": self.world_size, "device": self.device.type,
+                   "num_params": self.num_params, "config": self.cfg.flat(), **extra}
+        summary.pop("evaluated", None)
         if self.is_main:
-            path = self.folder.sample_path(self.step)
-            if self.evaluator is None:
-                self.evaluator = Evaluator(self.cfg, self.dataset, self.device, self.objective)
-            result = self.evaluator(self.ema, self.step, path, student=self.model)
-            values = [float(result[k]) for k in EVAL_KEYS]
-            self._log_events("eval", result, path)
-        values = broadcast_floats(values, self.device, self.world_size)
-        self.last_eval = dict(zip(EVAL_KEYS, values))
-        fd = self.last_eval["fd"]
-        if math.isfinite(fd) and not fd >= self.best_fd:
-            self.best_fd = fd
+            self.folder.write_summary(summary)
+        return summary
+
+    def _print_start(self) -> None:
+        if not self.is_main:
+            return
+        cfg = self.cfg
+        print(f"[ict] {cfg.data.name} {self.dataset.channels}x{self.dataset.resolution}^2, "
+              f"{self.num_params / 1e6:.2f}M params, {self.device}, world {self.world_size}, "
+              f"steps {self.step}->{cfg.train.total_steps}, batch {cfg.train.batch_size}, run {self.run_dir}", flush=True)
+        if self.events is not None and self.events.active:
+            print(f"[ict] watch it: tensorboard --logdir {self.run_dir}", flush=True)
 
     def _log_events(self, group: str, values: dict, image: Path | None = None) -> None:
         """TensorBoard on rank 0: every numeric value given, and the sample grid if one was written."""
@@ -301,141 +376,6 @@ class Run:
             print(f"[ict] rank {self.rank}: injected fault at step {self.step}", flush=True)
             os._exit(1)
 
-    # -- the loop --
-    def run(self) -> dict:
-        """Train to train.total_steps (or a stop signal, or divergence) and return the run's summary."""
-        cfg, tcfg = self.cfg, self.cfg.train
-        total = tcfg.total_steps
-        if self.step >= total:
-            self.final_metrics = self._metrics(float("nan"), "completed")
-            return self._summary("completed")
-        eval_every = cfg.eval.every
-        check_every = 1 if self.device.type == "cpu" else tcfg.log_every
-        self.student.train()
-        if self.teacher is not None:
-            self.teacher.train()
-
-        log_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        log_count = 0
-        report_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        report_count = 0
-        t_log, step_log = time.time(), self.step
-
-        if self.is_main:
-            print(
-                f"[ict] {cfg.data.name} {self.dataset.channels}x{self.dataset.resolution}^2, "
-                f"{self.num_params / 1e6:.2f}M params, {self.device}, world {self.world_size}, "
-                f"steps {self.step}->{total}, batch {tcfg.batch_size}, run {self.run_dir}",
-                flush=True,
-            )
-            if self.events is not None and self.events.active:
-                print(f"[ict] watch it: tensorboard --logdir {self.run_dir}", flush=True)
-
-        while self.step < total:
-            loss, info = self.train_step()
-            done_loss = loss.to(torch.float64)
-            log_sum += done_loss
-            report_sum += done_loss
-            log_count += 1
-            report_count += 1
-            self.step += 1
-            self.images_seen += tcfg.batch_size
-
-            if self.fault_armed and self.step == tcfg.fault_step:
-                self._fault()
-
-            is_final = self.step == total
-            is_eval = is_final or (eval_every > 0 and self.step % eval_every == 0)
-            is_ckpt = tcfg.checkpoint_every > 0 and self.step % tcfg.checkpoint_every == 0
-            is_log = self.step % tcfg.log_every == 0 or is_final
-
-            if (self.step % check_every == 0 or is_eval or is_ckpt or is_log) and any_nonfinite(report_sum, self.world_size):
-                return self._finish_diverged()
-            if self.curriculum is not None:
-                self.curriculum(self.step, done_loss)
-
-            if is_log:
-                mean_loss = float(all_reduce_mean(log_sum / log_count, self.world_size))
-                now = time.time()
-                ips = (self.step - step_log) * tcfg.batch_size / max(now - t_log, 1e-9)
-                if self.is_main:
-                    n_points = info.get("num_points", self.objective.num_points(self.step - 1)) if isinstance(info, dict) else None
-                    row = {"step": self.step, "loss": mean_loss, "num_points": int(n_points) if n_points is not None else None,
-                           "images_per_s": ips, "images_seen": self.images_seen, "elapsed_s": self._elapsed(),
-                           "lr": self.optimizer.param_groups[0]["lr"]}
-                    self.folder.log_metrics(row)
-                    self._log_events("train", {k: row[k] for k in ("loss", "num_points", "images_per_s", "lr")})
-                    eta = (total - self.step) * tcfg.batch_size / max(ips, 1e-9)
-                    print(f"[ict] step {self.step}/{total}  N(k) {row['num_points']}  loss {mean_loss:.4g}  "
-                          f"{ips:.0f} img/s  ETA {_fmt_s(eta)}", flush=True)
-                log_sum.zero_()
-                log_count = 0
-                t_log, step_log = time.time(), self.step
-
-            if is_eval or is_ckpt:
-                mean_loss = float(all_reduce_mean(report_sum / max(report_count, 1), self.world_size))
-                report_sum.zero_()
-                report_count = 0
-                if is_eval:
-                    self._evaluate()
-                metrics = self._metrics(mean_loss, "completed" if is_final else "running")
-                metrics["evaluated"] = is_eval
-                if is_eval and self.is_main:
-                    self.folder.log_eval(metrics)
-                    print(f"[ict] eval step {self.step}: fd {metrics['fd']:.4g} +- {metrics['fd_se']:.2g}  "
-                          f"fd_student {metrics['fd_student']:.4g}  fd_2step {metrics['fd_2step']:.4g}  "
-                          f"kid(x1e3) {metrics['kid']:.4g}  loss_train {metrics['loss_train']:.4g}  "
-                          f"loss_heldout {metrics['loss_heldout']:.4g}", flush=True)
-                ckpt_dir = self._save_checkpoint()
-                self._report(metrics, ckpt_dir)
-                self.final_metrics = metrics
-                t_log, step_log = time.time(), self.step  # evaluation time is not training throughput
-
-            if self.stop.signal is not None and not is_final:
-                if any_nonfinite(report_sum, self.world_size):
-                    return self._finish_diverged()
-                return self._finish_interrupted(report_sum, report_count, saved=is_eval or is_ckpt)
-
-        return self._summary("completed")
-
-    def _finish_interrupted(self, report_sum: torch.Tensor, report_count: int, saved: bool) -> dict:
-        """A stop signal: keep a checkpoint of this step (unless one was just written) and end the run."""
-        mean_loss = float(all_reduce_mean(report_sum / report_count, self.world_size)) if report_count else float("nan")
-        metrics = self._metrics(mean_loss, "interrupted")
-        if not saved:
-            self._save_checkpoint()
-        self.final_metrics = metrics
-        return self._summary("interrupted", signal=self.stop.signal)
-
-    def _finish_diverged(self) -> dict:
-        self.last_eval = {k: float("nan") for k in EVAL_KEYS}
-        metrics = self._metrics(float("nan"), "diverged")
-        metrics["evaluated"] = False
-        if self.is_main:
-            self.folder.log_eval(metrics)
-            print(f"[ict] diverged at step {self.step}: non-finite loss; stopping", flush=True)
-        self._report(metrics, None)
-        self.final_metrics = metrics
-        return self._summary("diverged")
-
-    def _summary(self, status: str, **extra) -> dict:
-        summary = {
-            **self.final_metrics,
-            "status": status,
-            "best_fd": self.best_fd,
-            "wall_s": self._elapsed(),
-            "run_dir": str(self.run_dir),
-            "world_size": self.world_size,
-            "device": self.device.type,
-            "num_params": self.num_params,
-            "config": self.cfg.flat(),
-            **extra,
-        }
-        summary.pop("evaluated", None)
-        if self.is_main:
-            self.folder.write_summary(summary)
-        return summary
-
     def close(self) -> None:
         """Flush and close the TensorBoard log (rank 0)."""
         if self.events is not None:
@@ -443,8 +383,7 @@ class Run:
 
 
 def _fmt_s(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
+    h, rem = divmod(int(seconds), 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
