@@ -156,6 +156,10 @@ class Evaluations:
             self.best_fd = fd
         return result
 
+    def clear(self) -> None:
+        """The network diverged: its last evaluation no longer describes it."""
+        self.last = no_evaluation()
+
     def state_dict(self) -> dict:
         return {"last_eval": self.last, "best_fd": self.best_fd}
 

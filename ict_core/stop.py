@@ -1,7 +1,9 @@
-"""Stopping a run cleanly: SIGINT/SIGTERM ask the training loop to end after the current step with a checkpoint
-(train(handle_signals=True), the command line); the loop reads the request, this module only sets it."""
+"""Stopping a run. Cleanly: SIGINT/SIGTERM ask the training loop to end after the current step with a checkpoint
+(train(handle_signals=True), the command line); the loop reads the request, this module only sets it. Or not:
+train.fault_step's injected fault ends the process at once, as a crashed node would (fault_exit)."""
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -45,3 +47,13 @@ class StopOnSignals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def fault_exit(folder, step: int, rank: int) -> None:
+    """train.fault_step: mark the run folder (rundir.RunFolder.mark_fault; a restart does not fault again) and end
+    this process with exit code 1, skipping every cleanup."""
+    try:
+        folder.mark_fault(step)
+    finally:
+        print(f"[ict] rank {rank}: injected fault at step {step}", flush=True)
+        os._exit(1)

@@ -2,14 +2,14 @@
 
 `train(cfg, report)` runs on one CPU under pytest, on one GPU, or on every rank of a torch.distributed
 group that someone else initialised (Ray Train, torchrun). It owns the evaluation EMA, the optional CT
-EMA teacher, the state of its checkpoints (every RNG stream: exact resume) and the NaN guard. Elsewhere: what
-differs between objectives (objectives.py), the EMA update (ema.py), the adaptive curriculum's feed (schedule.py),
-evaluation (evaluate.py), the run folder's files and checkpoint files (rundir.py), the collectives and the
-process's RNG state (dist.py), the stop signals (stop.py) and how the forward runs (precision.py).
+EMA teacher, the state of its checkpoints (every RNG stream: exact resume) and the NaN guard. The parts it runs
+live by job: what differs between objectives (objectives.py), the global batches (data.py), how the forward runs
+(precision.py), the EMA update (ema.py), the adaptive curriculum's feed (schedule.py), evaluation (evaluate.py),
+the run folder and checkpoint files (rundir.py), what rank 0 prints and logs (runlog.py), the collectives and
+the process's RNG state (dist.py) and the stop signals (stop.py).
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,13 +21,14 @@ from .config import Config, ConfigError, resolve_config
 from .dist import (RunningMean, agreed_mean, any_nonfinite, gather_objects, rank_and_world, resolve_device, rng_state,
                    set_rng_state)
 from .ema import ema_beta, ema_update, frozen_copy
-from .evaluate import Evaluations, Evaluator, no_evaluation
+from .evaluate import Evaluations, Evaluator
 from .objectives import build_objective, slice_noise
-from .precision import check_compile, wrap_precision
+from .precision import check_compile, training_forwards
 from .records import REPORT_KEYS, report_row
 from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_for
+from .runlog import RunLog
 from .schedule import CurriculumFeed
-from .stop import StopOnSignals, StopRequest
+from .stop import StopOnSignals, StopRequest, fault_exit
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -45,11 +46,10 @@ class Run:
     point; train_step() alone (benchmarks, timing) runs one optimizer step without evaluation or bookkeeping."""
 
     def __init__(self, cfg: Config, report: Report | None, run_dir, resume_from, stop: StopRequest | None = None):
-        from .data import load_dataset
+        from .data import GlobalBatches, load_dataset
         from .metrics import check_feature_weights
 
         self.stop = stop or StopRequest()
-        self.events = None
         self.t_start = time.time()
         self.rank, self.world_size = rank_and_world()
         self.is_main = self.rank == 0
@@ -59,7 +59,6 @@ class Run:
             raise ConfigError(
                 f"train.batch_size must be divisible by the world size {self.world_size}, got {tcfg.batch_size}"
             )
-        self.local_batch = tcfg.batch_size // self.world_size
         if tcfg.num_threads > 0:
             torch.set_num_threads(tcfg.num_threads)
         self.device = resolve_device(tcfg.device)
@@ -77,7 +76,8 @@ class Run:
 
         self.objective = build_objective(cfg, self.dataset.dim)
         self._build_model()
-        self._build_batches()
+        self.batches = GlobalBatches(self.dataset, tcfg.batch_size, self.rank, self.world_size, tcfg.seed, self.device,
+                                     channels_last=tcfg.channels_last)
         curriculum = self.objective.curriculum
         self.curriculum = (CurriculumFeed(curriculum, lambda mean: agreed_mean(mean, self.device, self.world_size),
                                           self.device, self.is_main) if curriculum is not None else None)
@@ -92,13 +92,11 @@ class Run:
         else:
             torch.manual_seed(tcfg.seed + self.rank * _DROPOUT_SEED_STRIDE)
 
+        resumed_step = self.step if resume_from is not None else None
         if self.is_main:
             # The run folder appears only once the model and data are built, so a setup error leaves none behind.
-            resumed_step = self.step if resume_from is not None else None
             self.folder.start(cfg, provenance.collect(self.device, self.world_size), resumed_step)
-            from .events import EventLog
-
-            self.events = EventLog(self.run_dir, resume_step=resumed_step)
+        self.log = RunLog(self.folder if self.is_main else None, resumed_step)
 
     # -- setup --
     def _build_model(self) -> None:
@@ -114,22 +112,8 @@ class Run:
         self.teacher = frozen_copy(model) if self.objective.ema_teacher else None  # CT's EMA teacher
         self.num_params = sum(p.numel() for p in model.parameters())
 
-        check_compile(cfg)
-        forward = wrap_precision(model, cfg.train.precision, device.type)
-        inner = torch.compile(forward) if cfg.train.compile else forward
-        if self.world_size > 1:
-            ddp = torch.nn.parallel.DistributedDataParallel(
-                forward, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-            )
-            self.student = torch.compile(ddp) if cfg.train.compile else ddp
-            # The stop-gradient teacher pass runs on the unwrapped module: no DDP hooks, no gradient sync.
-            stopgrad_teacher = inner
-        else:
-            self.student = inner
-            stopgrad_teacher = None  # the objective's loss uses the student itself
-        # What the loss's teacher pass runs: the EMA teacher in train.precision, else the stop-gradient student.
-        self.teacher_forward = (wrap_precision(self.teacher, cfg.train.precision, device.type)
-                                if self.teacher is not None else stopgrad_teacher)
+        # What the step trains (precision, compile, DDP) and what the loss's teacher pass runs (ict_core/precision.py).
+        self.student, self.teacher_forward = training_forwards(model, self.teacher, cfg, device, self.world_size)
 
         o = cfg.optim
         opt_cls = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[o.name]
@@ -137,34 +121,12 @@ class Run:
         self.optimizer = opt_cls(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
                                  foreach=True)
 
-    def _build_batches(self) -> None:
-        seed = self.cfg.train.seed
-        # One generator for the GLOBAL batch, identical on every rank; each rank keeps its slice. Hence
-        # 2 ranks x b equal 1 rank x 2b when dropout is 0.
-        self.batch_gen = torch.Generator().manual_seed(seed)
-        self.noise_gen = (
-            torch.Generator(device=self.device).manual_seed(seed + 1) if self.device.type == "cuda" else self.batch_gen
-        )
-        train = self.dataset.train
-        on_device = self.device.type == "cuda" and train.numel() * train.element_size() < 4 * 2**30
-        self.train_images = train.to(self.device) if on_device else train
-        self.flip = self.cfg.data.hflip and bool(getattr(self.dataset, "allows_flip", False))
-
     # -- one optimizer step --
     def draw_batch(self) -> tuple[torch.Tensor, dict]:
-        """Data indices, flips and the objective's noise for the global batch; returns this rank's slice."""
-        cfg = self.cfg
-        global_b = cfg.train.batch_size
-        lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
-        idx = torch.randint(len(self.train_images), (global_b,), generator=self.batch_gen)[lo:hi]
-        x = self.train_images[idx.to(self.train_images.device)].to(self.device, non_blocking=True)
-        if self.flip:
-            flip = (torch.rand(global_b, generator=self.batch_gen) < 0.5)[lo:hi].to(self.device)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        if cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        noise = self.objective.draw(self.step, global_b, x.shape[1:], self.noise_gen)
-        return x, slice_noise(noise, lo, hi)
+        """This rank's images and objective noise of the global batch at self.step (ict_core/data.py GlobalBatches)."""
+        x = self.batches.draw()
+        noise = self.objective.draw(self.step, self.cfg.train.batch_size, x.shape[1:], self.batches.noise_generator)
+        return x, slice_noise(noise, *self.batches.rows)
 
     def step_loss(self, x: torch.Tensor, noise: dict) -> tuple[torch.Tensor, dict]:
         """The per-sample loss of this rank's slice at self.step, and the objective's info."""
@@ -187,10 +149,6 @@ class Run:
             ema_update(self.teacher, self.model, self.objective.teacher_rate(self.step))
         return loss.detach(), info
 
-    def num_points_done(self) -> int:
-        """N(k) of the last step trained (k = step - 1), as in metrics.jsonl; not that of the step to come."""
-        return self.objective.num_points(max(min(self.step, self.cfg.train.total_steps) - 1, 0))
-
     # -- the loop --
     def run(self) -> dict:
         """Train to train.total_steps (or a stop signal, or divergence) and return the run's summary."""
@@ -204,7 +162,9 @@ class Run:
             self.teacher.train()
         log_loss, report_loss = RunningMean(self.device), RunningMean(self.device)  # since the last log / report
         t_log, step_log = time.time(), self.step
-        self._print_start()
+        self.log.start(f"{self.cfg.data.name} {self.dataset.channels}x{self.dataset.resolution}^2, "
+                       f"{self.num_params / 1e6:.2f}M params, {self.device}, world {world}, "
+                       f"steps {self.step}->{total}, batch {tcfg.batch_size}, run {self.run_dir}")
 
         while self.step < total:
             loss, info = self.train_step()
@@ -214,7 +174,7 @@ class Run:
             self.step += 1
             self.images_seen += tcfg.batch_size
             if self.fault_armed and self.step == tcfg.fault_step:
-                self._fault()
+                fault_exit(self.folder, self.step, self.rank)
 
             is_final = self.step == total
             is_eval = is_final or (self.cfg.eval.every > 0 and self.step % self.cfg.eval.every == 0)
@@ -242,43 +202,27 @@ class Run:
         return self._summary("completed")
 
     def _log_train(self, mean_loss: float, info: dict, images_per_s: float) -> None:
-        """A metrics.jsonl row, its TensorBoard scalars and a progress line (rank 0)."""
-        if not self.is_main:
-            return
-        total = self.cfg.train.total_steps
-        row = {"step": self.step, "loss": mean_loss,
-               "num_points": int(info.get("num_points", self.objective.num_points(self.step - 1))),
-               "images_per_s": images_per_s, "images_seen": self.images_seen, "elapsed_s": self._elapsed(),
+        n_points = int(info.get("num_points", self.objective.num_points(self.step - 1)))
+        row = {"step": self.step, "loss": mean_loss, "num_points": n_points, "images_per_s": images_per_s,
+               "images_seen": self.images_seen, "elapsed_s": self._elapsed(),
                "lr": self.optimizer.param_groups[0]["lr"]}
-        self.folder.log_metrics(row)
-        self._log_events("train", {k: row[k] for k in ("loss", "num_points", "images_per_s", "lr")})
-        eta = (total - self.step) * self.cfg.train.batch_size / max(images_per_s, 1e-9)
-        print(f"[ict] step {self.step}/{total}  N(k) {row['num_points']}  loss {mean_loss:.4g}  "
-              f"{images_per_s:.0f} img/s  ETA {_fmt_s(eta)}", flush=True)
+        self.log.train(row, self.cfg.train.total_steps, self.cfg.train.batch_size)
 
     def _report_step(self, mean_loss: float, is_eval: bool, status: str) -> None:
         """Evaluate (at evaluation steps), write a checkpoint and report to the caller on every rank."""
+        result, path = None, self.folder.sample_path(self.step)
         if is_eval:
-            path = self.folder.sample_path(self.step)
-            result = self.evals(self.ema, self.step, path, student=self.model)
-            if result is not None:
-                self._log_events("eval", result, path)
+            result = self.evals(self.ema, self.step, path, student=self.model)  # rank 0's; None on the others
         metrics = {**self._metrics(mean_loss, status), "evaluated": is_eval}
-        if is_eval and self.is_main:
-            self.folder.log_eval(metrics)
-            print(f"[ict] eval step {self.step}: fd {metrics['fd']:.4g} +- {metrics['fd_se']:.2g}  "
-                  f"fd_student {metrics['fd_student']:.4g}  fd_2step {metrics['fd_2step']:.4g}  "
-                  f"kid(x1e3) {metrics['kid']:.4g}  loss_train {metrics['loss_train']:.4g}  "
-                  f"loss_heldout {metrics['loss_heldout']:.4g}", flush=True)
+        if result is not None:
+            self.log.evaluation(metrics, result, path)
         self._report(metrics, self._save_checkpoint())
         self.final_metrics = metrics
 
     def _finish_diverged(self) -> dict:
-        self.evals.last = no_evaluation()
+        self.evals.clear()
         metrics = {**self._metrics(float("nan"), "diverged"), "evaluated": False}
-        if self.is_main:
-            self.folder.log_eval(metrics)
-            print(f"[ict] diverged at step {self.step}: non-finite loss; stopping", flush=True)
+        self.log.diverged(metrics)
         self._report(metrics, None)
         self.final_metrics = metrics
         return self._summary("diverged")
@@ -293,8 +237,7 @@ class Run:
             "student": self.model.state_dict(), "ema": self.ema.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "optimizer": self.optimizer.state_dict(), "rng_per_rank": gathered,
-            "batch_generator": self.batch_gen.get_state(),
-            "noise_generator": self.noise_gen.get_state() if self.noise_gen is not self.batch_gen else None,
+            **self.batches.state_dict(),  # batch_generator, noise_generator
             **self.evals.state_dict(),  # last_eval, best_fd
             "curriculum": self.curriculum.state_dict() if self.curriculum is not None else None,
             "world_size": self.world_size, "config": self.cfg.to_dict(),
@@ -315,11 +258,10 @@ class Run:
         self.evals.load_state_dict(state)
         if self.curriculum is not None:
             if state.get("curriculum") is None:
-                raise ConfigError(f"checkpoint {ckpt_dir} has no adaptive curriculum state but curriculum.shape=adaptive")
+                raise ConfigError(f"checkpoint {ckpt_dir} has no adaptive curriculum state but "
+                                  f"curriculum.shape=adaptive")
             self.curriculum.load_state_dict(state["curriculum"])
-        self.batch_gen.set_state(state["batch_generator"])
-        if state.get("noise_generator") is not None and self.noise_gen is not self.batch_gen:
-            self.noise_gen.set_state(state["noise_generator"].cpu())
+        self.batches.load_state_dict(state)
         if len(state["rng_per_rank"]) == self.world_size:
             set_rng_state(state["rng_per_rank"][self.rank], self.device)
         else:  # a different world size cannot continue bitwise; keep dropout streams distinct and reproducible
@@ -334,7 +276,9 @@ class Run:
         return self.elapsed_before + (time.time() - self.t_start)
 
     def _metrics(self, loss: float, status: str) -> dict:
-        return report_row(self.step, self.cfg.train.total_steps, self.num_points_done(), loss, self.evals.last,
+        # num_points: N(k) of the last step trained (k = step - 1), as in metrics.jsonl; not that of the step to come.
+        num_points = self.objective.num_points(max(min(self.step, self.cfg.train.total_steps) - 1, 0))
+        return report_row(self.step, self.cfg.train.total_steps, num_points, loss, self.evals.last,
                           self.images_seen, self._elapsed(), status)
 
     def _summary(self, status: str, **extra) -> dict:
@@ -346,46 +290,13 @@ class Run:
             self.folder.write_summary(summary)
         return summary
 
-    def _print_start(self) -> None:
-        if not self.is_main:
-            return
-        cfg = self.cfg
-        print(f"[ict] {cfg.data.name} {self.dataset.channels}x{self.dataset.resolution}^2, "
-              f"{self.num_params / 1e6:.2f}M params, {self.device}, world {self.world_size}, "
-              f"steps {self.step}->{cfg.train.total_steps}, batch {cfg.train.batch_size}, run {self.run_dir}", flush=True)
-        if self.events is not None and self.events.active:
-            print(f"[ict] watch it: tensorboard --logdir {self.run_dir}", flush=True)
-
-    def _log_events(self, group: str, values: dict, image: Path | None = None) -> None:
-        """TensorBoard on rank 0: every numeric value given, and the sample grid if one was written."""
-        if self.events is None:
-            return
-        self.events.scalars(group, values, self.step)
-        if image is not None:
-            self.events.image("samples", image, self.step)
-            self.events.flush()
-
     def _report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         if self.report_fn is not None:
             self.report_fn(dict(metrics), checkpoint_dir)
 
-    def _fault(self) -> None:
-        try:
-            self.folder.mark_fault(self.step)
-        finally:
-            print(f"[ict] rank {self.rank}: injected fault at step {self.step}", flush=True)
-            os._exit(1)
-
     def close(self) -> None:
         """Flush and close the TensorBoard log (rank 0)."""
-        if self.events is not None:
-            self.events.close()
-
-
-def _fmt_s(seconds: float) -> str:
-    h, rem = divmod(int(seconds), 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+        self.log.close()
 
 
 def train(cfg: Config, report: Report | None = None, run_dir=None, resume_from=None,
