@@ -56,9 +56,8 @@ class Run:
         self.report_fn = report
         tcfg = cfg.train
         if tcfg.batch_size % self.world_size:
-            raise ConfigError(
-                f"train.batch_size must be divisible by the world size {self.world_size}, got {tcfg.batch_size}"
-            )
+            raise ConfigError(f"train.batch_size must be divisible by the world size {self.world_size}, "
+                              f"got {tcfg.batch_size}")
         if tcfg.num_threads > 0:
             torch.set_num_threads(tcfg.num_threads)
         self.device = resolve_device(tcfg.device)
@@ -83,10 +82,8 @@ class Run:
                                           self.device, self.is_main) if curriculum is not None else None)
         self.evals = Evaluations(cfg, self.dataset, self.device, self.objective, self.rank, self.world_size)
 
-        self.step = 0
-        self.images_seen = 0
-        self.elapsed_before = 0.0
-        self.final_metrics: dict = {}
+        self.step, self.images_seen, self.elapsed_before = 0, 0, 0.0
+        self.final_metrics: dict = {}  # the last report's metrics: the head of the summary
         if resume_from is not None:
             self._load_checkpoint(latest_checkpoint(resume_from))
         else:
