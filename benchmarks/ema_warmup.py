@@ -14,10 +14,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from ict_core.config import load_config
+from ict_core.config import load_config, resolve_config
 from ict_core.ema import initial_weight_share
 from ict_core.data import load_dataset
-from ict_core.trainer import resolve_config, train
+from ict_core.trainer import train
 
 
 def main(argv=None) -> int:

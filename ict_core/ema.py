@@ -1,4 +1,5 @@
-"""The evaluation EMA's per-step rate, with a warm-up, and how much of the initial weights it still holds.
+"""The evaluation EMA: its per-step rate, with a warm-up, how much of the initial weights it still holds, and the
+update itself (also that of CT's EMA teacher).
 
 A fixed rate r started at the initialization keeps r^k of the initial weights after k steps (0.999^1000 = 37%);
 the network's output convolution starts at zero, so such an average shrinks samples toward the mean and every
@@ -17,7 +18,10 @@ beta(1) ... beta(k) (initial_weight_share). train.ema_rampup = 0 gives the const
 """
 from __future__ import annotations
 
+import copy
 import math
+
+import torch
 
 
 def half_life(ema_rate: float) -> float:
@@ -55,3 +59,23 @@ def initial_weight_share(step: int, ema_rate: float, rampup: float) -> float:
             return 0.0
         log_share += math.log(beta)
     return math.exp(log_share)
+
+
+@torch.no_grad()
+def ema_update(target: torch.nn.Module, source: torch.nn.Module, rate: float) -> None:
+    """target <- rate * target + (1 - rate) * source, parameters and floating buffers alike."""
+    t_params = list(target.parameters())
+    s_params = [p.detach() for p in source.parameters()]
+    if rate == 0.0:
+        torch._foreach_copy_(t_params, s_params)
+    else:
+        torch._foreach_lerp_(t_params, s_params, 1.0 - rate)
+    for t_buf, s_buf in zip(target.buffers(), source.buffers()):
+        t_buf.copy_(s_buf)
+
+
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `module` that no optimizer updates: the start of an EMA."""
+    out = copy.deepcopy(module)
+    out.requires_grad_(False)
+    return out

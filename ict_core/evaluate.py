@@ -1,13 +1,16 @@
 """Evaluation during training: feature FD of one- and two-step samples (or the diffusion objective's sampler),
 its bootstrap standard error, KID, the loss on fixed train and held-out images, and nearest-neighbour distances
-(docs/MEASUREMENT.md)."""
+(docs/MEASUREMENT.md). Evaluator measures on one process; Evaluations runs it on rank 0 of a run and shares the
+values with every rank."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 from .config import Config
+from .dist import broadcast_floats
 from .records import EVALUATOR_METRICS
 
 EVAL_SEED_OFFSET = 7_919  # evaluation noise is fixed per run and independent of the training RNG
@@ -119,3 +122,48 @@ class Evaluator:
             for m, mode in zip(nets, was_training):
                 m.train(mode)
         return out
+
+
+def no_evaluation() -> dict:
+    """The metrics of a run not evaluated yet (or whose network diverged): NaN for every EVAL_KEYS entry."""
+    return {k: float("nan") for k in EVAL_KEYS}
+
+
+class Evaluations:
+    """The evaluations of one run, on every rank: rank 0 measures (its Evaluator is built at the first evaluation,
+    which trains or loads the feature network), and every rank gets the same values. Keeps the last evaluation
+    and the best fd so far, which the run's checkpoints hold (state_dict)."""
+
+    def __init__(self, cfg: Config, dataset, device: torch.device, objective, rank: int, world_size: int):
+        self.cfg, self.dataset, self.device, self.objective = cfg, dataset, device, objective
+        self.rank, self.world_size = rank, world_size
+        self.evaluator: Evaluator | None = None
+        self.last = no_evaluation()
+        self.best_fd = float("nan")
+
+    def __call__(self, net: torch.nn.Module, step: int, sample_path: Path, student: torch.nn.Module) -> dict | None:
+        """Evaluate `net` (the evaluation EMA) and `student` on rank 0; every rank's `last` becomes its values.
+        Returns rank 0's result (None on the other ranks)."""
+        values, result = [float("nan")] * len(EVAL_KEYS), None
+        if self.rank == 0:
+            if self.evaluator is None:
+                self.evaluator = Evaluator(self.cfg, self.dataset, self.device, self.objective)
+            result = self.evaluator(net, step, sample_path, student=student)
+            values = [float(result[k]) for k in EVAL_KEYS]
+        self.last = dict(zip(EVAL_KEYS, broadcast_floats(values, self.device, self.world_size)))
+        fd = self.last["fd"]
+        if math.isfinite(fd) and not fd >= self.best_fd:
+            self.best_fd = fd
+        return result
+
+    def clear(self) -> None:
+        """The network diverged: its last evaluation no longer describes it."""
+        self.last = no_evaluation()
+
+    def state_dict(self) -> dict:
+        return {"last_eval": self.last, "best_fd": self.best_fd}
+
+    def load_state_dict(self, state: dict) -> None:
+        """From a checkpoint's state (its last_eval and best_fd; older checkpoints may lack them)."""
+        self.last = dict(state.get("last_eval") or self.last)
+        self.best_fd = float(state.get("best_fd", float("nan")))

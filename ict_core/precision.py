@@ -10,12 +10,17 @@ computed in it stays close to D_i computed in fp32. relative_errors() gives ||D_
 for every interval i of the grid; benchmarks/precision.py prints them for a trained checkpoint, and the rule
 the presets follow (docs/MEASUREMENT.md) is: the default precision is one whose error stays below
 MAX_RELATIVE_ERROR at every sigma, fp32 if none does.
+
+training_forwards() builds what the trainer's step runs: the network in train.precision (wrap_precision),
+compiled (train.compile; check_compile refuses it where it would break the objective's shared dropout masks) and
+wrapped for data parallelism across ranks.
 """
 from __future__ import annotations
 
 import torch
 
-from .config import ConfigError
+from .config import Config, ConfigError
+from .objectives import objective_class
 
 MAX_RELATIVE_ERROR = 0.01
 PRECISIONS = ("fp32", "bf16", "bf16_stem")
@@ -49,6 +54,37 @@ def wrap_precision(net: torch.nn.Module, precision: str, device_type: str) -> to
     if precision in ("bf16", "bf16_stem"):
         return Bf16Net(net, device_type, keep_stem_fp32=precision == "bf16_stem")
     raise ConfigError(f"train.precision must be one of fp32, bf16, bf16_stem; got {precision!r}")
+
+
+def check_compile(cfg: Config) -> None:
+    """train.compile with dropout is refused where teacher and student passes must share dropout masks (the
+    consistency objective): under inductor the teacher's no-grad graph and the student's training graph draw
+    their dropout masks independently."""
+    if cfg.train.compile and cfg.network.dropout > 0 and objective_class(cfg.loss.objective).shares_dropout:
+        raise ConfigError(f"train.compile=true needs network.dropout=0 for the {cfg.loss.objective} objective, got "
+                          f"network.dropout={cfg.network.dropout}: compiled teacher and student passes draw different "
+                          f"dropout masks; set train.compile=false or network.dropout=0")
+
+
+def training_forwards(model: torch.nn.Module, teacher: torch.nn.Module | None, cfg: Config, device: torch.device,
+                      world_size: int) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """(student, teacher_forward): the forward the optimizer step trains (train.precision, train.compile, DDP when
+    world_size > 1) and what the loss's teacher pass runs: the EMA `teacher` in train.precision when there is one;
+    else, under DDP, the student without its DDP wrapper (no hooks, no gradient sync for a stop-gradient pass);
+    else None (the loss runs the student itself)."""
+    check_compile(cfg)
+    forward = wrap_precision(model, cfg.train.precision, device.type)
+    inner = torch.compile(forward) if cfg.train.compile else forward
+    if world_size > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
+        student, stopgrad_teacher = (torch.compile(ddp) if cfg.train.compile else ddp), inner
+    else:
+        student, stopgrad_teacher = inner, None
+    if teacher is not None:
+        return student, wrap_precision(teacher, cfg.train.precision, device.type)
+    return student, stopgrad_teacher
 
 
 @torch.no_grad()

@@ -54,6 +54,15 @@ FINAL_METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", 
                  "fd_student", "fd_se")
 
 
+def report_row(step: int, total_steps: int, num_points: int, loss: float, evaluation: dict, images_seen: int,
+               elapsed_s: float, status: str) -> dict:
+    """What the trainer reports, logs to evals.jsonl and ends summary.json with: its counters (REPORT_KEYS) and the
+    last evaluation's EVALUATOR_METRICS (NaN where it has none)."""
+    return {"step": step, "total_steps": total_steps, "num_points": num_points, "loss": loss,
+            **{k: evaluation.get(k, float("nan")) for k in EVALUATOR_METRICS},
+            "images_seen": images_seen, "elapsed_s": elapsed_s, "status": status}
+
+
 def _config_types() -> dict[str, pa.DataType]:
     out = {}
     hints = get_type_hints(Config)

@@ -8,7 +8,8 @@ A run folder holds
     evals.jsonl       one row per evaluation or checkpoint report: the trainer's metrics
     summary.json      how the run ended: the last report's metrics plus best_fd, wall_s, config, ...
     samples/          step_<k>.png sample grids of the evaluations
-    checkpoints/      step_<k>/{state.pt, meta.json}, the newest train.keep_checkpoints of them
+    checkpoints/      step_<k>/{state.pt, meta.json}, the newest train.keep_checkpoints of them; meta.json
+                      holds the step, last evaluation and config of state.pt, readable without torch
     events.*          TensorBoard events (ict_core/events.py)
 
 This module is the one place that knows these names; the trainer, the command lines and tune/ find files
@@ -59,6 +60,18 @@ def latest_checkpoint(path: str | os.PathLike) -> Path:
 def run_dir_of(checkpoint: Path) -> Path:
     """The run folder a checkpoint folder belongs to."""
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else checkpoint.parent
+
+
+def run_dir_for(run_dir: str | os.PathLike | None, resume_from: str | os.PathLike | None) -> Path:
+    """The folder a run writes: `run_dir` when given, else the run folder of `resume_from`'s newest checkpoint,
+    else a new temporary folder."""
+    if run_dir is not None:
+        return Path(run_dir)
+    if resume_from is not None:
+        return run_dir_of(latest_checkpoint(resume_from))
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="ict-run-"))
 
 
 def load_checkpoint(checkpoint: Path) -> dict:
@@ -141,10 +154,12 @@ class RunFolder:
         self.fault_marker.parent.mkdir(parents=True, exist_ok=True)
         self.fault_marker.write_text(f"fault injected at step {step}\n")
 
-    def save_checkpoint(self, step: int, state: dict, meta: dict, keep: int) -> Path:
-        """checkpoints/step_<step>/ written whole or not at all; only the newest `keep` are kept."""
+    def save_checkpoint(self, step: int, state: dict, keep: int) -> Path:
+        """checkpoints/step_<step>/ written whole or not at all; only the newest `keep` are kept. meta.json copies
+        the state's `last_eval` and `config` (when it has them)."""
         import torch
 
+        meta = {"step": step, "metrics": state.get("last_eval"), "config": state.get("config")}
         name = step_dir_name(step)
         tmp = self.checkpoints / f".tmp_{name}"
         final = self.checkpoints / name

@@ -6,6 +6,7 @@ and Song et al. 2023 (CT, arXiv 2303.01469); docs/ALGORITHM.md restates them.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -204,6 +205,40 @@ class Curriculum:
         self.stage_starts = [int(s) for s in state["stage_starts"]]
         self.recent = [float(v) for v in state["recent"]]
         self.stalls = int(state["stalls"])
+
+
+class CurriculumFeed:
+    """What the training loop does with an adaptive curriculum: it adds every step's loss, and every `every` steps
+    the curriculum observes their mean. `agree(mean) -> float` turns this rank's mean into the value every rank
+    observes (under DDP the all-reduced mean, rank 0's value broadcast: ict_core.dist.agreed_mean), so that every
+    rank takes the same decision and N(k) stays the same on all. The partial sum since the last observation is
+    part of the state, so a checkpoint between two observations resumes bitwise."""
+
+    def __init__(self, curriculum: Curriculum, agree: Callable[[torch.Tensor], float], device: torch.device,
+                 verbose: bool):
+        self.curriculum, self.agree, self.verbose = curriculum, agree, verbose
+        self.sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+
+    def __call__(self, step: int, loss: torch.Tensor) -> None:
+        """Accumulate the loss of the step that made `step` steps done; at every `every`-th step, decide."""
+        self.sum += loss
+        self.count += 1
+        if step % self.curriculum.every:
+            return
+        mean = self.agree(self.sum / max(self.count, 1))
+        self.sum.zero_()
+        self.count = 0
+        if self.curriculum.observe(step, mean) and self.verbose:
+            print(f"[ict] step {step}: loss stalled, N(k) -> {self.curriculum.num_points(step)}", flush=True)
+
+    def state_dict(self) -> dict:
+        return {**self.curriculum.state_dict(), "pending_sum": self.sum.item(), "pending_count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.curriculum.load_state_dict(state)
+        self.sum.fill_(float(state["pending_sum"]))
+        self.count = int(state["pending_count"])
 
 
 def curriculum_from_config(curriculum_cfg, total_steps: int) -> Curriculum:

@@ -2,33 +2,33 @@
 
 `train(cfg, report)` runs on one CPU under pytest, on one GPU, or on every rank of a torch.distributed
 group that someone else initialised (Ray Train, torchrun). It owns the evaluation EMA, the optional CT
-EMA teacher, checkpoints with every RNG state (exact resume), the NaN guard and the stop signals. What
-differs between objectives is in ict_core/objectives.py, evaluation in ict_core/evaluate.py, the run folder's
-files in ict_core/rundir.py and the collectives in ict_core/dist.py.
+EMA teacher, the state of its checkpoints (every RNG stream: exact resume) and the NaN guard. The parts it runs
+live by job: what differs between objectives (objectives.py), the global batches (data.py), how the forward runs
+(precision.py), the EMA update (ema.py), the adaptive curriculum's feed (schedule.py), evaluation (evaluate.py),
+the run folder and checkpoint files (rundir.py), what rank 0 prints and logs (runlog.py), the collectives and
+the process's RNG state (dist.py) and the stop signals (stop.py).
 """
 from __future__ import annotations
 
-import copy
-import math
-import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from . import provenance
 from .config import Config, ConfigError, resolve_config
-from .dist import all_reduce_mean, any_nonfinite, broadcast_floats, gather_objects, rank_and_world, resolve_device
-from .ema import ema_beta
-from .evaluate import EVAL_KEYS, Evaluator
-from .objectives import build_objective, objective_class
-from .precision import wrap_precision
-from .records import COMPLETED, DIVERGED, INTERRUPTED, REPORT_KEYS, RUNNING
-from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_of
+from .dist import (RunningMean, agreed_mean, any_nonfinite, gather_objects, rank_and_world, resolve_device, rng_state,
+                   set_rng_state)
+from .ema import ema_beta, ema_update, frozen_copy
+from .evaluate import Evaluations, Evaluator
+from .objectives import build_objective, slice_noise
+from .precision import check_compile, training_forwards
+from .records import COMPLETED, DIVERGED, INTERRUPTED, REPORT_KEYS, RUNNING, report_row
+from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_for
+from .runlog import RunLog
+from .schedule import CurriculumFeed
+from .stop import StopOnSignals, StopRequest, fault_exit
 
 Report = Callable[[dict, "str | None"], None]
 
@@ -36,100 +36,28 @@ _DROPOUT_SEED_STRIDE = 1_000_003  # rank r seeds its dropout RNG with seed + r *
 
 METRIC_KEYS = REPORT_KEYS  # named in ict_core/records.py
 
-__all__ = ["train", "Run", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile", "ema_update",
-           "latest_checkpoint", "resolve_config", "resolve_device"]
-
-
-@torch.no_grad()
-def ema_update(target: torch.nn.Module, source: torch.nn.Module, rate: float) -> None:
-    """target <- rate * target + (1 - rate) * source, parameters and floating buffers alike."""
-    t_params = list(target.parameters())
-    s_params = [p.detach() for p in source.parameters()]
-    if rate == 0.0:
-        torch._foreach_copy_(t_params, s_params)
-    else:
-        torch._foreach_lerp_(t_params, s_params, 1.0 - rate)
-    for t_buf, s_buf in zip(target.buffers(), source.buffers()):
-        t_buf.copy_(s_buf)
-
-
-def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
-    out = copy.deepcopy(module)
-    out.requires_grad_(False)
-    return out
-
-
-
-
-def check_compile(cfg: Config) -> None:
-    """train.compile with dropout is refused where teacher and student passes must share dropout masks (the
-    consistency objective): under inductor the teacher's no-grad graph and the student's training graph draw
-    their dropout masks independently."""
-    if cfg.train.compile and cfg.network.dropout > 0 and objective_class(cfg.loss.objective).shares_dropout:
-        raise ConfigError(f"train.compile=true needs network.dropout=0 for the {cfg.loss.objective} objective, got "
-                          f"network.dropout={cfg.network.dropout}: compiled teacher and student passes draw different "
-                          f"dropout masks; set train.compile=false or network.dropout=0")
-
-
-class _CurriculumFeed:
-    """Feeds an adaptive curriculum (schedule.Curriculum) the mean loss of every `every` steps over all ranks.
-    Rank 0's value is broadcast so that every rank takes the same decision and N(k) stays the same on all."""
-
-    def __init__(self, curriculum, device: torch.device, world_size: int, verbose: bool):
-        self.curriculum = curriculum
-        self.device, self.world_size, self.verbose = device, world_size, verbose
-        self.sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = 0
-
-    def __call__(self, step: int, loss: torch.Tensor) -> None:
-        """Accumulate the loss of the step that made `step` steps done; at every `every`-th step, decide."""
-        self.sum += loss
-        self.count += 1
-        if step % self.curriculum.every:
-            return
-        mean = all_reduce_mean(self.sum / max(self.count, 1), self.world_size)
-        mean = broadcast_floats([float(mean)], self.device, self.world_size)[0]
-        self.sum.zero_()
-        self.count = 0
-        if self.curriculum.observe(step, mean) and self.verbose:
-            print(f"[ict] step {step}: loss stalled, N(k) -> {self.curriculum.num_points(step)}", flush=True)
-
-    def state_dict(self) -> dict:
-        return {**self.curriculum.state_dict(), "pending_sum": self.sum.item(), "pending_count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.curriculum.load_state_dict(state)
-        self.sum.fill_(float(state["pending_sum"]))
-        self.count = int(state["pending_count"])
-
-
-class _StopRequest:
-    """Set by the SIGINT/SIGTERM handler that train(handle_signals=True) installs; the loop checks it after each
-    step, writes a checkpoint and ends the run with status "interrupted"."""
-
-    def __init__(self):
-        self.signal: str | None = None
+# Evaluator, FAULT_MARKER, latest_checkpoint and resolve_config are also read from here by tests/test_trainer.py.
+__all__ = ["train", "Run", "Report", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile",
+           "latest_checkpoint", "resolve_config"]
 
 
 class Run:
     """One training run: its networks, optimizer, objective, random streams and run folder. train() is the entry
     point; train_step() alone (benchmarks, timing) runs one optimizer step without evaluation or bookkeeping."""
 
-    def __init__(self, cfg: Config, report: Report | None, run_dir, resume_from, stop: _StopRequest | None = None):
-        from .data import load_dataset
+    def __init__(self, cfg: Config, report: Report | None, run_dir, resume_from, stop: StopRequest | None = None):
+        from .data import GlobalBatches, load_dataset
+        from .metrics import check_feature_weights
 
-        self.stop = stop or _StopRequest()
-        self.events = None
+        self.stop = stop or StopRequest()
         self.t_start = time.time()
         self.rank, self.world_size = rank_and_world()
         self.is_main = self.rank == 0
         self.report_fn = report
         tcfg = cfg.train
         if tcfg.batch_size % self.world_size:
-            raise ConfigError(
-                f"train.batch_size must be divisible by the world size {self.world_size}, got {tcfg.batch_size}"
-            )
-        self.local_batch = tcfg.batch_size // self.world_size
+            raise ConfigError(f"train.batch_size must be divisible by the world size {self.world_size}, "
+                              f"got {tcfg.batch_size}")
         if tcfg.num_threads > 0:
             torch.set_num_threads(tcfg.num_threads)
         self.device = resolve_device(tcfg.device)
@@ -138,48 +66,34 @@ class Run:
 
         self.dataset = load_dataset(cfg.data, seed=cfg.data.seed)
         self.cfg = cfg = resolve_config(cfg, self.dataset.dim)
-        from .metrics import check_feature_weights
-
         check_feature_weights(self.dataset, cfg.eval)
 
-        if run_dir is None:
-            if resume_from is not None:
-                run_dir = run_dir_of(latest_checkpoint(resume_from))
-            else:
-                import tempfile
-
-                run_dir = tempfile.mkdtemp(prefix="ict-run-")
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_dir_for(run_dir, resume_from)
         self.folder = RunFolder(self.run_dir)
         # Decided once at start, so every rank of the first attempt exits and no rank of a restart does.
         self.fault_armed = tcfg.fault_step >= 0 and not self.folder.fault_marker.exists()
 
         self.objective = build_objective(cfg, self.dataset.dim)
         self._build_model()
-        self._build_batches()
+        self.batches = GlobalBatches(self.dataset, tcfg.batch_size, self.rank, self.world_size, tcfg.seed, self.device,
+                                     channels_last=tcfg.channels_last)
         curriculum = self.objective.curriculum
-        self.curriculum = (_CurriculumFeed(curriculum, self.device, self.world_size, self.is_main)
-                           if curriculum is not None else None)
+        self.curriculum = (CurriculumFeed(curriculum, lambda mean: agreed_mean(mean, self.device, self.world_size),
+                                          self.device, self.is_main) if curriculum is not None else None)
+        self.evals = Evaluations(cfg, self.dataset, self.device, self.objective, self.rank, self.world_size)
 
-        self.step = 0
-        self.images_seen = 0
-        self.elapsed_before = 0.0
-        self.last_eval: dict = {k: float("nan") for k in EVAL_KEYS}
-        self.best_fd = float("nan")
-        self.final_metrics: dict = {}
+        self.step, self.images_seen, self.elapsed_before = 0, 0, 0.0
+        self.final_metrics: dict = {}  # the last report's metrics: the head of the summary
         if resume_from is not None:
             self._load_checkpoint(latest_checkpoint(resume_from))
         else:
             torch.manual_seed(tcfg.seed + self.rank * _DROPOUT_SEED_STRIDE)
-        self.evaluator: Evaluator | None = None  # built at the first evaluation (trains or loads the feature net)
 
+        resumed_step = self.step if resume_from is not None else None
         if self.is_main:
             # The run folder appears only once the model and data are built, so a setup error leaves none behind.
-            self.folder.start(cfg, provenance.collect(self.device, self.world_size),
-                              self.step if resume_from is not None else None)
-            from .events import EventLog
-
-            self.events = EventLog(self.run_dir, resume_step=self.step if resume_from is not None else None)
+            self.folder.start(cfg, provenance.collect(self.device, self.world_size), resumed_step)
+        self.log = RunLog(self.folder if self.is_main else None, resumed_step)
 
     # -- setup --
     def _build_model(self) -> None:
@@ -191,26 +105,12 @@ class Run:
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.ema = _frozen_copy(model)  # evaluation EMA (ict_core/ema.py); never a teacher
-        self.teacher = _frozen_copy(model) if self.objective.ema_teacher else None  # CT's EMA teacher
+        self.ema = frozen_copy(model)  # evaluation EMA (ict_core/ema.py); never a teacher
+        self.teacher = frozen_copy(model) if self.objective.ema_teacher else None  # CT's EMA teacher
         self.num_params = sum(p.numel() for p in model.parameters())
 
-        check_compile(cfg)
-        forward = wrap_precision(model, cfg.train.precision, device.type)
-        inner = torch.compile(forward) if cfg.train.compile else forward
-        if self.world_size > 1:
-            ddp = torch.nn.parallel.DistributedDataParallel(
-                forward, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-            )
-            self.student = torch.compile(ddp) if cfg.train.compile else ddp
-            # The stop-gradient teacher pass runs on the unwrapped module: no DDP hooks, no gradient sync.
-            stopgrad_teacher = inner
-        else:
-            self.student = inner
-            stopgrad_teacher = None  # the objective's loss uses the student itself
-        # What the loss's teacher pass runs: the EMA teacher in train.precision, else the stop-gradient student.
-        self.teacher_forward = (wrap_precision(self.teacher, cfg.train.precision, device.type)
-                                if self.teacher is not None else stopgrad_teacher)
+        # What the step trains (precision, compile, DDP) and what the loss's teacher pass runs (ict_core/precision.py).
+        self.student, self.teacher_forward = training_forwards(model, self.teacher, cfg, device, self.world_size)
 
         o = cfg.optim
         opt_cls = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[o.name]
@@ -218,34 +118,12 @@ class Run:
         self.optimizer = opt_cls(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
                                  foreach=True)
 
-    def _build_batches(self) -> None:
-        seed = self.cfg.train.seed
-        # One generator for the GLOBAL batch, identical on every rank; each rank keeps its slice. Hence
-        # 2 ranks x b equal 1 rank x 2b when dropout is 0.
-        self.batch_gen = torch.Generator().manual_seed(seed)
-        self.noise_gen = (
-            torch.Generator(device=self.device).manual_seed(seed + 1) if self.device.type == "cuda" else self.batch_gen
-        )
-        train = self.dataset.train
-        on_device = self.device.type == "cuda" and train.numel() * train.element_size() < 4 * 2**30
-        self.train_images = train.to(self.device) if on_device else train
-        self.flip = self.cfg.data.hflip and bool(getattr(self.dataset, "allows_flip", False))
-
     # -- one optimizer step --
     def draw_batch(self) -> tuple[torch.Tensor, dict]:
-        """Data indices, flips and the objective's noise for the global batch; returns this rank's slice."""
-        cfg = self.cfg
-        global_b = cfg.train.batch_size
-        lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
-        idx = torch.randint(len(self.train_images), (global_b,), generator=self.batch_gen)[lo:hi]
-        x = self.train_images[idx.to(self.train_images.device)].to(self.device, non_blocking=True)
-        if self.flip:
-            flip = (torch.rand(global_b, generator=self.batch_gen) < 0.5)[lo:hi].to(self.device)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        if cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        noise = self.objective.draw(self.step, global_b, x.shape[1:], self.noise_gen)
-        return x, {key: value[lo:hi] for key, value in noise.items()}
+        """This rank's images and objective noise of the global batch at self.step (ict_core/data.py GlobalBatches)."""
+        x = self.batches.draw()
+        noise = self.objective.draw(self.step, self.cfg.train.batch_size, x.shape[1:], self.batches.noise_generator)
+        return x, slice_noise(noise, *self.batches.rows)
 
     def step_loss(self, x: torch.Tensor, noise: dict) -> tuple[torch.Tensor, dict]:
         """The per-sample loss of this rank's slice at self.step, and the objective's info."""
@@ -268,40 +146,100 @@ class Run:
             ema_update(self.teacher, self.model, self.objective.teacher_rate(self.step))
         return loss.detach(), info
 
-    def num_points_done(self) -> int:
-        """N(k) of the last step trained (k = step - 1), as in metrics.jsonl; not that of the step to come."""
-        return self.objective.num_points(max(min(self.step, self.cfg.train.total_steps) - 1, 0))
+    # -- the loop --
+    def run(self) -> dict:
+        """Train to train.total_steps (or a stop signal, or divergence) and return the run's summary."""
+        tcfg, total, world = self.cfg.train, self.cfg.train.total_steps, self.world_size
+        if self.step >= total:
+            self.final_metrics = self._metrics(float("nan"), COMPLETED)
+            return self._summary(COMPLETED)
+        check_every = 1 if self.device.type == "cpu" else tcfg.log_every
+        self.student.train()
+        if self.teacher is not None:
+            self.teacher.train()
+        log_loss, report_loss = RunningMean(self.device), RunningMean(self.device)  # since the last log / report
+        t_log, step_log = time.time(), self.step
+        self.log.start(f"{self.cfg.data.name} {self.dataset.channels}x{self.dataset.resolution}^2, "
+                       f"{self.num_params / 1e6:.2f}M params, {self.device}, world {world}, "
+                       f"steps {self.step}->{total}, batch {tcfg.batch_size}, run {self.run_dir}")
 
-    # -- checkpoints --
-    def _rng_state(self) -> dict:
-        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
+        while self.step < total:
+            loss, info = self.train_step()
+            done_loss = loss.to(torch.float64)
+            log_loss.add(done_loss)
+            report_loss.add(done_loss)
+            self.step += 1
+            self.images_seen += tcfg.batch_size
+            if self.fault_armed and self.step == tcfg.fault_step:
+                fault_exit(self.folder, self.step, self.rank)
 
+            is_final = self.step == total
+            is_eval = is_final or (self.cfg.eval.every > 0 and self.step % self.cfg.eval.every == 0)
+            is_ckpt = tcfg.checkpoint_every > 0 and self.step % tcfg.checkpoint_every == 0
+            is_log = self.step % tcfg.log_every == 0 or is_final
+            if (self.step % check_every == 0 or is_eval or is_ckpt or is_log) and any_nonfinite(report_loss.sum, world):
+                return self._finish_diverged()
+            if self.curriculum is not None:
+                self.curriculum(self.step, done_loss)
+
+            if is_log:
+                images_per_s = (self.step - step_log) * tcfg.batch_size / max(time.time() - t_log, 1e-9)
+                self._log_train(log_loss.pop(world), info, images_per_s)
+                t_log, step_log = time.time(), self.step
+            if is_eval or is_ckpt:
+                self._report_step(report_loss.pop(world), is_eval, COMPLETED if is_final else RUNNING)
+                t_log, step_log = time.time(), self.step  # evaluation time is not training throughput
+            if self.stop.signal is not None and not is_final:
+                if any_nonfinite(report_loss.sum, world):
+                    return self._finish_diverged()
+                self.final_metrics = self._metrics(report_loss.pop(world), INTERRUPTED)
+                if not (is_eval or is_ckpt):  # keep a checkpoint of this step
+                    self._save_checkpoint()
+                return self._summary(INTERRUPTED, signal=self.stop.signal)
+        return self._summary(COMPLETED)
+
+    def _log_train(self, mean_loss: float, info: dict, images_per_s: float) -> None:
+        n_points = int(info.get("num_points", self.objective.num_points(self.step - 1)))
+        row = {"step": self.step, "loss": mean_loss, "num_points": n_points, "images_per_s": images_per_s,
+               "images_seen": self.images_seen, "elapsed_s": self._elapsed(),
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        self.log.train(row, self.cfg.train.total_steps, self.cfg.train.batch_size)
+
+    def _report_step(self, mean_loss: float, is_eval: bool, status: str) -> None:
+        """Evaluate (at evaluation steps), write a checkpoint and report to the caller on every rank."""
+        result, path = None, self.folder.sample_path(self.step)
+        if is_eval:
+            result = self.evals(self.ema, self.step, path, student=self.model)  # rank 0's; None on the others
+        metrics = {**self._metrics(mean_loss, status), "evaluated": is_eval}
+        if result is not None:
+            self.log.evaluation(metrics, result, path)
+        self._report(metrics, self._save_checkpoint())
+        self.final_metrics = metrics
+
+    def _finish_diverged(self) -> dict:
+        self.evals.clear()
+        metrics = {**self._metrics(float("nan"), DIVERGED), "evaluated": False}
+        self.log.diverged(metrics)
+        self._report(metrics, None)
+        self.final_metrics = metrics
+        return self._summary(DIVERGED)
+
+    # -- checkpoints: the loop builds and consumes the state; ict_core/rundir.py writes and reads the files --
     def _save_checkpoint(self) -> str | None:
-        gathered = gather_objects(self._rng_state(), self.world_size)
+        gathered = gather_objects(rng_state(self.device), self.world_size)
         if not self.is_main:
             return None
         state = {
-            "step": self.step,
-            "images_seen": self.images_seen,
-            "elapsed_s": self._elapsed(),
-            "student": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
+            "step": self.step, "images_seen": self.images_seen, "elapsed_s": self._elapsed(),
+            "student": self.model.state_dict(), "ema": self.ema.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "rng_per_rank": gathered,
-            "batch_generator": self.batch_gen.get_state(),
-            "noise_generator": self.noise_gen.get_state() if self.noise_gen is not self.batch_gen else None,
-            "last_eval": self.last_eval,
-            "best_fd": self.best_fd,
+            "optimizer": self.optimizer.state_dict(), "rng_per_rank": gathered,
+            **self.batches.state_dict(),  # batch_generator, noise_generator
+            **self.evals.state_dict(),  # last_eval, best_fd
             "curriculum": self.curriculum.state_dict() if self.curriculum is not None else None,
-            "world_size": self.world_size,
-            "config": self.cfg.to_dict(),
+            "world_size": self.world_size, "config": self.cfg.to_dict(),
         }
-        meta = {"step": self.step, "metrics": self.last_eval, "config": self.cfg.to_dict()}
-        return str(self.folder.save_checkpoint(self.step, state, meta, keep=self.cfg.train.keep_checkpoints))
+        return str(self.folder.save_checkpoint(self.step, state, keep=self.cfg.train.keep_checkpoints))
 
     def _load_checkpoint(self, ckpt_dir: Path) -> None:
         state = load_checkpoint(ckpt_dir)
@@ -312,264 +250,50 @@ class Run:
                 raise ConfigError(f"checkpoint {ckpt_dir} has no EMA teacher but loss.teacher=ema")
             self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.images_seen = int(state["images_seen"])
+        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
         self.elapsed_before = float(state["elapsed_s"])
-        self.last_eval = dict(state.get("last_eval") or self.last_eval)
-        self.best_fd = float(state.get("best_fd", float("nan")))
+        self.evals.load_state_dict(state)
         if self.curriculum is not None:
             if state.get("curriculum") is None:
-                raise ConfigError(f"checkpoint {ckpt_dir} has no adaptive curriculum state but curriculum.shape=adaptive")
+                raise ConfigError(f"checkpoint {ckpt_dir} has no adaptive curriculum state but "
+                                  f"curriculum.shape=adaptive")
             self.curriculum.load_state_dict(state["curriculum"])
-        self.batch_gen.set_state(state["batch_generator"])
-        if state.get("noise_generator") is not None and self.noise_gen is not self.batch_gen:
-            self.noise_gen.set_state(state["noise_generator"].cpu())
-        rngs = state["rng_per_rank"]
-        if len(rngs) == self.world_size:
-            rng = rngs[self.rank]
-            torch.set_rng_state(rng["torch"].cpu())
-            np.random.set_state(rng["numpy"])
-            if "cuda" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        self.batches.load_state_dict(state)
+        if len(state["rng_per_rank"]) == self.world_size:
+            set_rng_state(state["rng_per_rank"][self.rank], self.device)
         else:  # a different world size cannot continue bitwise; keep dropout streams distinct and reproducible
             torch.manual_seed(self.cfg.train.seed + self.rank * _DROPOUT_SEED_STRIDE + self.step)
-        if self.is_main:
-            old = state.get("config") or {}
-            new = self.cfg.to_dict()
-            changed = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
-            if changed:
-                print(f"[ict] resuming {ckpt_dir} with changed keys: {', '.join(changed)}", flush=True)
+        old, new = state.get("config") or {}, self.cfg.to_dict()
+        changed = [f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+        if changed and self.is_main:
+            print(f"[ict] resuming {ckpt_dir} with changed keys: {', '.join(changed)}", flush=True)
 
     # -- bookkeeping --
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.time() - self.t_start)
 
     def _metrics(self, loss: float, status: str) -> dict:
-        return {
-            "step": self.step,
-            "total_steps": self.cfg.train.total_steps,
-            "num_points": self.num_points_done(),
-            "loss": loss,
-            **{k: self.last_eval.get(k, float("nan")) for k in EVAL_KEYS},
-            "images_seen": self.images_seen,
-            "elapsed_s": self._elapsed(),
-            "status": status,
-        }
-
-    def _evaluate(self) -> None:
-        values = [float("nan")] * len(EVAL_KEYS)
-        if self.is_main:
-            path = self.folder.sample_path(self.step)
-            if self.evaluator is None:
-                self.evaluator = Evaluator(self.cfg, self.dataset, self.device, self.objective)
-            result = self.evaluator(self.ema, self.step, path, student=self.model)
-            values = [float(result[k]) for k in EVAL_KEYS]
-            self._log_events("eval", result, path)
-        values = broadcast_floats(values, self.device, self.world_size)
-        self.last_eval = dict(zip(EVAL_KEYS, values))
-        fd = self.last_eval["fd"]
-        if math.isfinite(fd) and not fd >= self.best_fd:
-            self.best_fd = fd
-
-    def _log_events(self, group: str, values: dict, image: Path | None = None) -> None:
-        """TensorBoard on rank 0: every numeric value given, and the sample grid if one was written."""
-        if self.events is None:
-            return
-        self.events.scalars(group, values, self.step)
-        if image is not None:
-            self.events.image("samples", image, self.step)
-            self.events.flush()
-
-    def _report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        if self.report_fn is not None:
-            self.report_fn(dict(metrics), checkpoint_dir)
-
-    def _fault(self) -> None:
-        try:
-            self.folder.mark_fault(self.step)
-        finally:
-            print(f"[ict] rank {self.rank}: injected fault at step {self.step}", flush=True)
-            os._exit(1)
-
-    # -- the loop --
-    def run(self) -> dict:
-        """Train to train.total_steps (or a stop signal, or divergence) and return the run's summary."""
-        cfg, tcfg = self.cfg, self.cfg.train
-        total = tcfg.total_steps
-        if self.step >= total:
-            self.final_metrics = self._metrics(float("nan"), COMPLETED)
-            return self._summary(COMPLETED)
-        eval_every = cfg.eval.every
-        check_every = 1 if self.device.type == "cpu" else tcfg.log_every
-        self.student.train()
-        if self.teacher is not None:
-            self.teacher.train()
-
-        log_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        log_count = 0
-        report_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        report_count = 0
-        t_log, step_log = time.time(), self.step
-
-        if self.is_main:
-            print(
-                f"[ict] {cfg.data.name} {self.dataset.channels}x{self.dataset.resolution}^2, "
-                f"{self.num_params / 1e6:.2f}M params, {self.device}, world {self.world_size}, "
-                f"steps {self.step}->{total}, batch {tcfg.batch_size}, run {self.run_dir}",
-                flush=True,
-            )
-            if self.events is not None and self.events.active:
-                print(f"[ict] watch it: tensorboard --logdir {self.run_dir}", flush=True)
-
-        while self.step < total:
-            loss, info = self.train_step()
-            done_loss = loss.to(torch.float64)
-            log_sum += done_loss
-            report_sum += done_loss
-            log_count += 1
-            report_count += 1
-            self.step += 1
-            self.images_seen += tcfg.batch_size
-
-            if self.fault_armed and self.step == tcfg.fault_step:
-                self._fault()
-
-            is_final = self.step == total
-            is_eval = is_final or (eval_every > 0 and self.step % eval_every == 0)
-            is_ckpt = tcfg.checkpoint_every > 0 and self.step % tcfg.checkpoint_every == 0
-            is_log = self.step % tcfg.log_every == 0 or is_final
-
-            if (self.step % check_every == 0 or is_eval or is_ckpt or is_log) and any_nonfinite(report_sum, self.world_size):
-                return self._finish_diverged()
-            if self.curriculum is not None:
-                self.curriculum(self.step, done_loss)
-
-            if is_log:
-                mean_loss = float(all_reduce_mean(log_sum / log_count, self.world_size))
-                now = time.time()
-                ips = (self.step - step_log) * tcfg.batch_size / max(now - t_log, 1e-9)
-                if self.is_main:
-                    n_points = info.get("num_points", self.objective.num_points(self.step - 1)) if isinstance(info, dict) else None
-                    row = {"step": self.step, "loss": mean_loss, "num_points": int(n_points) if n_points is not None else None,
-                           "images_per_s": ips, "images_seen": self.images_seen, "elapsed_s": self._elapsed(),
-                           "lr": self.optimizer.param_groups[0]["lr"]}
-                    self.folder.log_metrics(row)
-                    self._log_events("train", {k: row[k] for k in ("loss", "num_points", "images_per_s", "lr")})
-                    eta = (total - self.step) * tcfg.batch_size / max(ips, 1e-9)
-                    print(f"[ict] step {self.step}/{total}  N(k) {row['num_points']}  loss {mean_loss:.4g}  "
-                          f"{ips:.0f} img/s  ETA {_fmt_s(eta)}", flush=True)
-                log_sum.zero_()
-                log_count = 0
-                t_log, step_log = time.time(), self.step
-
-            if is_eval or is_ckpt:
-                mean_loss = float(all_reduce_mean(report_sum / max(report_count, 1), self.world_size))
-                report_sum.zero_()
-                report_count = 0
-                if is_eval:
-                    self._evaluate()
-                metrics = self._metrics(mean_loss, COMPLETED if is_final else RUNNING)
-                metrics["evaluated"] = is_eval
-                if is_eval and self.is_main:
-                    self.folder.log_eval(metrics)
-                    print(f"[ict] eval step {self.step}: fd {metrics['fd']:.4g} +- {metrics['fd_se']:.2g}  "
-                          f"fd_student {metrics['fd_student']:.4g}  fd_2step {metrics['fd_2step']:.4g}  "
-                          f"kid(x1e3) {metrics['kid']:.4g}  loss_train {metrics['loss_train']:.4g}  "
-                          f"loss_heldout {metrics['loss_heldout']:.4g}", flush=True)
-                ckpt_dir = self._save_checkpoint()
-                self._report(metrics, ckpt_dir)
-                self.final_metrics = metrics
-                t_log, step_log = time.time(), self.step  # evaluation time is not training throughput
-
-            if self.stop.signal is not None and not is_final:
-                if any_nonfinite(report_sum, self.world_size):
-                    return self._finish_diverged()
-                return self._finish_interrupted(report_sum, report_count, saved=is_eval or is_ckpt)
-
-        return self._summary(COMPLETED)
-
-    def _finish_interrupted(self, report_sum: torch.Tensor, report_count: int, saved: bool) -> dict:
-        """A stop signal: keep a checkpoint of this step (unless one was just written) and end the run."""
-        mean_loss = float(all_reduce_mean(report_sum / report_count, self.world_size)) if report_count else float("nan")
-        metrics = self._metrics(mean_loss, INTERRUPTED)
-        if not saved:
-            self._save_checkpoint()
-        self.final_metrics = metrics
-        return self._summary(INTERRUPTED, signal=self.stop.signal)
-
-    def _finish_diverged(self) -> dict:
-        self.last_eval = {k: float("nan") for k in EVAL_KEYS}
-        metrics = self._metrics(float("nan"), DIVERGED)
-        metrics["evaluated"] = False
-        if self.is_main:
-            self.folder.log_eval(metrics)
-            print(f"[ict] diverged at step {self.step}: non-finite loss; stopping", flush=True)
-        self._report(metrics, None)
-        self.final_metrics = metrics
-        return self._summary(DIVERGED)
+        # num_points: N(k) of the last step trained (k = step - 1), as in metrics.jsonl; not that of the step to come.
+        num_points = self.objective.num_points(max(min(self.step, self.cfg.train.total_steps) - 1, 0))
+        return report_row(self.step, self.cfg.train.total_steps, num_points, loss, self.evals.last,
+                          self.images_seen, self._elapsed(), status)
 
     def _summary(self, status: str, **extra) -> dict:
-        summary = {
-            **self.final_metrics,
-            "status": status,
-            "best_fd": self.best_fd,
-            "wall_s": self._elapsed(),
-            "run_dir": str(self.run_dir),
-            "world_size": self.world_size,
-            "device": self.device.type,
-            "num_params": self.num_params,
-            "config": self.cfg.flat(),
-            **extra,
-        }
+        summary = {**self.final_metrics, "status": status, "best_fd": self.evals.best_fd, "wall_s": self._elapsed(),
+                   "run_dir": str(self.run_dir), "world_size": self.world_size, "device": self.device.type,
+                   "num_params": self.num_params, "config": self.cfg.flat(), **extra}
         summary.pop("evaluated", None)
         if self.is_main:
             self.folder.write_summary(summary)
         return summary
 
+    def _report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        if self.report_fn is not None:
+            self.report_fn(dict(metrics), checkpoint_dir)
+
     def close(self) -> None:
         """Flush and close the TensorBoard log (rank 0)."""
-        if self.events is not None:
-            self.events.close()
-
-
-def _fmt_s(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-class _StopOnSignals:
-    """While active, SIGINT and SIGTERM ask the loop to stop after the current step (a checkpoint, then status
-    "interrupted"); a second SIGINT raises KeyboardInterrupt at once. Signal handlers exist only in the main
-    thread of a process, so elsewhere (a Ray Train worker's training thread) this does nothing."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, stop: _StopRequest, enabled: bool):
-        self.stop = stop
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.previous: dict = {}
-
-    def _handle(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if self.stop.signal is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.stop.signal = name
-        more = " (Ctrl-C again quits without one)" if signum == signal.SIGINT else ""
-        print(f"\n[ict] {name} received: stopping after this step to write a checkpoint{more}", flush=True)
-
-    def __enter__(self) -> "_StopOnSignals":
-        if self.enabled:
-            for sig in self.SIGNALS:
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        self.log.close()
 
 
 def train(cfg: Config, report: Report | None = None, run_dir=None, resume_from=None,
@@ -585,8 +309,8 @@ def train(cfg: Config, report: Report | None = None, run_dir=None, resume_from=N
     """
     if not isinstance(cfg, Config):
         raise ConfigError(f"train() needs an ict_core.config.Config, got {type(cfg).__name__}")
-    stop = _StopRequest()
-    with _StopOnSignals(stop, handle_signals and rank_and_world()[1] == 1):
+    stop = StopRequest()
+    with StopOnSignals(stop, handle_signals and rank_and_world()[1] == 1):
         run = Run(cfg, report, run_dir, resume_from, stop)
         try:
             return run.run()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ict_core.config import ConfigError, DataConfig, load_config
-from ict_core.data import DataError, Dataset, load_dataset, random_hflip
+from ict_core.data import DataError, Dataset, GlobalBatches, load_dataset, random_hflip
 
 
 def data_cfg(**overrides) -> DataConfig:
@@ -198,3 +198,22 @@ def test_imagenet64_missing_files_explain_how_to_get_them(tmp_path):
     np.savez(folder / "val_data.npz", data=np.zeros((2, 3072), np.uint8), labels=np.array([1, 2]))
     with pytest.raises(DataError, match="N x 12288"):
         load_dataset(data_cfg(name="imagenet64", path=str(folder)))
+
+
+def test_global_batches_of_two_ranks_are_the_halves_of_one_ranks_batch():
+    """Every rank draws the global batch's indices and flips from the same seed and keeps its rows, so the ranks'
+    slices put together are the one-rank batch, draw after draw; the state resumes the stream."""
+    dataset = load_dataset(data_cfg(name="patches", resolution=8, hflip=True))
+    assert dataset.hflip
+    cpu = torch.device("cpu")
+    one = GlobalBatches(dataset, 8, 0, 1, seed=3, device=cpu)
+    ranks = [GlobalBatches(dataset, 8, rank, 2, seed=3, device=cpu) for rank in (0, 1)]
+    assert [b.rows for b in ranks] == [(0, 4), (4, 8)] and one.noise_generator is one.generator
+    for _ in range(3):
+        assert torch.equal(one.draw(), torch.cat([b.draw() for b in ranks]))
+    state = one.state_dict()
+    assert state["noise_generator"] is None  # on the CPU the noise shares the batch generator
+    expected = one.draw()
+    fresh = GlobalBatches(dataset, 8, 0, 1, seed=99, device=cpu)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.draw(), expected)

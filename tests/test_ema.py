@@ -9,7 +9,7 @@ import torch
 
 from ict_core import trainer
 from ict_core.config import MAX_INITIAL_EMA_SHARE, ConfigError, list_presets, load_config, load_preset
-from ict_core.ema import ema_beta, half_life, initial_weight_share
+from ict_core.ema import ema_beta, ema_update, frozen_copy, half_life, initial_weight_share
 from tune.search import resolve_plan
 from tune.space import BUDGETS, list_spaces
 
@@ -30,6 +30,19 @@ def test_initial_share_is_the_product_of_betas():
     assert initial_weight_share(1000, 0.999, 0.0) == pytest.approx(0.999 ** 1000)  # 37%: the lag
     assert initial_weight_share(3, 0.99, 0.05) == pytest.approx(0.5 ** (20 + 10 + 20 / 3))
     assert initial_weight_share(0, 0.99, 0.05) == 1.0
+
+
+def test_ema_update_lerps_parameters_copies_buffers_and_rate_0_copies():
+    source = torch.nn.BatchNorm1d(3)
+    target = frozen_copy(source)
+    assert not any(p.requires_grad for p in target.parameters())
+    with torch.no_grad():
+        source.weight.fill_(2.0)
+        source.running_mean.fill_(5.0)
+    ema_update(target, source, 0.75)  # 0.75 * 1 + 0.25 * 2
+    assert torch.equal(target.weight, torch.full((3,), 1.25)) and torch.equal(target.running_mean, source.running_mean)
+    ema_update(target, source, 0.0)
+    assert torch.equal(target.weight, source.weight)
 
 
 def test_trainer_ema_is_the_ramped_average_of_the_student_trajectory(tmp_path):

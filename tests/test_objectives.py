@@ -86,6 +86,6 @@ def test_run_folder_truncates_logs_and_keeps_the_newest_checkpoints(tmp_path):
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [10, 20]
     folder = RunFolder(tmp_path)
     for step in (5, 10, 15):
-        folder.save_checkpoint(step, {"step": step}, {"step": step}, keep=2)
+        folder.save_checkpoint(step, {"step": step}, keep=2)
     assert sorted(p.name for p in folder.checkpoints.iterdir()) == ["step_0000010", "step_0000015"]
     assert latest_checkpoint(tmp_path).name == "step_0000015"

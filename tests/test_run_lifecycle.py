@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ict_core import metrics, trainer
+from ict_core import metrics, rundir, trainer
 from ict_core import train as cli
 from ict_core.config import load_config
 
@@ -111,8 +111,8 @@ def test_a_signal_writes_a_checkpoint_an_interrupted_summary_and_the_resume_comm
     step = summary["step"]
     assert 5 <= step < 100000
     # With checkpoint_every 0 and no evaluation yet, the checkpoint of the interrupted step is the only one.
-    assert trainer.latest_checkpoint(run).name == f"step_{step:07d}"
-    state = torch.load(trainer.latest_checkpoint(run) / "state.pt", weights_only=False)
+    assert rundir.latest_checkpoint(run).name == f"step_{step:07d}"
+    state = torch.load(rundir.latest_checkpoint(run) / "state.pt", weights_only=False)
     assert state["step"] == step and state["images_seen"] == 8 * step
     assert f"[ict] interrupted by {sig.name} at step {step}/100000" in out
     assert _row(out, "resume") == f"python -m ict_core.train --resume {run}"
