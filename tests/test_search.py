@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,13 @@ def test_killed_driver_resumes_and_writes_every_trial_once(tmp_path):
         proc.wait()
     before = pd.read_parquet(trials_path)
     assert 1 <= len(before) < len(values)
+    # A copy elsewhere is refused (its Ray state names this folder), before Ray starts; this folder is untouched.
+    shutil.copytree(storage / "kr", tmp_path / "moved" / "kr", symlinks=True)
+    moved = subprocess.run([*cmd[:-4], "--storage", str(tmp_path / "moved"), "--name", "kr", "--resume"],
+                           capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 2 and "moved or copied" in moved.stderr and str(storage / "kr") in moved.stderr, \
+        moved.stdout[-2000:] + moved.stderr[-2000:]
+    assert pd.read_parquet(trials_path)["run_key"].tolist() == before["run_key"].tolist()
 
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

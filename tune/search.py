@@ -246,6 +246,23 @@ def _write_experiment(exp_dir: Path, info: dict) -> None:
     write_json_atomic(info, exp_dir / "experiment.json")
 
 
+def _check_not_moved(info: dict, exp_dir: Path, name: str) -> None:
+    """Refuse to resume an experiment folder that was moved or copied from where it was created: Ray's saved
+    search state (in its shared storage) names the old folder, so a resume here would train into, and record in,
+    the old one while this one stays unfinished."""
+    if not info:
+        return
+    shared = str(info.get("shared_storage") or "")
+    old = info.get("experiment_dir")
+    if old is None and shared and "://" not in shared and not os.environ.get("ICT_STORAGE"):
+        old = shared if Path(shared).name == name else None  # experiments recorded before experiment_dir
+    if old and Path(old) != exp_dir and (shared == old or "://" not in shared and Path(shared).is_relative_to(old)):
+        raise SearchError(f"--resume: {exp_dir} was created as {old} and has been moved or copied since; its saved "
+                          f"search state names the old folder, so resuming here would train into that one. Resume "
+                          f"it where it was created (move it back to {old}), or start a new search with --name "
+                          f"(its tables and run folders stay readable where they are)")
+
+
 def _default_shared(exp_dir: Path, name: str) -> str:
     shared = os.environ.get("ICT_STORAGE", "").rstrip("/")
     return f"{shared}/{name}" if shared else str(exp_dir)
@@ -341,6 +358,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     info = json.loads(info_path.read_text()) if resume else {}
     if info and info.get("space") != plan.space:
         raise SearchError(f"--resume: {exp_dir} holds space {info.get('space')!r}, not {plan.space!r}")
+    _check_not_moved(info, exp_dir, name)
     hashes = plan_hashes(plan)
     changed = _plan_changes(info.get("plan_hash", {}), hashes) if info.get("plan_hash") else []
     if changed and not extend:
@@ -367,7 +385,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
         done_strata = [s for s in info.get("done_strata", []) if old_hashes.get(s) in (None, hashes["strata"].get(s))]
         tune_names = dict(info.get("tune_names", {}))
         shared = (ray_storage or info.get("shared_storage") or _default_shared(exp_dir, name)).rstrip("/")
-        info = {"experiment": name, "space": plan.space, "budget": budget, "plan": plan.to_dict(),
+        info = {"experiment": name, "experiment_dir": str(exp_dir), "space": plan.space, "budget": budget,
+                "plan": plan.to_dict(),
                 "plan_hash": hashes, "resources": res, "provenance": info.get("provenance") or _provenance(),
                 "done_strata": done_strata, "tune_names": tune_names, "shared_storage": shared,
                 "runs": f"{shared}/{RUNS_DIR}", "status": RUNNING}
