@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 
 from ict_core.config import preset_overrides
-from ict_core.records import COMPLETED, PRUNED, TRIALS_FILE
+from ict_core.records import COMPLETED, PRUNED, SEARCH_FINISHED, TRIALS_FILE
 from tune.space import budget_preset, load_space
 
 PROBLEMS = {"c": "c_scaling", "lognormal": "lognormal"}  # problem -> shipped space it is derived from
@@ -130,10 +130,13 @@ def run_benchmark(setting: dict, problems, storage: Path, from_budget: str, quie
                     path = storage / "spaces" / f"{tree['name']}.yaml"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(yaml.safe_dump(tree, sort_keys=False))
-                    again = (storage / tree["name"] / "experiment.json").exists()
+                    exp_dir = storage / tree["name"]
+                    info = exp_dir / "experiment.json"
+                    again = info.exists()
                     t0 = time.time()
-                    exp_dir = run_search(path, "smoke", storage=storage, name=tree["name"], quiet=quiet,
-                                         resume=again)
+                    if not (again and json.loads(info.read_text()).get("status") == SEARCH_FINISHED):
+                        exp_dir = run_search(path, "smoke", storage=storage, name=tree["name"], quiet=quiet,
+                                             resume=again)
                     walls = json.loads(walls_path.read_text()) if walls_path.exists() else {}
                     walls[tree["name"]] = round(walls.get(tree["name"], 0.0) + time.time() - t0, 1)
                     walls_path.write_text(json.dumps(walls, indent=1))
