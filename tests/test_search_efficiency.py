@@ -50,7 +50,7 @@ def test_derived_spaces_plan_with_the_same_seeds_and_run_length(tmp_path, proble
     assert plans["tpe_asha"].algorithm == "optuna_tpe" and plans["tpe_asha"].search_seed == 1
     assert plans["random"].algorithm == "random" and plans["random"].scheduler["type"] == "none"
     assert plans["tpe_asha"].strata[0].num_samples == plans["random"].strata[0].num_samples == 7
-    # The shipped cpu budget's ASHA (grace 400 of 800 steps, reduction factor 2) scaled to 200 steps.
+    # The cpu budget runs without early stopping, so TPE+ASHA takes the fallback: grace at the first evaluation, rf 2.
     assert plans["tpe_asha"].scheduler == {"type": "asha", "grace_period": 100, "reduction_factor": 2}
 
 
