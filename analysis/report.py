@@ -459,6 +459,42 @@ def grids_section(rep: Report, trials, metric) -> None:
         "seed, not of its best seed.\n\n" + "\n".join(blocks) + "\nTables: " + ", ".join(files) + "\n")
 
 
+def compute_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment and stratum: what its answers rest on (configurations, runs, seeds per configuration, steps
+    per run, images trained, and the runs' own training wall time, summed over runs)."""
+    if trials.empty:
+        return pd.DataFrame()
+    t = trials.copy()
+    t["_images"] = pd.to_numeric(t.get("images_seen"), errors="coerce").fillna(0)
+    t["_wall"] = pd.to_numeric(t.get("wall_s"), errors="coerce").fillna(0)
+    t["_steps"] = pd.to_numeric(t.get("steps"), errors="coerce")
+    t["_done"] = t["status"].astype(str) == COMPLETED
+    rows = []
+    for (experiment, stratum), g in t.groupby(["experiment", "stratum"], sort=True):
+        seeds = g[g["_done"]].groupby("config_id")["seed"].nunique()
+        rows.append({"experiment": experiment, "stratum": stratum, "dataset": g["dataset"].iloc[0],
+                     "configurations": int(g["config_id"].nunique()), "runs": len(g),
+                     "completed": int(g["_done"].sum()),
+                     "seeds per configuration": (f"{seeds.min()}-{seeds.max()}" if len(seeds) and seeds.min() != seeds.max()
+                                                 else str(int(seeds.max())) if len(seeds) else "0"),
+                     "steps per run": int(g["_steps"].max()) if g["_steps"].notna().any() else 0,
+                     "images trained": int(g["_images"].sum()),
+                     "run hours": round(float(g["_wall"].sum()) / 3600, 2)})
+    return pd.DataFrame(rows)
+
+
+def compute_section(rep: Report, trials: pd.DataFrame) -> None:
+    table = compute_table(trials)
+    if table.empty:
+        return
+    name = rep.csv(table, "compute.csv")
+    rep.sections.append(
+        "## Compute behind each answer\n\nPer experiment and stratum: the configurations and runs its answers rest "
+        "on, the seeds each configuration completed, the images trained (pruned runs included) and the runs' own "
+        "training wall time summed over runs (concurrent runs overlap, so this exceeds the search's wall time).\n\n"
+        + _md_table(table) + f"\nTable: {name}\n")
+
+
 def budget_line(trials: pd.DataFrame, min_seeds: int) -> str:
     """First words of the report: whether the budgets behind the tables can give a verdict at all."""
     done = trials[trials["status"].astype(str) == COMPLETED]
@@ -532,6 +568,7 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
         rep.answers += [label + a for a in sub.answers]
         rep.sections += [s.replace("## ", "## Equal compute, pruned runs included - ", 1) for s in sub.sections]
         rep.files += sub.files
+    compute_section(rep, trials)
     searched_section(rep, trials, metric, n_boot, level, seed)
     importance_section(rep, trials, metric, seed, write_journal=journal)
     grids_section(rep, trials, metric)

@@ -225,3 +225,20 @@ def test_curriculum_labels_name_adaptive_keys_only_for_the_adaptive_shape():
     exponential, adaptive = (curriculum_label(r, cols) for _, r in rows.iterrows())
     assert exponential == "exponential s0=10 s1=1280" and "adaptive_" not in exponential
     assert adaptive.startswith("adaptive s0=10 s1=1280 adaptive_")
+
+
+def test_compute_table_counts_what_each_stratum_rests_on():
+    from analysis.report import compute_table
+
+    rows = [trial_row("exp", f"a{s}", s, config={"loss.huber_c": 0.01}, wall_s=1800.0) for s in range(3)]
+    rows += [trial_row("exp", f"b{s}", s, config={"loss.huber_c": 0.1}, wall_s=1800.0) for s in range(2)]
+    rows += [trial_row("exp", "b2", 2, config={"loss.huber_c": 0.1}, status="pruned", steps=100, images_seen=1600)]
+    rows += [trial_row("exp", "p0", 0, dataset="patches-16", config={"loss.huber_c": 0.1})]
+    table = compute_table(pd.DataFrame(rows)).set_index("stratum")
+    digits, patches = table.loc["digits-8"], table.loc["patches-16"]
+    per_run = rows[0]["images_seen"]
+    assert (digits["configurations"], digits["runs"], digits["completed"]) == (2, 6, 5)
+    assert digits["seeds per configuration"] == "2-3"  # the pruned seed does not count
+    assert digits["images trained"] == 5 * per_run + 1600  # pruned runs' images do count
+    assert digits["run hours"] == pytest.approx((5 * 1800 + 1) / 3600, abs=0.01)
+    assert (patches["configurations"], patches["seeds per configuration"]) == (1, "1")
