@@ -55,9 +55,9 @@ def objective_keys(group: pd.DataFrame) -> set[str]:
     return own
 
 
-def _pick_context(group: pd.DataFrame, own: set) -> tuple[pd.Series, str | None]:
+def _pick_context(group: pd.DataFrame, own: set) -> tuple[pd.Series, str | None, tuple]:
     """The configuration (apart from dropout, objective and the objective's own keys) where the most
-    objectives x rates were run."""
+    objectives x rates were run, and its score (objectives with 2+ rates, rates, runs)."""
     ctx = context_key(group, exclude={P_KEY, OBJECTIVE_KEY, *own})
     best_key, best_score = None, (0, 0, 0)
     for key, cell in group[group["status"].astype(str) == COMPLETED].groupby(ctx):
@@ -65,7 +65,22 @@ def _pick_context(group: pd.DataFrame, own: set) -> tuple[pd.Series, str | None]
         score = (int((rates >= 2).sum()), int(rates.sum()), len(cell))
         if score > best_score:
             best_key, best_score = key, score
-    return ctx, best_key
+    return ctx, best_key, best_score
+
+
+def _pick_experiment_context(group: pd.DataFrame):
+    """(runs, own keys, context, key) of the best context of any one experiment. The objectives' own keys are
+    found per experiment: another experiment that varies them (a lognormal search varying loss.p_mean for the
+    consistency objective) must not stop them travelling with the objective in the dropout experiment."""
+    parts = ([rows for _, rows in group.groupby(group["experiment"].astype(str), sort=True)]
+             if "experiment" in group.columns else [group])
+    best, best_score = (group, set(), None, None), (0, 0, 0)
+    for rows in parts:
+        own = objective_keys(rows)
+        ctx, key, score = _pick_context(rows, own)
+        if key is not None and score > best_score:
+            best, best_score = (rows, own, ctx, key), score
+    return best
 
 
 BEST_COLUMNS = ["dataset", "objective", "context", "own_keys", "num_runs", "num_seeds", "num_rates", "best_tested",
@@ -92,8 +107,7 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     runs = runs.assign(**{P_KEY: pd.to_numeric(runs[P_KEY], errors="coerce")}).dropna(subset=[P_KEY])
     best_rows, diff_rows, evidence_rows, trend_rows = [], [], [], []
     for dataset, group in runs.groupby("dataset", sort=True):
-        own = objective_keys(group)
-        ctx, key = _pick_context(group, own)
+        group, own, ctx, key = _pick_experiment_context(group)
         if key is None:
             continue
         whole = group[ctx == key]

@@ -294,6 +294,16 @@ def test_dropout_objectives_compared_whatever_keys_their_strata_fix():
     best = result.best.set_index("objective")
     assert set(best.index) == {"consistency", "diffusion"} and len(result.difference) == 1
     assert best.loc["diffusion", "own_keys"] == "loss.p_mean=-1.2, loss.p_std=1.2"
+    # Beside a lognormal search that varies loss.p_mean for the consistency objective on the same data set (as in
+    # a campaign's report), the dropout experiment still compares both objectives.
+    for row in rows:
+        row["experiment"] = "dropout"
+    lognormal = [synthetic.trial_row("lognormal", f"ln{i}-{s}", s, final_fd=20.0 + i,
+                                     config={"loss.p_mean": -2.0 + i, "network.dropout": 0.1})
+                 for i in range(4) for s in range(3)]
+    both = analyze_dropout(pd.DataFrame(rows + lognormal), n_boot=N_BOOT)
+    assert set(both.best["objective"]) == {"consistency", "diffusion"} and len(both.difference) == 1
+    assert both.best.set_index("objective")["best_tested"].to_dict() == best["best_tested"].to_dict()
 
 
 def _write(folder, rows, budget=None, evals=None):
