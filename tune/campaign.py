@@ -266,6 +266,7 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
             print(text, flush=True)
 
     campaign_dir.mkdir(parents=True, exist_ok=True)
+    state["order"] = names  # the searches in the order they run (the settings keep the arguments as given)
     state.setdefault("sessions", []).append(
         {"started": _now(), "command": command or f"run_campaign(budget={budget!r}, spaces={space_args!r})",
          **git_commit(), "pending": [n for n in names if state["searches"][n]["state"] != "done"]})

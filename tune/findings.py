@@ -105,7 +105,9 @@ def readme(state: dict, budget_text: str) -> str:
     lines += ["", "## Wall time per search\n", "| search | state | wall time | started | finished |",
               "|---|---|---|---|---|"]
     total = 0.0
-    for name, entry in state["searches"].items():
+    order = [n for n in state.get("order", []) if n in state["searches"]]
+    for name in order + sorted(n for n in state["searches"] if n not in order):
+        entry = state["searches"][name]
         total += float(entry.get("wall_s", 0.0))
         lines.append(f"| {name} | {entry.get('state')} | {_hours(float(entry.get('wall_s', 0.0)))} | "
                      f"{entry.get('started', '')} | {entry.get('finished', '')} |")
