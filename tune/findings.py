@@ -95,6 +95,10 @@ def readme(state: dict, budget_text: str) -> str:
     lines = [f"# Findings: campaign at the `{state['budget']}` budget\n",
              "Produced by `tune/campaign.py` and exported by its `--export`; no file here is edited by hand. "
              "The answers, verdicts and plots are in [report/report.md](report/report.md).\n",
+             *([f"Scale: the `{state['budget']}` budget trains small networks for few steps on small images (its preset "
+                "is below). An answer the report calls inconclusive is one this scale could not settle; the `gpu` "
+                "and `paper` budgets run the same spaces at larger scale.\n"] if state["budget"] in ("smoke", "cpu")
+              else []),
              "## How it was produced\n",
              "| session started (UTC) | command | commit | local changes | searches still to run |",
              "|---|---|---|---|---|"]
