@@ -80,7 +80,9 @@ def plot_c_scaling(result: CScaling) -> Figure:
         if result.fit is not None:
             f = result.fit
             ax2.plot(d, f.a * d ** f.b, color="tab:blue", linestyle="--",
-                     label=f"fit: {f.a:.2g} d^{f.b:.2f} (b in [{f.b_lo:.2f}, {f.b_hi:.2f}])")
+                     label=f"fit: {f.a:.2g} d^{f.b:.2f} " + (f"(b in [{f.b_lo:.2f}, {f.b_hi:.2f}])"
+                                                               if np.isfinite(f.b_lo) and np.isfinite(f.b_hi)
+                                                               else "(no interval: too few data sets)"))
         for _, row in per.iterrows():
             ax2.annotate(row["dataset"], (row["dim"], row["c_star"]), textcoords="offset points", xytext=(5, -10),
                          fontsize=8)
