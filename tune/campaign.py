@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ict_core.cli import BadInput, bad_input, check_writable_folder
 from ict_core.config import ConfigError, load_config, parse_overrides
+from tune.findings import ExportError, export_findings, hours_text
 from tune.search import check_plan_paths, format_plan, resolve_plan, resources, run_search
 from tune.space import BUDGETS, SpaceError, list_spaces
 
@@ -148,12 +149,6 @@ def estimate_seconds(row: dict, step_s: float, concurrent: int) -> float:
     return row["runs"] * per_run / max(1, concurrent)
 
 
-def _hours(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
-
-
 def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print) -> dict:
     """Print each search's plan and its compute; returns the totals {runs, images, seconds}."""
     timings: dict[str, float] = {}
@@ -179,7 +174,7 @@ def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print) -> dict:
                 if math.isfinite(step_s):
                     seconds = estimate_seconds(row, step_s, res["max_concurrent_trials"])
                     line += (f"; {1e3 * step_s:.1f} ms/step measured here ({res['cpus_per_trial']} thread(s)), "
-                             f"{res['max_concurrent_trials']} concurrent -> about {_hours(seconds)}")
+                             f"{res['max_concurrent_trials']} concurrent -> about {hours_text(seconds)}")
                     total["seconds"] += seconds
                     total["timed"] = total.get("timed", 0) + 1
                 else:
@@ -189,7 +184,7 @@ def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print) -> dict:
             total["images"] += row["images"]
         out("")
     out(f"campaign: {len(plans)} search(es), {total['runs']} runs, {total['images']:,} images"
-        + (f", about {_hours(total['seconds'])} on this machine (training and evaluation; Ray start-up and "
+        + (f", about {hours_text(total['seconds'])} on this machine (training and evaluation; Ray start-up and "
            f"feature-network training not counted)" if total.get("timed") else "")
         + (f"; {total['untimed']} stratum(s) could not be timed here" if total.get("untimed") else ""))
     return total
@@ -275,7 +270,7 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
         entry = state["searches"][plan.space]
         exp_dir = campaign_dir / plan.space
         if entry["state"] == "done":
-            say(f"[campaign] {plan.space}: done ({_hours(entry['wall_s'])}), skipped")
+            say(f"[campaign] {plan.space}: done ({hours_text(entry['wall_s'])}), skipped")
             continue
         again = (exp_dir / "experiment.json").exists()
         say(f"[campaign] {plan.space}: {'resuming' if again else 'starting'} ({budget})")
@@ -305,7 +300,7 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
     state["finished"] = _now()
     _write_state(state_path, state)
     say("[campaign] wall time per search: " + ", ".join(
-        f"{n} {_hours(state['searches'][n]['wall_s'])}" for n in names))
+        f"{n} {hours_text(state['searches'][n]['wall_s'])}" for n in names))
     return campaign_dir
 
 
@@ -357,8 +352,6 @@ def main(argv=None) -> int:
                                     command=command)
         print(f"campaign: {campaign_dir}\nreport:   {campaign_dir / 'report' / 'report.md'}")
         if args.export:
-            from tune.findings import ExportError, export_findings
-
             try:
                 dest = export_findings(campaign_dir, Path(args.export).expanduser())
             except ExportError as err:

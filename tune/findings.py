@@ -13,6 +13,7 @@ and the budget preset's text. Nothing in the folder is edited by hand; rerun the
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -22,10 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from analysis.importance import JOURNAL_FILE
 from ict_core.fileio import atomic_write_text
 from ict_core.records import EVALS_FILE, TRIALS_FILE
 
-JOURNAL_FILE = "optuna_journal.log"  # analysis.importance.JOURNAL_FILE (not imported: no optuna needed here)
 EXPERIMENT_FILES = (TRIALS_FILE, EVALS_FILE, JOURNAL_FILE, "experiment.json")
 TEXT_SUFFIXES = {".md", ".csv", ".json", ".log", ".txt", ".yaml"}
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,10 @@ def _leaks(folder: Path, pairs) -> list[str]:
     return bad
 
 
-def _hours(seconds: float) -> str:
+def hours_text(seconds: float) -> str:
+    """"0.48 h", or minutes below 6 minutes; "?" when unknown."""
+    if not math.isfinite(seconds):
+        return "?"
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
 
 
@@ -113,9 +117,9 @@ def readme(state: dict, budget_text: str) -> str:
     for name in order + sorted(n for n in state["searches"] if n not in order):
         entry = state["searches"][name]
         total += float(entry.get("wall_s", 0.0))
-        lines.append(f"| {name} | {entry.get('state')} | {_hours(float(entry.get('wall_s', 0.0)))} | "
+        lines.append(f"| {name} | {entry.get('state')} | {hours_text(float(entry.get('wall_s', 0.0)))} | "
                      f"{entry.get('started', '')} | {entry.get('finished', '')} |")
-    lines.append(f"| all | | {_hours(total)} | {state.get('created', '')} | {state.get('finished', '')} |")
+    lines.append(f"| all | | {hours_text(total)} | {state.get('created', '')} | {state.get('finished', '')} |")
     lines += ["", f"Machine: {os.cpu_count()} CPU core(s), {platform.machine()}, {platform.system()}; "
               "one torch thread per trial, two trials at a time unless the plan says otherwise.\n",
               f"## The `{state['budget']}` budget preset (tune/budgets/{state['budget']}.yaml)\n",

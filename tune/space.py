@@ -446,15 +446,10 @@ class Space:
                 raise self.error(f"{where}.fixed.{key}" if key in budget_fixed else f"--set {key}",
                                  "is a searched param and cannot be fixed")
 
-        names = [raw["name"] for raw in self.strata]
-        chosen = names if spec.strata is None else list(spec.strata)
-        unknown = [n for n in chosen if n not in names]
-        if unknown or not chosen:
-            raise self.error(f"{where}.strata", f"unknown stratum {unknown[0]!r}; allowed: {', '.join(names)}"
-                             if unknown else f"must name at least one stratum of {', '.join(names)}")
+        chosen = spec.strata  # checked against the strata when the file was read; None = all of them
         strata, skipped = [], []
         for i, raw in enumerate(self.strata):
-            if raw["name"] not in chosen:
+            if chosen is not None and raw["name"] not in chosen:
                 skipped.append(f"{raw['name']} (not in budgets.{budget}.strata)")
                 continue
             stratum_fixed = self._overrides(raw["fixed"], f"strata[{i}].fixed")
