@@ -117,7 +117,7 @@ class ResultTables:
             old = [r for r in self.trials if r["trial_id"] == row["trial_id"] or r["run_key"] == row["run_key"]]
             if old and not (all(r["status"] == ERRORED for r in old) and row["status"] != ERRORED):
                 continue
-            gone = {r["trial_id"] for r in old}
+            gone = {r["trial_id"] for r in old} | {row["trial_id"]}  # and evaluations orphaned by a kill in write()
             self.trials = [r for r in self.trials if r["trial_id"] not in gone]
             self.evals = [e for e in self.evals if e["trial_id"] not in gone]
             self.trials.append(row)
@@ -126,8 +126,10 @@ class ResultTables:
         return added
 
     def write(self) -> None:
-        write_atomic(to_table(self.trials, TRIALS_SCHEMA), self.trials_path)
+        # Evaluations first: a run in trials.parquet always has its evaluations, even when the driver is killed
+        # between the two files (a resume records that run again and replaces its orphaned evaluation rows).
         write_atomic(to_table(self.evals, EVALS_SCHEMA), self.evals_path)
+        write_atomic(to_table(self.trials, TRIALS_SCHEMA), self.trials_path)
 
 
 def _num(value):
