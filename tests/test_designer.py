@@ -1,0 +1,154 @@
+"""The experiment designer (tune/designer.py): group-sequential boundaries, the per-claim test, Holm across claims,
+rounds that add seeds only where a verdict is open, and the power figure, checked by simulation with planted data
+through the designer's own functions (benchmarks/designer_power.py runs the same with more replications)."""
+import math
+
+import numpy as np
+import pytest
+
+from tune.designer import (DECIDED, INCONCLUSIVE, OPEN, ClaimSpec, Design, DesignError, _boundaries, claim_test,
+                           detectable_effect, gaussian_trial, next_round, nominal_levels, planned_looks, run_design,
+                           spent)
+
+
+@pytest.mark.parametrize("fractions,spending", [((1 / 3, 2 / 3, 1.0), "obf"), ((0.3, 0.6, 1.0), "pocock"),
+                                                ((0.2, 0.4, 0.6, 0.8, 1.0), "obf")])
+def test_boundaries_spend_alpha_on_brownian_motion(fractions, spending):
+    z = np.array(_boundaries(fractions, 0.05, spending))
+    t = np.array(fractions)
+    rng = np.random.default_rng(1)
+    paths = (rng.standard_normal((200_000, len(t))) * np.sqrt(np.diff(np.r_[0, t]))).cumsum(axis=1) / np.sqrt(t)
+    crossed = np.abs(paths) >= z
+    assert abs(crossed.any(axis=1).mean() - 0.05) < 0.003
+    first = crossed.argmax(axis=1)[crossed.any(axis=1)]
+    # each look spends what the spending function says (first crossings at look k)
+    for k in range(len(t)):
+        want = spent(t[k], 0.05, spending) - (spent(t[k - 1], 0.05, spending) if k else 0.0)
+        assert abs((first == k).mean() * crossed.any(axis=1).mean() - want) < 0.003
+    assert spent(1.0, 0.05, spending) == pytest.approx(0.05)
+
+
+def _family():
+    # four declared claims of every kind; two contrasts share their baseline arm (trained once per seed)
+    return [ClaimSpec("weighting", "paired", ("base", "uniform_w")), ClaimSpec("metric", "paired", ("base", "l2")),
+            ClaimSpec("teacher", "unpaired", ("base_other", "ema")),
+            ClaimSpec("curriculum", "ranking", ("exp", "sqrt", "linear", "cosine"))]
+
+
+def _naive_rate(design, reps, rng):
+    """The same rounds, but every look tested at the full 0.05 with no correction: the error the design avoids."""
+    bad = 0
+    for _ in range(reps):
+        res = run_design(_family(), design, gaussian_trial({}, rng))
+        table = {}
+        trial = gaussian_trial({}, rng)
+        for n in design.plan:
+            for spec in _family():
+                from tune.designer import claim_values
+                for a in spec.arms:
+                    for s in range(n):
+                        table.setdefault((a, s), trial(a, s))
+                if claim_test(spec.kind, claim_values(spec, table, n), [n], n, 0.05).state == DECIDED:
+                    bad += 1
+                    break
+            else:
+                continue
+            break
+        del res
+    return bad / reps
+
+
+@pytest.mark.parametrize("looks", [2, 3, 5])
+def test_null_family_error_rate_holds_over_rounds(looks):
+    """No claim true: the chance that any claim is decided, over all rounds, stays <= 5% (+ 3 simulation SEs)."""
+    reps = 150
+    design = Design(seeds_min=3, seeds_max=10, looks=looks)
+    rng = np.random.default_rng(looks)
+    false = sum(any(v.state == DECIDED for v in run_design(_family(), design, gaussian_trial({}, rng)).verdicts.values())
+                for _ in range(reps))
+    assert false / reps <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / reps)
+    if looks == 5:  # the same rounds with every look at the full level and no Holm: far above 5%
+        assert _naive_rate(design, 100, np.random.default_rng(7)) > 0.15
+
+
+def test_planted_effects_are_decided_early_in_the_right_direction():
+    design = Design(seeds_min=3, seeds_max=10, looks=3)
+    rng = np.random.default_rng(3)
+    reps, right, seeds = 60, 0, []
+    for _ in range(reps):
+        # the alternative arm is 2 seed-SDs worse (FD higher): paired difference base - l2 is -2
+        res = run_design(_family(), design, gaussian_trial({"l2": 2.0}, rng))
+        v = res.verdicts["metric"]
+        right += v.state == DECIDED and v.direction == -1
+        seeds.append(res.seeds["metric"])
+        assert res.verdicts["weighting"].state != OPEN  # every claim ends decided or at seeds_max
+        assert res.seeds["weighting"] == 10 or res.verdicts["weighting"].state == DECIDED
+    assert right / reps > 0.8
+    assert np.mean(seeds) < 10  # decided before seeds_max on average: seeds went where verdicts were open
+
+
+def test_repeated_interval_covers_the_planted_effect():
+    rng = np.random.default_rng(5)
+    covered = 0
+    for _ in range(300):
+        d = -1.5 + rng.standard_normal(10)
+        v = claim_test("paired", d, [3, 6, 10], 10, 0.05)
+        covered += v.interval[0] <= -1.5 <= v.interval[1]
+    assert covered / 300 >= 0.93
+
+
+def test_next_round_adds_seeds_to_open_claims_only_within_the_cap():
+    design = Design(seeds_min=3, seeds_max=9, looks=3, max_runs=14)
+    specs = {"a": ("base", "x"), "b": ("base", "y"), "c": ("base", "z")}
+    trained = {(arm, s) for arms in specs.values() for arm in arms for s in range(3)}  # 4 arms x 3 seeds = 12 runs
+    from tune.designer import Verdict
+    open_, done = (Verdict(OPEN, 0, 0.0, (-1, 1), 3, None, .05, .5, .01),
+                   Verdict(DECIDED, -1, -2.0, (-3, -1), 3, 3, .05, .001, .01))
+    verdicts = {"a": done, "b": open_, "c": open_}
+    # b at 6 seeds needs base and y at seeds 3..5: 6 new runs, over the cap of 14 -> nothing moves
+    assert next_round({"a": 3, "b": 3, "c": 3}, verdicts, design, specs, trained) == {"a": 3, "b": 3, "c": 3}
+    wide = Design(seeds_min=3, seeds_max=9, looks=3, max_runs=21)
+    # b costs 6 runs (18 total); c then needs only z's 3 (base is shared): 21
+    assert next_round({"a": 3, "b": 3, "c": 3}, verdicts, wide, specs, trained) == {"a": 3, "b": 6, "c": 6}
+    closed = Verdict(INCONCLUSIVE, 0, 0.0, (-1, 1), 9, None, .05, .5, .01)
+    assert next_round({"a": 3, "b": 9, "c": 3}, {"a": done, "b": closed, "c": done}, wide, specs, trained) == \
+        {"a": 3, "b": 9, "c": 3}
+
+
+def test_run_design_trains_each_shared_run_once():
+    calls = []
+    rng = np.random.default_rng(0)
+    inner = gaussian_trial({}, rng)
+
+    def trial(arm, seed):
+        calls.append((arm, seed))
+        return inner(arm, seed)
+
+    res = run_design(_family(), Design(seeds_min=3, seeds_max=3, looks=1), trial)
+    assert len(calls) == len(set(calls)) == res.runs == 3 * 9  # base shared by two claims: 9 distinct arms
+
+
+def test_detectable_effect_is_detected_with_80_percent_power():
+    """Planted at exactly the figure the dry-run prints, a fixed design at seeds_max decides ~80% of the time."""
+    sd, n, alpha = 2.0, 8, 0.05 / 4
+    delta = detectable_effect(sd, n, alpha)
+    rng = np.random.default_rng(11)
+    hits = sum(claim_test("paired", delta + sd * rng.standard_normal(n), [n], n, alpha).state == DECIDED
+               for _ in range(600))
+    assert 0.74 <= hits / 600 <= 0.86
+    assert detectable_effect(sd, 16, alpha) < delta  # more seeds detect less
+    seq = detectable_effect(sd, n, alpha, looks=planned_looks(3, n, 3))
+    assert seq > delta  # the last look's nominal level is below alpha
+
+
+def test_bad_design_input_names_the_value():
+    with pytest.raises(DesignError, match="seeds_min=1"):
+        Design(seeds_min=1, seeds_max=5)
+    with pytest.raises(DesignError, match="spending must be one of obf, pocock, got 'linear'"):
+        Design(spending="linear")
+    with pytest.raises(DesignError, match="max_runs must be an integer >= 1 or null, got 0"):
+        Design(max_runs=0)
+    with pytest.raises(DesignError, match="increasing"):
+        nominal_levels([5, 3], 10)
+    with pytest.raises(DesignError, match="claim kind must be one of"):
+        claim_test("anova", [1.0, 2.0, 3.0], [3], 3)

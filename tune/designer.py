@@ -1,0 +1,452 @@
+"""The experiment designer: how many seeds each declared claim gets, decided in rounds, with the error rate held.
+
+Pure functions (numpy/scipy only; no Ray, no files), so the report, the search and the tests call the same code.
+
+A *claim* is one verdict a space declares (its `claims:` section, tune/space.py): an ablation contrast, Q2's
+dropout optimum per objective, Q3's curriculum ranking, c* per data set. Every claim starts at `seeds_min` seeds;
+then, round after round, only the claims whose verdict is still open get more seeds, at the planned looks
+n_1 = seeds_min < n_2 < ... < n_K = seeds_max, until each is decided or reaches `seeds_max` (or the compute cap,
+`max_runs`, is spent).
+
+Error control that survives this optional stopping (docs/ANALYSIS.md, "Sequential seeds"):
+
+* Per claim, a two-sided group-sequential test with Lan-DeMets alpha spending (O'Brien-Fleming-like by default,
+  Pocock-like on request). Boundaries are computed for the information fractions t_k = n_k / seeds_max that the
+  claim actually reached (unplanned looks are allowed: each look spends alpha(t_k) - alpha(t_(k-1))), by the
+  standard recursive numerical integration over the looks (Armitage-McPherson-Rowe). With seeds the variance is
+  estimated, so each look's z boundary is used as a nominal two-sided level p_k = 2(1 - Phi(z_k)) and compared
+  with the exact p-value of the look's t (or F) test: the "nominal significance level" approach.
+* Across the declared claims, Holm by alpha recycling (Maurer & Bretz 2013): with r claims decided, every open
+  claim is tested at alpha / (m - r) over all its looks so far; a new decision raises the others' level and the
+  test repeats until nothing changes. A decided claim stays decided.
+* The interval is the repeated confidence interval at the claim's current look and level: estimate +- the t
+  quantile of the look's nominal level x SE. It covers the true effect at every look simultaneously, so it may
+  be read whenever the claim stops.
+
+`claim_test` is the per-claim test (the report can call it); `holm_verdicts` the family; `next_round` picks the
+seeds the next round trains; `run_design` drives rounds end to end with any trial function (the synthetic
+campaign of tests/test_designer.py and benchmarks/designer_power.py); `detectable_effect` is the smallest effect
+a claim detects with 80% power at `seeds_max` from a measured spread (the dry-run's power line).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import optimize, special, stats
+
+ALPHA = 0.05
+SPENDINGS = ("obf", "pocock")
+KINDS = ("paired", "unpaired", "ranking")  # per-seed differences / two independent arms / arms x seeds blocked
+DECIDED, OPEN, INCONCLUSIVE = "decided", "open", "inconclusive"
+POWER = 0.80
+
+
+class DesignError(ValueError):
+    """Bad designer input; the message names the value and what is allowed."""
+
+
+# ---- alpha spending and group-sequential boundaries ----------------------------------------------------------
+def spent(t: float, alpha: float, spending: str = "obf") -> float:
+    """Lan-DeMets spending function: the two-sided alpha spent by information fraction t in [0, 1]."""
+    t = min(max(float(t), 0.0), 1.0)
+    if t <= 0:
+        return 0.0
+    if spending == "obf":
+        return float(2 - 2 * stats.norm.cdf(stats.norm.ppf(1 - alpha / 2) / math.sqrt(t)))
+    if spending == "pocock":
+        return float(alpha * math.log(1 + (math.e - 1) * t))
+    raise DesignError(f"spending must be one of {', '.join(SPENDINGS)}, got {spending!r}")
+
+
+@lru_cache(maxsize=4096)
+def _boundaries(fractions: tuple, alpha: float, spending: str) -> tuple:
+    """Two-sided z boundaries z_1..z_K for increasing information fractions (the last may be < 1)."""
+    grid_n = 401
+    out = []
+    density, points, prev_t = None, None, 0.0
+    for k, t in enumerate(fractions):
+        target = spent(t, alpha, spending) - spent(prev_t, alpha, spending)
+        sd = math.sqrt(t - prev_t)
+        if density is None:  # first look: S_1 ~ N(0, t_1)
+            z = stats.norm.isf(max(target, 1e-300) / 2)
+            b = z * math.sqrt(t)
+        else:
+            def cross(b, density=density, points=points, sd=sd):
+                tail = stats.norm.sf((b - points) / sd) + stats.norm.cdf((-b - points) / sd)
+                return float(np.trapezoid(density * tail, points))
+            if target <= 1e-15:
+                b = 40.0 * math.sqrt(t)
+            else:
+                hi = 40.0 * math.sqrt(t)
+                b = optimize.brentq(lambda x: cross(x) - target, 1e-9, hi, xtol=1e-10) if cross(1e-9) > target else 1e-9
+            z = b / math.sqrt(t)
+        out.append(float(z))
+        # density of S_k on the continuation region (-b, b), for the next look
+        new_points = np.linspace(-b, b, grid_n)
+        if density is None:
+            new_density = stats.norm.pdf(new_points / math.sqrt(t)) / math.sqrt(t)
+        else:
+            kernel = stats.norm.pdf((new_points[:, None] - points[None, :]) / sd) / sd
+            new_density = np.trapezoid(kernel * density[None, :], points, axis=1)
+        density, points, prev_t = new_density, new_points, t
+    return tuple(out)
+
+
+def nominal_levels(seeds_at_looks: Sequence[int], seeds_max: int, alpha: float = ALPHA,
+                   spending: str = "obf") -> list[float]:
+    """The two-sided nominal p-value level of each look (seed counts so far), from the z boundaries. A look at
+    seeds_max spends what is left of alpha."""
+    looks = [int(n) for n in seeds_at_looks]
+    if any(b <= a for a, b in zip(looks, looks[1:])):
+        raise DesignError(f"looks must be increasing seed counts, got {looks}")
+    if looks and looks[-1] > seeds_max:
+        raise DesignError(f"a look at {looks[-1]} seeds is past seeds_max {seeds_max}")
+    fractions = tuple(round(n / seeds_max, 12) for n in looks)
+    return list(_levels(fractions, round(float(alpha), 15), spending))
+
+
+@lru_cache(maxsize=4096)
+def _levels(fractions: tuple, alpha: float, spending: str) -> tuple:
+    return tuple(float(math.erfc(z / math.sqrt(2))) for z in _boundaries(fractions, alpha, spending))
+
+
+def planned_looks(seeds_min: int, seeds_max: int, looks: int) -> list[int]:
+    """Seed counts of the planned looks: seeds_min, evenly spaced steps, seeds_max (duplicates dropped)."""
+    if not (isinstance(seeds_min, int) and isinstance(seeds_max, int)) or seeds_min < 2 or seeds_max < seeds_min:
+        raise DesignError(f"need integers 2 <= seeds_min <= seeds_max, got seeds_min={seeds_min!r}, "
+                          f"seeds_max={seeds_max!r}")
+    if not isinstance(looks, int) or looks < 1:
+        raise DesignError(f"looks must be an integer >= 1, got {looks!r}")
+    if looks == 1 or seeds_max == seeds_min:
+        return [seeds_max]
+    raw = [round(seeds_min + (seeds_max - seeds_min) * k / (looks - 1)) for k in range(looks)]
+    return sorted(set(int(n) for n in raw))
+
+
+# ---- one look's test statistic --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Look:
+    """One look's test: p-value, estimate (mean difference; for ranking the best-vs-runner-up difference), its
+    SE and df, and for ranking which arm is best."""
+
+    n: int
+    p: float
+    estimate: float
+    se: float
+    df: float
+    best: int | None = None
+
+
+def look_stat(kind: str, values, n: int, mode: str = "min") -> Look:
+    """The test at one look over the first n seeds.
+
+    paired: values is a 1-D array of per-seed differences (arm A - arm B); one-sample t.
+    unpaired: values is (a, b), two 1-D arrays of per-seed values; Welch's t on the first n of each.
+    ranking: values is a 2-D array seeds x arms (same seeds across arms); seed-blocked two-way ANOVA F for
+        "the arms differ", with the best arm (lowest mean for mode min) and its paired difference to the runner-up.
+    """
+    if kind == "paired":
+        d = np.asarray(values, dtype=float)[:n]
+        m, sd = float(d.mean()), float(d.std(ddof=1))
+        se = sd / math.sqrt(n)
+        p = _t_p(m, se, n - 1)
+        return Look(n, p, m, se, n - 1)
+    if kind == "unpaired":
+        a, b = (np.asarray(v, dtype=float)[:n] for v in values)
+        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+        se = math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
+        m = float(a.mean() - b.mean())
+        return Look(n, _t_p(m, se, df), m, se, float(df))
+    if kind == "ranking":
+        x = np.asarray(values, dtype=float)[:n]
+        s, k = x.shape
+        grand = x.mean()
+        ss_arm = s * float(((x.mean(axis=0) - grand) ** 2).sum())
+        resid = x - x.mean(axis=0)[None, :] - x.mean(axis=1)[:, None] + grand
+        ss_err = float((resid ** 2).sum())
+        df1, df2 = k - 1, (s - 1) * (k - 1)
+        if ss_err <= 0:
+            p = 0.0 if ss_arm > 0 else 1.0
+        else:
+            p = float(special.fdtrc(df1, df2, (ss_arm / df1) / (ss_err / df2)))
+        means = x.mean(axis=0)
+        order = np.argsort(means if mode == "min" else -means, kind="stable")
+        d = x[:, order[0]] - x[:, order[1]]
+        return Look(n, p, float(d.mean()), float(d.std(ddof=1) / math.sqrt(s)), s - 1, int(order[0]))
+    raise DesignError(f"claim kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def _t_p(m: float, se: float, df: float) -> float:
+    if se <= 0 or not math.isfinite(se):
+        return 0.0 if m != 0 else 1.0
+    return float(2 * special.stdtr(df, -abs(m) / se))
+
+
+# ---- one claim ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    """A claim's state after its latest look.
+
+    state: decided (crossed its boundary at some look), open (more seeds may decide it), inconclusive (reached
+    seeds_max undecided). direction: sign of the estimate when decided (-1 favours arm A for mode min), for
+    ranking the best arm's index; 0 when undecided. interval: repeated confidence interval of the estimate at the
+    latest look and the claim's level. level: the alpha the claim was tested at (Holm)."""
+
+    state: str
+    direction: int
+    estimate: float
+    interval: tuple
+    n: int
+    decided_at: int | None
+    level: float
+    p: float
+    nominal: float
+
+
+def claim_test(kind: str, values, looks: Sequence[int], seeds_max: int, alpha: float = ALPHA,
+               spending: str = "obf", mode: str = "min") -> Verdict:
+    """The designer's per-claim group-sequential test (pure; the report can call it).
+
+    kind: "paired" (values: per-seed differences A - B, seed order), "unpaired" (values: (a, b) per-seed values of
+    two arms) or "ranking" (values: seeds x arms matrix). looks: the seed counts at which the claim was looked at
+    so far (increasing, the last = seeds available now). seeds_max: the planned maximum (information fraction 1).
+    alpha: the claim's two-sided level (Holm's share in a family). Returns a Verdict: decided when any look's
+    p-value fell at or below that look's nominal level."""
+    return _verdict(kind, _look_stats(kind, values, looks, mode), looks, seeds_max, alpha, spending)
+
+
+def _look_stats(kind: str, values, looks: Sequence[int], mode: str) -> list[Look]:
+    looks = [int(n) for n in looks]
+    if not looks:
+        raise DesignError("claim_test needs at least one look")
+    if looks[0] < 2:
+        raise DesignError(f"a look needs at least 2 seeds, got {looks[0]}")
+    return [look_stat(kind, values, n, mode) for n in looks]
+
+
+def _verdict(kind: str, looked: list[Look], looks: Sequence[int], seeds_max: int, alpha: float,
+             spending: str) -> Verdict:
+    levels = nominal_levels(looks, seeds_max, alpha, spending)
+    decided = next((lk for lk, level in zip(looked, levels) if lk.p <= level), None)
+    last = looked[-1]
+    q = float(-special.stdtrit(last.df, levels[-1] / 2)) if last.df > 0 else math.inf
+    interval = (last.estimate - q * last.se, last.estimate + q * last.se)
+    if decided is not None:
+        direction = int(decided.best) if kind == "ranking" else int(np.sign(decided.estimate))
+        return Verdict(DECIDED, direction, last.estimate, interval, last.n, decided.n, alpha, last.p, levels[-1])
+    state = INCONCLUSIVE if last.n >= seeds_max else OPEN
+    return Verdict(state, 0, last.estimate, interval, last.n, None, alpha, last.p, levels[-1])
+
+
+# ---- a family of claims: Holm by alpha recycling --------------------------------------------------------------
+@dataclass
+class ClaimData:
+    """What one claim measured so far: its kind, values (as claim_test takes them), its looks and seeds_max."""
+
+    name: str
+    kind: str
+    values: object
+    looks: list
+    seeds_max: int
+    mode: str = "min"
+
+
+def holm_verdicts(claims: Sequence[ClaimData], alpha: float = ALPHA, spending: str = "obf",
+                  decided: Sequence[str] = ()) -> dict[str, Verdict]:
+    """Every claim's verdict, Holm across the family: with r claims decided, each other claim is tested at
+    alpha / (m - r) over all its looks so far; repeated until no new claim is decided. `decided` names claims
+    decided in earlier rounds (they stay decided even if a later look would not cross again)."""
+    m = len(claims)
+    if m == 0:
+        return {}
+    names = [c.name for c in claims]
+    if len(set(names)) != m:
+        raise DesignError(f"claim names must be unique, got {names}")
+    done = set(decided) & set(names)
+    verdicts: dict[str, Verdict] = {}
+    looked = {c.name: _look_stats(c.kind, c.values, c.looks, c.mode) for c in claims}
+    while True:
+        level = alpha / (m - len(done)) if len(done) < m else alpha
+        new = False
+        for c in claims:
+            v = _verdict(c.kind, looked[c.name], c.looks, c.seeds_max, level, spending)
+            if c.name in done and v.state != DECIDED:
+                # decided earlier at a lower level: it stays decided; report its latest estimate and interval
+                v = Verdict(DECIDED, verdicts[c.name].direction if c.name in verdicts else int(np.sign(v.estimate)),
+                            v.estimate, v.interval, v.n, v.decided_at or v.n, level, v.p, v.nominal)
+            verdicts[c.name] = v
+            if v.state == DECIDED and c.name not in done:
+                done.add(c.name)
+                new = True
+        if not new:
+            return verdicts
+
+
+# ---- rounds ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Design:
+    """A search's or campaign's sequential design (tune/space.py reads it from a space's budget)."""
+
+    seeds_min: int = 3
+    seeds_max: int = 3
+    looks: int = 1
+    max_runs: int | None = None  # compute cap: runs trained in all rounds together; None = no cap
+    alpha: float = ALPHA
+    spending: str = "obf"
+
+    def __post_init__(self):
+        planned_looks(self.seeds_min, self.seeds_max, self.looks)
+        if self.max_runs is not None and (not isinstance(self.max_runs, int) or self.max_runs < 1):
+            raise DesignError(f"max_runs must be an integer >= 1 or null, got {self.max_runs!r}")
+        if not 0 < self.alpha < 1:
+            raise DesignError(f"alpha must lie in (0, 1), got {self.alpha!r}")
+        if self.spending not in SPENDINGS:
+            raise DesignError(f"spending must be one of {', '.join(SPENDINGS)}, got {self.spending!r}")
+
+    @property
+    def plan(self) -> list[int]:
+        return planned_looks(self.seeds_min, self.seeds_max, self.looks)
+
+
+def next_round(seeds_now: dict[str, int], verdicts: dict[str, Verdict], design: Design,
+               arms: dict[str, Sequence[str]], trained: set | None = None) -> dict[str, int]:
+    """The seed count each claim goes to in the next round: open claims move to their next planned look, in
+    claim order, while the runs this adds (distinct (arm, seed) pairs not yet trained; arms shared between claims
+    count once) keep the total within design.max_runs. Decided or inconclusive claims, and those the cap leaves
+    out, keep their count. `trained` is the set of (arm, seed) pairs already trained."""
+    trained = set(trained or ())
+    plan = design.plan
+    total = len(trained)
+    out = dict(seeds_now)
+    for name, n in seeds_now.items():
+        if verdicts[name].state != OPEN:
+            continue
+        later = [p for p in plan if p > n]
+        target = later[0] if later else design.seeds_max
+        if target <= n:
+            continue
+        new = {(a, s) for a in arms[name] for s in range(target)} - trained
+        if design.max_runs is not None and total + len(new) > design.max_runs:
+            continue
+        trained |= new
+        total += len(new)
+        out[name] = target
+    return out
+
+
+@dataclass
+class ClaimSpec:
+    """A claim for run_design: its kind, its arms (names of configurations; arms shared between claims are
+    trained once per seed) and, for paired/unpaired, the two arms in the order of the difference A - B."""
+
+    name: str
+    kind: str
+    arms: tuple
+    mode: str = "min"
+
+
+@dataclass
+class DesignResult:
+    verdicts: dict
+    seeds: dict  # claim -> seeds it reached
+    runs: int  # distinct (arm, seed) runs trained
+    rounds: int
+    history: list = field(default_factory=list)  # per round: {claim: seeds}
+
+
+def claim_values(spec: ClaimSpec, table: dict, n: int):
+    """A claim's values over seeds 0..n-1 from table[(arm, seed)] -> value, in claim_test's form."""
+    cols = [[table[(a, s)] for s in range(n)] for a in spec.arms]
+    if spec.kind == "paired":
+        return np.asarray(cols[0]) - np.asarray(cols[1])
+    if spec.kind == "unpaired":
+        return (np.asarray(cols[0]), np.asarray(cols[1]))
+    return np.asarray(cols).T
+
+
+def run_design(specs: Sequence[ClaimSpec], design: Design, trial: Callable[[str, int], float]) -> DesignResult:
+    """Drive the rounds: every claim starts at design.seeds_min seeds, then open claims get more at each planned
+    look until decided, at seeds_max, or out of the compute cap. `trial(arm, seed)` returns the metric of one run;
+    it is called once per distinct (arm, seed) (the designer's reuse: a run trained for one claim serves every
+    claim that shares the arm)."""
+    table: dict = {}
+    arms = {s.name: tuple(s.arms) for s in specs}
+    seeds = {s.name: 0 for s in specs}
+    looks: dict[str, list] = {s.name: [] for s in specs}
+    first = {s.name: design.plan[0] for s in specs}
+    history, decided = [], []
+    target = first
+    verdicts: dict = {}
+    rounds = 0
+    while True:
+        for spec in specs:
+            n = target[spec.name]
+            for a in spec.arms:
+                for sd in range(n):
+                    if (a, sd) not in table:
+                        table[(a, sd)] = float(trial(a, sd))
+            if n > seeds[spec.name]:
+                looks[spec.name].append(n)
+                seeds[spec.name] = n
+        rounds += 1
+        history.append(dict(seeds))
+        data = [ClaimData(s.name, s.kind, claim_values(s, table, seeds[s.name]), looks[s.name], design.seeds_max,
+                          s.mode) for s in specs]
+        verdicts = holm_verdicts(data, design.alpha, design.spending, decided)
+        decided = [k for k, v in verdicts.items() if v.state == DECIDED]
+        target = next_round(seeds, verdicts, design, arms, set(table))
+        if target == seeds:
+            return DesignResult(verdicts, seeds, len(table), rounds, history)
+
+
+# ---- power ----------------------------------------------------------------------------------------------------
+def detectable_effect(sd: float, seeds_max: int, alpha: float, kind: str = "paired", power: float = POWER,
+                      looks: Sequence[int] | None = None, spending: str = "obf") -> float:
+    """The smallest true effect (in the metric's units) a claim decides with probability `power` by seeds_max.
+
+    sd: the seed-to-seed SD of the per-seed difference (paired) or of one arm's values (unpaired, both arms
+    alike). alpha: the claim's level (its Holm share: alpha / number of claims, the strictest it can face).
+    With looks, the final look's nominal level is used (alpha spent earlier is lost to the last look; earlier
+    looks only add power), so the figure is slightly conservative. Noncentral t, df = seeds_max - 1 (paired) or
+    2 seeds_max - 2 (unpaired)."""
+    if not (sd > 0 and math.isfinite(sd)):
+        return float("nan")
+    level = nominal_levels(looks, seeds_max, alpha, spending)[-1] if looks else alpha
+    n = seeds_max
+    if kind == "unpaired":
+        df, scale = 2 * n - 2, sd * math.sqrt(2 / n)
+    else:
+        df, scale = n - 1, sd / math.sqrt(n)
+    crit = float(-special.stdtrit(df, level / 2))
+
+    def gap(delta):
+        nc = delta / scale
+        decided = 1 - special.nctdtr(df, nc, crit) + special.nctdtr(df, nc, -crit)
+        return float(decided) - power if math.isfinite(decided) else 1.0 - power
+
+    hi = scale
+    while gap(hi) < 0 and hi < 1e6 * scale:
+        hi *= 2
+    return float(optimize.brentq(gap, 0.0, hi, xtol=1e-6 * scale))
+
+
+def gaussian_trial(effects: dict, rng: np.random.Generator, sd: float = 1.0, rho: float = 0.5,
+                   base: float = 20.0) -> Callable[[str, int], float]:
+    """A cheap synthetic trial for simulations (no training): arm `a` at seed `s` returns
+    base + effects[a] + sd * (sqrt(rho) * u_s + sqrt(1 - rho) * e_as), with u_s shared by every arm at seed s (the
+    seed effect: arms correlate rho across seeds) and e_as independent; so each arm's seed-to-seed SD is `sd`, and
+    a paired difference's SD is sd * sqrt(2 (1 - rho)) (= sd at rho 0.5)."""
+    seed_effect: dict = {}
+
+    def trial(arm: str, seed: int) -> float:
+        if seed not in seed_effect:
+            seed_effect[seed] = rng.standard_normal()
+        noise = math.sqrt(rho) * seed_effect[seed] + math.sqrt(1 - rho) * rng.standard_normal()
+        return base + effects.get(arm, 0.0) + sd * noise
+
+    return trial
