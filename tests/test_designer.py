@@ -152,3 +152,103 @@ def test_bad_design_input_names_the_value():
         nominal_levels([5, 3], 10)
     with pytest.raises(DesignError, match="claim kind must be one of"):
         claim_test("anova", [1.0, 2.0, 3.0], [3], 3)
+
+
+# ---- claims in space files and power in the plan ---------------------------------------------------------------
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from tune.pilot import UNKNOWN, claim_spread, load_pilot, power_lines  # noqa: E402
+from tune.search import main as search_main  # noqa: E402
+from tune.space import SPACE_DIR, SpaceError, load_space  # noqa: E402
+
+
+def _space(tmp_path, **edit):
+    tree = yaml.safe_load((SPACE_DIR / "weighting.yaml").read_text())
+    tree.update(edit)
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_shipped_spaces_declare_claims_and_a_design():
+    plan = load_space("fourier_scale").plan("cpu")
+    assert [c.name for c in plan.claims] == ["fourier_scale:digits:0.2", "fourier_scale:digits:2.0",
+                                             "fourier_scale:digits:16.0"]
+    assert all(c.arms["a"] == 0.02 for c in plan.claims)
+    assert plan.design.seeds_min == plan.seeds == 3 and plan.design.seeds_max > 3 and plan.design.max_runs
+    assert load_space("weighting").plan("smoke").design is None  # the smoke budget stays a fixed, fast design
+    dropout = load_space("dropout").plan("cpu")
+    assert [(c.type, c.stratum, c.arms) for c in dropout.claims] == [
+        ("optimum", "consistency-digits", {"a": None, "b": 0.0}), ("optimum", "diffusion-digits", {"a": None, "b": 0.0})]
+    c_star = load_space("c_scaling").plan("cpu").claims[0]
+    assert c_star.key == "loss.huber_c" and c_star.arms["b"] == pytest.approx(0.00054 * 8)
+
+
+@pytest.mark.parametrize("claims,message", [
+    ([{"name": "w", "type": "anova", "key": "loss.weighting"}], "claims[0].type"),
+    ([{"name": "w", "type": "contrast", "key": "loss.weighting"}], "claims[0].paper: is required"),
+    ([{"name": "w", "type": "contrast", "key": "loss.weighting", "paper": "huber"}], "claims[0].paper"),
+    ([{"name": "w", "type": "optimum", "key": "network.dropout", "reference": 0.0}],
+     "claims[0].key: a optimum claim needs a searched param"),
+    ([{"name": "w", "type": "contrast", "key": "loss.weighting", "paper": "ict", "strata": ["mnist"]}],
+     "claims[0].strata"),
+    ([{"name": "w", "type": "contrast", "key": "loss.wieghting", "paper": "ict"}], "claims[0].key: must be a config key"),
+])
+def test_bad_claims_fail_naming_the_value(tmp_path, claims, message):
+    with pytest.raises(SpaceError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_space(_space(tmp_path, claims=claims))
+
+
+def test_bad_design_fails_before_any_cluster_work(tmp_path):
+    budgets = {"cpu": {"num_samples": 1, "seeds_min": 5, "seeds_max": 3}}
+    with pytest.raises(SpaceError, match="budgets.cpu.seeds_max: must be >= seeds_min 5, got 3"):
+        load_space(_space(tmp_path, budgets=budgets)).plan("cpu")
+    with pytest.raises(SpaceError, match="budgets.cpu.looks: needs seeds_min and seeds_max"):
+        load_space(_space(tmp_path, budgets={"cpu": {"looks": 3}})).plan("cpu")
+    with pytest.raises(SpaceError, match="needs claims"):
+        load_space(_space(tmp_path, claims=[], budgets={"cpu": {"seeds_min": 3, "seeds_max": 6}})).plan("cpu")
+
+
+def _pilot(tmp_path, diff_sd, seeds=6):
+    """A planted pilot of the weighting space: per-seed difference ict - uniform with a known spread."""
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(seeds)
+    noise = (noise - noise.mean()) / noise.std(ddof=1)  # exactly SD 1
+    rows = []
+    for s in range(seeds):
+        base = 20 + 3 * rng.standard_normal()  # a seed effect shared by both arms: pairing removes it
+        rows.append({"space": "weighting", "stratum": "digits", "config_id": "a", "seed": s, "status": "completed",
+                     "loss.weighting": "ict", "final_fd": base + diff_sd * noise[s]})
+        rows.append({"space": "weighting", "stratum": "digits", "config_id": "b", "seed": s, "status": "completed",
+                     "loss.weighting": "uniform", "final_fd": base})
+    folder = tmp_path / f"pilot{diff_sd}"
+    folder.mkdir()
+    pd.DataFrame(rows).to_parquet(folder / "trials.parquet")
+    return folder
+
+
+def test_power_line_tracks_the_pilot_spread(tmp_path):
+    plan = load_space("weighting").plan("cpu")
+    claim = plan.claims[0]
+    narrow, wide = load_pilot([_pilot(tmp_path, 1.5)]), load_pilot([_pilot(tmp_path, 3.0)])
+    assert claim_spread(claim, narrow, "weighting", "final_fd")["sd"] == pytest.approx(1.5)
+    d = plan.design
+    want = detectable_effect(1.5, d.seeds_max, 0.05 / 7, looks=d.plan)
+    line = power_lines(plan, narrow, family=7)[1]
+    assert f"{want:.3g} FD" in line and "paired difference over 6 seeds" in line
+    wide_line = power_lines(plan, wide, family=7)[1]
+    assert f"{2 * want:.3g} FD" in wide_line  # twice the spread, twice the detectable effect
+    assert UNKNOWN in power_lines(plan, load_pilot([]), family=7)[1]
+
+
+def test_search_dry_run_prints_power_per_claim(tmp_path, capsys):
+    assert search_main(["--space", "weighting", "--budget", "cpu", "--dry-run", "--storage", str(tmp_path),
+                        "--pilot", str(_pilot(tmp_path, 2.0))]) == 0
+    out = capsys.readouterr().out
+    assert "design     claims start at 3 seeds" in out and "weighting:digits" in out and " FD (spread 2:" in out
+    assert search_main(["--space", "weighting", "--budget", "cpu", "--dry-run", "--storage", str(tmp_path)]) == 0
+    assert "unknown until a pilot" in capsys.readouterr().out
+    assert search_main(["--space", "weighting", "--budget", "cpu", "--dry-run", "--storage", str(tmp_path),
+                        "--pilot", str(tmp_path / "nothing")]) == 2
+    assert "--pilot" in capsys.readouterr().err

@@ -149,8 +149,12 @@ def estimate_seconds(row: dict, step_s: float, concurrent: int) -> float:
     return row["runs"] * per_run / max(1, concurrent)
 
 
-def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print) -> dict:
-    """Print each search's plan and its compute; returns the totals {runs, images, seconds}."""
+def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print, pilot=None) -> dict:
+    """Print each search's plan, its compute and each claim's detectable effect (from `pilot` folders, or the
+    campaign's own experiments; tune/pilot.py); returns the totals {runs, images, seconds}."""
+    from tune.search import plan_power
+
+    family = sum(len(plan.claims) for _, plan in plans)  # Holm runs over every claim of the campaign
     timings: dict[str, float] = {}
     total = {"runs": 0, "images": 0, "seconds": 0.0}
     for space, plan in plans:
@@ -182,6 +186,8 @@ def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print) -> dict:
             out(line)
             total["runs"] += row["runs"]
             total["images"] += row["images"]
+        for line in plan_power(plan, pilot, campaign_dir / plan.space, family):
+            out(line)
         out("")
     out(f"campaign: {len(plans)} search(es), {total['runs']} runs, {total['images']:,} images"
         + (f", about {hours_text(total['seconds'])} on this machine (training and evaluation; Ray start-up and "
@@ -317,6 +323,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print every search's plan and compute estimate; start nothing")
     p.add_argument("--no-timing", action="store_true", help="with --dry-run: count runs and images, time no steps")
+    p.add_argument("--pilot", nargs="+", metavar="DIR",
+                   help="with --dry-run: earlier experiment folder(s) (e.g. docs/findings/cpu, a finished campaign) "
+                        "whose seed spread gives each claim's smallest detectable effect at seeds_max")
     p.add_argument("--num-samples", type=int, help="configurations per stratum of every search (default: budgets')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a dotted config override for every trial of every search (repeatable)")
@@ -343,7 +352,7 @@ def main(argv=None) -> int:
             for _, plan in plans:
                 check_plan_paths(plan)
             campaign_dir = Path(args.storage).expanduser().resolve() / (args.name or f"campaign-{args.budget}")
-            dry_run(plans, campaign_dir, measure=not args.no_timing)
+            dry_run(plans, campaign_dir, measure=not args.no_timing, pilot=args.pilot)
             return 0
         command = "python tune/campaign.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                    else sys.argv[1:]))

@@ -130,7 +130,28 @@ def format_plan(plan: Plan, res: dict, exp_dir: Path) -> str:
         lines.append("  first  " + ", ".join(f"{k}={v}" for k, v in first.items() if k not in s.fixed))
     for skipped in plan.skipped_strata:
         lines.append(f"skipped stratum {skipped}")
+    if plan.design is not None:
+        d = plan.design
+        lines.append(f"design     claims start at {d.seeds_min} seeds; open ones get more at looks "
+                     f"{', '.join(map(str, d.plan))} up to {d.seeds_max} ({d.spending} alpha spending, Holm over the "
+                     f"declared claims, alpha {d.alpha:g})"
+                     + (f", at most {d.max_runs} runs in all" if d.max_runs else ""))
     return "\n".join(lines)
+
+
+def plan_power(plan: Plan, pilot_dirs, exp_dir: Path | None = None, family: int | None = None) -> list[str]:
+    """The dry-run's power lines (tune/pilot.py): from --pilot folders, else from this experiment's own table
+    once it holds two looks (a design round past the first, or two seeds per configuration), else unknown."""
+    from tune.pilot import load_pilot, power_lines
+
+    family = len(plan.claims) if family is None else family
+    if pilot_dirs:
+        return power_lines(plan, load_pilot(pilot_dirs), family, "--pilot " + " ".join(map(str, pilot_dirs)))
+    if exp_dir is not None and (exp_dir / TRIALS_FILE).exists():
+        own = load_pilot([exp_dir])
+        if not own.empty and int(own.groupby("config_id")["seed"].nunique().max()) >= 2:
+            return power_lines(plan, own, family, f"this experiment ({exp_dir})")
+    return power_lines(plan, load_pilot([]), family)
 
 
 # ---- Ray --------------------------------------------------------------------------------------
@@ -269,7 +290,7 @@ def _default_shared(exp_dir: Path, name: str) -> str:
 
 
 # ---- plan identity (--resume refuses a changed plan unless --extend) ---------------------------------
-_NOT_PLAN = ("source", "description", "question", "max_concurrent", "skipped_strata", "strata")
+_NOT_PLAN = ("source", "description", "question", "max_concurrent", "skipped_strata", "strata", "claims", "design")
 
 
 def _hash(obj) -> str:
@@ -526,6 +547,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run every trial's seeds through Ray Train, even with one CPU worker (the GPU path)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit without Ray")
     p.add_argument("--list-spaces", action="store_true", help="list the shipped spaces and exit")
+    p.add_argument("--pilot", nargs="+", metavar="DIR",
+                   help="with --dry-run: earlier experiment folder(s) whose seed spread gives each claim's smallest "
+                        "detectable effect (80%% power at seeds_max), e.g. docs/findings/cpu/weighting")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a dotted config override for every trial, e.g. --set data.path=/data/cifar (repeatable)")
     p.add_argument("--strata", help="comma-separated strata to run (default: all)")
@@ -554,7 +578,9 @@ def main(argv=None) -> int:
                 plan.max_concurrent = args.max_concurrent
             name = args.name or f"{plan.space}-{args.budget}"
             res = resources(plan, args.workers_per_trial, args.gpus_per_worker, None, args.ray_train)
-            print(format_plan(plan, res, Path(args.storage).expanduser().resolve() / name))
+            exp_dir = Path(args.storage).expanduser().resolve() / name
+            print(format_plan(plan, res, exp_dir))
+            print("\n".join(plan_power(plan, args.pilot, exp_dir)))
             return 0
         exp_dir = run_search(args.space, args.budget, args.num_samples, args.storage, args.name, args.resume,
                              args.workers_per_trial, args.gpus_per_worker, extra=extra, strata=strata,

@@ -12,9 +12,15 @@ A space is a YAML mapping; every config knob in it is an ict_core.config dotted 
     scheduler    {type: asha|none, grace_period, reduction_factor}  (time attribute: training steps of the trial)
     seeds        runs per configuration (train.seed, train.seed+1, ...)
     max_concurrent  concurrent trials per stratum
-    budgets      {smoke|cpu|gpu|paper: {num_samples, seeds, max_concurrent, scheduler, fixed, strata}}
+    budgets      {smoke|cpu|gpu|paper: {num_samples, seeds, max_concurrent, scheduler, fixed, strata,
+                  seeds_min, seeds_max, looks, max_runs}}
                  (a budget's `strata` lists the strata it runs, e.g. the cpu budget leaves out the data sets
-                 too large to train there; default: all)
+                 too large to train there; default: all. seeds_min..seeds_max, looks and max_runs are the
+                 budget's sequential design, tune/designer.py: claims start at seeds_min seeds and open ones get
+                 more at `looks` planned looks up to seeds_max, within max_runs runs in all)
+    claims       [{name, type: contrast|optimum|ranking|c_star, key, paper, reference, strata}]  the verdicts
+                 the space is run for (tune/designer.py tests them; `Plan.claims` holds one per stratum and
+                 alternative)
 
 A budget's model size, steps and evaluation are written once, in the preset tune/budgets/<budget>.yaml (`paper`
 inherits the cifar10 preset through `base:`). A trial's config is that preset, then the space's `fixed`, the
@@ -78,6 +84,7 @@ class SpaceSpec:
     seeds: int = field(default=1, metadata=in_range(1))
     max_concurrent: int = field(default=2, metadata=in_range(1))
     budgets: dict = field(default_factory=dict)
+    claims: list = field(default_factory=list)
 
 
 TOP_KEYS = tuple(f.name for f in fields(SpaceSpec))
@@ -104,6 +111,41 @@ class BudgetSpec:
     scheduler: Optional[dict] = None
     fixed: dict = field(default_factory=dict)
     strata: Optional[list] = None
+    seeds_min: Optional[int] = field(default=None, metadata=in_range(2))
+    seeds_max: Optional[int] = field(default=None, metadata=in_range(2))
+    looks: Optional[int] = field(default=None, metadata=in_range(1))
+    max_runs: Optional[int] = field(default=None, metadata=in_range(1))
+
+
+CLAIM_TYPES = ("contrast", "optimum", "ranking", "c_star")
+
+
+@dataclass(frozen=True)
+class ClaimYaml:
+    """One declared claim. contrast: `key` at `paper` against each other value the space runs (an ablation);
+    optimum: the best tested value of the searched `key` against `reference` (Q2: dropout 0); ranking: the
+    values of the searched `key` differ (Q3: curricula), the best named only when they do; c_star: the best
+    tested loss.huber_c against the paper's 0.00054 sqrt(d) of the stratum. strata: where (default: all)."""
+
+    name: str = ""
+    type: str = field(default="", metadata=one_of(*CLAIM_TYPES))
+    key: str = ""
+    paper: Any = None
+    reference: Any = None
+    strata: Optional[list] = None
+
+
+@dataclass(frozen=True)
+class PlannedClaim:
+    """A claim resolved for one stratum: what the designer tests (kind paired: arm a - arm b per seed; ranking:
+    every value of `key`). arms: {"a": value, "b": value} or {"values": [...]}; None for the best tested value."""
+
+    name: str
+    type: str
+    kind: str
+    key: str
+    stratum: str
+    arms: dict
 
 
 @dataclass(frozen=True)
@@ -183,6 +225,8 @@ class Plan:
     params: dict[str, Param]
     strata: list[Stratum]
     skipped_strata: list[str]
+    claims: list = field(default_factory=list)  # PlannedClaim, one per stratum (and alternative)
+    design: Optional[Any] = None  # tune.designer.Design of the budget, None for a fixed number of seeds
 
     def to_dict(self) -> dict:
         return {
@@ -196,6 +240,10 @@ class Plan:
                         "dataset": s.dataset, "dim": s.dim, "variants": s.variants, "choices": s.choices}
                        for s in self.strata],
             "skipped_strata": self.skipped_strata,
+            "claims": [vars(c) if not hasattr(c, "__dataclass_fields__") else
+                       {f: getattr(c, f) for f in c.__dataclass_fields__} for c in self.claims],
+            "design": None if self.design is None else {f: getattr(self.design, f)
+                                                        for f in self.design.__dataclass_fields__},
         }
 
 
@@ -355,6 +403,107 @@ class Space:
         for key in self.params:
             if key in self.fixed:
                 raise self.error(f"fixed.{key}", "is also a searched param; remove it from one of them")
+        self.claims = self._claims(spec.claims)
+
+    def _claims(self, raw: list) -> list:
+        out, names = [], set()
+        strata = [st["name"] for st in self.strata]
+        for i, item in enumerate(raw or []):
+            where = f"claims[{i}]"
+            claim = self._record(ClaimYaml, item, where)
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", claim.name) or claim.name in names:
+                raise self.error(f"{where}.name", f"must be a unique word of letters, digits, '_', '-' or '.', "
+                                 f"got {claim.name!r}")
+            names.add(claim.name)
+            if not claim.type:
+                raise self.error(f"{where}.type", f"is required; allowed: {', '.join(CLAIM_TYPES)}")
+            key = "loss.huber_c" if claim.type == "c_star" and not claim.key else claim.key
+            if key not in all_keys():
+                raise self.error(f"{where}.key", f"must be a config key, got {claim.key!r}")
+            if claim.type in ("optimum", "ranking", "c_star") and key not in self.params:
+                raise self.error(f"{where}.key", f"a {claim.type} claim needs a searched param; searched: "
+                                 f"{', '.join(self.params) or 'none'}; got {key!r}")
+            need = {"contrast": "paper", "optimum": "reference"}.get(claim.type)
+            if need and getattr(claim, need) is None:
+                raise self.error(f"{where}.{need}", f"is required for a {claim.type} claim (a value of {key})")
+            for name in ("paper", "reference"):
+                value = getattr(claim, name)
+                if value is not None and not is_named_value(key, value):
+                    try:
+                        coerce(key, value)
+                    except ConfigError as err:
+                        raise self.error(f"{where}.{name}", str(err)) from None
+            if claim.strata is not None:
+                bad = [s for s in claim.strata if s not in strata] if isinstance(claim.strata, list) else [claim.strata]
+                if bad or not claim.strata:
+                    raise self.error(f"{where}.strata", f"must list strata of this space ({', '.join(strata)}), "
+                                     f"got {claim.strata!r}")
+            out.append(ClaimYaml(claim.name, claim.type, key, claim.paper, claim.reference, claim.strata))
+        return out
+
+    def _design(self, spec: "BudgetSpec", where: str, seeds: int):
+        """The budget's sequential design (tune.designer.Design), or None when it sets none."""
+        if spec.seeds_min is None and spec.seeds_max is None:
+            for key in ("looks", "max_runs"):
+                if getattr(spec, key) is not None:
+                    raise self.error(f"{where}.{key}", "needs seeds_min and seeds_max in the same budget")
+            return None
+        from tune.designer import Design, DesignError
+
+        lo = spec.seeds_min if spec.seeds_min is not None else seeds
+        hi = spec.seeds_max if spec.seeds_max is not None else lo
+        if hi < lo:
+            raise self.error(f"{where}.seeds_max", f"must be >= seeds_min {lo}, got {hi}")
+        if not self.claims:
+            raise self.error(f"{where}.seeds_min", "a sequential design needs claims: (what the seeds decide)")
+        try:
+            return Design(seeds_min=lo, seeds_max=hi, looks=spec.looks or (1 if lo == hi else 3),
+                          max_runs=spec.max_runs)
+        except DesignError as err:
+            raise self.error(where, str(err)) from None
+
+    def _plan_claims(self, strata: list) -> list:
+        """One PlannedClaim per stratum (and alternative value, for contrasts) of the declared claims."""
+        out = []
+        for claim in self.claims:
+            for st in strata:
+                if claim.strata is not None and st.name not in claim.strata:
+                    continue
+                values = self._values(claim.key, st)
+                base = f"{claim.name}:{st.name}"
+                if claim.type == "contrast":
+                    paper = coerce(claim.key, resolve_named_value(claim.key, claim.paper, st.dim))
+                    if values is None or paper not in values:
+                        raise self.error(f"claims ({claim.name}).paper", f"{claim.key}={claim.paper!r} is not a "
+                                         f"value stratum {st.name} runs; it runs {values or 'a continuous range'}")
+                    alts = [v for v in values if v != paper]
+                    for alt in alts:
+                        name = base if len(alts) == 1 else f"{base}:{alt}"
+                        out.append(PlannedClaim(name, claim.type, "paired", claim.key, st.name,
+                                                {"a": paper, "b": alt}))
+                elif claim.type == "ranking":
+                    if values is None or len(values) < 2:
+                        raise self.error(f"claims ({claim.name}).key", f"a ranking needs a choice or grid param "
+                                         f"with 2 or more values, got {claim.key}")
+                    out.append(PlannedClaim(base, claim.type, "ranking", claim.key, st.name, {"values": values}))
+                else:
+                    ref = claim.reference if claim.type == "optimum" else "paper"
+                    ref = coerce(claim.key, resolve_named_value(claim.key, ref, st.dim))
+                    out.append(PlannedClaim(base, claim.type, "paired", claim.key, st.name, {"a": None, "b": ref}))
+        return out
+
+    def _values(self, key: str, stratum) -> list | None:
+        """The values of `key` a stratum runs (grid variants, choices), or None for a continuous param."""
+        if stratum.variants:
+            vals = []
+            for v in stratum.variants:
+                value = v.get(key, stratum.fixed.get(key))
+                if value not in vals:
+                    vals.append(value)
+            return vals
+        if key in stratum.choices:
+            return list(stratum.choices[key])
+        return None
 
     def _param(self, key: str, spec) -> Param:
         where = f"params.{key}"
@@ -427,6 +576,9 @@ class Space:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise self.error(f"{where}.num_samples", f"must be an integer >= 1, got {samples!r}")
         seeds = spec.seeds or self.seeds
+        design = self._design(spec, where, seeds)
+        if design is not None:
+            seeds = design.seeds_min  # the first round; later rounds add seeds to open claims
         concurrent = spec.max_concurrent or self.max_concurrent
         scheduler = self._scheduler(spec.scheduler, f"{where}.scheduler", dict(self.scheduler))
         budget_fixed = self._overrides(spec.fixed, f"{where}.fixed")
@@ -497,7 +649,7 @@ class Space:
             raise self.error("strata", f"no stratum can run: {'; '.join(skipped)}")
         return Plan(self.name, str(self.source), budget, self.description, self.question, self.algorithm,
                     self.search_seed, self.metric, self.mode, scheduler, seeds, concurrent, self.params, strata,
-                    skipped)
+                    skipped, self._plan_claims(strata), design)
 
     def _resolve_point(self, point: dict, dim: int, where: str) -> dict:
         out = {}
