@@ -461,10 +461,18 @@ def grids_section(rep: Report, trials, metric) -> None:
 
 def compute_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Per experiment and stratum: what its answers rest on (configurations, runs, seeds per configuration, steps
-    per run, images trained, and the runs' own training wall time, summed over runs)."""
+    per run, images trained, and the runs' own training wall time, summed over runs). A run is trained once:
+    rows marked `reused` (copied from another experiment, tune/reuse.py) and later rows repeating a run_key
+    already listed count under "reused runs", not in the images and hours trained."""
     if trials.empty:
         return pd.DataFrame()
     t = trials.copy()
+    reused = t["reused"].fillna(False).astype(bool) if "reused" in t.columns else pd.Series(False, index=t.index)
+    if "run_key" in t.columns:
+        keys = t["run_key"].where((t["status"].astype(str) != "errored") & ~reused)
+        reused |= keys.notna() & keys.duplicated(keep="first")
+    t["_reused"] = reused
+    t.loc[reused, ["images_seen", "wall_s"]] = 0
     t["_images"] = pd.to_numeric(t.get("images_seen"), errors="coerce").fillna(0)
     t["_wall"] = pd.to_numeric(t.get("wall_s"), errors="coerce").fillna(0)
     t["_steps"] = pd.to_numeric(t.get("steps"), errors="coerce")
@@ -474,6 +482,7 @@ def compute_table(trials: pd.DataFrame) -> pd.DataFrame:
         seeds = g[g["_done"]].groupby("config_id")["seed"].nunique()
         rows.append({"experiment": experiment, "stratum": stratum, "dataset": g["dataset"].iloc[0],
                      "configurations": int(g["config_id"].nunique()), "runs": len(g),
+                     "reused runs": int(g["_reused"].sum()),
                      "completed": int(g["_done"].sum()),
                      "seeds per configuration": (f"{seeds.min()}-{seeds.max()}" if len(seeds) and seeds.min() != seeds.max()
                                                  else str(int(seeds.max())) if len(seeds) else "0"),

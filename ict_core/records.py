@@ -91,6 +91,8 @@ _TRIAL_TAIL = [
     ("versions", pa.string()), ("node_id", pa.string()), ("run_key", pa.string()),
     # Added later: nullable, so tables written before them still load.
     ("final_fd_student", pa.float64()), ("final_fd_se", pa.float64()), ("run_dir", pa.string()),
+    # reused: the run was copied from another experiment (reused_from: "<experiment>/<run_dir>"), not trained here
+    ("reused", pa.bool_()), ("reused_from", pa.string()),
 ]
 TRIALS_SCHEMA = pa.schema(_TRIAL_HEAD + [(k, CONFIG_TYPES[k]) for k in all_keys()] + _TRIAL_TAIL)
 EVALS_SCHEMA = pa.schema(
@@ -101,6 +103,6 @@ EVALS_SCHEMA = pa.schema(
 # Columns a reader requires (analysis/load.py); the others were added later, or are bookkeeping a reader may
 # lack in tables written by hand, and the config columns are checked by each analysis that needs them.
 _OPTIONAL_TRIAL = ("device", "world_size", "git_commit", "versions", "node_id", "run_key", "final_fd_student",
-                   "final_fd_se", "run_dir")
+                   "final_fd_se", "run_dir", "reused", "reused_from")
 REQUIRED_TRIAL_COLUMNS = tuple(name for name, _ in _TRIAL_HEAD + _TRIAL_TAIL if name not in _OPTIONAL_TRIAL)
 REQUIRED_EVAL_COLUMNS = tuple(name for name in EVALS_SCHEMA.names if name not in ("fd_student", "fd_se"))

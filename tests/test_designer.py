@@ -252,3 +252,39 @@ def test_search_dry_run_prints_power_per_claim(tmp_path, capsys):
     assert search_main(["--space", "weighting", "--budget", "cpu", "--dry-run", "--storage", str(tmp_path),
                         "--pilot", str(tmp_path / "nothing")]) == 2
     assert "--pilot" in capsys.readouterr().err
+
+
+# ---- rounds: from trials.parquet rows to claims ----------------------------------------------------------------
+from tune.rounds import claim_arms, claim_data  # noqa: E402
+
+
+def _rows(arms: dict, seeds: int, stratum="digits", key="loss.weighting"):
+    rows = []
+    for value, fds in arms.items():
+        for s in range(seeds):
+            rows.append({"stratum": stratum, "status": "completed", "seed": s, key: value, "final_fd": fds[s],
+                         "config_id": f"{value}-{s // 2}"})  # a later round's trial id differs: same arm
+    return pd.DataFrame(rows)
+
+
+def test_claim_data_are_the_planted_per_seed_differences():
+    plan = load_space("weighting").plan("cpu")
+    ict, uni = [20.0, 21.0, 19.5, 22.0], [23.0, 22.5, 24.0, 21.0]
+    trials = _rows({"ict": ict, "uniform": uni}, 4)
+    found = claim_arms(plan.claims[0], trials, "final_fd")
+    d = claim_data(plan.claims[0], found, [3], 8)
+    assert d.looks == [3, 4] and list(d.values) == [a - b for a, b in zip(ict, uni)]
+
+
+def test_optimum_arm_is_the_best_tested_value_against_the_reference():
+    plan = load_space("dropout").plan("cpu")
+    claim = plan.claims[0]  # consistency-digits: best dropout vs 0
+    trials = _rows({0.0: [20, 21, 22], 0.3: [15, 16, 14], 0.5: [18, 18, 18]}, 3, stratum="consistency-digits",
+                   key="network.dropout")
+    found = claim_arms(claim, trials, "final_fd")
+    d = claim_data(claim, found, [], 8)
+    assert list(d.values) == [-5, -5, -8]  # 0.3 (the best) minus 0.0 (the reference), seed by seed
+    ranking = load_space("curriculum").plan("cpu").claims[0]
+    trials = _rows({"exponential": [3, 4, 5], "sqrt": [5, 6, 7], "linear": [1, 1, 1]}, 3, key="curriculum.shape")
+    d = claim_data(ranking, claim_arms(ranking, trials, "final_fd"), [], 8)
+    assert d.kind == "ranking" and d.values.shape == (3, 3)

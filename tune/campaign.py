@@ -239,15 +239,20 @@ def _check_resume(state: dict, settings: dict, campaign_dir: Path) -> None:
 
 
 def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, resume=False, num_samples=None,
-                 extra=None, report=True, quiet=False, address=None, command: str | None = None) -> Path:
+                 extra=None, report=True, quiet=False, address=None, command: str | None = None,
+                 reuse=()) -> Path:
     """Run (or resume) the campaign; returns its folder. Every plan is validated before Ray starts.
 
     Every start and resume is recorded in campaign.json's `sessions` (time, command, git commit, local changes),
-    so the findings name the code that produced each search."""
+    so the findings name the code that produced each search. A run already trained in an earlier search of the
+    campaign, or in the experiments below the `reuse` folders, is copied, not trained (tune/reuse.py)."""
     from ict_core.provenance import git_commit
+
+    from tune.reuse import reuse_index
 
     extra = dict(extra or {})
     plans = plan_campaign(spaces, budget, num_samples, extra)
+    reuse_index(reuse)  # each --reuse folder must hold an experiment: checked before anything starts
     space_args = [space for space, _ in plans]
     names = [plan.space for _, plan in plans]
     campaign_dir = Path(storage).expanduser().resolve() / (name or f"campaign-{budget}")
@@ -285,7 +290,7 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
         t0 = time.time()
         try:
             run_search(space, budget, num_samples, storage=campaign_dir, name=plan.space, resume=again,
-                       extra=extra, address=address, quiet=quiet)
+                       extra=extra, address=address, quiet=quiet, reuse=reuse, reuse_optional=[campaign_dir])
         finally:
             entry["wall_s"] = float(entry.get("wall_s", 0.0)) + (time.time() - t0)
             _write_state(state_path, state)
@@ -323,6 +328,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print every search's plan and compute estimate; start nothing")
     p.add_argument("--no-timing", action="store_true", help="with --dry-run: count runs and images, time no steps")
+    p.add_argument("--reuse", nargs="+", metavar="DIR",
+                   help="experiment or campaign folders whose finished runs are copied, not trained again, where "
+                        "a trial's run_key matches; the campaign's own earlier searches always are")
     p.add_argument("--pilot", nargs="+", metavar="DIR",
                    help="with --dry-run: earlier experiment folder(s) (e.g. docs/findings/cpu, a finished campaign) "
                         "whose seed spread gives each claim's smallest detectable effect at seeds_max")
@@ -358,7 +366,7 @@ def main(argv=None) -> int:
                                                                                    else sys.argv[1:]))
         campaign_dir = run_campaign(args.budget, args.spaces, args.storage, args.name, args.resume,
                                     args.num_samples, extra, report=not args.no_report, address=args.address,
-                                    command=command)
+                                    command=command, reuse=args.reuse or ())
         print(f"campaign: {campaign_dir}\nreport:   {campaign_dir / 'report' / 'report.md'}")
         if args.export:
             try:

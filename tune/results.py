@@ -207,6 +207,9 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
         row["node_id"] = node.get("node_id") or node_id
         if summary.get("device") and not row.get("device"):
             row["device"] = summary["device"]
+        source = store.read_json(f"{rel}/reused.json")  # tune/reuse.REUSED_FILE: copied, not trained here
+        row["reused"] = source is not None
+        row["reused_from"] = f"{source.get('experiment')}/{source.get('run_dir')}" if source else None
         trial_rows.append(row)
         for e in evals:
             eval_rows.append({"experiment": experiment, "trial_id": trial_id, "config_id": config_id,

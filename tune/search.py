@@ -353,7 +353,8 @@ def _stratum_outcome(exp_dir: Path, tune_name: str) -> dict:
 
 def run_search(space, budget="smoke", num_samples=None, storage=None, name=None, resume=False,
                workers_per_trial=1, gpus_per_worker=0, *, extra=None, strata=None, address=None,
-               max_concurrent=None, quiet=False, ray_storage=None, extend=False, ray_train=False) -> Path:
+               max_concurrent=None, quiet=False, ray_storage=None, extend=False, ray_train=False,
+               reuse=(), reuse_optional=()) -> Path:
     """Run (or resume) a search; returns the experiment folder holding trials.parquet, evals.parquet and
     experiment.json, whose `status` says how it ended: finished | failed (some trials errored; `first_error`) |
     interrupted (Ctrl-C; --resume continues).
@@ -365,7 +366,9 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     sets it to s3). The Parquet tables are always written by the driver into the local experiment folder.
     A resumed search refuses a changed plan unless `extend`: then changed strata run again under a new
     searcher that is told what the stratum already measured, up to the new number of configurations.
-    `ray_train` sends one-worker CPU trials through Ray Train too."""
+    `ray_train` sends one-worker CPU trials through Ray Train too. A run whose run_key is already finished in
+    this experiment, in the experiments at or below the `reuse` folders (each must hold one) or below the
+    `reuse_optional` ones (a campaign's folder) is copied, not trained (tune/reuse.py)."""
     plan = resolve_plan(space, budget, num_samples, extra, strata)
     if max_concurrent is not None:
         plan.max_concurrent = int(max_concurrent)
@@ -387,6 +390,11 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                           "resume with the same --budget, --num-samples and --set, or pass --extend to search the "
                           "changed strata further")
 
+    from tune.reuse import reuse_index
+
+    index = reuse_index(reuse)  # a --reuse folder without an experiment fails here, before Ray
+    index.update({k: v for k, v in reuse_index([*reuse_optional, exp_dir], required=False).items()
+                  if k not in index})
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_S)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
@@ -410,6 +418,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 "plan": plan.to_dict(),
                 "plan_hash": hashes, "resources": res, "provenance": info.get("provenance") or _provenance(),
                 "done_strata": done_strata, "tune_names": tune_names, "shared_storage": shared,
+                **({"design": info["design"]} if info.get("design") else {}),
                 "runs": f"{shared}/{RUNS_DIR}", "status": RUNNING}
         exp_dir.mkdir(parents=True, exist_ok=True)
         _write_experiment(exp_dir, info)
@@ -432,7 +441,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 rt.with_parameters(ict_trial, stratum={"name": stratum.name, "fixed": stratum.fixed},
                                    seeds=plan.seeds, metric=plan.metric, runs_root=runs_root,
                                    cpus_per_trial=res["cpus_per_trial"], workers=workers_per_trial,
-                                   gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir),
+                                   gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir,
+                                   reuse=index),
                 res["trial"])
             path = f"{ray_dir}/{tune_name}"
             if resume and rt.Tuner.can_restore(path):
@@ -484,6 +494,29 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
             info["done_strata"] = done_strata
             _write_experiment(exp_dir, info)
         info["done_strata"] = done_strata
+        if not failed and plan.design is not None and plan.claims:
+            def fresh_index():
+                out = reuse_index(reuse)
+                out.update({k: v for k, v in reuse_index([*reuse_optional, exp_dir], required=False).items()
+                            if k not in out})
+                return out
+
+            def make_trainable(stratum, seeds):
+                return rt.with_resources(
+                    rt.with_parameters(ict_trial, stratum={"name": stratum.name, "fixed": stratum.fixed},
+                                       seeds=seeds, metric=plan.metric, runs_root=runs_root,
+                                       cpus_per_trial=res["cpus_per_trial"], workers=workers_per_trial,
+                                       gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir,
+                                       reuse=fresh_index()),
+                    res["trial"])
+
+            ended = _design_rounds(plan, exp_dir, name, info, res, runs_root, ray_dir, make_trainable, say, quiet)
+            if ended == INTERRUPTED:
+                info.update(status=INTERRUPTED)
+                _write_experiment(exp_dir, info)
+                return exp_dir
+            if ended == ERRORED:
+                failed.append(info["design"]["pending"]["strata"][0])
         if failed:
             info.update(status=SEARCH_FAILED, failed_strata=failed, first_error=_first_error(exp_dir, failed))
         else:
@@ -497,6 +530,112 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
         if started:
             ray.shutdown()
     return exp_dir
+
+
+def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, runs_root: str, ray_dir: str,
+                   make_trainable, say, quiet: bool) -> str:
+    """The design's later rounds (tune/designer.py, tune/rounds.py): test every declared claim on the runs so far
+    (Holm over the claims, group-sequential per claim), then train only the arms of the claims still open, up to
+    their next planned look, earlier seeds copied (tune/reuse.py), until no claim moves. Its state lives in
+    experiment.json's `design` (looks per claim, decided claims, verdicts, the pending round), so --resume
+    continues an interrupted round. Returns "finished", INTERRUPTED or ERRORED."""
+    import pandas as pd
+    from ray import tune as rt
+    from ray.tune.search import BasicVariantGenerator
+
+    from ict_core.config import coerce
+    from tune.designer import DECIDED, holm_verdicts, next_round
+    from tune.progress import ParquetCallback, ProgressCallback
+    from tune.rounds import UNTESTABLE, claim_arms, claim_data, signatures, verdict_record
+
+    design = plan.design
+    state = info.setdefault("design", {})
+    state.setdefault("looks", {})
+    state.setdefault("decided", [])
+    state.setdefault("round", 1)
+    metric = f"final_{plan.metric}"
+    while True:
+        trials = pd.read_parquet(exp_dir / TRIALS_FILE)
+        pending = state.get("pending")
+        if pending is None:
+            arms, data = {}, []
+            for claim in plan.claims:
+                found = claim_arms(claim, trials, metric, plan.mode)
+                d = claim_data(claim, found, state["looks"].get(claim.name, []), design.seeds_max,
+                               plan.mode) if found else None
+                if d is not None:
+                    arms[claim.name] = found
+                    data.append(d)
+            verdicts = holm_verdicts(data, design.alpha, design.spending, state["decided"])
+            state["looks"].update({d.name: d.looks for d in data})
+            state["decided"] = [k for k, v in verdicts.items() if v.state == DECIDED]
+            state["verdicts"] = {c.name: verdict_record(verdicts[c.name]) if c.name in verdicts
+                                 else {"state": UNTESTABLE} for c in plan.claims}
+            say(f"design round {state['round']}: " + "; ".join(
+                f"{k} {v['state']}" + (f" at {v['seeds']} seeds" if "seeds" in v else "")
+                for k, v in state["verdicts"].items()))
+            trained = set(zip(signatures(trials), trials["seed"].astype(int)))
+            seeds_now = {d.name: d.looks[-1] for d in data}
+            targets = next_round(seeds_now, verdicts, design, {k: a["arms"] for k, a in arms.items()}, trained)
+            grow = {k: t for k, t in targets.items() if t > seeds_now[k]}
+            if not grow:
+                info["design"] = state
+                _write_experiment(exp_dir, info)
+                return "finished"
+            by_name = {c.name: c for c in plan.claims}
+            jobs: dict = {}
+            for claim_name, target in grow.items():
+                claim = by_name[claim_name]
+                stratum = next(s for s in plan.strata if s.name == claim.stratum)
+                keys = list(plan.params) + [k for v in stratum.variants for k in v if k not in plan.params]
+                for sig in arms[claim_name]["arms"]:
+                    row = arms[claim_name]["overrides"][sig]
+                    overrides = {k: coerce(k, row[k].item() if hasattr(row[k], "item") else row[k])
+                                 for k in dict.fromkeys(keys) if k in row.index and row[k] is not None
+                                 and not (isinstance(row[k], float) and row[k] != row[k])}
+                    old = jobs.get((claim.stratum, sig))
+                    jobs[(claim.stratum, sig)] = {"stratum": claim.stratum, "target": max(target, old["target"] if old else 0),
+                                                  "overrides": overrides}
+            pending = {"round": state["round"] + 1, "jobs": list(jobs.values()),
+                       "strata": sorted({j["stratum"] for j in jobs.values()})}
+            state["pending"] = pending
+            info["design"] = state
+            _write_experiment(exp_dir, info)
+        groups: dict = {}
+        for job in pending["jobs"]:
+            groups.setdefault((job["stratum"], int(job["target"])), []).append(job["overrides"])
+        for (stratum_name, target), variants in sorted(groups.items()):
+            stratum = next(s for s in plan.strata if s.name == stratum_name)
+            tune_name = f"{stratum_name}-round{pending['round']}-{target}seeds"
+            trainable = make_trainable(stratum, target)
+            path = f"{ray_dir}/{tune_name}"
+            say(f"design round {pending['round']}: {stratum_name}, {len(variants)} configuration(s) to {target} seeds")
+            if rt.Tuner.can_restore(path):
+                tuner = rt.Tuner.restore(path, trainable=trainable, resume_errored=True)
+            else:
+                callbacks = [ParquetCallback(str(exp_dir), name, plan.space, {"name": stratum.name, "fixed": stratum.fixed},
+                                             target, runs_root, ledger=tune_name, planned=len(variants)),
+                             ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
+                                              total=len(variants), quiet=quiet)]
+                tuner = rt.Tuner(
+                    trainable, param_space={"variant": rt.grid_search(variants)},
+                    tune_config=rt.TuneConfig(metric=plan.metric, mode=plan.mode,
+                                              search_alg=BasicVariantGenerator(
+                                                  max_concurrent=res["max_concurrent_trials"]),
+                                              num_samples=1, max_concurrent_trials=res["max_concurrent_trials"],
+                                              reuse_actors=True),
+                    run_config=rt.RunConfig(name=tune_name, storage_path=ray_dir, callbacks=callbacks, verbose=0,
+                                            failure_config=rt.FailureConfig(max_failures=0), log_to_file=True))
+            tuner.fit()
+            outcome = _stratum_outcome(exp_dir, tune_name)
+            if outcome["interrupted"]:
+                return INTERRUPTED
+            if outcome["errored"]:
+                return ERRORED
+        state["round"] = pending["round"]
+        state["pending"] = None
+        info["design"] = state
+        _write_experiment(exp_dir, info)
 
 
 def _first_error(exp_dir: Path, strata: list[str]) -> str | None:
@@ -547,6 +686,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run every trial's seeds through Ray Train, even with one CPU worker (the GPU path)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit without Ray")
     p.add_argument("--list-spaces", action="store_true", help="list the shipped spaces and exit")
+    p.add_argument("--reuse", nargs="+", metavar="DIR",
+                   help="experiment (or campaign) folders whose finished runs are copied, not trained again, "
+                        "where a trial's run_key matches (tune/reuse.py); this experiment's own runs always are")
     p.add_argument("--pilot", nargs="+", metavar="DIR",
                    help="with --dry-run: earlier experiment folder(s) whose seed spread gives each claim's smallest "
                         "detectable effect (80%% power at seeds_max), e.g. docs/findings/cpu/weighting")
@@ -585,7 +727,8 @@ def main(argv=None) -> int:
         exp_dir = run_search(args.space, args.budget, args.num_samples, args.storage, args.name, args.resume,
                              args.workers_per_trial, args.gpus_per_worker, extra=extra, strata=strata,
                              address=args.address, max_concurrent=args.max_concurrent,
-                             ray_storage=args.ray_storage, extend=args.extend, ray_train=args.ray_train)
+                             ray_storage=args.ray_storage, extend=args.extend, ray_train=args.ray_train,
+                             reuse=args.reuse or ())
     except BadInput as err:
         return bad_input(err)
     except KeyboardInterrupt:

@@ -114,9 +114,10 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: str, cpus_per_trial: float = 1.0,
               workers: int = 1, gpus_per_worker: float = 0.0, ray_train: bool = False,
-              ray_storage: str | None = None) -> None:
+              ray_storage: str | None = None, reuse: dict | None = None) -> None:
     """Tune function trainable. `stratum` is a plan stratum as a dict (name, fixed, ...); `runs_root` is where run
-    folders go (tune/storage.py); `ray_storage` holds the Ray Train runs' own state when `ray_train`."""
+    folders go (tune/storage.py); `ray_storage` holds the Ray Train runs' own state when `ray_train`. `reuse` is
+    tune/reuse.reuse_index: a seed whose run_key is in it is copied from there, not trained."""
     from ray import tune as rt
 
     ray_train = ray_train or workers > 1 or gpus_per_worker > 0
@@ -133,6 +134,15 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
             summary = store.read_json(f"{rel}/{rundir.SUMMARY}")
             if summary is None or summary.get("status") not in FINISHED:
                 cfg = base_cfg.with_overrides({"train.seed": seed})
+                source = _reusable(cfg, seed, reuse, store)
+                if source is not None:
+                    from tune.reuse import copy_run
+
+                    summary = copy_run(source, store.local_dir(rel))
+                    rt.report({**tune_result({**summary, "evaluated": True}, seed_index=index, seed=seed,
+                                             total_steps=total_steps, metric=metric)})
+                    summaries.append(summary)
+                    continue
                 send = partial(tune_result, seed_index=index, seed=seed, total_steps=total_steps, metric=metric)
                 if ray_train:
                     summary = _seed_ray_train(cfg, store, rel, send, workers, gpus_per_worker, cpus_per_trial,
@@ -141,6 +151,17 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
                     summary = _seed_in_process(cfg, store, rel, send)
             summaries.append(summary)
         rt.report(final_result(summaries, seed_list, total_steps, metric))
+
+
+def _reusable(cfg, seed: int, reuse: dict | None, store: RunStore) -> dict | None:
+    """The index entry of a finished run with this seed's run_key, if any (local stores only)."""
+    if not reuse or store.is_uri:
+        return None
+    from ict_core.config import resolve_config
+    from tune.results import NOT_TRAINED, run_key
+
+    flat = resolve_config(cfg).flat()
+    return reuse.get(run_key({k: v for k, v in flat.items() if k not in NOT_TRAINED}, seed))
 
 
 def _seed_in_process(cfg, store: RunStore, rel: str, send) -> dict:
