@@ -19,7 +19,7 @@ DOCUMENTED_TRIAL_COLUMNS = [
     "experiment", "space", "stratum", "trial_id", "config_id", "seed", "status", "error", "dataset", "dim",
     "final_fd", "best_fd", "final_fd_2step", "final_kid", "final_loss", "final_loss_train", "final_loss_heldout",
     "final_nn_dist", "final_nn_dist_ref", "steps", "images_seen", "wall_s", "device", "world_size", "git_commit",
-    "versions", "node_id", "run_key", "final_fd_student", "final_fd_se", "run_dir",
+    "versions", "node_id", "run_key", "final_fd_student", "final_fd_se", "run_dir", "reused", "reused_from",
 ]
 DOCUMENTED_EVAL_COLUMNS = [
     "experiment", "trial_id", "config_id", "step", "num_points", "loss", "fd", "fd_2step", "kid", "loss_train",

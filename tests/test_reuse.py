@@ -15,12 +15,40 @@ from tune.reuse import REUSED_FILE, ReuseError
 from tune.search import main as search_main
 from tune.search import run_search
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module's searches (run_search leaves a Ray it did not start running)."""
+    import os
+
+    import ray
+
+    from tune.search import ray_env
+
+    os.environ.update(ray_env())
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
 TINY = {"network.channels": 8, "network.channel_mult": [1], "train.total_steps": 20, "train.batch_size": 16,
         "eval.every": 20, "eval.num_samples": 100}
 
 
+def test_reuse_of_a_folder_without_an_experiment_is_refused_before_ray(tmp_path, capsys):
+    import ray
+
+    (tmp_path / "empty").mkdir()
+    assert search_main(["--space", "weighting", "--budget", "smoke", "--storage", str(tmp_path),
+                        "--reuse", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "--reuse" in err and "holds no experiment" in err
+    with pytest.raises(ReuseError, match="holds no experiment"):
+        campaign.run_campaign("smoke", ["weighting"], storage=tmp_path, name="c", reuse=[tmp_path / "empty"])
+    assert not ray.is_initialized() and not (tmp_path / "c").exists()
+
+
 @pytest.mark.slow
-def test_a_shared_baseline_is_trained_once_and_read_everywhere(tmp_path):
+def test_a_shared_baseline_is_trained_once_and_read_everywhere(tmp_path, local_ray):
     extra = {**TINY, "eval.cache_dir": str(tmp_path / "featnet")}
     cdir = campaign.run_campaign("smoke", ["weighting", "ema_teacher"], storage=tmp_path, name="camp", extra=extra,
                                  report=False, quiet=True)
@@ -55,21 +83,8 @@ def test_a_shared_baseline_is_trained_once_and_read_everywhere(tmp_path):
     assert not any((again / r / "checkpoints").exists() for r in rows["run_dir"])
 
 
-def test_reuse_of_a_folder_without_an_experiment_is_refused_before_ray(tmp_path, capsys):
-    import ray
-
-    (tmp_path / "empty").mkdir()
-    assert search_main(["--space", "weighting", "--budget", "smoke", "--storage", str(tmp_path),
-                        "--reuse", str(tmp_path / "empty")]) == 2
-    err = capsys.readouterr().err
-    assert "--reuse" in err and "holds no experiment" in err
-    with pytest.raises(ReuseError, match="holds no experiment"):
-        campaign.run_campaign("smoke", ["weighting"], storage=tmp_path, name="c", reuse=[tmp_path / "empty"])
-    assert not ray.is_initialized() and not (tmp_path / "c").exists()
-
-
 @pytest.mark.slow
-def test_design_rounds_add_seeds_to_the_open_claim_and_resume(tmp_path):
+def test_design_rounds_add_seeds_to_the_open_claim_and_resume(tmp_path, local_ray):
     """A weighting space whose smoke budget is a two-look design (2 seeds, then 3): the first round trains both
     arms at 2 seeds, the claim is open, the second round trains seed 2 of both arms only (seeds 0-1 are read from
     round one), and a resume trains nothing more."""
