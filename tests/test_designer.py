@@ -288,3 +288,21 @@ def test_optimum_arm_is_the_best_tested_value_against_the_reference():
     trials = _rows({"exponential": [3, 4, 5], "sqrt": [5, 6, 7], "linear": [1, 1, 1]}, 3, key="curriculum.shape")
     d = claim_data(ranking, claim_arms(ranking, trials, "final_fd"), [], 8)
     assert d.kind == "ranking" and d.values.shape == (3, 3)
+
+
+def test_campaign_dry_run_shows_every_shipped_claims_detectable_effect(tmp_path, capsys):
+    """The shipped spaces at the cpu budget, with the CPU findings as the pilot: every declared claim gets a
+    detectable effect, at Holm's share of the campaign's whole family."""
+    from tune import campaign
+
+    repo = SPACE_DIR.parent.parent
+    assert campaign.main(["--budget", "cpu", "--dry-run", "--no-timing", "--storage", str(tmp_path),
+                          "--pilot", str(repo / "docs" / "findings" / "cpu")]) == 0
+    out = capsys.readouterr().out
+    claims = [c.name for _, plan in campaign.plan_campaign(None, "cpu") for c in plan.claims]
+    assert len(claims) >= 8
+    family = f"alpha {0.05 / len(claims):.4g} (Holm's strictest share of {len(claims)} claim(s))"
+    assert out.count(family) == sum(1 for _, p in campaign.plan_campaign(None, "cpu") if p.claims)
+    for name in claims:
+        line = next(x for x in out.splitlines() if x.strip().startswith(name + " "))
+        assert " FD (spread " in line, line

@@ -110,6 +110,8 @@ def test_design_rounds_add_seeds_to_the_open_claim_and_resume(tmp_path, local_ra
         assert len(trials) == 6 and trials["run_key"].is_unique and not trials["reused"].any()
         seed2 = trials[trials["seed"] == 2]
         assert seed2["config_id"].nunique() == 2 and not set(seed2["config_id"]) & set(trials[trials["seed"] == 0]["config_id"])
+    else:  # decided at the first look: no second round
+        assert len(trials) == 4 and info["design"]["looks"]["weighting:digits"] == [2]
     before = trials.copy()
     again = run_search(space, "smoke", storage=tmp_path, name="rounds", extra=extra, quiet=True, resume=True)
     after = pd.read_parquet(again / "trials.parquet")
