@@ -277,6 +277,7 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
         {"started": _now(), "command": command or f"run_campaign(budget={budget!r}, spaces={space_args!r})",
          **git_commit(), "pending": [n for n in names if state["searches"][n]["state"] != "done"]})
     _write_state(state_path, state)
+    family = sum(len(plan.claims) for _, plan in plans)  # the error rate is held over the campaign's claims
     for space, plan in plans:
         entry = state["searches"][plan.space]
         exp_dir = campaign_dir / plan.space
@@ -290,7 +291,8 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
         t0 = time.time()
         try:
             run_search(space, budget, num_samples, storage=campaign_dir, name=plan.space, resume=again,
-                       extra=extra, address=address, quiet=quiet, reuse=reuse, reuse_optional=[campaign_dir])
+                       extra=extra, address=address, quiet=quiet, reuse=reuse, reuse_optional=[campaign_dir],
+                       family=family)
         finally:
             entry["wall_s"] = float(entry.get("wall_s", 0.0)) + (time.time() - t0)
             _write_state(state_path, state)

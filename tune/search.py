@@ -354,7 +354,7 @@ def _stratum_outcome(exp_dir: Path, tune_name: str) -> dict:
 def run_search(space, budget="smoke", num_samples=None, storage=None, name=None, resume=False,
                workers_per_trial=1, gpus_per_worker=0, *, extra=None, strata=None, address=None,
                max_concurrent=None, quiet=False, ray_storage=None, extend=False, ray_train=False,
-               reuse=(), reuse_optional=()) -> Path:
+               reuse=(), reuse_optional=(), family: int | None = None) -> Path:
     """Run (or resume) a search; returns the experiment folder holding trials.parquet, evals.parquet and
     experiment.json, whose `status` says how it ended: finished | failed (some trials errored; `first_error`) |
     interrupted (Ctrl-C; --resume continues).
@@ -368,7 +368,9 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     searcher that is told what the stratum already measured, up to the new number of configurations.
     `ray_train` sends one-worker CPU trials through Ray Train too. A run whose run_key is already finished in
     this experiment, in the experiments at or below the `reuse` folders (each must hold one) or below the
-    `reuse_optional` ones (a campaign's folder) is copied, not trained (tune/reuse.py)."""
+    `reuse_optional` ones (a campaign's folder) is copied, not trained (tune/reuse.py). `family` is the number of
+    claims the error rate is held over (a campaign's: its searches' claims together); this search's claims share
+    alpha x (its claims / family) among them by Holm, so the campaign's family-wise rate stays at alpha."""
     plan = resolve_plan(space, budget, num_samples, extra, strata)
     if max_concurrent is not None:
         plan.max_concurrent = int(max_concurrent)
@@ -510,7 +512,9 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                                        reuse=fresh_index()),
                     res["trial"])
 
-            ended = _design_rounds(plan, exp_dir, name, info, res, runs_root, ray_dir, make_trainable, say, quiet)
+            share = len(plan.claims) / max(family or len(plan.claims), len(plan.claims))
+            ended = _design_rounds(plan, exp_dir, name, info, res, runs_root, ray_dir, make_trainable, say, quiet,
+                                   share)
             if ended == INTERRUPTED:
                 info.update(status=INTERRUPTED)
                 _write_experiment(exp_dir, info)
@@ -533,12 +537,13 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
 
 
 def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, runs_root: str, ray_dir: str,
-                   make_trainable, say, quiet: bool) -> str:
+                   make_trainable, say, quiet: bool, share: float = 1.0) -> str:
     """The design's later rounds (tune/designer.py, tune/rounds.py): test every declared claim on the runs so far
     (Holm over the claims, group-sequential per claim), then train only the arms of the claims still open, up to
     their next planned look, earlier seeds copied (tune/reuse.py), until no claim moves. Its state lives in
     experiment.json's `design` (looks per claim, decided claims, verdicts, the pending round), so --resume
-    continues an interrupted round. Returns "finished", INTERRUPTED or ERRORED."""
+    continues an interrupted round. `share` scales alpha (a campaign splits it between its searches by their
+    number of claims). Returns "finished", INTERRUPTED or ERRORED."""
     import pandas as pd
     from ray import tune as rt
     from ray.tune.search import BasicVariantGenerator
@@ -566,7 +571,7 @@ def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, 
                 if d is not None:
                     arms[claim.name] = found
                     data.append(d)
-            verdicts = holm_verdicts(data, design.alpha, design.spending, state["decided"])
+            verdicts = holm_verdicts(data, design.alpha * share, design.spending, state["decided"])
             state["looks"].update({d.name: d.looks for d in data})
             state["decided"] = [k for k, v in verdicts.items() if v.state == DECIDED]
             state["verdicts"] = {c.name: verdict_record(verdicts[c.name]) if c.name in verdicts
