@@ -119,3 +119,17 @@ def test_design_rounds_add_seeds_to_the_open_claim_and_resume(tmp_path, local_ra
     after = pd.read_parquet(again / "trials.parquet")
     assert after["run_key"].tolist() == before["run_key"].tolist()
     assert json.loads((again / "experiment.json").read_text())["status"] == "finished"
+    if verdict["state"] == "inconclusive":
+        # a driver killed during round 2: experiment.json still holds the round in progress; --resume restores
+        # that round's Tune experiment (it had finished its trials), records the round and trains nothing more
+        state = json.loads((exp / "experiment.json").read_text())
+        state["status"] = "interrupted"
+        state["design"].update(round=1, looks={"weighting:digits": [2]}, decided=[], pending={
+            "round": 2, "strata": ["digits"],
+            "jobs": [{"stratum": "digits", "target": 3, "overrides": {"loss.weighting": w}} for w in ("ict", "uniform")]})
+        (exp / "experiment.json").write_text(json.dumps(state))
+        run_search(space, "smoke", storage=tmp_path, name="rounds", extra=extra, quiet=True, resume=True, family=2)
+        state = json.loads((exp / "experiment.json").read_text())
+        assert state["status"] == "finished" and state["design"]["round"] == 2 and state["design"]["pending"] is None
+        assert state["design"]["looks"]["weighting:digits"] == [2, 3]
+        assert pd.read_parquet(exp / "trials.parquet")["run_key"].tolist() == before["run_key"].tolist()
