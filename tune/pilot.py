@@ -120,8 +120,11 @@ def power_lines(plan, pilot: pd.DataFrame, family: int, source: str = "the pilot
     lines = [f"power      smallest effect detected with {POWER:.0%} power by {what}, at alpha {alpha:.4g} "
              f"(Holm's strictest share of {family} claim(s)), seed spread from {source}:"]
     metric = f"final_{plan.metric}"
+    if seeds_max < 2:
+        return [f"power      {seeds_max} seed per configuration: no claim can be decided at this budget "
+                f"(it has no seed-to-seed spread); {len(plan.claims)} claim(s) declared"]
     for claim in plan.claims:
-        spread = claim_spread(claim, pilot, plan.space, metric) if seeds_max >= 2 else None
+        spread = claim_spread(claim, pilot, plan.space, metric)
         if spread is None:
             lines.append(f"  {claim.name:<36} {UNKNOWN}")
             continue

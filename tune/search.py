@@ -151,7 +151,7 @@ def plan_power(plan: Plan, pilot_dirs, exp_dir: Path | None = None, family: int 
         own = load_pilot([exp_dir])
         if not own.empty and int(own.groupby("config_id")["seed"].nunique().max()) >= 2:
             return power_lines(plan, own, family, f"this experiment ({exp_dir})")
-    return power_lines(plan, load_pilot([]), family)
+    return power_lines(plan, load_pilot([]), family, "no pilot given")
 
 
 # ---- Ray --------------------------------------------------------------------------------------
