@@ -118,7 +118,7 @@ def power_lines(plan, pilot: pd.DataFrame, family: int, source: str = "the pilot
         what = f"{design.seeds_max} seeds (looks at {', '.join(map(str, design.plan))})"
     alpha = (design.alpha if design else ALPHA) / max(1, family)
     lines = [f"power      smallest effect detected with {POWER:.0%} power by {what}, at alpha {alpha:.4g} "
-             f"(Holm's strictest share of {family} claim(s)), seed spread from {source}:"]
+             f"(Holm's strictest share of {family} claim(s)); seed spread: {source}"]
     metric = f"final_{plan.metric}"
     if seeds_max < 2:
         return [f"power      {seeds_max} seed per configuration: no claim can be decided at this budget "
