@@ -599,8 +599,8 @@ def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, 
                                  for k in dict.fromkeys(keys) if k in row.index and row[k] is not None
                                  and not (isinstance(row[k], float) and row[k] != row[k])}
                     old = jobs.get((claim.stratum, sig))
-                    jobs[(claim.stratum, sig)] = {"stratum": claim.stratum, "target": max(target, old["target"] if old else 0),
-                                                  "overrides": overrides}
+                    jobs[(claim.stratum, sig)] = {"stratum": claim.stratum, "overrides": overrides,
+                                                  "target": max(target, old["target"] if old else 0)}
             pending = {"round": state["round"] + 1, "jobs": list(jobs.values()),
                        "strata": sorted({j["stratum"] for j in jobs.values()})}
             state["pending"] = pending
@@ -618,8 +618,9 @@ def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, 
             if rt.Tuner.can_restore(path):
                 tuner = rt.Tuner.restore(path, trainable=trainable, resume_errored=True)
             else:
-                callbacks = [ParquetCallback(str(exp_dir), name, plan.space, {"name": stratum.name, "fixed": stratum.fixed},
-                                             target, runs_root, ledger=tune_name, planned=len(variants)),
+                stratum_info = {"name": stratum.name, "fixed": stratum.fixed}
+                callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, target, runs_root,
+                                             ledger=tune_name, planned=len(variants)),
                              ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
                                               total=len(variants), quiet=quiet)]
                 tuner = rt.Tuner(
