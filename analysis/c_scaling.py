@@ -81,7 +81,8 @@ def select_runs(trials: pd.DataFrame, metric: str = "final_fd", statuses=(COMPLE
 
 
 PER_DATASET_COLUMNS = ["dataset", "dim", "context", "num_runs", "num_seeds", "num_c", "best_c", "c_star", "c_lo",
-                       "c_hi", "bound", "at_edge", "vertex_far", "tied_c", "diverged_levels", "c_min", "c_max",
+                       "c_hi", "bound", "at_edge", "vertex_far", "tied_c", "c_plateau", "diverged_levels", "c_min",
+                       "c_max",
                        "c_paper", "paper_in_ci", "left_out", "budgets"]
 
 
@@ -95,7 +96,8 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     configuration with the most distinct c values (at least `min_values`) is used; its diverged runs
     count per level. per_dataset columns: dataset, dim, context, num_runs, num_seeds, num_c, best_c (the
     tested c with the lowest mean), c_star (fitted vertex; NaN unless bound is "two-sided"), c_lo, c_hi,
-    bound, at_edge, vertex_far (vertex in an untested gap far from best_c), tied_c, diverged_levels
+    bound, at_edge, vertex_far (vertex in an untested gap far from best_c), tied_c, c_plateau (the largest
+    tested c within the plateau's standard error of the lowest mean, NaN when no other c is), diverged_levels
     ("c=1e-05: 2/3 diverged"), c_min, c_max (searched range), c_paper, paper_in_ci, left_out.
     """
     rng = np.random.default_rng(seed)
@@ -119,7 +121,7 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
         fail = pool[~done & (pool_ctx.to_numpy() == best_key)]
         dim = float(cell["dim"].iloc[0])
         est = curve_minimum(cell[C_KEY], cell[metric], log_x=True, n_boot=n_boot, level=level, window=window,
-                            rng=rng, failed_x=fail[C_KEY], tie=typical_se(cell, metric))
+                            rng=rng, failed_x=fail[C_KEY], tie=typical_se(cell, metric), seeds=cell["seed"])
         if est.bound == TWO_SIDED:
             samples[dataset] = est.samples
             logs = np.log(est.samples[np.isfinite(est.samples) & (est.samples > 0)])
@@ -147,7 +149,8 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
             "num_runs": est.num_runs, "num_seeds": int(cell["seed"].nunique()), "num_c": est.num_values,
             "best_c": est.best_x, "c_star": est.value, "c_lo": est.lo, "c_hi": est.hi, "bound": est.bound,
             "at_edge": est.at_edge, "vertex_far": est.vertex_far,
-            "tied_c": ", ".join(f"{t:.3g}" for t in est.tied), "diverged_levels": "; ".join(per_level),
+            "tied_c": ", ".join(f"{t:.3g}" for t in est.tied), "c_plateau": est.plateau_x,
+            "diverged_levels": "; ".join(per_level),
             "c_min": float(all_c.min()), "c_max": float(all_c.max()),
             # Ends are exact tested values or interior vertices: a plain comparison is exact.
             "c_paper": c_ref, "paper_in_ci": bool(est.lo <= c_ref <= est.hi),
