@@ -274,3 +274,61 @@ def test_no_best_curriculum_is_named_when_the_curricula_do_not_differ(tmp_path):
     text = write_report(tmp_path / "exp2", out=tmp_path / "out2").read_text()
     q3 = next(a for a in text.splitlines() if "Q3:" in a)
     assert "differ (seed-blocked F" in q3 and "the best is exponential" in q3
+
+
+# ---- b of c* = a d^b fitted jointly from all runs -------------------------------------------------
+
+def _near_optima(rng, seeds=3, noise=0.3, seed_sd=2.0):
+    """Runs at three c around c* = 0.00054 sqrt(d) on two data sets; each seed shifts its whole curve."""
+    out = {}
+    for name, dim in (("digits-8", 64), ("patches-32", 3072)):
+        c_star = 0.00054 * dim ** 0.5
+        grid = c_star * 2.0 ** (np.arange(-1, 2) + rng.uniform(-0.5, 0.5))
+        offset = rng.normal(0, seed_sd, seeds)
+        out[name] = pd.DataFrame([{"loss.huber_c": c, "y": 10 + 4 * math.log(c / c_star) ** 2 + offset[s]
+                                   + rng.normal(0, noise), "seed": s, "dim": dim} for c in grid for s in range(seeds)])
+    return out
+
+
+def test_b_fitted_jointly_from_the_runs_has_an_interval_with_two_data_sets_that_covers():
+    from analysis.c_scaling import estimate_c_star, fit_joint
+
+    rng = np.random.default_rng(17)
+    reps = 150
+    fits = [fit_joint(_near_optima(rng)) for _ in range(reps)]
+    assert all(f.df == 18 - 2 - 2 - 6 for f in fits)  # 18 runs; ln a, b, two curvatures, six seed heights
+    hits = sum(f.b_lo <= 0.5 <= f.b_hi for f in fits)
+    assert hits / reps >= 0.90, hits / reps
+    # Through estimate_c_star: two data sets now give b an interval (before: none, K - 2 = 0 df).
+    rows = synthetic.planted_c_scaling(np.random.default_rng(100), seeds=3, datasets=("digits-8", "patches-32"))
+    fit = estimate_c_star(pd.DataFrame(rows), n_boot=20).fit
+    assert fit.method == "joint" and fit.num_datasets == 2 and fit.b_lo <= 0.5 <= fit.b_hi
+
+
+def test_b_with_data_sets_scattered_about_the_law_keeps_the_scatter_interval():
+    from analysis.c_scaling import estimate_c_star
+
+    rows = synthetic.planted_c_scaling(np.random.default_rng(7), seeds=3, noise=0.3)
+    shift = {"digits-8": 1.6, "patches-16": 0.6, "patches-32": 1.7, "patches-64": 0.7}  # c* off the law
+    for row in rows:
+        if row["status"] == "completed":
+            c_star = 0.00054 * synthetic.DATASETS[row["dataset"]] ** 0.5 * shift[row["dataset"]]
+            row["final_fd"] = 10 + 4 * math.log(row["loss.huber_c"] / c_star) ** 2
+    fit = estimate_c_star(pd.DataFrame(rows), n_boot=20).fit
+    assert fit.method.startswith("joint, widened") and fit.num_datasets == 4
+
+
+# ---- docs agree with the budgets ------------------------------------------------------------------
+
+def test_measurement_doc_names_the_samples_each_budget_evaluates():
+    import re
+    from pathlib import Path
+
+    from ict_core.config import preset_overrides
+    from tune.space import BUDGETS, budget_preset
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "MEASUREMENT.md").read_text()
+    sentence = re.search(r"budgets in `tune/budgets/` evaluate (.*?) samples", text.replace("\n", " ")).group(1)
+    stated = {name: int(n) for n, name in re.findall(r"(\d+) \((\w+)\)", sentence)}
+    actual = {b: int(preset_overrides(str(budget_preset(b)))["eval.num_samples"]) for b in BUDGETS}
+    assert stated == actual
