@@ -342,7 +342,8 @@ def experiment_correlation(runs: pd.DataFrame, metric: str) -> float:
     common = seeds.value_counts().index[0]
     arms = seeds.index[seeds.map(lambda t: t == common)]
     rows = runs[runs["config_id"].isin(arms)]
-    table = rows.assign(_seed=rows["seed"].astype(str)).pivot(index="config_id", columns="_seed", values=metric)
+    table = rows.assign(_seed=rows["seed"].astype(str)).pivot_table(index="config_id", columns="_seed", values=metric,
+                                                                      aggfunc="mean")
     return design_correlation(table.to_numpy(float))
 
 
