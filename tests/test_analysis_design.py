@@ -110,7 +110,7 @@ def test_pairing_chosen_by_the_designs_correlation_keeps_95_percent_coverage(rho
     """Four arms on the same 3 seeds (a baseline and three alternatives); the seed correlation pooled over the
     arms picks paired or Welch for arm 1 - arm 0. Coverage holds; Welch is taken when seeds do not correlate."""
     rng = np.random.default_rng(int(rho * 100))
-    reps, n, hits, paired, widths = 3000, 3, 0, 0, []
+    reps, n, hits, paired, widths = 2000, 3, 0, 0, []
     for _ in range(reps):
         y = rng.normal(0, math.sqrt(rho), (1, n)) + rng.normal(0, math.sqrt(1 - rho), (4, n))
         y[1] += 1.0
