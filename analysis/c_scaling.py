@@ -176,8 +176,30 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
                 joint.a_lo, joint.a_hi = min(joint.a_lo, fit.a_lo), max(joint.a_hi, fit.a_hi)
                 joint.method = "joint, widened to the data sets' scatter about the law"
                 joint.df = fit.df  # the interval's width is the scatter's, at K - 2 df
+            hull = bracket_hull(per_dataset) if joint.num_datasets == 2 else None
+            if hull is not None and (hull[0] < joint.b_lo or hull[1] > joint.b_hi):
+                # A local quadratic can pin a vertex more tightly than the grid resolves it (a flat curve, a
+                # vertex far from the best run), and two data sets show no scatter to check it against: b is
+                # then never narrower than their c* brackets allow.
+                joint.b_lo, joint.b_hi = min(joint.b_lo, hull[0]), max(joint.b_hi, hull[1])
+                joint.method += ", widened to the c* brackets"
             fit = joint
     return CScaling(per_dataset, curves_df, fit, metric, samples)
+
+
+def bracket_hull(per_dataset: pd.DataFrame) -> tuple[float, float] | None:
+    """The range of b that the c* intervals of the smallest- and largest-dimension two-sided data sets allow:
+    slopes from (d_small, c in [c_lo, c_hi]) to (d_large, c in [c_lo, c_hi]) in log-log. None when fewer
+    than two distinct dimensions have a two-sided c* with finite, positive ends."""
+    ok = per_dataset[(per_dataset["bound"] == TWO_SIDED) & (per_dataset["c_lo"] > 0) &
+                     np.isfinite(per_dataset["c_hi"].astype(float))]
+    if ok["dim"].nunique() < 2:
+        return None
+    small, large = ok.loc[ok["dim"].idxmin()], ok.loc[ok["dim"].idxmax()]
+    span = math.log(float(large["dim"]) / float(small["dim"]))
+    lo = (math.log(large["c_lo"]) - math.log(small["c_hi"])) / span
+    hi = (math.log(large["c_hi"]) - math.log(small["c_lo"])) / span
+    return float(lo), float(hi)
 
 
 def _window_runs(cell: pd.DataFrame, fail: pd.DataFrame, metric: str, best_c: float, window: int | None

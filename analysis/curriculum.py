@@ -21,7 +21,8 @@ from ict_core.records import COMPLETED, PRUNED
 import scipy.stats
 
 from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, blocked_anova, blocked_mean_draws, context_key, describe_context,
-                            detectable_effect, mean_ci, percentile_ci, value_at, value_token)
+                            detectable_effect, difference_stats, mean_ci, percentile_ci, t_pvalue, value_at,
+                            value_token)
 
 SHAPE_KEY = "curriculum.shape"
 PAPER_SHAPE = "exponential"
@@ -111,7 +112,8 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
     When every ranked curriculum ran the same seeds once each, the draws come from the seed-blocked model
     (stats.blocked_anova / blocked_mean_draws: a seed's effect, shared by every curriculum, cancels), and
     global_f, global_p are its F test of "all curricula equal" (seed_blocked true); otherwise P(best) uses
-    independent draws of each mean and global_p is the one-way F test. detectable: the smallest difference
+    independent draws of each mean and global_p is the one-way F test. runner_up_p: the test of the lowest
+    mean against the next lowest (the blocked contrast, else Welch's t). detectable: the smallest difference
     between two curricula the blocked design detects with 80% power at `level` (NaN unless blocked).
     """
     rng = np.random.default_rng(seed)
@@ -163,6 +165,18 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
                 groups = [np.asarray(values[n], float) for n in drawn]
                 if sum(g.size for g in groups) > len(groups):
                     global_f, global_p = (float(v) for v in scipy.stats.f_oneway(*groups))
+            # The lowest mean against the next lowest: a best is only named when it beats the runner-up too.
+            runner_p = math.nan
+            if len(drawn) >= 2:
+                order = sorted(drawn, key=lambda n: ests[n].value)
+                first, second = order[0], order[1]
+                if blocked:
+                    se = math.sqrt(2.0 * test.resid_var / len(test.seeds))
+                    k = drawn.index
+                    runner_p = t_pvalue(test.means[k(first)] - test.means[k(second)], se, test.df_resid)
+                else:
+                    d = difference_stats(np.asarray(values[first], float), np.asarray(values[second], float))
+                    runner_p = t_pvalue(d["value"], d["se"], d["df"])
             for j, name in enumerate(present):
                 est = ests[name]
                 r_lo = r_hi = p_best = math.nan
@@ -175,11 +189,13 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
                              "mean": est.value, "lo": est.lo, "hi": est.hi, "rank": int(point_rank[j]),
                              "rank_lo": r_lo, "rank_hi": r_hi, "p_best": p_best,
                              "tied_best": bool(np.isfinite(tie) and est.value - means.min() <= tie), "fd_se": tie,
-                             "global_f": global_f, "global_p": global_p, "seed_blocked": blocked,
+                             "global_f": global_f, "global_p": global_p, "runner_up_p": runner_p,
+                             "seed_blocked": blocked,
                              "detectable": detectable})
     ranking = pd.DataFrame(rows, columns=["dataset", "context", "images_seen", "curriculum", "num_seeds", "num_pruned",
                                           "mean", "lo", "hi", "rank", "rank_lo", "rank_hi", "p_best", "tied_best",
-                                          "fd_se", "global_f", "global_p", "seed_blocked", "detectable"])
+                                          "fd_se", "global_f", "global_p", "runner_up_p", "seed_blocked",
+                                          "detectable"])
     return CurriculumResult(ranking, c, metric)
 
 

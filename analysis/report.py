@@ -322,9 +322,17 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
                    f"{'s' if best['num_seeds'] != 1 else ''}")
         gp = best.get("global_p", math.nan)
         test_name = "seed-blocked F" if best.get("seed_blocked", False) else "one-way F"
-        if np.isfinite(gp) and gp < 1.0 - level:
+        rp = best.get("runner_up_p", math.nan)
+        second = t.iloc[1]["curriculum"] if len(t) > 1 else ""
+        if np.isfinite(gp) and gp < 1.0 - level and np.isfinite(rp) and rp < 1.0 - level:
             text = (f"on {dataset} at {best['images_seen']:.3g} images the {len(t)} {kind} differ ({test_name} = "
-                    f"{fmt(best['global_f'])}, p = {fmt(gp, 2)}) and the best is {best['curriculum']} ({figures})")
+                    f"{fmt(best['global_f'])}, p = {fmt(gp, 2)}) and the best is {best['curriculum']} ({figures}; "
+                    f"against the runner-up {second}: p = {fmt(rp, 2)})")
+        elif np.isfinite(gp) and gp < 1.0 - level:
+            text = (f"on {dataset} at {best['images_seen']:.3g} images the {len(t)} {kind} differ ({test_name} = "
+                    f"{fmt(best['global_f'])}, p = {fmt(gp, 2)}) but no best is named: the lowest mean, "
+                    f"{best['curriculum']} ({figures}), does not differ detectably from the runner-up {second} "
+                    f"(p = {fmt(rp, 2)}{_detectable_text(best.get('detectable', math.nan))})")
         else:
             why = (f"they do not differ detectably ({test_name} = {fmt(best['global_f'])}, p = {fmt(gp, 2)}"
                    f"{_detectable_text(best.get('detectable', math.nan))})" if np.isfinite(gp)
@@ -359,7 +367,7 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         "P(best) over draws of each mean (from the seed-blocked model when every curriculum ran the same seeds: "
         "seed_blocked); tied_best: within the FD's standard error of the best. A best curriculum is named only when "
         "the global test of \"all equal\" (global_f, global_p: seed-blocked F test, else one-way) rejects at the "
-        "report's level; detectable: the smallest difference between two curricula the design detects with 80% "
+        "report's level and the lowest mean beats the runner-up (runner_up_p); detectable: the smallest difference between two curricula the design detects with 80% "
         "power.\n\n"
         + _md_table(final) + "\n" + f"![curricula]({png})\n\nTables: " + ", ".join(files) + "\n")
 
