@@ -179,9 +179,10 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
             inside = "contains" if f.b_contains_paper else "excludes"
             how = (f"Student t over the data sets' scatter about the law, {int(f.df)} df" if f.method == "scatter" else
                    f"fitted jointly from the {f.num_runs} runs near the optima, one curve shifted by b ln d, "
-                   f"{int(f.df)} df" + ("" if f.method == "joint" else "; widened to the data sets' scatter about "
-                                        "the law") + ("; two data sets cannot show scatter about the law"
-                                                      if f.num_datasets < 3 else ""))
+                   f"{int(f.df)} df" + ("; widened to the data sets' scatter about the law" if "scatter" in f.method
+                                        else "") + ("; widened to the slopes the two c* brackets allow"
+                                                    if "brackets" in f.method else "")
+                   + ("; two data sets cannot show scatter about the law" if f.num_datasets < 3 else ""))
             law += (f"b = {fmt_ci(f.b, f.b_lo, f.b_hi)} and a = {fmt_ci(f.a, f.a_lo, f.a_hi)} ({how}), whose "
                     f"interval {inside} the paper's b = {PAPER_B} (a = 0.00054)")
             reasons = caveats(seeds, budgets)
