@@ -368,8 +368,8 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         "P(best) over draws of each mean (from the seed-blocked model when every curriculum ran the same seeds: "
         "seed_blocked); tied_best: within the FD's standard error of the best. A best curriculum is named only when "
         "the global test of \"all equal\" (global_f, global_p: seed-blocked F test, else one-way) rejects at the "
-        "report's level and the lowest mean beats the runner-up (runner_up_p); detectable: the smallest difference between two curricula the design detects with 80% "
-        "power.\n\n"
+        "report's level and the lowest mean beats the runner-up (runner_up_p); detectable: the smallest difference "
+        "between two curricula the design detects with 80% power.\n\n"
         + _md_table(final) + "\n" + f"![curricula]({png})\n\nTables: " + ", ".join(files) + "\n")
 
 
