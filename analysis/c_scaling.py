@@ -4,8 +4,10 @@ The paper's heuristic is c = 0.00054 * sqrt(d) (Song & Dhariwal 2023, Sec. 3.3),
 sets. Here, per data set, the best c is located on the tested grid (tested values on both sides of the
 best, a value where runs diverged never the best) and refined by a local quadratic in log c (see
 stats.curve_minimum); an optimum at the edge of the searched range is a one-sided bound and stays out
-of the fit. Then log c* = log a + b log d is fitted by least squares across data sets, and b's
-interval is Student's t from the scatter of the data sets about the line (docs/ANALYSIS.md).
+of the fit. Then b and a are fitted jointly from every run near each data set's optimum (one curve per data
+set, its vertex shifted by b ln d; fit_joint), so two data sets already give b an interval; with
+three or more, the interval is never narrower than the one from the scatter of the data sets' c*
+about the line (fit_power_law, K - 2 df), which runs near each optimum cannot see (docs/ANALYSIS.md).
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import scipy.stats
 from ict_core.config import HUBER_C_PER_SQRT_DIM
 from ict_core.records import COMPLETED, DIVERGED
 
-from analysis.stats import (LEVEL, N_BOOT, TWO_SIDED, context_key, curve_minimum, describe_context, left_out,
-                            mean_ci, typical_se, usable)
+from analysis.stats import (LEVEL, N_BOOT, TWO_SIDED, context_key, curve_minimum, default_window, describe_context,
+                            left_out, mean_ci, typical_se, usable)
 
 PAPER_A = HUBER_C_PER_SQRT_DIM
 PAPER_B = 0.5
@@ -52,6 +54,8 @@ class PowerLaw:
     residual_sd: float = math.nan  # of log c* about the line
     df: float = math.nan
     excluded: tuple = ()  # data sets with a one-sided or unlocated c*
+    method: str = "scatter"  # "joint": fitted from all runs near each optimum (fit_joint); "scatter": from the c*
+    num_runs: int = 0  # runs behind a joint fit
 
     @property
     def b_contains_paper(self) -> bool:
@@ -81,7 +85,8 @@ def select_runs(trials: pd.DataFrame, metric: str = "final_fd", statuses=(COMPLE
 
 
 PER_DATASET_COLUMNS = ["dataset", "dim", "context", "num_runs", "num_seeds", "num_c", "best_c", "c_star", "c_lo",
-                       "c_hi", "bound", "at_edge", "vertex_far", "tied_c", "diverged_levels", "c_min", "c_max",
+                       "c_hi", "bound", "at_edge", "vertex_far", "tied_c", "c_plateau", "diverged_levels", "c_min",
+                       "c_max",
                        "c_paper", "paper_in_ci", "left_out", "budgets"]
 
 
@@ -95,13 +100,14 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     configuration with the most distinct c values (at least `min_values`) is used; its diverged runs
     count per level. per_dataset columns: dataset, dim, context, num_runs, num_seeds, num_c, best_c (the
     tested c with the lowest mean), c_star (fitted vertex; NaN unless bound is "two-sided"), c_lo, c_hi,
-    bound, at_edge, vertex_far (vertex in an untested gap far from best_c), tied_c, diverged_levels
+    bound, at_edge, vertex_far (vertex in an untested gap far from best_c), tied_c, c_plateau (the largest
+    tested c within the plateau's standard error of the lowest mean, NaN when no other c is), diverged_levels
     ("c=1e-05: 2/3 diverged"), c_min, c_max (searched range), c_paper, paper_in_ci, left_out.
     """
     rng = np.random.default_rng(seed)
     runs = select_runs(trials, metric)
     failed = select_runs(trials, metric, statuses=(DIVERGED,))
-    rows, curves, samples, variances = [], [], {}, {}
+    rows, curves, samples, variances, near_best = [], [], {}, {}, {}
     for dataset, group in runs.groupby("dataset", sort=True):
         # Contexts over completed and diverged runs together, so a diverged run joins its own configuration.
         pool = pd.concat([group, failed[failed["dataset"] == dataset]], sort=False)
@@ -119,8 +125,9 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
         fail = pool[~done & (pool_ctx.to_numpy() == best_key)]
         dim = float(cell["dim"].iloc[0])
         est = curve_minimum(cell[C_KEY], cell[metric], log_x=True, n_boot=n_boot, level=level, window=window,
-                            rng=rng, failed_x=fail[C_KEY], tie=typical_se(cell, metric))
+                            rng=rng, failed_x=fail[C_KEY], tie=typical_se(cell, metric), seeds=cell["seed"])
         if est.bound == TWO_SIDED:
+            near_best[dataset] = _window_runs(cell, fail, metric, est.best_x, window)
             samples[dataset] = est.samples
             logs = np.log(est.samples[np.isfinite(est.samples) & (est.samples > 0)])
             variances[dataset] = float(logs.var(ddof=1)) if logs.size > 1 else 0.0
@@ -147,7 +154,8 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
             "num_runs": est.num_runs, "num_seeds": int(cell["seed"].nunique()), "num_c": est.num_values,
             "best_c": est.best_x, "c_star": est.value, "c_lo": est.lo, "c_hi": est.hi, "bound": est.bound,
             "at_edge": est.at_edge, "vertex_far": est.vertex_far,
-            "tied_c": ", ".join(f"{t:.3g}" for t in est.tied), "diverged_levels": "; ".join(per_level),
+            "tied_c": ", ".join(f"{t:.3g}" for t in est.tied), "c_plateau": est.plateau_x,
+            "diverged_levels": "; ".join(per_level),
             "c_min": float(all_c.min()), "c_max": float(all_c.max()),
             # Ends are exact tested values or interior vertices: a plain comparison is exact.
             "c_paper": c_ref, "paper_in_ci": bool(est.lo <= c_ref <= est.hi),
@@ -157,7 +165,110 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     per_dataset = pd.DataFrame(rows, columns=PER_DATASET_COLUMNS)
     curves_df = pd.DataFrame(curves, columns=["dataset", "dim", C_KEY, "num_runs", "num_diverged", "mean", "lo", "hi"])
     fit = fit_power_law(per_dataset, samples, level=level, variances=variances)
+    if fit is not None:
+        joint = fit_joint(near_best, level=level)
+        if joint is not None:
+            joint.excluded = fit.excluded
+            if np.isfinite(fit.b_lo) and (fit.b_hi - fit.b_lo) > (joint.b_hi - joint.b_lo):
+                # Three or more data sets can scatter about any law, which the runs near each optimum cannot
+                # see: the interval is never narrower than the one from that scatter (K - 2 df).
+                joint.b_lo, joint.b_hi = min(joint.b_lo, fit.b_lo), max(joint.b_hi, fit.b_hi)
+                joint.a_lo, joint.a_hi = min(joint.a_lo, fit.a_lo), max(joint.a_hi, fit.a_hi)
+                joint.method = "joint, widened to the data sets' scatter about the law"
+                joint.df = fit.df  # the interval's width is the scatter's, at K - 2 df
+            hull = bracket_hull(per_dataset) if joint.num_datasets == 2 else None
+            if hull is not None and (hull[0] < joint.b_lo or hull[1] > joint.b_hi):
+                # A local quadratic can pin a vertex more tightly than the grid resolves it (a flat curve, a
+                # vertex far from the best run), and two data sets show no scatter to check it against: b is
+                # then never narrower than their c* brackets allow.
+                joint.b_lo, joint.b_hi = min(joint.b_lo, hull[0]), max(joint.b_hi, hull[1])
+                joint.method += ", widened to the c* brackets"
+            fit = joint
     return CScaling(per_dataset, curves_df, fit, metric, samples)
+
+
+def bracket_hull(per_dataset: pd.DataFrame) -> tuple[float, float] | None:
+    """The range of b that the c* intervals of the smallest- and largest-dimension two-sided data sets allow:
+    slopes from (d_small, c in [c_lo, c_hi]) to (d_large, c in [c_lo, c_hi]) in log-log. None when fewer
+    than two distinct dimensions have a two-sided c* with finite, positive ends."""
+    ok = per_dataset[(per_dataset["bound"] == TWO_SIDED) & (per_dataset["c_lo"] > 0) &
+                     np.isfinite(per_dataset["c_hi"].astype(float))]
+    if ok["dim"].nunique() < 2:
+        return None
+    small, large = ok.loc[ok["dim"].idxmin()], ok.loc[ok["dim"].idxmax()]
+    span = math.log(float(large["dim"]) / float(small["dim"]))
+    lo = (math.log(large["c_lo"]) - math.log(small["c_hi"])) / span
+    hi = (math.log(large["c_hi"]) - math.log(small["c_lo"])) / span
+    return float(lo), float(hi)
+
+
+def _window_runs(cell: pd.DataFrame, fail: pd.DataFrame, metric: str, best_c: float, window: int | None
+                 ) -> pd.DataFrame:
+    """The runs of `cell` at the tested c of curve_minimum's local window around best_c (levels with
+    divergence left out), with dim and seed: what the joint fit of the power law reads."""
+    levels = np.unique(cell[C_KEY].to_numpy(float))
+    levels = levels[~np.isin(levels, fail[C_KEY].to_numpy(float))]
+    width = min(max(default_window(levels.size) if window is None else window, 3), levels.size)
+    best = int(np.argmin(np.abs(levels - best_c)))
+    start = min(max(best - width // 2, 0), levels.size - width)
+    keep = cell[C_KEY].isin(levels[start:start + width])
+    return cell.loc[keep, [C_KEY, metric, "seed", "dim"]].rename(columns={metric: "y"})
+
+
+def fit_joint(near_best: dict, level: float = LEVEL) -> PowerLaw | None:
+    """c* = a d^b fitted jointly from every run near each data set's optimum.
+
+    near_best: dataset -> runs (loss.huber_c, y, seed, dim) in the local window around its best c. Model:
+    y = h_(dataset, seed) + k_dataset (ln c - ln a - b ln d)^2, one curve per data set whose vertex is shifted
+    by b ln d, with its own curvature and a height per seed (a seed's offset, shared by the c it ran, cancels).
+    Least squares over all runs; the intervals of b and ln a are Student's t from the Gauss-Newton covariance
+    with N - p degrees of freedom (N runs, p parameters), so two data sets already give an interval, and the
+    degrees of freedom grow with the runs instead of being K - 2 for K data sets. None with fewer than two
+    distinct dimensions, no residual degrees of freedom or a fit that does not converge to convex curves."""
+    import scipy.optimize
+
+    parts = [(name, runs) for name, runs in sorted(near_best.items()) if len(runs)]
+    if len({float(r["dim"].iloc[0]) for _, r in parts}) < 2:
+        return None
+    u, y, log_d, dset, block = [], [], [], [], []
+    blocks: dict = {}
+    for j, (name, runs) in enumerate(parts):
+        u.append(np.log(runs[C_KEY].to_numpy(float)))
+        y.append(runs["y"].to_numpy(float))
+        log_d.append(np.full(len(runs), math.log(float(runs["dim"].iloc[0]))))
+        dset.append(np.full(len(runs), j))
+        block.append(np.array([blocks.setdefault((name, str(s)), len(blocks)) for s in runs["seed"]]))
+    u, y, log_d, dset, block = map(np.concatenate, (u, y, log_d, dset, block))
+    k_sets, k_blocks = len(parts), len(blocks)
+    p = 2 + k_sets + k_blocks
+    df = y.size - p
+    if df < 1:
+        return None
+    # Start from the per-data-set vertices' line and each set's own quadratic.
+    vertex = np.array([u[dset == j][np.argmin(y[dset == j])] for j in range(k_sets)])
+    dims = np.array([log_d[dset == j][0] for j in range(k_sets)])
+    b0, la0 = np.polyfit(dims, vertex, 1) if np.unique(dims).size > 1 else (0.5, vertex.mean())
+    start = np.r_[la0, b0, np.ones(k_sets), [y[block == i].mean() for i in range(k_blocks)]]
+
+    def residual(theta):
+        log_a, b, k, h = theta[0], theta[1], theta[2:2 + k_sets], theta[2 + k_sets:]
+        return h[block] + k[dset] * (u - log_a - b * log_d) ** 2 - y
+
+    fit = scipy.optimize.least_squares(residual, start, method="lm")
+    theta = fit.x
+    if not fit.success or (theta[2:2 + k_sets] <= 0).any():
+        return None
+    s2 = float((fit.fun ** 2).sum() / df)
+    try:
+        cov = s2 * np.linalg.inv(fit.jac.T @ fit.jac)
+    except np.linalg.LinAlgError:
+        return None
+    log_a, b = float(theta[0]), float(theta[1])
+    se_la, se_b = math.sqrt(max(cov[0, 0], 0.0)), math.sqrt(max(cov[1, 1], 0.0))
+    t = float(scipy.stats.t.ppf(0.5 + level / 2.0, df))
+    draws = b + se_b * np.random.default_rng(0).standard_t(df, N_BOOT)
+    return PowerLaw(math.exp(log_a), b, math.exp(log_a - t * se_la), math.exp(log_a + t * se_la), b - t * se_b,
+                    b + t * se_b, k_sets, draws, math.sqrt(s2), float(df), (), "joint", int(y.size))
 
 
 def fit_power_law(per_dataset: pd.DataFrame, samples: dict | None = None, level: float = LEVEL,

@@ -18,8 +18,11 @@ import pandas as pd
 
 from analysis.load import require_columns
 from ict_core.records import COMPLETED, PRUNED
-from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, context_key, describe_context, mean_ci, percentile_ci,
-                            value_at, value_token)
+import scipy.stats
+
+from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, blocked_anova, blocked_mean_draws, context_key, describe_context,
+                            detectable_effect, difference_stats, mean_ci, percentile_ci, t_pvalue, value_at,
+                            value_token)
 
 SHAPE_KEY = "curriculum.shape"
 PAPER_SHAPE = "exponential"
@@ -105,6 +108,13 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
     are NaN and it takes no part in the others' draws. tied_best: the mean lies within the FD's standard
     error (median fd_se at that budget, when recorded) of the lowest mean. num_pruned: its runs that a
     scheduler stopped. by_shape: see curves().
+
+    When every ranked curriculum ran the same seeds once each, the draws come from the seed-blocked model
+    (stats.blocked_anova / blocked_mean_draws: a seed's effect, shared by every curriculum, cancels), and
+    global_f, global_p are its F test of "all curricula equal" (seed_blocked true); otherwise P(best) uses
+    independent draws of each mean and global_p is the one-way F test. runner_up_p: the test of the lowest
+    mean against the next lowest (the blocked contrast, else Welch's t). detectable: the smallest difference
+    between two curricula the blocked design detects with 80% power at `level` (NaN unless blocked).
     """
     rng = np.random.default_rng(seed)
     c = curves(trials, evals, metric, by_shape=by_shape)
@@ -116,6 +126,7 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
         names = sorted(group["curriculum"].unique())
         for budget in (default_budgets(group) if budgets is None else budgets):
             values = {name: [] for name in names}
+            seeds_of = {name: [] for name in names}
             pruned = {name: 0 for name in names}
             ses = []
             for g in runs.values():
@@ -124,6 +135,7 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
                 v = value_at(x, g[metric].to_numpy(float), budget)
                 if np.isfinite(v):
                     values[name].append(v)
+                    seeds_of[name].append(str(g["seed"].iloc[0]))
                     pruned[name] += str(g["status"].iloc[0]) == PRUNED
                     if "fd_se" in g.columns:
                         ses.append(value_at(x, g["fd_se"].to_numpy(float), budget))
@@ -135,9 +147,36 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
             means = np.array([ests[n].value for n in present])
             point_rank = means.argsort().argsort() + 1
             tie = float(np.nanmedian(ses)) if ses and np.isfinite(ses).any() else math.nan
-            if len(drawn) >= 2:
+            test = blocked_test({n: values[n] for n in drawn}, {n: seeds_of[n] for n in drawn})
+            if test is not None and test.df_resid >= 1:
+                # Seeds shared by every curriculum: draw the means from the seed-blocked model, in which a
+                # seed's effect on every curriculum cancels.
+                boot = blocked_mean_draws(test, n_boot, rng)
+                boot_rank = boot.argsort(1).argsort(1) + 1
+            elif len(drawn) >= 2:
                 boot = np.stack([ests[n].samples for n in drawn], axis=1)
                 boot_rank = boot.argsort(1).argsort(1) + 1
+            global_f, global_p, blocked = math.nan, math.nan, False
+            detectable = math.nan
+            if test is not None and test.df_resid >= 1:
+                global_f, global_p, blocked = test.f, test.p, True
+                detectable = detectable_effect(math.sqrt(2.0 * test.resid_var / len(test.seeds)), test.df_resid, level)
+            elif len(drawn) >= 2:
+                groups = [np.asarray(values[n], float) for n in drawn]
+                if sum(g.size for g in groups) > len(groups):
+                    global_f, global_p = (float(v) for v in scipy.stats.f_oneway(*groups))
+            # The lowest mean against the next lowest: a best is only named when it beats the runner-up too.
+            runner_p = math.nan
+            if len(drawn) >= 2:
+                order = sorted(drawn, key=lambda n: ests[n].value)
+                first, second = order[0], order[1]
+                if blocked:
+                    se = math.sqrt(2.0 * test.resid_var / len(test.seeds))
+                    k = drawn.index
+                    runner_p = t_pvalue(test.means[k(first)] - test.means[k(second)], se, test.df_resid)
+                else:
+                    d = difference_stats(np.asarray(values[first], float), np.asarray(values[second], float))
+                    runner_p = t_pvalue(d["value"], d["se"], d["df"])
             for j, name in enumerate(present):
                 est = ests[name]
                 r_lo = r_hi = p_best = math.nan
@@ -149,11 +188,25 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
                              "curriculum": name, "num_seeds": est.n, "num_pruned": pruned[name],
                              "mean": est.value, "lo": est.lo, "hi": est.hi, "rank": int(point_rank[j]),
                              "rank_lo": r_lo, "rank_hi": r_hi, "p_best": p_best,
-                             "tied_best": bool(np.isfinite(tie) and est.value - means.min() <= tie), "fd_se": tie})
+                             "tied_best": bool(np.isfinite(tie) and est.value - means.min() <= tie), "fd_se": tie,
+                             "global_f": global_f, "global_p": global_p, "runner_up_p": runner_p,
+                             "seed_blocked": blocked,
+                             "detectable": detectable})
     ranking = pd.DataFrame(rows, columns=["dataset", "context", "images_seen", "curriculum", "num_seeds", "num_pruned",
                                           "mean", "lo", "hi", "rank", "rank_lo", "rank_hi", "p_best", "tied_best",
-                                          "fd_se"])
+                                          "fd_se", "global_f", "global_p", "runner_up_p", "seed_blocked",
+                                          "detectable"])
     return CurriculumResult(ranking, c, metric)
+
+
+def blocked_test(values: dict, seeds: dict):
+    """The seed-blocked F test (stats.blocked_anova) when every arm ran the same seeds once each, else None."""
+    if len(values) < 2:
+        return None
+    sets = [seeds[n] for n in values]
+    if any(len(set(s)) != len(s) for s in sets) or len({frozenset(s) for s in sets}) != 1:
+        return None
+    return blocked_anova({n: dict(zip(seeds[n], values[n])) for n in values})
 
 
 def final_ranking(ranking: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,7 @@ objective's own setting and travels with it instead of splitting the runs into s
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ import pandas as pd
 from analysis.load import require_columns
 from ict_core.records import COMPLETED, DIVERGED
 from analysis.stats import (LEVEL, N_BOOT, TWO_SIDED, config_columns, context_key, curve_minimum, describe_context,
-                            mean_ci, percentile_ci, typical_se, usable, value_token)
+                            mean_ci, percentile_ci, t_interval, typical_se, usable, value_token)
 
 P_KEY = "network.dropout"
 OBJECTIVE_KEY = "loss.objective"
@@ -123,7 +124,8 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
             trend_rows += run_trends(arm, dataset, objective, n_boot, level, rng)
             if arm[P_KEY].nunique() >= min_values:
                 est = curve_minimum(arm[P_KEY], arm[metric], log_x=False, n_boot=n_boot, level=level,
-                                    window=window, rng=rng, failed_x=fail[P_KEY], tie=typical_se(arm, metric))
+                                    window=window, rng=rng, failed_x=fail[P_KEY], tie=typical_se(arm, metric),
+                                    seeds=arm["seed"])
                 estimates[objective] = est
                 counts = fail[P_KEY].value_counts()
                 per_level = [f"p={p:.3g}: {int(k)}/{int(k) + int((arm[P_KEY] == p).sum())} diverged"
@@ -159,7 +161,7 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     difference = pd.DataFrame(diff_rows, columns=["dataset", "difference", "lo", "hi", "num_seeds"])
     evidence = pd.DataFrame(evidence_rows)
     trends = pd.DataFrame(trend_rows, columns=["dataset", "objective", "column", "slope_per_0.1", "lo", "hi",
-                                               "num_runs"])
+                                               "num_runs", "seed_blocked"])
     return DropoutResult(best, difference, evidence, metric, trends)
 
 
@@ -168,12 +170,16 @@ def run_trends(arm: pd.DataFrame, dataset: str, objective: str, n_boot: int = N_
     """Least-squares slope of the gap and of the NN ratio against dropout, per 0.1 of dropout, over runs.
 
     arm: completed runs of one objective (network.dropout, final_loss_train, final_loss_heldout,
-    final_nn_dist, final_nn_dist_ref). The interval resamples runs (works for a grid of rates and for
-    a random search alike). A negative gap slope: dropout closes the generalisation gap; a positive
-    NN-ratio slope: dropout moves samples away from the training images.
+    final_nn_dist, final_nn_dist_ref, and seed). When seeds repeat across rates (a grid run with the same
+    seeds at every rate), the slope is fitted within seeds (a seed fixed effect: each seed's own offset
+    is removed, since a seed shifts the gap at every rate alike) and its interval is Student's t with
+    N - S - 1 degrees of freedom (N runs, S seeds); seed_blocked is then true. Otherwise (a random search,
+    one run per seed) the interval resamples runs. A negative gap slope: dropout closes the generalisation
+    gap; a positive NN-ratio slope: dropout moves samples away from the training images.
     """
     rng = np.random.default_rng(0) if rng is None else rng
     p = arm[P_KEY].to_numpy(float)
+    seeds = arm["seed"].astype(str).to_numpy() if "seed" in arm.columns else None
     columns = {
         "gap": arm["final_loss_heldout"].to_numpy(float) - arm["final_loss_train"].to_numpy(float),
         "nn_ratio": arm["final_nn_dist"].to_numpy(float) / arm["final_nn_dist_ref"].to_numpy(float),
@@ -184,16 +190,42 @@ def run_trends(arm: pd.DataFrame, dataset: str, objective: str, n_boot: int = N_
         x, y = p[ok], values[ok]
         if np.unique(x).size < 2:
             continue
-        slope = np.polyfit(x, y, 1)[0] * 0.1
-        idx = rng.integers(0, x.size, (n_boot, x.size))
-        xs, ys = x[idx], y[idx]
-        xc = xs - xs.mean(1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            boot = (xc * (ys - ys.mean(1, keepdims=True))).sum(1) / (xc ** 2).sum(1) * 0.1
-        lo, hi = percentile_ci(boot, level, df=x.size - 2)
+        blocked = seed_slope(x, y, seeds[ok], level) if seeds is not None else None
+        if blocked is not None:
+            slope, lo, hi = (v * 0.1 for v in blocked)
+        else:
+            slope = np.polyfit(x, y, 1)[0] * 0.1
+            idx = rng.integers(0, x.size, (n_boot, x.size))
+            xs, ys = x[idx], y[idx]
+            xc = xs - xs.mean(1, keepdims=True)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                boot = (xc * (ys - ys.mean(1, keepdims=True))).sum(1) / (xc ** 2).sum(1) * 0.1
+            lo, hi = percentile_ci(boot, level, df=x.size - 2)
         rows.append({"dataset": dataset, "objective": objective, "column": name, "slope_per_0.1": float(slope),
-                     "lo": lo, "hi": hi, "num_runs": int(x.size)})
+                     "lo": lo, "hi": hi, "num_runs": int(x.size), "seed_blocked": blocked is not None})
     return rows
+
+
+def seed_slope(x: np.ndarray, y: np.ndarray, seeds: np.ndarray, level: float = LEVEL):
+    """(slope, lo, hi) of y on x with a fixed effect per seed, or None when no seed has runs at two or more
+    x values or fewer than two residual degrees of freedom remain. Within-seed centring removes each seed's
+    offset; the slope is sum(xc yc) / sum(xc^2) and its standard error comes from the residuals with
+    N - S - 1 degrees of freedom (S: seeds)."""
+    codes, names = pd.factorize(pd.Series(seeds))
+    s = len(names)
+    if s == x.size:
+        return None
+    xc = x - (np.bincount(codes, weights=x) / np.bincount(codes))[codes]
+    yc = y - (np.bincount(codes, weights=y) / np.bincount(codes))[codes]
+    sxx = float((xc ** 2).sum())
+    df = x.size - s - 1
+    if sxx <= 0 or df < 2:
+        return None
+    slope = float((xc * yc).sum() / sxx)
+    resid = yc - slope * xc
+    se = math.sqrt(float((resid ** 2).sum()) / df / sxx)
+    lo, hi = t_interval(slope, se, df, level)
+    return slope, lo, hi
 
 
 def evidence_trend(evidence: pd.DataFrame, column: str) -> pd.DataFrame:

@@ -15,6 +15,7 @@ importances, whose rebuilt studies it writes into each experiment folder as an O
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -107,8 +108,22 @@ class Report:
         return name
 
 
-def _optimum_text(bound: str, best: float, value: float, lo: float, hi: float, far: bool, what: str) -> str:
-    """"best tested c 0.03; fitted c* 0.028 [0.015, 0.06]" or a one-sided bound."""
+def _optimum_text(bound: str, best: float, value: float, lo: float, hi: float, far: bool, what: str,
+                  floor: float | None = None, plateau: float = math.nan) -> str:
+    """"best tested c 0.03; fitted c* 0.028 [0.015, 0.06]" or a one-sided bound. floor: the smallest value
+    `what` can take (0 for dropout): a best tested value there is an answer, not a bound. plateau: the largest
+    tested value within the plateau's standard error of the minimum (stats.curve_minimum), when it is flat."""
+    text = _optimum_core(bound, best, value, lo, hi, far, what, floor)
+    if plateau is not None and np.isfinite(plateau):
+        text += (f"; the curve is flat around its minimum: the largest {what} within the plateau's standard error "
+                 f"of the lowest mean is {fmt(plateau)}")
+    return text
+
+
+def _optimum_core(bound, best, value, lo, hi, far, what, floor) -> str:
+    if bound == BELOW and floor is not None and best == floor:
+        return (f"{what} {fmt(best)} is best at this budget (it is the smallest possible {what}, so the optimum "
+                f"cannot lie below it; the next tested value is {fmt(hi)})")
     if bound == BELOW:
         return (f"{what}* < {fmt(hi)}: the best tested {what} ({fmt(best)}) is the smallest searched value, so "
                 "the optimum may lie below the range (a one-sided bound)")
@@ -122,6 +137,13 @@ def _optimum_text(bound: str, best: float, value: float, lo: float, hi: float, f
         text += (f" (the fitted vertex lies in an untested gap far from the best run: trust the best tested {what} "
                  "and the interval, not the vertex)")
     return text
+
+
+def _detectable_text(detectable: float) -> str:
+    """"; cannot detect effects below 12 FD at the compute spent" ("" when the spread was not measured)."""
+    if detectable is None or not np.isfinite(detectable):
+        return ""
+    return f"; cannot detect effects below {fmt(detectable)} FD at the compute spent"
 
 
 def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
@@ -140,7 +162,8 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         spans = r["bound"] == TWO_SIDED and r["c_lo"] <= r["c_min"] and r["c_hi"] >= r["c_max"]
         extra = [] if r["bound"] == TWO_SIDED else ["the optimum is not bracketed by tested values"]
         text = (f"on {r['dataset']} (d={int(r['dim'])}, {_runs(r['num_runs'], r['num_c'], r['num_seeds'], 'c')}) "
-                + _optimum_text(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], r["vertex_far"], "c"))
+                + _optimum_text(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], r["vertex_far"], "c",
+                                plateau=r.get("c_plateau", math.nan)))
         if r["diverged_levels"]:
             text += f"; diverged: {r['diverged_levels']}"
         if r["left_out"]:
@@ -154,9 +177,14 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         law = f"fitting c* = a d^b across {f.num_datasets} data sets gives "
         if np.isfinite(f.b_lo):
             inside = "contains" if f.b_contains_paper else "excludes"
-            law += (f"b = {fmt_ci(f.b, f.b_lo, f.b_hi)} and a = {fmt_ci(f.a, f.a_lo, f.a_hi)} (Student t over the "
-                    f"data sets' scatter about the law, {int(f.df)} df), whose interval {inside} the paper's "
-                    f"b = {PAPER_B} (a = 0.00054)")
+            how = (f"Student t over the data sets' scatter about the law, {int(f.df)} df" if f.method == "scatter" else
+                   f"fitted jointly from the {f.num_runs} runs near the optima, one curve shifted by b ln d, "
+                   f"{int(f.df)} df" + ("; widened to the data sets' scatter about the law" if "scatter" in f.method
+                                        else "") + ("; widened to the slopes the two c* brackets allow"
+                                                    if "brackets" in f.method else "")
+                   + ("; two data sets cannot show scatter about the law" if f.num_datasets < 3 else ""))
+            law += (f"b = {fmt_ci(f.b, f.b_lo, f.b_hi)} and a = {fmt_ci(f.a, f.a_lo, f.a_hi)} ({how}), whose "
+                    f"interval {inside} the paper's b = {PAPER_B} (a = 0.00054)")
             reasons = caveats(seeds, budgets)
         else:
             law += f"b = {fmt(f.b)} with no interval (n < 3 data sets: two points always lie on a line)"
@@ -173,6 +201,7 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     fit_df = pd.DataFrame([] if cs.fit is None else [{
         "a": cs.fit.a, "a_lo": cs.fit.a_lo, "a_hi": cs.fit.a_hi, "b": cs.fit.b, "b_lo": cs.fit.b_lo,
         "b_hi": cs.fit.b_hi, "df": cs.fit.df, "residual_sd": cs.fit.residual_sd, "num_datasets": cs.fit.num_datasets,
+        "method": cs.fit.method, "num_runs": cs.fit.num_runs,
         "excluded": ", ".join(cs.fit.excluded), "b_contains_0.5": cs.fit.b_contains_paper}])
     files = [rep.csv(per, "c_scaling_per_dataset.csv"), rep.csv(cs.curves, "c_scaling_curves.csv"),
              rep.csv(fit_df, "c_scaling_fit.csv")]
@@ -183,8 +212,10 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         "tested values on both sides, else c* is a one-sided bound kept out of the power law. c* is the vertex of "
         f"a local quadratic in log c around it; its interval is the hull of the vertex's bootstrap interval "
         f"({n_boot} resamples of the runs at each c, or of all runs when most values of c have one) and the tested neighbours of the best value (which bracket the optimum "
-        "of any curve with one minimum). b's interval is Student's t from the scatter of the data sets about the "
-        "line.\n\n"
+        "of any curve with one minimum). b and a are fitted jointly from every run in those local windows (one curve "
+        "per data set, its vertex at ln a + b ln d, a height per seed; column `method`), with Student's t over the "
+        "runs' residual degrees of freedom; with three or more data sets the interval is widened to the one from "
+        "their c*'s scatter about the line when that is wider.\n\n"
         + _md_table(per) + "\n" + ("" if fit_df.empty else _md_table(fit_df) + "\n")
         + f"![c scaling]({png})\n\nTables: " + ", ".join(files) + "\n")
 
@@ -212,7 +243,7 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         text = (f"for the {r['objective']} objective{own} on {r['dataset']} "
                 f"({_runs(r['num_runs'], r['num_rates'], r['num_seeds'], 'dropout')}) "
                 + _optimum_text(r["bound"], r["best_tested"], r["best_dropout"], r["lo"], r["hi"], r["vertex_far"],
-                                "dropout"))
+                                "dropout", floor=0.0))
         if r["diverged_levels"]:
             text += f"; diverged: {r['diverged_levels']}"
         parts.append((text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)))
@@ -287,11 +318,28 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
     for (dataset, _), t in final.groupby(["dataset", "context"], sort=False):
         best = t.iloc[0]
         kind = "curriculum shapes (pooled over the sampled s0, s1)" if pooled else "curricula"
-        text = (f"on {dataset} at {best['images_seen']:.3g} images the best of {len(t)} {kind} is "
-                f"{best['curriculum']} (FD {fmt_ci(best['mean'], best['lo'], best['hi'], n=best['num_seeds'])}, "
-                f"P(best) = "
-                f"{fmt(best['p_best'], 2)}, {best['num_seeds']} {'run' if pooled else 'seed'}"
-                f"{'s' if best['num_seeds'] != 1 else ''})")
+        figures = (f"FD {fmt_ci(best['mean'], best['lo'], best['hi'], n=best['num_seeds'])}, P(best) = "
+                   f"{fmt(best['p_best'], 2)}, {best['num_seeds']} {'run' if pooled else 'seed'}"
+                   f"{'s' if best['num_seeds'] != 1 else ''}")
+        gp = best.get("global_p", math.nan)
+        test_name = "seed-blocked F" if best.get("seed_blocked", False) else "one-way F"
+        rp = best.get("runner_up_p", math.nan)
+        second = t.iloc[1]["curriculum"] if len(t) > 1 else ""
+        if np.isfinite(gp) and gp < 1.0 - level and np.isfinite(rp) and rp < 1.0 - level:
+            text = (f"on {dataset} at {best['images_seen']:.3g} images the {len(t)} {kind} differ ({test_name} = "
+                    f"{fmt(best['global_f'])}, p = {fmt(gp, 2)}) and the best is {best['curriculum']} ({figures}; "
+                    f"against the runner-up {second}: p = {fmt(rp, 2)})")
+        elif np.isfinite(gp) and gp < 1.0 - level:
+            text = (f"on {dataset} at {best['images_seen']:.3g} images the {len(t)} {kind} differ ({test_name} = "
+                    f"{fmt(best['global_f'])}, p = {fmt(gp, 2)}) but no best is named: the lowest mean, "
+                    f"{best['curriculum']} ({figures}), does not differ detectably from the runner-up {second} "
+                    f"(p = {fmt(rp, 2)}{_detectable_text(best.get('detectable', math.nan))})")
+        else:
+            why = (f"they do not differ detectably ({test_name} = {fmt(best['global_f'])}, p = {fmt(gp, 2)}"
+                   f"{_detectable_text(best.get('detectable', math.nan))})" if np.isfinite(gp)
+                   else "no test of a difference is possible (fewer than 2 seeds per curriculum)")
+            text = (f"on {dataset} at {best['images_seen']:.3g} images no best of the {len(t)} {kind} is named: "
+                    f"{why}; the lowest mean is {best['curriculum']} ({figures})")
         tied = t[t["tied_best"] & (t["curriculum"] != best["curriculum"])]
         if len(tied):
             text += (f", tied within the FD's standard error ({fmt(best['fd_se'])}) with "
@@ -317,7 +365,11 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         "## Q3: curricula at equal compute\n\n"
         "FD of each run (pruned runs included, through their evaluations) interpolated at compute budgets every run "
         "reached (images seen), mean over seeds with Student-t intervals; rank 1 = lowest FD; rank interval and "
-        "P(best) over draws of each mean; tied_best: within the FD's standard error of the best.\n\n"
+        "P(best) over draws of each mean (from the seed-blocked model when every curriculum ran the same seeds: "
+        "seed_blocked); tied_best: within the FD's standard error of the best. A best curriculum is named only when "
+        "the global test of \"all equal\" (global_f, global_p: seed-blocked F test, else one-way) rejects at the "
+        "report's level and the lowest mean beats the runner-up (runner_up_p); detectable: the smallest difference "
+        "between two curricula the design detects with 80% power.\n\n"
         + _md_table(final) + "\n" + f"![curricula]({png})\n\nTables: " + ", ".join(files) + "\n")
 
 
@@ -342,22 +394,31 @@ def ablation_section(rep: Report, table: pd.DataFrame, min_seeds: int, family: i
                  f"{r['num_paper']} vs {r['num_alt']} runs (seeds) over {r['num_cells']} matched settings")
         verdict = r["verdict"]
         if verdict == INCONCLUSIVE:
-            verdict += f" ({r['reason']})"
+            # Beside an open verdict, what it could have found; a smoke budget's verdict was not open.
+            open_ = not str(r["reason"]).startswith("smoke budget")
+            verdict += f" ({r['reason']}{_detectable_text(r.get('detectable', math.nan) if open_ else math.nan)})"
+        if not r.get("claim", True):
+            verdict += " [not a paper claim: outside the correction's family]"
         pairing = ", paired over seeds" if r["paired"] else ""
         smallest = min(r["_smallest"]) if isinstance(r.get("_smallest"), tuple) else None
         parts.append(f"{r['ablation']} ({r['paper']} - {r['alternative']}): {verdict}, "
                      f"FD difference {fmt_ci(r['effect'], r['lo'], r['hi'], n=smallest)}, {seeds}{pairing}")
-    rep.answers.append(f"Ablations (FD of the paper's choice minus the alternative; {family} verdict"
-                       f"{'s' if family != 1 else ''} in this report, Bonferroni-corrected): " + "; ".join(parts) + ".")
+    rep.answers.append(f"Ablations (FD of the paper's choice minus the alternative; {family} paper claim"
+                       f"{'s' if family != 1 else ''} in the family, Holm-corrected): " + "; ".join(parts) + ".")
     table = public(table)
     files = [rep.csv(table, "ablations.csv")]
     png = rep.png(plots.plot_ablations(table), "ablations.png")
     rep.sections.append(
         "## Ablations of the paper's choices\n\n"
         "Effect = mean FD of the paper's choice minus the alternative, between runs that agree on every other "
-        "config column; Student-t interval, paired over seeds where both arms ran the same seeds (Welch's otherwise). "
-        f"The report's {family} verdict{'s share' if family != 1 else ' has'} a Bonferroni correction: each "
-        "interval is at level 1 - 0.05/m (column `level`), p_adj = m p. Reproduced: interval below 0; "
+        "config column; Student-t interval, paired over seeds where both arms ran the same seeds and their seed "
+        "correlation (column `correlation`) exceeds the threshold above which pairing gives the narrower interval "
+        "(Welch's otherwise; docs/ANALYSIS.md). "
+        f"The family is the report's {family} paper claim{'s' if family != 1 else ''} (column `claim`; the "
+        "equal-compute view re-reads the same claims and does not enlarge it), Holm-corrected: the claim with the "
+        "j-th smallest p is tested at level 1 - 0.05/(m - j + 1) (column `level`), p_adj is Holm's adjusted p; "
+        "lines that are not a paper claim get the strictest level 1 - 0.05/m. `detectable`: the smallest effect "
+        "each line's test detects with 80% power at the seeds spent. Reproduced: interval below 0; "
         f"contradicted: above 0; inconclusive: contains 0, fewer than {min_seeds} seeds per arm, "
         f"fewer than {MIN_SEEDS} (no interval), |effect| within the FD's standard error, a winning arm that lost runs "
         "to divergence (paper_diverged, alt_diverged), or a smoke budget.\n\n"
@@ -557,7 +618,8 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     tables = [analyze_ablations(trials, metric=metric, level=level, min_seeds=min_seeds, seed=seed)]
     if view is not None:
         tables.append(analyze_ablations(view, metric="fd_at_compute", level=level, min_seeds=min_seeds, seed=seed))
-    family = sum(eligible(t) for t in tables)
+    # The family is the paper claims: the equal-compute view tests the same claims again and does not enlarge it.
+    family = max(eligible(t) for t in tables)
     tables = [apply_correction(t, max(family, 1), level) for t in tables]
 
     c_scaling_section(rep, trials, metric, n_boot, level, seed)
@@ -606,7 +668,7 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
         first + "\n",
         f"Intervals are {level_pct} Student-t intervals over seeds (none below {MIN_SEEDS} seeds: \"n < "
         f"{MIN_SEEDS}\"); c* and the best dropout use the bootstrap ({n_boot} resamples) and the tested grid, see "
-        f"their sections; ablation verdicts are Bonferroni-corrected over the report. The metric is `{metric}` "
+        f"their sections; ablation verdicts are Holm-corrected over the paper claims. The metric is `{metric}` "
         f"(lower is better). {len(trials)} runs from {len(results.experiments)} experiment folder(s): "
         + ", ".join(f"{v} {k}" for k, v in counts.items())
         + (f" ({repeated} repeated row{'s' if repeated != 1 else ''} of the same run dropped)" if repeated else "")

@@ -298,27 +298,88 @@ def mean_ci(values, n_boot: int = N_BOOT, level: float = LEVEL, rng=None) -> Est
     return Estimate(mean, lo, hi, mean_draws(values, n_boot, rng), n - 1, n)
 
 
-def difference_stats(a: np.ndarray, b: np.ndarray, seeds_a=None, seeds_b=None) -> dict:
+def pairing_threshold(n: int, level: float = LEVEL) -> float:
+    """The seed correlation above which a paired interval over n shared seeds is narrower than Welch's.
+
+    With equal spreads s in both arms, the paired half-width is t(n-1) s sqrt(2 (1 - r) / n) and Welch's
+    t(2n-2) s sqrt(2 / n); they are equal at r* = 1 - (t(2n-2) / t(n-1))^2. Pairing halves the degrees of
+    freedom, which costs most at small n and at strict levels: r* = 0.58 at n = 3 and level 0.95, 0.78 at
+    n = 3 and level 0.99; 0.16 at n = 10 and level 0.95."""
+    if n < 2:
+        return math.inf
+    q = 0.5 + level / 2.0
+    return float(1.0 - (scipy.stats.t.ppf(q, 2 * n - 2) / scipy.stats.t.ppf(q, n - 1)) ** 2)
+
+
+def design_correlation(values: np.ndarray) -> float:
+    """The correlation two runs of one seed have, pooled over k >= 3 arms that ran the same n seeds.
+
+    values: (k, n) array, arm x seed. From the two-way additive model y = arm + seed + noise: the seed
+    variance tau^2 = max(0, (MS_seed - MS_resid) / k) and r = tau^2 / (tau^2 + MS_resid), the intraclass
+    correlation. NaN with fewer than 3 arms or 2 seeds: with two arms the estimate is the pair's own
+    correlation, and choosing an interval by it costs coverage (0.933 for a 95% interval at r = 0, n = 3;
+    docs/ANALYSIS.md, "Pairing")."""
+    y = np.asarray(values, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 3 or y.shape[1] < 2 or not np.isfinite(y).all():
+        return math.nan
+    k, n = y.shape
+    arm, seed, grand = y.mean(1, keepdims=True), y.mean(0, keepdims=True), y.mean()
+    ms_resid = float(((y - arm - seed + grand) ** 2).sum() / ((k - 1) * (n - 1)))
+    ms_seed = float(k * ((seed - grand) ** 2).sum() / (n - 1))
+    tau2 = max(0.0, (ms_seed - ms_resid) / k)
+    return float(tau2 / (tau2 + ms_resid)) if tau2 + ms_resid > 0 else math.nan
+
+
+def experiment_correlation(runs: pd.DataFrame, metric: str) -> float:
+    """design_correlation of completed runs of one experiment and data set: arms are configurations
+    (config_id) that ran the most common set of seeds once each."""
+    if runs.empty or "config_id" not in runs.columns or "seed" not in runs.columns:
+        return math.nan
+    seeds = runs.groupby("config_id")["seed"].agg(lambda s: tuple(sorted(map(str, s))) if s.is_unique else None)
+    seeds = seeds.dropna()
+    if seeds.empty:
+        return math.nan
+    common = seeds.value_counts().index[0]
+    arms = seeds.index[seeds.map(lambda t: t == common)]
+    rows = runs[runs["config_id"].isin(arms)]
+    table = rows.assign(_seed=rows["seed"].astype(str)).pivot_table(index="config_id", columns="_seed", values=metric,
+                                                                      aggfunc="mean")
+    return design_correlation(table.to_numpy(float))
+
+
+def difference_stats(a: np.ndarray, b: np.ndarray, seeds_a=None, seeds_b=None, level: float = LEVEL,
+                     correlation: float | None = None) -> dict:
     """mean(a) - mean(b) with its standard error and degrees of freedom.
 
-    Paired over seeds when both arms ran the same seeds once each (the seed then cancels what the two
-    runs share: data order, initialisation), else Welch's unequal-variance form. Returns value, se,
-    df (NaN when an arm has fewer than MIN_SEEDS values) and paired."""
+    The design allows pairing when both arms ran the same seeds once each (the seed then cancels what the
+    two runs share: data order, initialisation). correlation: the seed correlation of the design, measured
+    over the experiment's arms (experiment_correlation); pairing is used when it exceeds
+    pairing_threshold(n, level), where it gives the narrower interval, else Welch's unequal-variance form.
+    When it is not given or not measurable the paired interval, exact whatever the correlation, is used
+    (docs/ANALYSIS.md, "Pairing"). Returns value, se, df (NaN when an arm has fewer than MIN_SEEDS values),
+    paired, pairable (the design shares seeds) and correlation."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     value = float(a.mean() - b.mean()) if a.size and b.size else math.nan
+    r = math.nan
+    pairable = False
     if seeds_a is not None and seeds_b is not None:
         sa, sb = list(seeds_a), list(seeds_b)
         if len(set(sa)) == len(sa) == len(sb) == len(set(sb)) and set(sa) == set(sb) and len(sa) >= MIN_SEEDS:
+            pairable = True
             order_b = {s: i for i, s in enumerate(sb)}
-            d = a - b[[order_b[s] for s in sa]]
-            return {"value": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(d.size)), "df": d.size - 1.0,
-                    "paired": True}
+            b = b[[order_b[s] for s in sa]]
+            d = a - b
+            r = math.nan if correlation is None else float(correlation)
+            if not np.isfinite(r) or r > pairing_threshold(d.size, level):
+                return {"value": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(d.size)),
+                        "df": d.size - 1.0, "paired": True, "pairable": True, "correlation": r}
     if min(a.size, b.size) < MIN_SEEDS:
-        return {"value": value, "se": math.nan, "df": math.nan, "paired": False}
+        return {"value": value, "se": math.nan, "df": math.nan, "paired": False, "pairable": pairable,
+                "correlation": r}
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)) if va + vb > 0 else a.size + b.size - 2.0
-    return {"value": value, "se": se, "df": float(df), "paired": False}
+    return {"value": value, "se": se, "df": float(df), "paired": False, "pairable": pairable, "correlation": r}
 
 
 def pool_cells(cells: list[dict]) -> dict:
@@ -381,10 +442,12 @@ class CurveMinimum(Estimate):
     vertex_far: bool = False  # the vertex sits in an untested gap far from the best tested value
     tied: tuple = ()  # tested values whose mean is within the FD's standard error of the best
     diverged_best: bool = False  # a level with divergence had the lowest survivor mean (it was not taken)
+    plateau_x: float = math.nan  # largest tested value within the plateau's standard error of the minimum
+    seed_blocked: bool = False  # the bootstrap resampled seeds as blocks
 
 
 def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float = LEVEL, window: int | None = None,
-                  rng=None, failed_x=(), tie: float = math.nan) -> CurveMinimum:
+                  rng=None, failed_x=(), tie: float = math.nan, seeds=None) -> CurveMinimum:
     """Where the mean of `y` is smallest as a function of `x`, with an interval.
 
     x, y: one entry per completed run (e.g. x = huber_c, y = final_fd of one seed); failed_x: the x of
@@ -396,13 +459,18 @@ def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float =
     fitted locally around the best level; its interval is the hull of (a) the bootstrap interval of
     the vertex, resampling runs within each level (or all runs together when most levels have a
     single run, as with a random search), and (b) the tested neighbours of the best (and tied) levels,
-    which bracket the optimum of any curve with one minimum whatever its shape.
+    which bracket the optimum of any curve with one minimum whatever its shape. seeds: the seed of each
+    run of x; when seeds repeat across levels the bootstrap resamples seeds as blocks (all runs of a drawn
+    seed together), so an effect a seed has on every level moves the whole curve, not its minimum.
+    plateau_x: where the best tested level has tied neighbours (a plateau), the largest tested value whose
+    mean is within the plateau's standard error of the lowest mean (docs/ANALYSIS.md, "Plateaus").
     """
     rng = np.random.default_rng(0) if rng is None else rng
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True)
     x, y = x[keep], y[keep]
+    seed_of = None if seeds is None else np.asarray(list(seeds), dtype=object)[keep]
     failed = np.asarray(failed_x, dtype=float)
     failed = failed[np.isfinite(failed) & ((failed > 0) if log_x else True)]
     empty = CurveMinimum(math.nan, math.nan, math.nan, np.array([]), math.nan, 0, bound=UNLOCATED)
@@ -444,6 +512,7 @@ def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float =
     first, last = int(tied_idx.min()), int(tied_idx.max())
     best_x = float(levels[best])
     tied = tuple(float(levels[j]) for j in tied_idx if j != best)
+    base["plateau_x"] = _plateau(levels, inverse, y, means, candidates, best, margin)
     lo_edge, hi_edge = first == 0, last == levels.size - 1
     if lo_edge or hi_edge:
         bound = UNLOCATED if lo_edge and hi_edge else (BELOW if lo_edge else ABOVE)
@@ -458,9 +527,15 @@ def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float =
     if stratified:
         for g in groups:
             y_boot[g] = inflate(y[g])
+    blocks = seed_blocks(seed_of) if stratified else None
+    if blocks is not None:
+        codes, names = blocks
+        by_seed = [np.flatnonzero(codes == k) for k in range(len(names))]
     samples = np.empty(n_boot)
     for r in range(n_boot):
-        if stratified:
+        if blocks is not None:
+            idx = np.concatenate([by_seed[k] for k in rng.integers(0, len(by_seed), len(by_seed))])
+        elif stratified:
             idx = np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
         else:
             idx = rng.integers(0, y.size, y.size)
@@ -480,7 +555,25 @@ def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float =
     vertex_far = bool(distance > 0.5 * abs(u[side] - u[best]) or distance > far)
     value = back(u_star)
     return CurveMinimum(value, lo, hi, np.array([back(v) for v in samples]), df, int(y.size), False, best_x=best_x,
-                        bound=TWO_SIDED, vertex_far=vertex_far, tied=tied, **base)
+                        bound=TWO_SIDED, vertex_far=vertex_far, tied=tied, seed_blocked=blocks is not None, **base)
+
+
+def _plateau(levels, inverse, y, means, candidates, best: int, margin: float) -> float:
+    """The largest tested level whose mean lies within the plateau's standard error of the lowest mean, when
+    at least one other level does (NaN otherwise). The standard error is that of a difference between two
+    levels' means, sqrt(2 s^2 / n) with s^2 the within-level variance pooled over levels and n the runs at
+    the best level, or `margin` (the FD's own evaluation error) when larger: levels closer than that cannot
+    be told apart at the seeds spent, so the curve is flat between them and a vertex is not defined; the
+    largest such level is the operational optimum (the most regularisation at no cost in FD)."""
+    n = np.bincount(inverse, minlength=levels.size)
+    resid = y - means[inverse]
+    df = int((n[n > 0] - 1).sum())
+    se = math.sqrt(2.0 * float((resid ** 2).sum()) / df / max(n[best], 1)) if df >= 1 else 0.0
+    width = max(se, margin)
+    within = candidates[means[candidates] <= means[best] + width]
+    if width <= 0 or within.size < 2:
+        return math.nan
+    return float(levels[int(within.max())])
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -495,3 +588,105 @@ def fmt_ci(est_value: float, lo: float, hi: float, digits: int = 3, n: int | Non
     if n is not None and n < MIN_SEEDS:
         return f"{fmt(est_value, digits)} (n < {MIN_SEEDS}: no interval)"
     return f"{fmt(est_value, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
+POWER = 0.8
+
+
+def detectable_effect(se: float, df: float, level: float = LEVEL, power: float = POWER) -> float:
+    """The smallest true difference a two-sided t test at `level` detects with probability `power`:
+    (t_{1 - alpha/2, df} + t_{power, df}) se, with se and df those of the estimate at the compute spent.
+    NaN when se or df is not finite."""
+    if not (np.isfinite(se) and np.isfinite(df) and df >= 1):
+        return math.nan
+    return float((scipy.stats.t.ppf(0.5 + level / 2.0, df) + scipy.stats.t.ppf(power, df)) * se)
+
+
+def holm(pvalues) -> tuple[np.ndarray, np.ndarray]:
+    """Holm's step-down correction of a family of p-values (NaN ones stay out of the family).
+
+    Returns (p_adj, alpha_share): p_adj, the adjusted p-values (running maximum of (m - j + 1) p_(j) over
+    the sorted p, capped at 1), and alpha_share, the divisor m - j + 1 of each hypothesis' step, so its
+    interval at level 1 - (1 - level) / alpha_share is the one its step tests. Holm controls the
+    family-wise error rate at the same level as Bonferroni over the same family and rejects at least as
+    often."""
+    p = np.asarray(pvalues, dtype=float)
+    adj = np.full(p.shape, math.nan)
+    share = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    running = 0.0
+    for j, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        share[i] = m - j
+        running = max(running, min(1.0, (m - j) * p[i]))
+        adj[i] = running
+    return adj, share
+
+
+@dataclass
+class BlockedTest:
+    """Seed-blocked comparison of k arms over the same s seeds (a randomised block design without replication):
+    F test of "all arms equal" after removing each seed's shared effect; residual variance and df; the arms'
+    means; the seeds used."""
+
+    f: float
+    p: float
+    df_arms: int
+    df_resid: int
+    resid_var: float
+    means: np.ndarray
+    seeds: list
+
+
+def blocked_anova(values: dict) -> BlockedTest | None:
+    """Two-way additive model y = arm + seed + noise over the seeds every arm ran (each once).
+
+    values: arm -> {seed: value}. None with fewer than two arms, fewer than MIN_SEEDS common seeds or no
+    residual degrees of freedom. The seed effect, shared by every arm, cancels in every comparison, which
+    the one-way test (seeds as independent replicates) leaves in the noise."""
+    arms = list(values)
+    if len(arms) < 2:
+        return None
+    common = sorted(set.intersection(*[set(values[a]) for a in arms]), key=str)
+    if len(common) < MIN_SEEDS:
+        return None
+    y = np.array([[float(values[a][s]) for s in common] for a in arms])
+    if not np.isfinite(y).all():
+        return None
+    k, s = y.shape
+    grand = y.mean()
+    arm_means, seed_means = y.mean(1), y.mean(0)
+    resid = y - arm_means[:, None] - seed_means[None, :] + grand
+    df_arms, df_resid = k - 1, (k - 1) * (s - 1)
+    ss_arms = s * float(((arm_means - grand) ** 2).sum())
+    resid_var = float((resid ** 2).sum() / df_resid)
+    if resid_var <= 0:
+        f = math.inf if ss_arms > 0 else math.nan
+        p = 0.0 if ss_arms > 0 else math.nan
+    else:
+        f = ss_arms / df_arms / resid_var
+        p = float(scipy.stats.f.sf(f, df_arms, df_resid))
+    return BlockedTest(float(f), float(p), df_arms, df_resid, resid_var, arm_means, common)
+
+
+def blocked_mean_draws(test: BlockedTest, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_draws, k) draws of the arms' means under the seed-blocked model: mean + sqrt(resid_var / s) Z / sqrt(W),
+    Z standard normal per arm, W ~ chi2(df_resid) / df_resid shared by the arms of a draw (the posterior of the
+    arm effects under flat priors). Only differences between arms are meaningful: the seed mean is common to
+    all, so ranks and P(best) computed from these draws use what pairing by seed cancels."""
+    k, s = test.means.size, len(test.seeds)
+    z = rng.standard_normal((n_draws, k))
+    w = rng.chisquare(test.df_resid, (n_draws, 1)) / test.df_resid
+    return test.means[None, :] + math.sqrt(test.resid_var / s) * z / np.sqrt(w)
+
+
+def seed_blocks(seeds) -> tuple[np.ndarray, list] | None:
+    """Index of each run's seed among the distinct seeds (for resampling seeds as blocks), or None when the
+    seeds are unknown or every seed has one run (no blocks to keep together)."""
+    if seeds is None:
+        return None
+    seeds = pd.Series(list(seeds)).astype(str)
+    if seeds.isna().any() or seeds.nunique() == len(seeds):
+        return None
+    codes, uniques = pd.factorize(seeds)
+    return codes, list(uniques)
