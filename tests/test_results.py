@@ -12,7 +12,7 @@ import pytest
 
 from ict_core.config import Config, all_keys, load_config
 from tune.results import (EVALS_SCHEMA, TRIALS_SCHEMA, ResultTables, run_key, to_table, trial_rows, write_atomic)
-from tune.storage import RunStore, seed_folder
+from tune.store import Store as RunStore, seed_folder
 from tune.trial import resolved_flat
 
 DOCUMENTED_TRIAL_COLUMNS = [
