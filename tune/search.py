@@ -271,7 +271,7 @@ def _check_not_moved(info: dict, exp_dir: str, name: str) -> None:
         return
     shared = str(info.get("shared_storage") or "")
     old = info.get("experiment_dir")
-    if old is None and shared and "://" not in shared and not os.environ.get("ICT_STORAGE"):
+    if old is None and shared and not is_uri(shared) and not os.environ.get("ICT_STORAGE"):
         old = shared if Path(shared).name == name else None  # experiments recorded before experiment_dir
     if old and not _same_place(old, exp_dir) and (shared == old or not is_uri(shared) and not is_uri(old)
                                                   and Path(shared).is_relative_to(old)):

@@ -13,8 +13,8 @@ tune/ray_train.py) and for the driver (tune/search.py, analysis/report.py):
   fetch_input(uri)            a data set folder or a weights file under a URI, copied once into a node-local cache
 
 Every node reaches the storage on its own (credentials from the node's environment or instance profile). For an
-S3-compatible server other than AWS, set AWS_ENDPOINT_URL (pyarrow and boto both read it), or put
-`?endpoint_override=HOST:PORT&scheme=http` on the URI.
+S3-compatible server other than AWS, set AWS_ENDPOINT_URL=http://HOST:PORT (pyarrow, so Ray and pandas, and boto
+read it) in the environment of the driver and of every node.
 """
 from __future__ import annotations
 
