@@ -28,7 +28,7 @@ import time
 import zlib
 from pathlib import Path
 
-from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder
+from ict_core.cli import BadInput, bad_input, check_writable_folder
 from ict_core.config import load_config, parse_overrides
 from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
                               TRIALS_FILE)

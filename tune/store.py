@@ -447,13 +447,13 @@ class ExperimentFolder:
     lost (`ray down`) loses nothing but its last unfinished write. Run folders (`runs/`) and Ray's state (`ray/`)
     are written into storage by the trials and by Ray and are not copied here."""
 
-    def __init__(self, location):
+    def __init__(self, location, skip=EXPERIMENT_SKIP):
         location = str(location)
         self.is_uri = is_uri(location)
         if self.is_uri:
             self.location = location.rstrip("/")
             self.dir = experiment_cache(self.location)
-            self._sync = FolderSync(Store(self.location), "", self.dir, skip=EXPERIMENT_SKIP)
+            self._sync = FolderSync(Store(self.location), "", self.dir, skip=skip)
         else:
             self.dir = Path(location).expanduser().resolve()
             self.location = str(self.dir)
