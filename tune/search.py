@@ -12,9 +12,10 @@ stratum after the other. Results: EXPERIMENT_DIR/trials.parquet (one row per tra
 configuration), evals.parquet (one row per evaluation), both built from the run folders, and experiment.json
 (space, budget, plan and its hash, status, provenance). Every seed's run folder goes to
 EXPERIMENT_DIR/runs/<stratum>/<trial_id>/seed_<seed>, Ray's own files to EXPERIMENT_DIR/ray/<stratum> (both under
-the shared storage instead when one is given). Exit codes: 0 finished, 1 trials errored (the first error is
-printed; --resume retries them), 2 bad input, 130 interrupted (--resume continues). docs/ARCHITECTURE.md has
-the details.
+the shared storage instead when one is given). With --storage s3://BUCKET/PREFIX all of it goes to the bucket
+(tune/store.py), and --resume and analysis/report.py read it from there. Exit codes: 0 finished, 1 trials
+errored (the first error is printed; --resume retries them), 2 bad input, 130 interrupted (--resume continues).
+docs/ARCHITECTURE.md has the details.
 """
 from __future__ import annotations
 
@@ -361,7 +362,10 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     `max_concurrent` overrides the space's concurrency, `address` names a Ray cluster (default: a local one).
     `ray_storage` is the experiment's shared storage, which every node must see: run folders go to its `runs/`,
     Ray's state to its `ray/`. Default: the experiment folder, or $ICT_STORAGE/NAME when that is set (cluster.yaml
-    sets it to s3). The Parquet tables are always written by the driver into the local experiment folder.
+    sets it to s3). `storage` may be a URI (s3://...): then the experiment folder, its shared storage included, is
+    STORAGE/NAME there; the driver writes the tables, ledgers and experiment.json into a local copy and pushes each
+    write to it (tune/store.ExperimentFolder), and a resume reads them back from it. The returned folder is the
+    local copy; experiment.json's `experiment_dir` names the URI.
     A resumed search refuses a changed plan unless `extend`: then changed strata run again under a new
     searcher that is told what the stratum already measured, up to the new number of configurations.
     `ray_train` sends one-worker CPU trials through Ray Train too."""
