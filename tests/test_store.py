@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tune.store import FolderSync, Store, StoreError, fetch_input, localize_inputs, seed_folder
+from tune.store import FolderSync, Store, StoreError, fetch_input, localize_inputs
 
 BUCKET = "ict-test"
 
@@ -236,42 +236,49 @@ def local_ray(s3_server):
     ray.shutdown()
 
 
-def test_search_on_s3_resume_and_report(s3_server, local_ray, tmp_path, monkeypatch):
-    """`--storage s3://...`: the run folders, Parquet tables, ledgers and experiment.json land in the bucket; a
-    resume on a machine without the local copy reads them back from the bucket; the report reads the bucket
-    and stores itself there."""
-    from tune import search
+def test_campaign_and_search_on_s3_resume_and_report(s3_server, local_ray, tmp_path, monkeypatch):
+    """`--storage s3://...`: a campaign puts campaign.json and its report, and its search the run folders,
+    Parquet tables, ledgers and experiment.json, in the bucket; a resume on a machine without the local copy
+    reads them back from the bucket; analysis/report.py reads the bucket and stores its report there."""
+    from analysis import report
+    from tune import campaign, search
 
     monkeypatch.setenv("ICT_CACHE", str(tmp_path / "node-cache"))
     space = tmp_path / "s3grid.yaml"
     space.write_text(TINY.format(cache=tmp_path.parent / "featnet-cache"))
     storage = f"{s3_server}/searches"
-    args = ["--space", str(space), "--storage", storage, "--name", "g"]
-    assert search.main(args) == 0
-    held = _s3_tree(f"{storage}/g")
+    import time as _t; T0 = _t.time(); print("T start", flush=True)
+    assert campaign.main(["--budget", "smoke", "--spaces", str(space), "--storage", storage, "--name", "c"]) == 0
+    print("T campaign", _t.time() - T0, flush=True)
+    exp = f"{storage}/c/s3grid"
+    held = _s3_tree(exp)
     for name in ("trials.parquet", "evals.parquet", "experiment.json"):
         assert name in held
     assert any(k.startswith("strata/") for k in held)
-    trials = pd.read_parquet(f"{storage}/g/trials.parquet")  # pandas reads the bucket through pyarrow
+    trials = pd.read_parquet(f"{exp}/trials.parquet")  # pandas reads the bucket through pyarrow
     assert len(trials) == 2 and set(trials["status"]) == {"completed"}
     for run_dir in trials["run_dir"]:
         files = {k for k in held if k.startswith(run_dir + "/")}
         assert {f"{run_dir}/summary.json", f"{run_dir}/config.json", f"{run_dir}/evals.jsonl"} <= files
         # retention: the trainer keeps one checkpoint, and so does the bucket
         assert len({k.split("/")[-2] for k in files if "/checkpoints/step_" in k}) == 1
-    assert any(k.startswith("ray/") for k in held)  # Tune's state, for the resume
-    info = json.loads(Store(f"{storage}/g").read_text("experiment.json"))
-    assert info["status"] == "finished" and info["experiment_dir"] == f"{storage}/g"
+    assert any(k.startswith("ray/") for k in held)  # Tune's state, for a resume
+    info = json.loads(Store(exp).read_text("experiment.json"))
+    assert info["status"] == "finished" and info["experiment_dir"] == exp
+    state = json.loads(Store(f"{storage}/c").read_text("campaign.json"))
+    assert state["searches"]["s3grid"]["state"] == "done" and state.get("finished")
+    assert "2 runs from 1 experiment folder" in (Store(f"{storage}/c").read_text("report/report.md") or "")
 
     # The driver's machine is gone: no local copy. The resume finds everything in the bucket.
     shutil.rmtree(tmp_path / "node-cache")
+    args = ["--space", str(space), "--storage", f"{storage}/c", "--name", "s3grid"]
+    print("T checks", _t.time() - T0, flush=True)
     assert search.main(args) == 2  # exists: refuses to start over it
     assert search.main([*args, "--resume"]) == 0
-    again = pd.read_parquet(f"{storage}/g/trials.parquet")
+    again = pd.read_parquet(f"{exp}/trials.parquet")
     assert sorted(again["run_key"]) == sorted(trials["run_key"])  # nothing trained or written twice
 
-    from analysis import report
-
-    assert report.main([f"{storage}/g", "--n-boot", "10", "--no-journal"]) == 0
-    text = Store(f"{storage}/g").read_text("report/report.md")
-    assert text and "2 runs from 1 experiment folder" in text
+    print("T resume", _t.time() - T0, flush=True)
+    assert report.main([exp, "--n-boot", "10", "--no-journal"]) == 0
+    assert "2 runs from 1 experiment folder" in (Store(exp).read_text("report/report.md") or "")
+    print("T report", _t.time() - T0, flush=True)

@@ -51,7 +51,8 @@ class ParquetCallback(Callback):
     def setup(self, **info):
         from tune.store import ExperimentFolder
 
-        self._exp = ExperimentFolder(self.experiment_uri) if self.experiment_uri else None
+        uri = getattr(self, "experiment_uri", None)  # None in a callback pickled before it existed
+        self._exp = ExperimentFolder(uri) if uri else None
         if self._exp is not None:  # the local copy is found by the URI, so a resume may run on another machine
             self.experiment_dir = str(self._exp.dir)
         # Re-read on every (re)start: a restored callback must not hold the tables of a previous driver.
