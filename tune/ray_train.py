@@ -34,9 +34,9 @@ from typing import Any, Iterable
 from ict_core.cli import BadInput
 from ict_core import rundir
 from ict_core.config import Config, ConfigError, from_dict
+from tune import REPO_ROOT
 from tune.store import Store, is_uri, join as _join, localize_inputs, tee_output
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = "runs"  # relative to the working directory, like `python -m ict_core.train`
 RUN_SUBDIR = "run"
 WORKERS_FILE = "workers.jsonl"

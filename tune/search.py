@@ -33,10 +33,10 @@ from ict_core.cli import BadInput, bad_input, check_writable_folder
 from ict_core.config import load_config, parse_overrides
 from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
                               TRIALS_FILE)
+from tune import REPO_ROOT
 from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space
 from tune.store import RUNS_DIR, ExperimentFolder, StoreError, check_storage, input_problem, is_uri, join
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = "results"
 # Tune snapshots its experiment state at most this often; a resume starts from the last snapshot.
 SNAPSHOT_S = "2"
