@@ -207,8 +207,11 @@ def test_a_missing_bucket_is_one_clear_line(s3_server, capsys):
     assert "--storage 's3://no-such-bucket/x' cannot be used" in err and "'no-such-bucket' does not exist" in err
 
 
+# A tiny U-Net on a CIFAR-10 folder in the python format (a few random images, tests/test_data.write_cifar) that
+# lies in the bucket: each trial reads it from its node's cache.
 TINY = """name: s3grid
-fixed: {{data.name: digits, network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,
+fixed: {{data.name: cifar10, data.path: "{data}", eval.features: dataset,
+        network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,
         train.total_steps: 10, train.batch_size: 32, optim.lr: 1.0e-3, train.ema_rate: 0.9,
         train.log_every: 1000, train.checkpoint_every: 4, train.keep_checkpoints: 1, eval.every: 10,
         eval.num_samples: 100, eval.grid: false, eval.cache_dir: "{cache}"}}
@@ -224,28 +227,40 @@ points:
 
 
 @pytest.fixture(scope="module")
-def local_ray(s3_server):
-    """One local Ray for the searches below (started after the server, so its workers see AWS_ENDPOINT_URL)."""
+def local_ray(s3_server, tmp_path_factory):
+    """One local Ray for the searches below, started after the server so that its workers see AWS_ENDPOINT_URL,
+    and with the node cache (ICT_CACHE) in a temporary folder; yields that folder."""
     import ray
 
     from tune.search import ray_env
 
-    os.environ.update(ray_env())
+    cache = tmp_path_factory.mktemp("node-cache")
+    old = os.environ.get("ICT_CACHE")
+    os.environ.update({**ray_env(), "ICT_CACHE": str(cache)})
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+    yield cache
     ray.shutdown()
+    if old is None:
+        os.environ.pop("ICT_CACHE", None)
+    else:
+        os.environ["ICT_CACHE"] = old
 
 
-def test_campaign_and_search_on_s3_resume_and_report(s3_server, local_ray, tmp_path, monkeypatch):
+def test_campaign_and_search_on_s3_resume_and_report(s3_server, local_ray, tmp_path):
     """`--storage s3://...`: a campaign puts campaign.json and its report, and its search the run folders,
-    Parquet tables, ledgers and experiment.json, in the bucket; a resume on a machine without the local copy
-    reads them back from the bucket; analysis/report.py reads the bucket and stores its report there."""
+    Parquet tables, ledgers and experiment.json, in the bucket; the trials read their data set from the bucket
+    through the node cache; a resume on a machine without the local copy reads everything back from the bucket;
+    analysis/report.py reads the bucket and stores its report there."""
     from analysis import report
+    from test_data import write_cifar
     from tune import campaign, search
 
-    monkeypatch.setenv("ICT_CACHE", str(tmp_path / "node-cache"))
+    data = write_cifar(tmp_path / "cifar-10-batches-py", per_batch=40)
+    for path in data.iterdir():
+        Store(f"{s3_server}/data/cifar-10-batches-py").put_file(path, path.name)
     space = tmp_path / "s3grid.yaml"
-    space.write_text(TINY.format(cache=tmp_path.parent / "featnet-cache"))
+    space.write_text(TINY.format(cache=tmp_path.parent / "featnet-cache",
+                                 data=f"{s3_server}/data/cifar-10-batches-py"))
     storage = f"{s3_server}/searches"
     assert campaign.main(["--budget", "smoke", "--spaces", str(space), "--storage", storage, "--name", "c"]) == 0
     exp = f"{storage}/c/s3grid"
@@ -260,6 +275,10 @@ def test_campaign_and_search_on_s3_resume_and_report(s3_server, local_ray, tmp_p
         assert {f"{run_dir}/summary.json", f"{run_dir}/config.json", f"{run_dir}/evals.jsonl"} <= files
         # retention: the trainer keeps one checkpoint, and so does the bucket
         assert len({k.split("/")[-2] for k in files if "/checkpoints/step_" in k}) == 1
+        # the trial trained on the node's copy of the bucket's data set
+        config = json.loads(Store(exp).read_text(f"{run_dir}/config.json"))
+        assert config["data"]["path"].startswith(str(local_ray / "inputs"))
+        assert sorted(p.name for p in Path(config["data"]["path"]).iterdir()) == sorted(p.name for p in data.iterdir())
     assert any(k.startswith("ray/") for k in held)  # Tune's state, for a resume
     info = json.loads(Store(exp).read_text("experiment.json"))
     assert info["status"] == "finished" and info["experiment_dir"] == exp
@@ -268,7 +287,7 @@ def test_campaign_and_search_on_s3_resume_and_report(s3_server, local_ray, tmp_p
     assert "2 runs from 1 experiment folder" in (Store(f"{storage}/c").read_text("report/report.md") or "")
 
     # The driver's machine is gone: no local copy. The resume finds everything in the bucket.
-    shutil.rmtree(tmp_path / "node-cache")
+    shutil.rmtree(local_ray / "experiments")
     args = ["--space", str(space), "--storage", f"{storage}/c", "--name", "s3grid"]
     assert search.main(args) == 2  # exists: refuses to start over it
     assert search.main([*args, "--resume"]) == 0
