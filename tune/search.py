@@ -385,8 +385,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
         raise SearchError(f"experiment {exp} exists; pass --resume to continue it or --name for a new one")
     if resume and not found:
         raise SearchError(f"--resume: no experiment at {exp} (no experiment.json); check --storage and --name")
-    if resume:
-        exp.pull()  # a URI experiment: tables, ledgers and experiment.json as storage holds them
+    exp.pull()  # a URI experiment: the local copy becomes what storage holds (nothing left of an older copy)
     info = json.loads(info_path.read_text()) if resume else {}
     if info and info.get("space") != plan.space:
         raise SearchError(f"--resume: {exp} holds space {info.get('space')!r}, not {plan.space!r}")
