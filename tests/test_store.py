@@ -222,7 +222,6 @@ seeds: 1
 max_concurrent: 2
 points:
   - {{loss.huber_c: 0.01}}
-  - {{loss.huber_c: 0.1}}
 """
 
 
@@ -246,6 +245,7 @@ def local_ray(s3_server, tmp_path_factory):
         os.environ["ICT_CACHE"] = old
 
 
+@pytest.mark.slow
 def test_campaign_and_search_on_s3_resume_and_report(s3_server, local_ray, tmp_path):
     """`--storage s3://...`: a campaign puts campaign.json and its report, and its search the run folders,
     Parquet tables, ledgers and experiment.json, in the bucket; the trials read their data set from the bucket
@@ -269,7 +269,7 @@ def test_campaign_and_search_on_s3_resume_and_report(s3_server, local_ray, tmp_p
         assert name in held
     assert any(k.startswith("strata/") for k in held)
     trials = pd.read_parquet(f"{exp}/trials.parquet")  # pandas reads the bucket through pyarrow
-    assert len(trials) == 2 and set(trials["status"]) == {"completed"}
+    assert len(trials) == 1 and set(trials["status"]) == {"completed"}
     for run_dir in trials["run_dir"]:
         files = {k for k in held if k.startswith(run_dir + "/")}
         assert {f"{run_dir}/summary.json", f"{run_dir}/config.json", f"{run_dir}/evals.jsonl"} <= files
@@ -284,7 +284,7 @@ def test_campaign_and_search_on_s3_resume_and_report(s3_server, local_ray, tmp_p
     assert info["status"] == "finished" and info["experiment_dir"] == exp
     state = json.loads(Store(f"{storage}/c").read_text("campaign.json"))
     assert state["searches"]["s3grid"]["state"] == "done" and state.get("finished")
-    assert "2 runs from 1 experiment folder" in (Store(f"{storage}/c").read_text("report/report.md") or "")
+    assert "1 runs from 1 experiment folder" in (Store(f"{storage}/c").read_text("report/report.md") or "")
 
     # The driver's machine is gone: no local copy. The resume finds everything in the bucket.
     shutil.rmtree(local_ray / "experiments")
@@ -295,4 +295,4 @@ def test_campaign_and_search_on_s3_resume_and_report(s3_server, local_ray, tmp_p
     assert sorted(again["run_key"]) == sorted(trials["run_key"])  # nothing trained or written twice
 
     assert report.main([exp, "--n-boot", "10", "--no-journal"]) == 0
-    assert "2 runs from 1 experiment folder" in (Store(exp).read_text("report/report.md") or "")
+    assert "1 runs from 1 experiment folder" in (Store(exp).read_text("report/report.md") or "")
