@@ -599,7 +599,16 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     out defaults to PATHS[0]/report. With `journal`, each experiment folder also gets an Optuna journal file
     of its rebuilt studies (analysis/importance.py). Returns the path of report.md.
     """
-    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    from tune.store import FolderSync, Store, experiment_cache, is_uri, report_copy
+
+    paths = [p for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    # Experiments in storage (s3://...) are read from a local copy; what the report writes goes back there.
+    copies = {str(p): report_copy(str(p)) for p in paths if is_uri(p)}
+    paths = [copies[str(p)].local if str(p) in copies else Path(p) for p in paths]
+    out_sync = None
+    if out is not None and is_uri(out):
+        out_sync = FolderSync(Store(str(out)), "", experiment_cache(str(out)))
+        out = out_sync.local
     results = load_results(paths)
     out = Path(out) if out is not None else paths[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -684,13 +693,17 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     ]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(text))
+    for sync in [*copies.values(), *([out_sync] if out_sync else [])]:
+        sync.push()  # the report folder and the journals, back into storage
     return path
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", help="experiment folders, or folders above them")
-    parser.add_argument("--out", default=None, help="output folder (default: FIRST_RESULTS_DIR/report)")
+    parser.add_argument("results", nargs="+",
+                        help="experiment folders, or folders above them; a URI such as s3://BUCKET/PREFIX/NAME is "
+                             "read from a local copy, and the report is stored back under it")
+    parser.add_argument("--out", default=None, help="output folder or URI (default: FIRST_RESULTS_DIR/report)")
     parser.add_argument("--metric", default="final_fd", help="trials column to minimise (default final_fd)")
     parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
     parser.add_argument("--level", type=float, default=LEVEL, help="interval level in (0, 1)")

@@ -41,7 +41,7 @@ def noop_trial(config, runs_root):
     from ray import tune as rt
 
     from ict_core.config import Config
-    from tune.storage import seed_folder
+    from tune.store import seed_folder
 
     cfg = Config().with_overrides({"loss.huber_c": config["loss.huber_c"]})
     run = Path(runs_root) / seed_folder("all", rt.get_context().get_trial_id(), 0)

@@ -18,7 +18,6 @@ from ict_core.config import load_config
 from tune import train as train_cli
 from tune.ray_train import (
     LaunchError,
-    RunMirror,
     WORKERS_FILE,
     cpu_share,
     plan_launch,
@@ -103,23 +102,6 @@ def test_plan_layout_and_cpu_share(tmp_path, capsys):
     assert cpu_share(4, 1, free_cpus=2.0, max_node_cpus=2.0) == 1.0  # GPU workers: GPU nodes may come later
     with pytest.raises(LaunchError, match="do not fit in the 0.01 free CPUs"):
         cpu_share(2, 0, free_cpus=0.01, max_node_cpus=2.0)
-
-
-def test_run_mirror_roundtrip_skips_checkpoints(tmp_path):
-    local = tmp_path / "scratch"
-    (local / "checkpoints" / "step_0000001").mkdir(parents=True)
-    (local / "checkpoints" / "step_0000001" / "state.pt").write_bytes(b"x" * 10)
-    (local / "samples").mkdir()
-    (local / "samples" / "a.png").write_bytes(b"png")
-    (local / "metrics.jsonl").write_text('{"step": 1}\n')
-    uri = "file://" + str(tmp_path / "bucket" / "exp" / "run")
-    RunMirror(str(local), uri).push()
-    remote = tmp_path / "bucket" / "exp" / "run"
-    assert (remote / "metrics.jsonl").read_text() == '{"step": 1}\n'
-    assert (remote / "samples" / "a.png").exists() and not (remote / "checkpoints").exists()
-    again = tmp_path / "other_node"
-    RunMirror(str(again), uri).pull()
-    assert (again / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
 
 # ---- real Ray ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from ict_core.config import Config, all_keys, load_config
 from tune.results import (EVALS_SCHEMA, TRIALS_SCHEMA, ResultTables, run_key, to_table, trial_rows, write_atomic)
-from tune.storage import RunStore, seed_folder
+from tune.store import Store, seed_folder
 from tune.trial import resolved_flat
 
 DOCUMENTED_TRIAL_COLUMNS = [
@@ -64,7 +64,7 @@ def _plant(root, rel, source, cut_after_first_eval=False):
 
 def test_rows_come_from_run_folders_for_every_way_a_trial_ends(tmp_path, real_run):
     source, flat = real_run
-    store = RunStore(str(tmp_path / "runs"))
+    store = Store(str(tmp_path / "runs"))
     summary = json.loads((source / "summary.json").read_text())
     common = dict(experiment="e", space="s", stratum="digits", seeds=[0, 1, 2], known_config=flat)
 
@@ -121,7 +121,7 @@ def test_rows_come_from_run_folders_for_every_way_a_trial_ends(tmp_path, real_ru
     assert table.schema == TRIALS_SCHEMA and table.column("network.channel_mult").to_pylist() == ["1"]
 
     # The same reader through a URI (pyarrow's file systems, as for s3://) gives the same rows.
-    uri_rows, uri_evals = trial_rows(RunStore("file://" + str(tmp_path / "runs")), config_id="t1", **common)
+    uri_rows, uri_evals = trial_rows(Store("file://" + str(tmp_path / "runs")), config_id="t1", **common)
     local_rows, local_evals = trial_rows(store, config_id="t1", **common)
     assert uri_rows == local_rows and uri_evals == local_evals
 
@@ -205,7 +205,7 @@ def test_the_tables_tune_writes_are_the_ones_analysis_reads(tmp_path, real_run):
     assert set(records.REQUIRED_EVAL_COLUMNS) <= set(records.EVALS_SCHEMA.names)
 
     source, flat = real_run
-    store = RunStore(str(tmp_path / "exp" / "runs"))
+    store = Store(str(tmp_path / "exp" / "runs"))
     _plant(tmp_path / "exp" / "runs", seed_folder("digits", "t1", 0), source)
     _plant(tmp_path / "exp" / "runs", seed_folder("digits", "t1", 1), source, cut_after_first_eval=True)
     trials, evals = trial_rows(store, experiment="e", space="s", stratum="digits", config_id="t1", seeds=[0, 1],

@@ -219,6 +219,7 @@ def test_every_trial_config_is_the_budget_preset_with_the_space_keys_on_top(name
     import yaml
 
     from tune.space import budget_preset, space_path
+    from tune.store import INPUT_KEYS, absolute_input
     from tune.trial import trial_overrides
 
     monkeypatch.setenv("ICT_CIFAR10_PATH", str(tmp_path))
@@ -230,6 +231,8 @@ def test_every_trial_config_is_the_budget_preset_with_the_space_keys_on_top(name
         for params in _trial_configs(plan, stratum):
             trial = load_config(overrides=trial_overrides(stratum.fixed, params, 1, in_process=False))
             cli = load_config(str(budget_preset(budget)), {**keys, **params})
+            # ... with its input paths made absolute on the driver, where the plan is made (tune/store.py)
+            cli = cli.with_overrides({k: absolute_input(v) for k, v in cli.flat().items() if k in INPUT_KEYS and v})
             assert trial == cli, (name, budget, stratum.name, params)
 
 
@@ -243,6 +246,9 @@ def test_paper_budget_is_the_cifar10_preset(monkeypatch, tmp_path):
     trial = load_config(overrides=cifar.first_config(plan.params)).flat()
     preset = load_config("cifar10", {"data.path": str(tmp_path)}).flat()
     own = {"data.path", "loss.metric", *plan.params}  # the stratum's path, the space's fixed key, the searched c
+    # the preset's relative weights path, made absolute where the plan is made (tune/store.py)
+    assert trial["eval.inception_path"] == str(Path(preset["eval.inception_path"]).resolve())
+    own.add("eval.inception_path")
     assert {k: v for k, v in trial.items() if k not in own} == {k: v for k, v in preset.items() if k not in own}
     assert trial["eval.every"] == 25000 and trial["train.precision"] == preset["train.precision"]
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import shlex
+import os
 import sys
 import tempfile
 import time
@@ -30,6 +31,7 @@ from ict_core.config import ConfigError, load_config, parse_overrides
 from tune.findings import ExportError, export_findings, hours_text
 from tune.search import check_plan_paths, format_plan, resolve_plan, resources, run_search
 from tune.space import BUDGETS, SpaceError, list_spaces
+from tune.store import ExperimentFolder, StoreError, check_storage, is_uri, join, report_copy
 
 STATE_FILE = "campaign.json"
 DEFAULT_STORAGE = "results"
@@ -160,7 +162,7 @@ def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print, pilot=No
     for space, plan in plans:
         res = resources(plan, 1, 0, None)
         out(f"==== {plan.space} ({plan.budget}) ====")
-        out(format_plan(plan, res, campaign_dir / plan.space))
+        out(format_plan(plan, res, join(str(campaign_dir), plan.space)))
         asha = plan.scheduler.get("type") == "asha"
         for row in plan_compute(plan):
             line = (f"compute {row['stratum']}: {row['runs']} run(s) x {row['steps_per_run']} steps = "
@@ -186,7 +188,8 @@ def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print, pilot=No
             out(line)
             total["runs"] += row["runs"]
             total["images"] += row["images"]
-        for line in plan_power(plan, pilot, campaign_dir / plan.space, family):
+        own = None if is_uri(campaign_dir) else Path(campaign_dir) / plan.space  # a bucket's tables: use --pilot
+        for line in plan_power(plan, pilot, own, family):
             out(line)
         out("")
     out(f"campaign: {len(plans)} search(es), {total['runs']} runs, {total['images']:,} images"
@@ -201,10 +204,12 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _write_state(path: Path, state: dict) -> None:
+def _write_state(path: Path, state: dict, camp=None) -> None:
     from ict_core.fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    if camp is not None:
+        camp.push()  # a URI campaign: campaign.json to storage at once
 
 
 def _experiment_finished(exp_dir: Path) -> bool:
@@ -255,12 +260,18 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
     reuse_index(reuse)  # each --reuse folder must hold an experiment: checked before anything starts
     space_args = [space for space, _ in plans]
     names = [plan.space for _, plan in plans]
-    campaign_dir = Path(storage).expanduser().resolve() / (name or f"campaign-{budget}")
+    cname = name or f"campaign-{budget}"
+    # A URI campaign (s3://...): campaign.json and the report go there, each search into its own folder below it
+    # (tune/store.py); the folder returned is the driver's local copy.
+    camp = ExperimentFolder(join(str(storage), cname) if is_uri(storage)
+                            else Path(storage).expanduser().resolve() / cname, skip=("runs", "ray", *names))
+    camp.pull()
+    campaign_dir = camp.dir
     state_path = campaign_dir / STATE_FILE
     settings = _settings(budget, space_args, num_samples, extra)
     state = load_state(campaign_dir)
     if state is not None and not resume:
-        raise CampaignError(f"campaign {campaign_dir} exists; pass --resume to continue it or --name for a new one")
+        raise CampaignError(f"campaign {camp} exists; pass --resume to continue it or --name for a new one")
     if state is None:
         state = {**settings, "created": _now(),
                  "searches": {n: {"state": "pending", "wall_s": 0.0, "experiment": n} for n in names}}
@@ -276,42 +287,41 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
     state.setdefault("sessions", []).append(
         {"started": _now(), "command": command or f"run_campaign(budget={budget!r}, spaces={space_args!r})",
          **git_commit(), "pending": [n for n in names if state["searches"][n]["state"] != "done"]})
-    _write_state(state_path, state)
+    _write_state(state_path, state, camp)
     family = sum(len(plan.claims) for _, plan in plans)  # the error rate is held over the campaign's claims
     for space, plan in plans:
         entry = state["searches"][plan.space]
-        exp_dir = campaign_dir / plan.space
+        exp = ExperimentFolder(join(camp.location, plan.space))
         if entry["state"] == "done":
             say(f"[campaign] {plan.space}: done ({hours_text(entry['wall_s'])}), skipped")
             continue
-        again = (exp_dir / "experiment.json").exists()
+        again = exp.exists("experiment.json")
         say(f"[campaign] {plan.space}: {'resuming' if again else 'starting'} ({budget})")
         entry.update(state="running", started=entry.get("started") or _now())
-        _write_state(state_path, state)
+        _write_state(state_path, state, camp)
         t0 = time.time()
         try:
-            run_search(space, budget, num_samples, storage=campaign_dir, name=plan.space, resume=again,
+            run_search(space, budget, num_samples, storage=camp.location, name=plan.space, resume=again,
                        extra=extra, address=address, quiet=quiet, reuse=reuse, reuse_optional=[campaign_dir],
                        family=family)
         finally:
             entry["wall_s"] = float(entry.get("wall_s", 0.0)) + (time.time() - t0)
-            _write_state(state_path, state)
-        if not _experiment_finished(exp_dir):
+            _write_state(state_path, state, camp)
+        if not _experiment_finished(exp.dir):
             raise CampaignError(f"search {plan.space} stopped before its end; continue with --resume")
         entry.update(state="done", finished=_now())
-        _write_state(state_path, state)
+        _write_state(state_path, state, camp)
 
     if report:
         from analysis.report import main as report_main
 
-        out = campaign_dir / "report"
-        code = report_main([str(campaign_dir / n) for n in names] + ["--out", str(out)])
+        code = report_main([join(camp.location, n) for n in names] + ["--out", join(camp.location, "report")])
         if code != 0:
             raise CampaignError(f"analysis/report.py exited with {code}; the searches are done, rerun with --resume "
                                 f"to retry the report")
         state["report"] = str(Path("report") / "report.md")
     state["finished"] = _now()
-    _write_state(state_path, state)
+    _write_state(state_path, state, camp)
     say("[campaign] wall time per search: " + ", ".join(
         f"{n} {hours_text(state['searches'][n]['wall_s'])}" for n in names))
     return campaign_dir
@@ -324,7 +334,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", required=True, help=f"one of {', '.join(BUDGETS)}")
     p.add_argument("--spaces", help="comma-separated spaces, shipped names or .yaml paths (default: every shipped "
                                     "space, open questions first)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="folder above the campaign folder (default ./results)")
+    p.add_argument("--storage", default=os.environ.get("ICT_STORAGE") or DEFAULT_STORAGE,
+                   help="folder or URI (s3://BUCKET/PREFIX) above the campaign folder (default $ICT_STORAGE when "
+                        "set, else ./results)")
     p.add_argument("--name", help="campaign folder name (default campaign-<budget>)")
     p.add_argument("--resume", action="store_true", help="continue the campaign of the same name")
     p.add_argument("--dry-run", action="store_true",
@@ -352,7 +364,13 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         extra = parse_overrides(args.set)
-        check_writable_folder(args.storage, "--storage")
+        if is_uri(args.storage):
+            try:
+                check_storage(args.storage, "--storage")
+            except StoreError as err:
+                raise CampaignError(str(err)) from None
+        else:
+            check_writable_folder(args.storage, "--storage")
         if args.export:
             if args.no_report:
                 raise CampaignError("--export copies the report; it cannot be combined with --no-report")
@@ -361,7 +379,9 @@ def main(argv=None) -> int:
             plans = plan_campaign(args.spaces, args.budget, args.num_samples, extra)
             for _, plan in plans:
                 check_plan_paths(plan)
-            campaign_dir = Path(args.storage).expanduser().resolve() / (args.name or f"campaign-{args.budget}")
+            cname = args.name or f"campaign-{args.budget}"
+            campaign_dir = (join(args.storage, cname) if is_uri(args.storage)
+                            else Path(args.storage).expanduser().resolve() / cname)
             dry_run(plans, campaign_dir, measure=not args.no_timing, pilot=args.pilot)
             return 0
         command = "python tune/campaign.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
@@ -369,8 +389,12 @@ def main(argv=None) -> int:
         campaign_dir = run_campaign(args.budget, args.spaces, args.storage, args.name, args.resume,
                                     args.num_samples, extra, report=not args.no_report, address=args.address,
                                     command=command, reuse=args.reuse or ())
-        print(f"campaign: {campaign_dir}\nreport:   {campaign_dir / 'report' / 'report.md'}")
+        where = (join(args.storage, args.name or f"campaign-{args.budget}") if is_uri(args.storage)
+                 else str(campaign_dir))
+        print(f"campaign: {where}\nreport:   {join(where, 'report', 'report.md')}")
         if args.export:
+            if is_uri(args.storage):  # every search's tables and samples, from storage into the local copy
+                campaign_dir = report_copy(where).local
             try:
                 dest = export_findings(campaign_dir, Path(args.export).expanduser())
             except ExportError as err:

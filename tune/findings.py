@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 from analysis.importance import JOURNAL_FILE
 from ict_core.fileio import atomic_write_text
 from ict_core.records import EVALS_FILE, TRIALS_FILE
+from tune import REPO_ROOT
 
 EXPERIMENT_FILES = (TRIALS_FILE, EVALS_FILE, JOURNAL_FILE, "experiment.json")
 TEXT_SUFFIXES = {".md", ".csv", ".json", ".log", ".txt", ".yaml"}
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ExportError(RuntimeError):

@@ -36,7 +36,7 @@ class ParquetCallback(Callback):
     terminated, so its own statuses cannot tell an interrupted stratum from a finished one."""
 
     def __init__(self, experiment_dir: str, experiment: str, space: str, stratum: dict, seeds: int,
-                 runs_root: str, ledger: str | None = None, planned: int = 0):
+                 runs_root: str, ledger: str | None = None, planned: int = 0, experiment_uri: str | None = None):
         self.experiment_dir = experiment_dir
         self.experiment = experiment
         self.space = space
@@ -45,8 +45,16 @@ class ParquetCallback(Callback):
         self.runs_root = runs_root
         self.ledger = ledger or stratum["name"]  # the Tune experiment's name
         self.planned = planned
+        # An experiment in storage (tune/store.ExperimentFolder): every write is copied there at once.
+        self.experiment_uri = experiment_uri
 
     def setup(self, **info):
+        from tune.store import ExperimentFolder
+
+        uri = getattr(self, "experiment_uri", None)  # None in a callback pickled before it existed
+        self._exp = ExperimentFolder(uri) if uri else None
+        if self._exp is not None:  # the local copy is found by the URI, so a resume may run on another machine
+            self.experiment_dir = str(self._exp.dir)
         # Re-read on every (re)start: a restored callback must not hold the tables of a previous driver.
         self.tables = ResultTables(self.experiment_dir)
         self._ledger_update({})
@@ -62,16 +70,25 @@ class ParquetCallback(Callback):
             return {**Config().flat(), **overrides}
 
     def _record(self, trial, error: str | None) -> None:
-        from tune.storage import RunStore
+        from tune.store import Store
 
         known = self._known(trial)
         base = int(known.get("train.seed") or 0)
         trial_rows, eval_rows = rows_of_trial(
-            RunStore(self.runs_root), experiment=self.experiment, space=self.space, stratum=self.stratum["name"],
+            Store(self.runs_root), experiment=self.experiment, space=self.space, stratum=self.stratum["name"],
             config_id=trial.trial_id, seeds=[base + i for i in range(self.seeds)], known_config=known, error=error)
         if self.tables.add(trial_rows, eval_rows):
             self.tables.write()
         self._ledger_update({trial.trial_id: ERRORED if error else "ended"})
+
+    def __getstate__(self):  # Tune pickles its callbacks; the storage connection is made again in setup()
+        state = dict(self.__dict__)
+        state.pop("_exp", None)
+        return state
+
+    def _push(self) -> None:
+        if getattr(self, "_exp", None) is not None:
+            self._exp.push()
 
     def _ledger_update(self, ended: dict) -> None:
         path = ledger_path(self.experiment_dir, self.ledger)
@@ -82,6 +99,7 @@ class ParquetCallback(Callback):
         ledger.update(stratum=self.stratum["name"], planned=self.planned)
         ledger.setdefault("trials", {}).update(ended)
         write_json_atomic(ledger, path)
+        self._push()  # the tables (written just before) and the ledger
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._record(trial, None)

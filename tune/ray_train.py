@@ -11,8 +11,10 @@ Where things go, for `storage=S` and `name=NAME`:
 A second run with the same name and storage continues from the latest checkpoint (Train V2 behaviour), so a
 fresh run refuses an existing name and `resume=True` requires one.
 
-With a URI storage (s3://...), rank 0 writes the run folder to a local scratch folder and mirrors it to
-S/NAME/run after every report; a local storage path must be visible at the same path on every node (NFS).
+With a URI storage (s3://...), rank 0 writes the run folder to a local scratch folder and copies what changed to
+S/NAME/run after every report (tune/store.py, the same code as the in-process trial; checkpoints stay with Ray);
+a local storage path must be visible at the same path on every node (NFS). data.path / eval.inception_path under
+a URI are fetched into each worker node's cache before training.
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ from typing import Any, Iterable
 from ict_core.cli import BadInput
 from ict_core import rundir
 from ict_core.config import Config, ConfigError, from_dict
+from tune import REPO_ROOT
+from tune.store import Store, is_uri, join as _join, localize_inputs, tee_output
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = "runs"  # relative to the working directory, like `python -m ict_core.train`
 RUN_SUBDIR = "run"
 WORKERS_FILE = "workers.jsonl"
@@ -76,16 +79,6 @@ class LaunchPlan:
 
 
 # ---- checks that need no Ray ---------------------------------------------------------------------
-def is_uri(path: str) -> bool:
-    return "://" in str(path)
-
-
-def _join(base: str, *parts: str) -> str:
-    if is_uri(base):
-        return "/".join([base.rstrip("/"), *parts])
-    return str(Path(base, *parts))
-
-
 def _cluster_kind() -> str:
     try:
         import ray
@@ -114,13 +107,7 @@ def default_name(cfg: Config) -> str:
 
 def experiment_exists(storage: str, name: str) -> bool:
     """Whether Ray's folder for (storage, name) exists, i.e. a run with this name was started before."""
-    path = _join(storage, name)
-    if not is_uri(storage):
-        return Path(path).exists()
-    import pyarrow.fs as pafs
-
-    fs, fs_path = pafs.FileSystem.from_uri(path)
-    return fs.get_file_info(fs_path).type != pafs.FileType.NotFound
+    return Store(_join(storage, name)).exists()
 
 
 def plan_launch(
@@ -263,45 +250,6 @@ def _threads_for(cpus: float) -> int:
     return max(1, int(math.floor(cpus)))
 
 
-# ---- run folder mirroring for URI storage --------------------------------------------------------
-class RunMirror:
-    """Copies a local run folder to a URI (s3://, gs://, file://) and back; checkpoints stay with Ray."""
-
-    def __init__(self, local_dir: str, uri: str):
-        import pyarrow.fs as pafs
-
-        self.local_dir = Path(local_dir)
-        self.fs, self.remote = pafs.FileSystem.from_uri(uri)
-        self._pafs = pafs
-        self._pushed: dict[Path, tuple[int, int]] = {}  # files already copied, by (size, mtime)
-
-    def push(self) -> None:
-        if not self.local_dir.exists():
-            return
-        local_fs = self._pafs.LocalFileSystem()
-        for path in sorted(self.local_dir.rglob("*")):
-            rel = path.relative_to(self.local_dir)
-            if rel.parts[0] == rundir.CHECKPOINTS or not path.is_file():
-                continue
-            stat = path.stat()
-            if self._pushed.get(rel) == (stat.st_size, stat.st_mtime_ns):
-                continue
-            target = f"{self.remote}/{rel.as_posix()}"
-            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            self._pafs.copy_files(str(path), target, source_filesystem=local_fs, destination_filesystem=self.fs)
-            self._pushed[rel] = (stat.st_size, stat.st_mtime_ns)
-
-    def pull(self) -> None:
-        """Fetch an earlier attempt's run folder (a restart may land on another node)."""
-        if self.fs.get_file_info(self.remote).type == self._pafs.FileType.NotFound:
-            return
-        self.local_dir.mkdir(parents=True, exist_ok=True)
-        self._pafs.copy_files(
-            self.remote, str(self.local_dir),
-            source_filesystem=self.fs, destination_filesystem=self._pafs.LocalFileSystem(),
-        )
-
-
 # ---- the worker side -----------------------------------------------------------------------------
 def _record_workers(run_dir: Path, rank: int, world_size: int, cpus: float, gpus: float,
                     resume_checkpoint: str | None) -> None:
@@ -342,7 +290,7 @@ def worker_loop(loop_config: dict) -> None:
 
     from ict_core.trainer import train
 
-    cfg = from_dict(loop_config["config"])
+    cfg = localize_inputs(from_dict(loop_config["config"]))  # inputs under a URI: this node's cached copy
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     cpus, gpus = loop_config["cpus_per_worker"], loop_config["gpus_per_worker"]
@@ -355,9 +303,9 @@ def worker_loop(loop_config: dict) -> None:
         torch.cuda.set_device(device)
         os.environ["LOCAL_RANK"] = str(device.index)
     run_dir = Path(loop_config["run_dir"])
-    mirror = RunMirror(str(run_dir), loop_config["run_uri"]) if loop_config.get("run_uri") and rank == 0 else None
-    if mirror is not None:
-        mirror.pull()
+    mirror = None
+    if loop_config.get("run_uri") and rank == 0:  # an earlier attempt's run folder (a restart may change node)
+        mirror = Store(loop_config["run_uri"]).working_copy("", run_dir, checkpoints=False)
     checkpoint = ray.train.get_checkpoint()
     _record_workers(run_dir, rank, world_size, cpus, gpus, checkpoint.path if checkpoint is not None else None)
 
@@ -381,17 +329,9 @@ def worker_loop(loop_config: dict) -> None:
 @contextlib.contextmanager
 def _rank0_logs(run_dir: Path):
     """Rank 0's stdout/stderr, copied into the run folder (worker.stdout.log / worker.stderr.log)."""
-    from tune.storage import _Tee
-
     run_dir.mkdir(parents=True, exist_ok=True)
-    old = sys.stdout, sys.stderr
-    with open(run_dir / "worker.stdout.log", "a", buffering=1) as out, \
-            open(run_dir / "worker.stderr.log", "a", buffering=1) as err:
-        sys.stdout, sys.stderr = _Tee(old[0], out), _Tee(old[1], err)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = old
+    with tee_output(run_dir / "worker.stdout.log", run_dir / "worker.stderr.log"):
+        yield
 
 
 # ---- the driver side -----------------------------------------------------------------------------
@@ -457,8 +397,8 @@ def _storage_note(plan: LaunchPlan) -> None:
 
 def _read_summary(plan: LaunchPlan) -> dict:
     path = Path(plan.run_dir) / rundir.SUMMARY
-    if plan.run_uri:  # rank 0 may have run on another node: fetch its mirrored run folder
-        RunMirror(plan.run_dir, plan.run_uri).pull()
+    if plan.run_uri:  # rank 0 may have run on another node: fetch its stored run folder
+        Store(plan.run_uri).sync("", plan.run_dir, checkpoints=False).pull()
     if path.exists():
         return json.loads(path.read_text())
     return {}
@@ -559,14 +499,14 @@ def load_run_config(plan: LaunchPlan) -> Config | None:
     """The resolved config an earlier attempt of this run wrote (for --resume without --preset)."""
     path = Path(plan.run_dir) / rundir.CONFIG
     if plan.run_uri and not path.exists():
-        RunMirror(plan.run_dir, plan.run_uri).pull()
+        Store(plan.run_uri).sync("", plan.run_dir, checkpoints=False).pull()
     if not path.exists():
         return None
     return from_dict(json.loads(path.read_text()))
 
 
 __all__ = [
-    "LaunchError", "LaunchPlan", "RunMirror", "code_runtime_env", "cpu_share", "experiment_exists",
+    "LaunchError", "LaunchPlan", "code_runtime_env", "cpu_share", "experiment_exists",
     "load_run_config", "plan_launch", "run_ray_train", "worker_loop",
 ]
 

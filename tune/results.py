@@ -155,14 +155,14 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
                known_config: dict, runs_prefix: str = "runs", error: str | None = None,
                node_id: str | None = None) -> tuple[list[dict], list[dict]]:
     """trials/evals rows of one ended Tune trial, built from the run folders its seeds wrote in `store`
-    (tune/storage.RunStore; a local path or a URI).
+    (tune/store.Store; a local path or a URI).
 
     A seed with summary.json keeps its status (completed | diverged); a seed whose folder holds no summary was
     running when the trial ended: `errored` when `error` is given, else `pruned` (a scheduler stopped it), with
     its final_* values from its last evaluation. A seed that died before writing anything gets an `errored` row
     from `known_config` (the configuration the driver sent); seeds never started get no row. `run_dir` is the
     seed's folder relative to the experiment folder (`runs_prefix` + the folder under the store's root)."""
-    from tune.storage import FINISHED, seed_folder
+    from tune.store import FINISHED, seed_folder
 
     trial_rows, eval_rows = [], []
     errored_seen = False

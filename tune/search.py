@@ -12,9 +12,10 @@ stratum after the other. Results: EXPERIMENT_DIR/trials.parquet (one row per tra
 configuration), evals.parquet (one row per evaluation), both built from the run folders, and experiment.json
 (space, budget, plan and its hash, status, provenance). Every seed's run folder goes to
 EXPERIMENT_DIR/runs/<stratum>/<trial_id>/seed_<seed>, Ray's own files to EXPERIMENT_DIR/ray/<stratum> (both under
-the shared storage instead when one is given). Exit codes: 0 finished, 1 trials errored (the first error is
-printed; --resume retries them), 2 bad input, 130 interrupted (--resume continues). docs/ARCHITECTURE.md has
-the details.
+the shared storage instead when one is given). With --storage s3://BUCKET/PREFIX all of it goes to the bucket
+(tune/store.py), and --resume and analysis/report.py read it from there. Exit codes: 0 finished, 1 trials
+errored (the first error is printed; --resume retries them), 2 bad input, 130 interrupted (--resume continues).
+docs/ARCHITECTURE.md has the details.
 """
 from __future__ import annotations
 
@@ -28,14 +29,14 @@ import time
 import zlib
 from pathlib import Path
 
-from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder
+from ict_core.cli import BadInput, bad_input, check_writable_folder
 from ict_core.config import load_config, parse_overrides
 from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
                               TRIALS_FILE)
+from tune import REPO_ROOT
 from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space
-from tune.storage import RUNS_DIR
+from tune.store import RUNS_DIR, ExperimentFolder, StoreError, check_storage, input_problem, is_uri, join
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE = "results"
 # Tune snapshots its experiment state at most this often; a resume starts from the last snapshot.
 SNAPSHOT_S = "2"
@@ -91,15 +92,25 @@ def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | 
 
 
 def check_plan_paths(plan: Plan) -> None:
-    """--dry-run: the files every stratum's trials read exist here (data.path, eval.inception_path)."""
+    """--dry-run: the files every stratum's trials read exist where the trials read them (data.path,
+    eval.inception_path): a URI in storage (each node fetches it into its cache), a path on this machine (the
+    plan made it absolute; on a cluster every node must have it at that path, see README "Data on every node")."""
+    from ict_core.datasets import NEEDS_PATH
+
     for stratum in plan.strata:
-        try:
-            check_data_paths(load_config(overrides=stratum.first_config(plan.params)))
-        except BadInput as err:
-            raise SearchError(f"{plan.space}, stratum {stratum.name}: {err}") from None
+        cfg = load_config(overrides=stratum.first_config(plan.params))
+        inputs = {}
+        if cfg.data.name in NEEDS_PATH:
+            inputs["data.path"] = cfg.data.path
+        if cfg.eval.features == "inception":
+            inputs["eval.inception_path"] = cfg.eval.inception_path
+        for key, value in inputs.items():
+            problem = input_problem(key, value)
+            if problem:
+                raise SearchError(f"{plan.space}, stratum {stratum.name}: {problem} (see README, Data sets)")
 
 
-def format_plan(plan: Plan, res: dict, exp_dir: Path) -> str:
+def format_plan(plan: Plan, res: dict, exp_dir) -> str:
     lines = [f"space      {plan.space} ({plan.source})", f"question   {plan.question or '-'}",
              f"budget     {plan.budget} (preset tune/budgets/{plan.budget}.yaml under every stratum's fixed keys)",
              f"experiment {exp_dir}",
@@ -261,13 +272,20 @@ def _provenance() -> dict:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def _write_experiment(exp_dir: Path, info: dict) -> None:
+def _write_experiment(exp: ExperimentFolder, info: dict) -> None:
     from tune.results import write_json_atomic
 
-    write_json_atomic(info, exp_dir / "experiment.json")
+    write_json_atomic(info, exp.dir / "experiment.json")
+    exp.push()  # a URI experiment: what changed goes to storage now
 
 
-def _check_not_moved(info: dict, exp_dir: Path, name: str) -> None:
+def _same_place(a: str, b: str) -> bool:
+    if is_uri(a) or is_uri(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return Path(a) == Path(b)
+
+
+def _check_not_moved(info: dict, exp_dir: str, name: str) -> None:
     """Refuse to resume an experiment folder that was moved or copied from where it was created: Ray's saved
     search state (in its shared storage) names the old folder, so a resume here would train into, and record in,
     the old one while this one stays unfinished."""
@@ -275,18 +293,21 @@ def _check_not_moved(info: dict, exp_dir: Path, name: str) -> None:
         return
     shared = str(info.get("shared_storage") or "")
     old = info.get("experiment_dir")
-    if old is None and shared and "://" not in shared and not os.environ.get("ICT_STORAGE"):
+    if old is None and shared and not is_uri(shared) and not os.environ.get("ICT_STORAGE"):
         old = shared if Path(shared).name == name else None  # experiments recorded before experiment_dir
-    if old and Path(old) != exp_dir and (shared == old or "://" not in shared and Path(shared).is_relative_to(old)):
+    if old and not _same_place(old, exp_dir) and (shared == old or not is_uri(shared) and not is_uri(old)
+                                                  and Path(shared).is_relative_to(old)):
         raise SearchError(f"--resume: {exp_dir} was created as {old} and has been moved or copied since; its saved "
                           f"search state names the old folder, so resuming here would train into that one. Resume "
                           f"it where it was created (move it back to {old}), or start a new search with --name "
                           f"(its tables and run folders stay readable where they are)")
 
 
-def _default_shared(exp_dir: Path, name: str) -> str:
+def _default_shared(exp: ExperimentFolder, name: str) -> str:
+    if exp.is_uri:  # everything of the search under one URI
+        return exp.location
     shared = os.environ.get("ICT_STORAGE", "").rstrip("/")
-    return f"{shared}/{name}" if shared else str(exp_dir)
+    return f"{shared}/{name}" if shared else str(exp.dir)
 
 
 # ---- plan identity (--resume refuses a changed plan unless --extend) ---------------------------------
@@ -363,7 +384,10 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     `max_concurrent` overrides the space's concurrency, `address` names a Ray cluster (default: a local one).
     `ray_storage` is the experiment's shared storage, which every node must see: run folders go to its `runs/`,
     Ray's state to its `ray/`. Default: the experiment folder, or $ICT_STORAGE/NAME when that is set (cluster.yaml
-    sets it to s3). The Parquet tables are always written by the driver into the local experiment folder.
+    sets it to s3). `storage` may be a URI (s3://...): then the experiment folder, its shared storage included, is
+    STORAGE/NAME there; the driver writes the tables, ledgers and experiment.json into a local copy and pushes each
+    write to it (tune/store.ExperimentFolder), and a resume reads them back from it. The returned folder is the
+    local copy; experiment.json's `experiment_dir` names the URI.
     A resumed search refuses a changed plan unless `extend`: then changed strata run again under a new
     searcher that is told what the stratum already measured, up to the new number of configurations.
     `ray_train` sends one-worker CPU trials through Ray Train too. A run whose run_key is already finished in
@@ -375,20 +399,27 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     if max_concurrent is not None:
         plan.max_concurrent = int(max_concurrent)
     name = name or f"{plan.space}-{budget}"
-    exp_dir = Path(storage or DEFAULT_STORAGE).expanduser().resolve() / name
-    info_path = exp_dir / "experiment.json"
-    if info_path.exists() and not resume:
-        raise SearchError(f"experiment {exp_dir} exists; pass --resume to continue it or --name for a new one")
-    if resume and not info_path.exists():
-        raise SearchError(f"--resume: no experiment at {exp_dir} (no experiment.json); check --storage and --name")
+    storage = str(storage or DEFAULT_STORAGE)
+    try:
+        check_storage(storage, "--storage")
+        exp = ExperimentFolder(join(storage, name) if is_uri(storage) else Path(storage).expanduser().resolve() / name)
+        found = exp.exists("experiment.json")
+    except StoreError as err:
+        raise SearchError(str(err)) from None
+    exp_dir, info_path = exp.dir, exp.dir / "experiment.json"
+    if found and not resume:
+        raise SearchError(f"experiment {exp} exists; pass --resume to continue it or --name for a new one")
+    if resume and not found:
+        raise SearchError(f"--resume: no experiment at {exp} (no experiment.json); check --storage and --name")
+    exp.pull()  # a URI experiment: the local copy becomes what storage holds (nothing left of an older copy)
     info = json.loads(info_path.read_text()) if resume else {}
     if info and info.get("space") != plan.space:
-        raise SearchError(f"--resume: {exp_dir} holds space {info.get('space')!r}, not {plan.space!r}")
-    _check_not_moved(info, exp_dir, name)
+        raise SearchError(f"--resume: {exp} holds space {info.get('space')!r}, not {plan.space!r}")
+    _check_not_moved(info, exp.location, name)
     hashes = plan_hashes(plan)
     changed = _plan_changes(info.get("plan_hash", {}), hashes) if info.get("plan_hash") else []
     if changed and not extend:
-        raise SearchError(f"--resume: the plan differs from the one {exp_dir} was started with ({'; '.join(changed)}); "
+        raise SearchError(f"--resume: the plan differs from the one {exp} was started with ({'; '.join(changed)}); "
                           "resume with the same --budget, --num-samples and --set, or pass --extend to search the "
                           "changed strata further")
 
@@ -415,16 +446,16 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
         old_hashes = info.get("plan_hash", {}).get("strata", {})
         done_strata = [s for s in info.get("done_strata", []) if old_hashes.get(s) in (None, hashes["strata"].get(s))]
         tune_names = dict(info.get("tune_names", {}))
-        shared = (ray_storage or info.get("shared_storage") or _default_shared(exp_dir, name)).rstrip("/")
-        info = {"experiment": name, "experiment_dir": str(exp_dir), "space": plan.space, "budget": budget,
+        shared = (ray_storage or info.get("shared_storage") or _default_shared(exp, name)).rstrip("/")
+        info = {"experiment": name, "experiment_dir": exp.location, "space": plan.space, "budget": budget,
                 "plan": plan.to_dict(),
                 "plan_hash": hashes, "resources": res, "provenance": info.get("provenance") or _provenance(),
                 "done_strata": done_strata, "tune_names": tune_names, "shared_storage": shared,
                 **({"design": info["design"]} if info.get("design") else {}),
                 "runs": f"{shared}/{RUNS_DIR}", "status": RUNNING}
         exp_dir.mkdir(parents=True, exist_ok=True)
-        _write_experiment(exp_dir, info)
-        say(format_plan(plan, res, exp_dir))
+        _write_experiment(exp, info)
+        say(format_plan(plan, res, exp))
         ray_dir, runs_root = f"{shared}/ray", f"{shared}/{RUNS_DIR}"
         failed = []
         for stratum in plan.strata:
@@ -438,7 +469,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 tune_name = f"{stratum.name}-{stratum_hash[:8]}"
             tune_names[stratum.name] = tune_name
             info["tune_names"] = tune_names
-            _write_experiment(exp_dir, info)
+            _write_experiment(exp, info)
             trainable = rt.with_resources(
                 rt.with_parameters(ict_trial, stratum={"name": stratum.name, "fixed": stratum.fixed},
                                    seeds=plan.seeds, metric=plan.metric, runs_root=runs_root,
@@ -467,7 +498,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 stratum_info = {"name": stratum.name, "fixed": stratum.fixed}
                 planned = samples if plan.algorithm != "grid" else len(param_space["variant"]["grid_search"])
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, plan.seeds, runs_root,
-                                             ledger=tune_name, planned=planned),
+                                             ledger=tune_name, planned=planned,
+                                             experiment_uri=exp.location if exp.is_uri else None),
                              ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
                                               total=planned, quiet=quiet)]
                 tuner = rt.Tuner(
@@ -480,10 +512,11 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                                             verbose=0, failure_config=rt.FailureConfig(max_failures=0),
                                             log_to_file=True))
             tuner.fit()
+            exp.push()
             outcome = _stratum_outcome(exp_dir, tune_name)
             if outcome["interrupted"]:
                 info.update(status=INTERRUPTED, interrupted_stratum=stratum.name)
-                _write_experiment(exp_dir, info)
+                _write_experiment(exp, info)
                 say(f"stratum {stratum.name}: interrupted, {outcome['ended']} of {outcome['planned']} trial(s) "
                     f"ended; continue with --resume")
                 return exp_dir
@@ -494,7 +527,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 continue
             done_strata.append(stratum.name)
             info["done_strata"] = done_strata
-            _write_experiment(exp_dir, info)
+            _write_experiment(exp, info)
         info["done_strata"] = done_strata
         if not failed and plan.design is not None and plan.claims:
             def fresh_index():
@@ -513,11 +546,11 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                     res["trial"])
 
             share = len(plan.claims) / max(family or len(plan.claims), len(plan.claims))
-            ended = _design_rounds(plan, exp_dir, name, info, res, runs_root, ray_dir, make_trainable, say, quiet,
+            ended = _design_rounds(plan, exp, name, info, res, runs_root, ray_dir, make_trainable, say, quiet,
                                    share)
             if ended == INTERRUPTED:
                 info.update(status=INTERRUPTED)
-                _write_experiment(exp_dir, info)
+                _write_experiment(exp, info)
                 return exp_dir
             if ended == ERRORED:
                 failed.append(info["design"]["pending"]["strata"][0])
@@ -525,10 +558,10 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
             info.update(status=SEARCH_FAILED, failed_strata=failed, first_error=_first_error(exp_dir, failed))
         else:
             info.update(status=SEARCH_FINISHED, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        _write_experiment(exp_dir, info)
+        _write_experiment(exp, info)
     except KeyboardInterrupt:
         info.update(status=INTERRUPTED)
-        _write_experiment(exp_dir, info)
+        _write_experiment(exp, info)
         raise
     finally:
         if started:
@@ -536,7 +569,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     return exp_dir
 
 
-def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, runs_root: str, ray_dir: str,
+def _design_rounds(plan: Plan, exp: ExperimentFolder, name: str, info: dict, res: dict, runs_root: str, ray_dir: str,
                    make_trainable, say, quiet: bool, share: float = 1.0) -> str:
     """The design's later rounds (tune/designer.py, tune/rounds.py): test every declared claim on the runs so far
     (Holm over the claims, group-sequential per claim), then train only the arms of the claims still open, up to
@@ -553,6 +586,7 @@ def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, 
     from tune.progress import ParquetCallback, ProgressCallback
     from tune.rounds import UNTESTABLE, claim_arms, claim_data, signatures, verdict_record
 
+    exp_dir = exp.dir
     design = plan.design
     state = info.setdefault("design", {})
     state.setdefault("looks", {})
@@ -585,7 +619,7 @@ def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, 
             grow = {k: t for k, t in targets.items() if t > seeds_now[k]}
             if not grow:
                 info["design"] = state
-                _write_experiment(exp_dir, info)
+                _write_experiment(exp, info)
                 return "finished"
             by_name = {c.name: c for c in plan.claims}
             jobs: dict = {}
@@ -605,7 +639,7 @@ def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, 
                        "strata": sorted({j["stratum"] for j in jobs.values()})}
             state["pending"] = pending
             info["design"] = state
-            _write_experiment(exp_dir, info)
+            _write_experiment(exp, info)
         groups: dict = {}
         for job in pending["jobs"]:
             groups.setdefault((job["stratum"], int(job["target"])), []).append(job["overrides"])
@@ -620,7 +654,8 @@ def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, 
             else:
                 stratum_info = {"name": stratum.name, "fixed": stratum.fixed}
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, target, runs_root,
-                                             ledger=tune_name, planned=len(variants)),
+                                             ledger=tune_name, planned=len(variants),
+                                             experiment_uri=exp.location if exp.is_uri else None),
                              ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
                                               total=len(variants), quiet=quiet)]
                 tuner = rt.Tuner(
@@ -641,7 +676,7 @@ def _design_rounds(plan: Plan, exp_dir: Path, name: str, info: dict, res: dict, 
         state["round"] = pending["round"]
         state["pending"] = None
         info["design"] = state
-        _write_experiment(exp_dir, info)
+        _write_experiment(exp, info)
 
 
 def _first_error(exp_dir: Path, strata: list[str]) -> str | None:
@@ -655,18 +690,21 @@ def _first_error(exp_dir: Path, strata: list[str]) -> str | None:
     return None if rows.empty else str(rows["error"].iloc[0])
 
 
-def print_summary(exp_dir: Path, metric: str, mode: str) -> None:
+def print_summary(exp_dir: Path, metric: str, mode: str, location: str | None = None) -> None:
+    """The end of a search: where its tables are (`location`: the URI of an experiment in storage) and the best
+    configuration per stratum."""
     import pandas as pd
 
     from tune.progress import summary_lines
 
     trials = exp_dir / TRIALS_FILE
-    print(f"\ntrials: {trials}\nevals:  {exp_dir / EVALS_FILE}")
-    print(f"read:   python -c \"import pandas as pd; print(pd.read_parquet('{trials}'))\"")
+    where = location or str(exp_dir)
+    print(f"\ntrials: {join(where, TRIALS_FILE)}\nevals:  {join(where, EVALS_FILE)}")
+    print(f"read:   python -c \"import pandas as pd; print(pd.read_parquet('{join(where, TRIALS_FILE)}'))\"")
     if trials.exists():
         for line in summary_lines(pd.read_parquet(trials), metric, mode):
             print(line)
-    print(f"report: python analysis/report.py {exp_dir}")
+    print(f"report: python analysis/report.py {where}")
 
 
 # ---- CLI --------------------------------------------------------------------------------------
@@ -678,7 +716,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="configurations per stratum (default: the budget's)")
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default 0)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="results folder (default ./results)")
+    p.add_argument("--storage", default=os.environ.get("ICT_STORAGE") or DEFAULT_STORAGE,
+                   help="where experiments go: a folder or a URI such as s3://BUCKET/PREFIX (then the tables, "
+                        "run folders and Ray's state all go there; a resume reads them back from it) "
+                        "(default $ICT_STORAGE when set, else ./results)")
     p.add_argument("--ray-storage", default=None,
                    help="the experiment's shared storage (run folders in runs/, Ray's state in ray/); must be seen "
                         "by every node, e.g. s3://BUCKET/ict/NAME (default: the experiment folder, or "
@@ -718,7 +759,13 @@ def main(argv=None) -> int:
             raise SearchError("--space is required (a shipped name or a .yaml path); see --list-spaces")
         extra = parse_overrides(args.set)
         strata = [s for s in (args.strata or "").split(",") if s]
-        check_writable_folder(args.storage, "--storage")
+        if is_uri(args.storage):
+            try:
+                check_storage(args.storage, "--storage")
+            except StoreError as err:
+                raise SearchError(str(err)) from None
+        else:
+            check_writable_folder(args.storage, "--storage")
         if args.dry_run:
             plan = resolve_plan(args.space, args.budget, args.num_samples, extra, strata)
             check_plan_paths(plan)
@@ -726,8 +773,8 @@ def main(argv=None) -> int:
                 plan.max_concurrent = args.max_concurrent
             name = args.name or f"{plan.space}-{args.budget}"
             res = resources(plan, args.workers_per_trial, args.gpus_per_worker, None, args.ray_train)
-            exp_dir = Path(args.storage).expanduser().resolve() / name
-            print(format_plan(plan, res, exp_dir))
+            exp_dir = None if is_uri(args.storage) else Path(args.storage).expanduser().resolve() / name
+            print(format_plan(plan, res, join(args.storage, name) if exp_dir is None else exp_dir))
             print("\n".join(plan_power(plan, args.pilot, exp_dir)))
             return 0
         exp_dir = run_search(args.space, args.budget, args.num_samples, args.storage, args.name, args.resume,
@@ -741,15 +788,15 @@ def main(argv=None) -> int:
         print(f"\ninterrupted; continue with: {_resume_command(argv)}", file=sys.stderr)
         return 130
     plan = load_space(args.space)
-    print_summary(exp_dir, plan.metric, plan.mode)
     info = json.loads((exp_dir / "experiment.json").read_text())
+    print_summary(exp_dir, plan.metric, plan.mode, info.get("experiment_dir"))
     if info.get("status") == INTERRUPTED:
         print(f"interrupted; continue with: {_resume_command(argv)}", file=sys.stderr)
         return 130
     if info.get("status") == SEARCH_FAILED:
         first = (info.get("first_error") or "unknown error").strip().splitlines()[0]
         print(f"error: trials errored in stratum(s) {', '.join(info.get('failed_strata', []))}; the first error:\n"
-              f"  {first}\n(the whole traceback is in the error column of {exp_dir / TRIALS_FILE}, the "
+              f"  {first}\n(the whole traceback is in the error column of {join(str(info.get('experiment_dir') or exp_dir), TRIALS_FILE)}, the "
               f"trial's output in its runs/<stratum>/<trial_id>/stderr.log)\nfix it, then retry the errored trials "
               f"with: {_resume_command(argv)}", file=sys.stderr)
         return 1

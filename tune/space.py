@@ -50,6 +50,7 @@ from ict_core.cli import BadInput
 from ict_core.config import (ConfigError, all_keys, coerce, in_range, is_named_value, load_config, one_of,
                               parse_record, preset_overrides, resolve_named_value)
 from ict_core.records import SEARCH_METRICS
+from tune.store import INPUT_KEYS, absolute_input
 
 SPACE_DIR = Path(__file__).parent / "spaces"
 BUDGET_DIR = Path(__file__).parent / "budgets"
@@ -609,6 +610,9 @@ class Space:
                 if key in stratum_fixed:
                     raise self.error(f"strata[{i}].fixed.{key}", "is a searched param and cannot be fixed")
             fixed = {**preset, **self.fixed, **budget_fixed, **stratum_fixed, **extra}
+            # Inputs resolved here, on the driver: a trial's working directory is not the driver's (and on a
+            # cluster not even its machine), so a relative path would name another folder there.
+            fixed.update({k: absolute_input(fixed[k]) for k in INPUT_KEYS if fixed.get(k)})
             data_name = fixed.get("data.name", "digits")
             if data_name in NEEDS_PATH and not fixed.get("data.path"):
                 if raw["optional"]:

@@ -1,7 +1,7 @@
 """The Ray Tune trial: one configuration of a search, trained once per seed, each seed into its own run folder.
 
 Seeds run one after the other inside the trial, each into `RUNS_ROOT/<stratum>/<trial_id>/seed_<seed>` in the
-experiment's storage (tune/storage.py). A one-worker CPU trial runs ict_core.trainer.train in the trial process
+experiment's storage (tune/store.py). A one-worker CPU trial runs ict_core.trainer.train in the trial process
 itself (a TorchTrainer costs ~20 s of start-up per trial, docs/ARCHITECTURE.md, Trial resources); multi-worker,
 GPU or `ray_train=True` trials hand each seed to tune.ray_train.run_ray_train. Both paths report the same few keys
 to Tune, built by `tune_result`, and nothing else: the driver builds every Parquet row from the run folders (tune/results.py).
@@ -31,7 +31,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ict_core.config import load_config, resolve_config
 from ict_core import rundir
 from ict_core.records import COMPLETED, DIVERGED, RUNNING
-from tune.storage import FINISHED, RunStore, seed_folder, trial_folder
+from tune.store import FINISHED, Store, localize_inputs, seed_folder, trial_folder
 
 
 def _num(value):
@@ -97,7 +97,7 @@ def node_file(rel: str) -> str:
     return f"{rel}.node.json"
 
 
-def _write_node(store: RunStore, rel: str) -> None:
+def _write_node(store: Store, rel: str) -> None:
     import json
     import os
     import socket
@@ -116,13 +116,13 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
               workers: int = 1, gpus_per_worker: float = 0.0, ray_train: bool = False,
               ray_storage: str | None = None, reuse: dict | None = None) -> None:
     """Tune function trainable. `stratum` is a plan stratum as a dict (name, fixed, ...); `runs_root` is where run
-    folders go (tune/storage.py); `ray_storage` holds the Ray Train runs' own state when `ray_train`. `reuse` is
+    folders go (tune/store.py); `ray_storage` holds the Ray Train runs' own state when `ray_train`. `reuse` is
     tune/reuse.reuse_index: a seed whose run_key is in it is copied from there, not trained."""
     from ray import tune as rt
 
     ray_train = ray_train or workers > 1 or gpus_per_worker > 0
     trial_id = rt.get_context().get_trial_id()
-    store = RunStore(runs_root)
+    store = Store(runs_root)
     base_cfg = load_config(overrides=trial_overrides(stratum["fixed"], config, cpus_per_trial, not ray_train))
     total_steps = base_cfg.train.total_steps
     seed_list = [base_cfg.train.seed + i for i in range(seeds)]
@@ -138,7 +138,7 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
                 if source is not None:
                     from tune.reuse import copy_run
 
-                    summary = copy_run(source, store.local_dir(rel))
+                    summary = copy_run(source, Path(store.uri(rel)))
                     rt.report({**tune_result({**summary, "evaluated": True}, seed_index=index, seed=seed,
                                              total_steps=total_steps, metric=metric)})
                     summaries.append(summary)
@@ -148,12 +148,14 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
                     summary = _seed_ray_train(cfg, store, rel, send, workers, gpus_per_worker, cpus_per_trial,
                                               ray_storage or runs_root, f"{stratum['name']}-{trial_id}-seed{seed}")
                 else:
-                    summary = _seed_in_process(cfg, store, rel, send)
+                    # Inputs under a URI (data.path, eval.inception_path) are read from this node's cache; Ray
+                    # Train fetches them on each worker's node.
+                    summary = _seed_in_process(localize_inputs(cfg), store, rel, send)
             summaries.append(summary)
         rt.report(final_result(summaries, seed_list, total_steps, metric))
 
 
-def _reusable(cfg, seed: int, reuse: dict | None, store: RunStore) -> dict | None:
+def _reusable(cfg, seed: int, reuse: dict | None, store: Store) -> dict | None:
     """The index entry of a finished run with this seed's run_key, if any (local stores only)."""
     if not reuse or store.is_uri:
         return None
@@ -164,19 +166,22 @@ def _reusable(cfg, seed: int, reuse: dict | None, store: RunStore) -> dict | Non
     return reuse.get(run_key({k: v for k, v in flat.items() if k not in NOT_TRAINED}, seed))
 
 
-def _seed_in_process(cfg, store: RunStore, rel: str, send) -> dict:
+def _seed_in_process(cfg, store: Store, rel: str, send) -> dict:
     from ray import tune as rt
 
     from ict_core.trainer import train
 
-    local = store.local_dir(rel)
+    sync = store.working_copy(rel)  # what an earlier attempt stored, checkpoints included
+    local = sync.local
     resume = _has_checkpoint(local)
     if not resume and local.exists():
         shutil.rmtree(local)  # a start that wrote files but no checkpoint: begin again, cleanly
+        if store.is_uri:
+            store.remove(rel)
     _write_node(store, rel)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        store.push(rel, local)
+        sync.push()  # only what changed since the last report; pruned checkpoints leave storage too
         if metrics.get("evaluated", True) or metrics.get("status") != RUNNING:
             rt.report(send(metrics))
 
@@ -184,7 +189,7 @@ def _seed_in_process(cfg, store: RunStore, rel: str, send) -> dict:
     try:
         summary = train(cfg, report=report, run_dir=local, resume_from=local if resume else None)
     finally:
-        store.push(rel, local)
+        sync.push()
     summary.setdefault("wall_s", time.time() - t0)
     return summary
 
@@ -203,12 +208,12 @@ class TrialReportCallback(TuneReportCallback):
             self._training_actor_item_queue.put(self._send(row))
 
 
-def _seed_ray_train(cfg, store: RunStore, rel: str, send, workers: int, gpus_per_worker: float,
+def _seed_ray_train(cfg, store: Store, rel: str, send, workers: int, gpus_per_worker: float,
                     cpus_per_worker: float, ray_storage: str, name: str) -> dict:
     """One seed through Ray Train (tune.ray_train.run_ray_train) into the same run folder layout."""
     from tune.ray_train import run_ray_train
 
-    kwargs = {"run_uri": store.uri(rel)} if store.is_uri else {"run_dir": str(store.local_dir(rel))}
+    kwargs = {"run_uri": store.uri(rel)} if store.is_uri else {"run_dir": store.uri(rel)}
     summary = run_ray_train(cfg, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                             storage=ray_storage, name=name.replace("/", "_"), resume="auto",
                             callbacks=[TrialReportCallback(send)], **kwargs)
