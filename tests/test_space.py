@@ -150,7 +150,7 @@ def test_cli_errors_exit_2_without_traceback_and_dry_run_starts_no_ray(tmp_path,
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
     proc = subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--space", str(good), "--dry-run",
-                           "--storage", str(tmp_path), "--set", "train.batch_size=16"],
+                           "--no-timing", "--storage", str(tmp_path), "--set", "train.batch_size=16"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "loss.huber_c" in proc.stdout and "train.batch_size=16" in proc.stdout

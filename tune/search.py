@@ -23,12 +23,13 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 import zlib
 from pathlib import Path
 
-from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder
+from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder, command
 from ict_core.config import load_config, parse_overrides
 from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
                               TRIALS_FILE)
@@ -372,7 +373,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     from ray import tune as rt
 
     from tune.progress import ParquetCallback, ProgressCallback
-    from tune.trial import ict_trial
+    from tune.trial import graceful, ict_trial
 
     def say(text: str) -> None:
         if not quiet:
@@ -407,11 +408,11 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
             tune_names[stratum.name] = tune_name
             info["tune_names"] = tune_names
             _write_experiment(exp_dir, info)
-            trainable = rt.with_resources(
+            trainable = rt.with_resources(graceful(
                 rt.with_parameters(ict_trial, stratum={"name": stratum.name, "fixed": stratum.fixed},
                                    seeds=plan.seeds, metric=plan.metric, runs_root=runs_root,
                                    cpus_per_trial=res["cpus_per_trial"], workers=workers_per_trial,
-                                   gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir),
+                                   gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir)),
                 res["trial"])
             path = f"{ray_dir}/{tune_name}"
             if resume and rt.Tuner.can_restore(path):
@@ -495,12 +496,16 @@ def print_summary(exp_dir: Path, metric: str, mode: str) -> None:
     from tune.progress import summary_lines
 
     trials = exp_dir / TRIALS_FILE
-    print(f"\ntrials: {trials}\nevals:  {exp_dir / EVALS_FILE}")
-    print(f"read:   python -c \"import pandas as pd; print(pd.read_parquet('{trials}'))\"")
-    if trials.exists():
-        for line in summary_lines(pd.read_parquet(trials), metric, mode):
-            print(line)
-    print(f"report: python analysis/report.py {exp_dir}")
+    if not trials.exists():  # interrupted before any run was recorded: point at nothing that is not there
+        print(f"\nno run recorded yet in {exp_dir} ({TRIALS_FILE} is written when the first run ends)")
+        return
+    print(f"\ntrials: {trials}" + (f"\nevals:  {exp_dir / EVALS_FILE}" if (exp_dir / EVALS_FILE).exists() else ""))
+    code = f"import pandas as pd; print(pd.read_parquet({str(trials)!r}))"
+    print(f"read:   {shlex.quote(sys.executable)} -c {shlex.quote(code)}")
+    for line in summary_lines(pd.read_parquet(trials), metric, mode):
+        print(line)
+    print(f"report: {command('ict-report', shlex.quote(str(REPO_ROOT / 'analysis' / 'report.py')))} "
+          f"{shlex.quote(str(exp_dir))}")
 
 
 # ---- CLI --------------------------------------------------------------------------------------
@@ -524,7 +529,10 @@ def _parser() -> argparse.ArgumentParser:
                         "strata further, telling the searcher what they already measured")
     p.add_argument("--ray-train", action="store_true",
                    help="run every trial's seeds through Ray Train, even with one CPU worker (the GPU path)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit without Ray")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan and its compute (runs, steps, images, and the time a few real "
+                        "training steps measured here give) and exit without Ray")
+    p.add_argument("--no-timing", action="store_true", help="with --dry-run: count runs and images, time no steps")
     p.add_argument("--list-spaces", action="store_true", help="list the shipped spaces and exit")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a dotted config override for every trial, e.g. --set data.path=/data/cifar (repeatable)")
@@ -555,6 +563,10 @@ def main(argv=None) -> int:
             name = args.name or f"{plan.space}-{args.budget}"
             res = resources(plan, args.workers_per_trial, args.gpus_per_worker, None, args.ray_train)
             print(format_plan(plan, res, Path(args.storage).expanduser().resolve() / name))
+            from tune.campaign import compute_lines, total_line  # the campaign's estimate, for one search
+
+            lines, total = compute_lines(plan, res, {}, measure=not args.no_timing)
+            print("\n".join(lines + [total_line(f"search: {len(plan.strata)} stratum(s)", total)]))
             return 0
         exp_dir = run_search(args.space, args.budget, args.num_samples, args.storage, args.name, args.resume,
                              args.workers_per_trial, args.gpus_per_worker, extra=extra, strata=strata,
@@ -585,7 +597,12 @@ def _resume_command(argv) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--resume" not in args:
         args.append("--resume")
-    return "python tune/search.py " + " ".join(args)
+    return f"{search_command()} " + " ".join(shlex.quote(a) for a in args)
+
+
+def search_command() -> str:
+    """ict-search as a printed hint gives it: a command that works from any folder (ict_core.cli.command)."""
+    return command("ict-search", shlex.quote(str(REPO_ROOT / "tune" / "search.py")))
 
 
 if __name__ == "__main__":

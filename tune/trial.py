@@ -30,8 +30,12 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from ict_core.config import load_config, resolve_config
 from ict_core import rundir
-from ict_core.records import COMPLETED, DIVERGED, RUNNING
+from ict_core.records import COMPLETED, DIVERGED, INTERRUPTED, RUNNING
+from ict_core.stop import StopRequest
 from tune.storage import FINISHED, RunStore, seed_folder, trial_folder
+
+
+STOP_GRACE_S = 4.0  # how long a stopping trial waits for its checkpoint (Tune force-kills after about 5 s)
 
 
 def _num(value):
@@ -139,8 +143,60 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
                                               ray_storage or runs_root, f"{stratum['name']}-{trial_id}-seed{seed}")
                 else:
                     summary = _seed_in_process(cfg, store, rel, send)
+            if summary.get("status") == INTERRUPTED:  # Tune stopped the trial: the seed's checkpoint is written
+                return
             summaries.append(summary)
         rt.report(final_result(summaries, seed_list, total_steps, metric))
+
+
+class SessionStop(StopRequest):
+    """The trainer's stop request, set when Tune asks this trial to stop (its session's stop_event: a Ctrl-C of the
+    search driver, or the end of the experiment). The loop then writes a checkpoint after the current step, so a
+    resumed search continues the seed from there rather than from its last evaluation."""
+
+    def __init__(self, event):
+        self._event, self._own = event, None
+        super().__init__()
+
+    @property
+    def signal(self) -> str | None:
+        return self._own or ("a stop of the search" if self._event is not None and self._event.is_set() else None)
+
+    @signal.setter
+    def signal(self, value) -> None:
+        self._own = value
+
+
+def _session_stop_event():
+    """The threading.Event Tune sets to stop this trial's function (None outside a Tune trial)."""
+    try:
+        from ray.train._internal.session import get_session
+    except ImportError:
+        return None
+    session = get_session()
+    return getattr(session, "stop_event", None)
+
+
+def graceful(trainable_fn, grace_s: float = STOP_GRACE_S):
+    """Tune's function trainable of `trainable_fn` (rt.with_parameters of ict_trial), whose stop waits up to
+    `grace_s` for the training thread to write its checkpoint: Tune's own stop does not wait for the thread, and
+    the actor would end before the checkpoint is on disk. Tune gives a stopping trial about 5 s."""
+    from ray.train._internal.session import get_session
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    base = wrap_function(trainable_fn)
+
+    class GracefulTrial(base):
+        def cleanup(self):
+            session = get_session()
+            if session is not None and session.training_started and session.training_thread.is_alive():
+                session.stop_event.set()
+                session.continue_lock.release()  # a thread waiting in report() goes on and sees the stop
+                session.training_thread.join(timeout=grace_s)
+            super().cleanup()
+
+    GracefulTrial.__name__ = GracefulTrial.__qualname__ = base.__name__
+    return GracefulTrial
 
 
 def _seed_in_process(cfg, store: RunStore, rel: str, send) -> dict:
@@ -161,7 +217,8 @@ def _seed_in_process(cfg, store: RunStore, rel: str, send) -> dict:
 
     t0 = time.time()
     try:
-        summary = train(cfg, report=report, run_dir=local, resume_from=local if resume else None)
+        summary = train(cfg, report=report, run_dir=local, resume_from=local if resume else None,
+                        stop=SessionStop(_session_stop_event()))
     finally:
         store.push(rel, local)
     summary.setdefault("wall_s", time.time() - t0)
