@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 SPACE = """name: interrupt
 fixed: {{data.name: digits, network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,
-        train.total_steps: {steps}, train.batch_size: 32, optim.lr: 1.0e-3, train.ema_rate: 0.9,
+        train.total_steps: {steps}, train.batch_size: 16, optim.lr: 1.0e-3, train.ema_rate: 0.9,
         train.log_every: 10, eval.every: 0, eval.num_samples: 100, eval.grid: false, eval.cache_dir: "{cache}"}}
 params:
   loss.huber_c: {{type: grid, values: [0.01]}}
@@ -33,7 +33,7 @@ seeds: 1
 
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_the_running_trial_and_resume_continues_it_from_there(tmp_path):
-    steps = 1500
+    steps = 300
     space = tmp_path / "interrupt.yaml"
     space.write_text(SPACE.format(steps=steps, cache=tmp_path / "featnet-cache"))
     storage = tmp_path / "results"

@@ -373,7 +373,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     from ray import tune as rt
 
     from tune.progress import ParquetCallback, ProgressCallback
-    from tune.trial import graceful, ict_trial
+    from tune.storage import RunStore
+    from tune.trial import StopTrialsOnInterrupt, ict_trial
 
     def say(text: str) -> None:
         if not quiet:
@@ -408,11 +409,11 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
             tune_names[stratum.name] = tune_name
             info["tune_names"] = tune_names
             _write_experiment(exp_dir, info)
-            trainable = rt.with_resources(graceful(
+            trainable = rt.with_resources(
                 rt.with_parameters(ict_trial, stratum={"name": stratum.name, "fixed": stratum.fixed},
                                    seeds=plan.seeds, metric=plan.metric, runs_root=runs_root,
                                    cpus_per_trial=res["cpus_per_trial"], workers=workers_per_trial,
-                                   gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir)),
+                                   gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir),
                 res["trial"])
             path = f"{ray_dir}/{tune_name}"
             if resume and rt.Tuner.can_restore(path):
@@ -447,9 +448,10 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                     run_config=rt.RunConfig(name=tune_name, storage_path=ray_dir, callbacks=callbacks,
                                             verbose=0, failure_config=rt.FailureConfig(max_failures=0),
                                             log_to_file=True))
-            tuner.fit()
+            with StopTrialsOnInterrupt(RunStore(runs_root), stratum.name, say=say) as guard:
+                tuner.fit()
             outcome = _stratum_outcome(exp_dir, tune_name)
-            if outcome["interrupted"]:
+            if outcome["interrupted"] or guard.interrupted:
                 info.update(status=INTERRUPTED, interrupted_stratum=stratum.name)
                 _write_experiment(exp_dir, info)
                 say(f"stratum {stratum.name}: interrupted, {outcome['ended']} of {outcome['planned']} trial(s) "
