@@ -92,7 +92,7 @@ class Report:
         self.unanswered: list[str] = []
         self.sections: list[str] = []
         self.files: list[Path] = []
-        self.best = pd.DataFrame()  # best run per experiment and data set (searched_section)
+        self.best = pd.DataFrame()  # best run per experiment and stratum (searched_section)
 
     def csv(self, df: pd.DataFrame, name: str) -> str:
         name = self.prefix + name
@@ -176,7 +176,7 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         "excluded": ", ".join(cs.fit.excluded), "b_contains_0.5": cs.fit.b_contains_paper}])
     files = [rep.csv(per, "c_scaling_per_dataset.csv"), rep.csv(cs.curves, "c_scaling_curves.csv"),
              rep.csv(fit_df, "c_scaling_fit.csv")]
-    png = rep.png(plots.plot_c_scaling(cs), "c_scaling.png")
+    png = rep.png(plots.plot_c_scaling(cs, level=level), "c_scaling.png")
     rep.sections.append(
         "## Q1: best Pseudo-Huber c against dimension\n\n"
         f"Per data set the best tested c is the lowest mean {metric} among values where no run diverged; it needs "
@@ -248,7 +248,7 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     rep.answers.append(sentence)
     files = [rep.csv(dr.best, "dropout_best.csv"), rep.csv(dr.difference, "dropout_difference.csv"),
              rep.csv(ev, "dropout_evidence.csv"), rep.csv(dr.trends, "dropout_trends.csv")]
-    png = rep.png(plots.plot_dropout(dr), "dropout.png")
+    png = rep.png(plots.plot_dropout(dr, level=level), "dropout.png")
     rep.sections.append(
         "## Q2: dropout for the consistency and the diffusion objective\n\n"
         "Best rate: as for c (best tested rate among rates without divergence, tested rates on both sides, vertex "
@@ -312,7 +312,7 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         parts.append((text, caveats(int(t["num_seeds"].min()), budgets)))
     rep.answers.append("Q3: " + joined(parts) + ".")
     files = [rep.csv(cr.ranking, "curriculum_ranking.csv")]
-    png = rep.png(plots.plot_curricula(cr), "curricula.png")
+    png = rep.png(plots.plot_curricula(cr, level=level), "curricula.png")
     rep.sections.append(
         "## Q3: curricula at equal compute\n\n"
         "FD of each run (pruned runs included, through their evaluations) interpolated at compute budgets every run "
@@ -374,9 +374,10 @@ def searched_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     png = rep.png(plots.plot_searched(trials, table, metric), "searched_keys.png") if not table.empty else None
     rep.sections.append(
         "## Metric against each searched key\n\n"
-        f"For every experiment and data set, each config key that varies: mean `{metric}` of the completed runs per "
-        "value (numeric keys with many values in quantile bins) with its Student-t interval over runs, diverged and "
-        "other unfinished runs counted, and the best run.\n\n"
+        f"For every experiment and stratum (each stratum is its own search, e.g. one objective), each key it "
+        f"searched (the plan's params; without a plan, each config key that varies): mean `{metric}` of the completed "
+        "runs per value (numeric keys with many values in quantile bins) with its Student-t interval over runs, "
+        "diverged and other unfinished runs counted, and the best run.\n\n"
         + _md_table(best) + "\n" + _md_table(table, max_rows=80) + "\n"
         + (f"![searched keys]({png})\n\n" if png else "") + "Tables: " + ", ".join(files) + "\n")
     rep.best = best
