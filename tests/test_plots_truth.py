@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-import synthetic
+from tests import synthetic
 from analysis import plots
 from analysis.c_scaling import estimate_c_star
 from analysis.load import load_trials
@@ -85,3 +85,28 @@ def test_searched_keys_keep_strata_apart_list_only_searched_keys_and_read_the_pl
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert len(panels) == 2 and all(ax.get_xscale() == "log" for ax in panels)  # 5x span, but searched log
     assert all("final_fd_se" in ax.get_legend_handles_labels()[1][0] for ax in panels)
+
+
+def test_the_report_opens_with_a_table_of_answers_built_from_the_estimates(tmp_path):
+    from analysis.report import write_report
+    from analysis.stats import fmt
+
+    cs = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    rows = (_c_rows("patches-8", cs, lambda c, s: 50 + 3 * (math.log10(c) + 2) ** 2 + s)
+            + _c_rows("patches-16", cs, lambda c, s: 80 + 3 * (math.log10(c) + 1) ** 2 + s))
+    synthetic.write_experiment(tmp_path / "c", rows)
+    (tmp_path / "c" / "experiment.json").write_text(json.dumps({"budget": "cpu"}))
+    text = write_report([tmp_path], out=tmp_path / "report", n_boot=50).read_text()
+    blocks = text.split("\n\n")
+    assert blocks[0] == "# iCT experiment report" and blocks[1].startswith("| question or claim | answer or verdict "
+                                                                           "| interval | seeds |")
+    table = blocks[1].splitlines()[2:]
+    per = pd.read_csv(tmp_path / "report" / "c_scaling_per_dataset.csv").set_index("dataset")
+    for dataset in ("patches-8", "patches-16"):
+        (row,) = [r for r in table if f"Q1 best Pseudo-Huber c, {dataset}" in r]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        r = per.loc[dataset]
+        assert cells[2] == f"[{fmt(r['c_lo'])}, {fmt(r['c_hi'])}]" and cells[3] == str(int(r["num_seeds"])) == "3"
+        assert cells[1].startswith(f"c* {fmt(r['c_star'])}")
+    assert any("no answer: 2 data set(s), a 2-parameter fit needs 3" in r for r in table)
+    assert blocks[2].startswith("Q1, the best Pseudo-Huber c")  # the prose follows the table
