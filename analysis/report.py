@@ -646,7 +646,11 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     counts_df = pd.DataFrame([{"status": k, "runs": v} for k, v in counts.items()])
     by_experiment = trials.groupby(["experiment", "status"]).size().unstack(fill_value=0).reset_index()
     rep.csv(by_experiment, "runs_by_status.csv")
-    own_space = not rep.answers
+    # A user's own space: no answer, and none of the questions' keys varies in its runs (it asks none of them).
+    question_keys = ["loss.huber_c", "network.dropout", "curriculum.shape", "curriculum.s0", "curriculum.s1",
+                     *(tables[0]["key"].dropna().astype(str) if "key" in tables[0] else [])]
+    own_space = not rep.answers and not any(
+        trials[k].nunique(dropna=False) > 1 for k in set(question_keys) if k in trials.columns)
     if rep.answers:
         first = " ".join(rep.answers)
     else:  # a user's own space: its table of answers is its best runs; no word on questions it does not ask
