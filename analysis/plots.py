@@ -242,7 +242,7 @@ def plot_ablations(table: pd.DataFrame) -> Figure:
                   fontsize=8)
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("FD(paper's choice) - FD(alternative)\n(Frechet distance; below 0 favours the paper)"
-                  + (f"\n{clipped} interval(s) cut at the axis (arrows), bounds written above" if clipped else ""))
+                  + (f"\n{clipped} interval(s) cut at the axis edge (arrows)" if clipped else ""))
     levels = sorted({float(v) for v in rows.get("level", pd.Series(dtype=float)).dropna()})
     level_text = (f"{_pct(levels[0])} interval" if len(levels) == 1 else
                   f"intervals at {', '.join(_pct(v) for v in levels)}" if levels else "interval")

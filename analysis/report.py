@@ -538,6 +538,15 @@ def _optimum_cells(bound: str, best: float, value: float, lo: float, hi: float, 
     return f"no {what}* located (best tested {fmt(best)})", "-"
 
 
+def _verdict(answer: str, row, low: str, high: str, lo: str, hi: str) -> str:
+    """`answer` prefixed "inconclusive: " for the sections' reasons (caveats): few seeds, a smoke budget, a
+    one-sided bound, an interval spanning the searched range."""
+    spans = row["bound"] == TWO_SIDED and row[lo] <= row[low] and row[hi] >= row[high]
+    reasons = caveats(int(row["num_seeds"]), row.get("budgets", ""), spans,
+                      [row["bound"] != TWO_SIDED and "not bracketed"])
+    return f"inconclusive: {answer}" if reasons else answer
+
+
 def answer_rows(rep: Report, ablations: pd.DataFrame, metric: str) -> list[dict]:
     """The table that opens the report, one row per answer, built from what the sections computed (not from
     their prose): question or claim, answer or verdict, interval, seeds. A space that asks none of the
@@ -547,6 +556,7 @@ def answer_rows(rep: Report, ablations: pd.DataFrame, metric: str) -> list[dict]
     if cs is not None:
         for _, r in cs.per_dataset.iterrows():
             answer, interval = _optimum_cells(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], "c")
+            answer = _verdict(answer, r, "c_min", "c_max", "c_lo", "c_hi")
             rows.append({"question or claim": f"Q1 best Pseudo-Huber c, {r['dataset']} (d={int(r['dim'])})",
                          "answer or verdict": answer, "interval": interval, "seeds": int(r["num_seeds"])})
         fit = cs.fit
@@ -563,6 +573,7 @@ def answer_rows(rep: Report, ablations: pd.DataFrame, metric: str) -> list[dict]
         for _, r in dr.best.iterrows():
             answer, interval = _optimum_cells(r["bound"], r["best_tested"], r["best_dropout"], r["lo"], r["hi"],
                                               "dropout")
+            answer = _verdict(answer, r, "p_min", "p_max", "lo", "hi")
             rows.append({"question or claim": f"Q2 best dropout, {r['objective']} objective, {r['dataset']}",
                          "answer or verdict": answer, "interval": interval, "seeds": int(r["num_seeds"])})
     final = rep.results.get("curriculum")

@@ -107,6 +107,7 @@ def test_the_report_opens_with_a_table_of_answers_built_from_the_estimates(tmp_p
         cells = [c.strip() for c in row.strip("|").split("|")]
         r = per.loc[dataset]
         assert cells[2] == f"[{fmt(r['c_lo'])}, {fmt(r['c_hi'])}]" and cells[3] == str(int(r["num_seeds"])) == "3"
-        assert cells[1].startswith(f"c* {fmt(r['c_star'])}")
+        spans = r["c_lo"] <= r["c_min"] and r["c_hi"] >= r["c_max"]
+        assert cells[1] == ("inconclusive: " if spans else "") + f"c* {fmt(r['c_star'])} (best tested {fmt(r['best_c'])})"
     assert any("no answer: 2 data set(s), a 2-parameter fit needs 3" in r for r in table)
     assert blocks[2].startswith("Q1, the best Pseudo-Huber c")  # the prose follows the table
