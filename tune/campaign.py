@@ -381,7 +381,8 @@ def main(argv=None) -> int:
         campaign_dir = run_campaign(args.budget, args.spaces, args.storage, args.name, args.resume,
                                     args.num_samples, extra, report=not args.no_report, address=args.address,
                                     command=command)
-        print(f"campaign: {campaign_dir}\nreport:   {campaign_dir / 'report' / 'report.md'}")
+        report_md = campaign_dir / "report" / "report.md"
+        print(f"campaign: {campaign_dir}" + (f"\nreport:   {report_md}" if report_md.exists() else ""))
         if args.export:
             try:
                 dest = export_findings(campaign_dir, Path(args.export).expanduser())
