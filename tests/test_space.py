@@ -122,6 +122,7 @@ def test_bad_space_files_name_the_file_key_and_value(tmp_path, text, needles):
 def test_a_budget_runs_only_the_strata_it_lists(tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text(GOOD.replace("smoke: {num_samples: 2,", "smoke: {num_samples: 2, strata: [small],")
+                    + "  cpu: {num_samples: 1}\n"
                     + "strata: [{name: small, fixed: {data.name: digits}},"
                       " {name: big, fixed: {data.name: patches, data.resolution: 32}}]\n")
     plan = load_space(path).plan("smoke")
