@@ -175,7 +175,7 @@ def compute_lines(plan, res: dict, timings: dict, measure: bool = True) -> tuple
                 try:
                     timings[key] = (measure_step_seconds(row["cfg"], res["cpus_per_trial"]), note)
                 except ConfigError as err:  # e.g. train.device=cuda on a machine without a GPU
-                    timings[key] = (float("nan"), f"not measured here ({err})")
+                    timings[key] = (float("nan"), f"not timed here ({err})")
             step_s, note = timings[key]
             if math.isfinite(step_s):
                 seconds = estimate_seconds(row, step_s, res["max_concurrent_trials"])
@@ -184,11 +184,11 @@ def compute_lines(plan, res: dict, timings: dict, measure: bool = True) -> tuple
                 total["seconds"] += seconds
                 total["timed"] += 1
             else:
-                line += f"; time {note}"
+                line += f"; {note}"
                 total["untimed"] += 1
         else:
             line += "; time not measured (--no-timing)"
-            total["untimed"] += 1
+            total["skipped"] = total.get("skipped", 0) + 1
         lines.append(line)
         total["runs"] += row["runs"]
         total["images"] += row["images"]
@@ -198,15 +198,16 @@ def compute_lines(plan, res: dict, timings: dict, measure: bool = True) -> tuple
 def total_line(what: str, total: dict) -> str:
     """The last line of a dry run: runs, images and the estimated time (or why there is none)."""
     timed = (f", about {hours_text(total['seconds'])} on this machine (training and evaluation; Ray start-up and "
-             f"feature-network training not counted)" if total.get("timed") else ", time not measured")
-    untimed = (f"; {total['untimed']} stratum(s) not timed" if total.get("untimed") and total.get("timed") else "")
-    return f"{what}, {total['runs']} runs, {total['images']:,} images{timed}{untimed}"
+             f"feature-network training not counted)" if total.get("timed") else "")
+    skipped = ", time not measured" if total.get("skipped") and not total.get("timed") else ""
+    untimed = f"; {total['untimed']} stratum(s) could not be timed here" if total.get("untimed") else ""
+    return f"{what}, {total['runs']} runs, {total['images']:,} images{timed}{skipped}{untimed}"
 
 
 def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print) -> dict:
     """Print each search's plan and its compute; returns the totals {runs, images, seconds}."""
     timings: dict[str, tuple[float, str]] = {}
-    total = {"runs": 0, "images": 0, "seconds": 0.0, "timed": 0, "untimed": 0}
+    total = {"runs": 0, "images": 0, "seconds": 0.0, "timed": 0, "untimed": 0, "skipped": 0}
     for space, plan in plans:
         res = resources(plan, 1, 0, None)
         out(f"==== {plan.space} ({plan.budget}) ====")
@@ -215,7 +216,7 @@ def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print) -> dict:
         for line in lines:
             out(line)
         for key in total:
-            total[key] += sub[key]
+            total[key] += sub.get(key, 0)
         out("")
     out(total_line(f"campaign: {len(plans)} search(es)", total))
     return total
