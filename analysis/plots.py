@@ -36,15 +36,52 @@ def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
-def _yerr(mean, lo, hi) -> np.ndarray:
+def _yerr(mean, lo, hi, floor: float | None = None) -> np.ndarray:
+    """Error-bar lengths of intervals [lo, hi] around `mean`; with `floor` (FD >= 0) the interval is clipped there."""
     mean, lo, hi = (np.asarray(v, dtype=float) for v in (mean, lo, hi))
+    if floor is not None:
+        lo = np.maximum(lo, floor)
     return np.nan_to_num(np.stack([mean - lo, hi - mean]), nan=0.0).clip(min=0)
 
 
-def plot_c_scaling(result: CScaling) -> Figure:
+def _below_floor(lo, floor: float = 0.0) -> bool:
+    """Whether any interval reaches below the metric's floor (and is clipped there in the plot)."""
+    lo = np.asarray(lo, dtype=float)
+    return bool((lo[np.isfinite(lo)] < floor).any())
+
+
+def _pct(level: float) -> str:
+    return f"{100 * level:.3g}%"
+
+
+def _wrap(text: str, width: int = 40) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(text), width)) or str(text)
+
+
+def _robust_limits(lo: np.ndarray, hi: np.ndarray, points: np.ndarray, factor: float = 4.0) -> tuple | None:
+    """x-limits that show every interval but one that is `factor` times wider than the median width (it would
+    flatten the others): None when no interval is that much wider."""
+    width = hi - lo
+    ok = np.isfinite(width)
+    if ok.sum() < 2:
+        return None
+    typical = np.median(width[ok])
+    keep = ok & (width <= factor * max(typical, 1e-12))
+    if keep.all() or not keep.any():
+        return None
+    left = min(np.min(lo[keep]), np.nanmin(points), 0.0)
+    right = max(np.max(hi[keep]), np.nanmax(points), 0.0)
+    pad = 0.08 * (right - left or 1.0)
+    return left - pad, right + pad
+
+
+def plot_c_scaling(result: CScaling, level: float = 0.95) -> Figure:
     """One panel per data set: metric against c with the estimated c* (each data set on its own metric
     scale: FD values of different data sets are not comparable); last panel: c* against d, log-log, with
-    the fitted power law and the paper's 0.00054 sqrt(d)."""
+    the fitted power law (drawn only through at least 3 data sets: two points always lie on a line) and the
+    paper's 0.00054 sqrt(d). Metric intervals are clipped at 0, the Frechet distance's floor, and say so."""
     datasets = sorted(result.curves["dataset"].unique()) if not result.curves.empty else []
     panels = len(datasets) + 1
     ncols = min(3, panels)
@@ -55,7 +92,10 @@ def plot_c_scaling(result: CScaling) -> Figure:
     ax2 = flat[len(datasets)]
     for ax, dataset in zip(flat, datasets):
         g = result.curves[result.curves["dataset"] == dataset].sort_values(C_KEY)
-        line = ax.errorbar(g[C_KEY], g["mean"], yerr=_yerr(g["mean"], g["lo"], g["hi"]), marker="o", capsize=3)
+        clipped = _below_floor(g["lo"])
+        line = ax.errorbar(g[C_KEY], g["mean"], yerr=_yerr(g["mean"], g["lo"], g["hi"], floor=0.0), marker="o",
+                           capsize=3, label=f"mean over seeds, {_pct(level)} interval"
+                           + (" (clipped at 0, FD's floor)" if clipped else ""))
         colour = line[0].get_color()
         for _, row in result.per_dataset[result.per_dataset["dataset"] == dataset].iterrows():
             if np.isfinite(row["c_star"]):
@@ -63,7 +103,7 @@ def plot_c_scaling(result: CScaling) -> Figure:
             # A one-sided bound is open on one end: shade it to the searched range's edge.
             lo = row["c_lo"] if row["c_lo"] > 0 else row["c_min"]
             hi = row["c_hi"] if np.isfinite(row["c_hi"]) else row["c_max"]
-            ax.axvspan(lo, hi, color=colour, alpha=0.12, label=f"c* 95% interval ({row['bound']})")
+            ax.axvspan(lo, hi, color=colour, alpha=0.12, label=f"c* {_pct(level)} interval ({row['bound']})")
         ax.set_xscale("log")
         ax.set_xlabel("Pseudo-Huber c (whole-sample L2 units)")
         ax.set_ylabel(FD_LABEL.format(metric=result.metric))
@@ -74,10 +114,12 @@ def plot_c_scaling(result: CScaling) -> Figure:
         per = per[per["bound"] == "two-sided"]
     if not per.empty:
         ax2.errorbar(per["dim"], per["c_star"], yerr=_yerr(per["c_star"], per["c_lo"], per["c_hi"]), fmt="o",
-                     capsize=3, color="black", label="c* per data set (95% interval)")
+                     capsize=3, color="black", label=f"c* per data set ({_pct(level)} interval)")
         d = np.geomspace(per["dim"].min() / 1.5, per["dim"].max() * 1.5, 50)
         ax2.plot(d, PAPER_A * d ** PAPER_B, color="tab:orange", label="paper: 0.00054 d^0.5")
-        if result.fit is not None:
+        if result.fit is not None and len(per) < 3:
+            ax2.plot([], [], " ", label=f"no fit drawn: {len(per)} data set(s), a 2-parameter fit needs 3")
+        elif result.fit is not None:
             f = result.fit
             ax2.plot(d, f.a * d ** f.b, color="tab:blue", linestyle="--",
                      label=f"fit: {f.a:.2g} d^{f.b:.2f} " + (f"(b in [{f.b_lo:.2f}, {f.b_hi:.2f}])"
@@ -95,9 +137,9 @@ def plot_c_scaling(result: CScaling) -> Figure:
     return fig
 
 
-def plot_dropout(result: DropoutResult) -> Figure:
+def plot_dropout(result: DropoutResult, level: float = 0.95) -> Figure:
     """Per data set (rows): metric, generalisation gap and nearest-neighbour ratio against dropout,
-    one line per objective, with 95% intervals over seeds."""
+    one line per objective, with `level` intervals over seeds (the metric's clipped at 0, FD's floor)."""
     ev = result.evidence
     datasets = sorted(ev["dataset"].unique()) if not ev.empty else []
     fig, axes = _figure(3, max(len(datasets), 1), width=4.6, height=3.6)
@@ -109,8 +151,12 @@ def plot_dropout(result: DropoutResult) -> Figure:
             ax = axes[r, c]
             for objective, g in ev[ev["dataset"] == dataset].groupby("objective", sort=True):
                 g = g.sort_values("dropout")
-                line = ax.errorbar(g["dropout"], g[column], yerr=_yerr(g[column], g[f"{column}_lo"], g[f"{column}_hi"]),
-                                   marker="o", capsize=3, label=objective)
+                floor = 0.0 if column == result.metric else None
+                clipped = floor is not None and _below_floor(g[f"{column}_lo"])
+                line = ax.errorbar(g["dropout"], g[column],
+                                   yerr=_yerr(g[column], g[f"{column}_lo"], g[f"{column}_hi"], floor=floor),
+                                   marker="o", capsize=3,
+                                   label=objective + (" (interval clipped at 0)" if clipped else ""))
                 if column == result.metric:
                     best = result.best[(result.best["dataset"] == dataset) & (result.best["objective"] == objective)]
                     for _, b in best.iterrows():
@@ -125,18 +171,19 @@ def plot_dropout(result: DropoutResult) -> Figure:
                 ax.axhline(0.0, color="black", linewidth=0.8, linestyle=":")
             ax.set_xlabel("dropout rate (probability)")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"{title} - {dataset}", fontsize=10)
+            ax.set_title(f"{title} - {dataset} ({_pct(level)} intervals)", fontsize=10)
             ax.legend(fontsize=8)
     return fig
 
 
-def plot_curricula(result: CurriculumResult, max_groups: int = 3) -> Figure:
+def plot_curricula(result: CurriculumResult, max_groups: int = 3, level: float = 0.95) -> Figure:
     """Per (data set, configuration): metric against images seen (log-log), mean over seeds with each
     seed faint; right: the metric at the largest common compute with 95% intervals, by rank."""
     cur, metric = result.curves, result.metric
     final = final_ranking(result.ranking)
     groups = list(final.groupby(["dataset", "context"], sort=True))[:max_groups] if not final.empty else []
-    fig, axes = _figure(2, max(len(groups), 1), width=5.5, height=4.0)
+    longest = max((len(table) for _, table in groups), default=1)
+    fig, axes = _figure(2, max(len(groups), 1), width=6.0, height=max(4.0, 0.8 * longest + 2.5))
     for r, ((dataset, context), table) in enumerate(groups):
         ax, ax2 = axes[r]
         sub = cur[cur["dataset"] == dataset]
@@ -144,7 +191,7 @@ def plot_curricula(result: CurriculumResult, max_groups: int = 3) -> Figure:
         for name in table["curriculum"]:
             runs = sub[sub["curriculum"] == name]
             mean = runs.groupby("images_seen")[metric].mean()
-            line = ax.plot(mean.index, mean.values, marker=".", label=name)[0]
+            line = ax.plot(mean.index, mean.values, marker=".", label=_wrap(name, 34))[0]
             for _, run in runs.groupby("trial_id"):
                 ax.plot(run["images_seen"], run[metric], color=line.get_color(), alpha=0.2, linewidth=0.8)
         ax.axvline(budget, color="black", linestyle=":", linewidth=0.8)
@@ -153,62 +200,93 @@ def plot_curricula(result: CurriculumResult, max_groups: int = 3) -> Figure:
         ax.set_xlabel("training compute (images seen)")
         ax.set_ylabel(FD_LABEL.format(metric=metric))
         ax.set_title(f"Metric against compute - {dataset}", fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
         y = np.arange(len(table))[::-1]
-        ax2.errorbar(table["mean"], y, xerr=_yerr(table["mean"], table["lo"], table["hi"]), fmt="o", capsize=3)
-        ax2.set_yticks(y, [f"{n} (rank {k})" for n, k in zip(table["curriculum"], table["rank"])], fontsize=8)
+        clipped = _below_floor(table["lo"])
+        ax2.errorbar(table["mean"], y, xerr=_yerr(table["mean"], table["lo"], table["hi"], floor=0.0), fmt="o",
+                     capsize=3)
+        ax2.set_yticks(y, [_wrap(f"{n} (rank {k})", 34) for n, k in zip(table["curriculum"], table["rank"])],
+                       fontsize=7)
         ax2.set_xlabel(FD_LABEL.format(metric=metric))
-        ax2.set_title(f"At equal compute: {budget:.3g} images", fontsize=10)
+        ax2.set_title(f"At equal compute: {budget:.3g} images, {_pct(level)} intervals"
+                      + (" (clipped at 0)" if clipped else ""), fontsize=10)
     return fig
 
 
 def plot_ablations(table: pd.DataFrame) -> Figure:
-    """Forest plot: FD(paper's choice) - FD(alternative) with 95% intervals; left of 0 favours the paper."""
+    """Forest plot: FD(paper's choice) - FD(alternative) with the table's intervals (its `level` column: the
+    corrected level); left of 0 favours the paper. An interval much wider than the others is clipped at the axis
+    edge with an arrow and its bounds written beside it, so it does not flatten the rest."""
     rows = table[table["verdict"] != NOT_RUN].reset_index(drop=True)
     fig, axes = _figure(1, 1, width=8.0, height=max(2.5, 0.55 * len(rows) + 1.6))
     ax = axes[0, 0]
     y = np.arange(len(rows))[::-1]
+    lo, hi = rows["lo"].to_numpy(float), rows["hi"].to_numpy(float)
+    limits = _robust_limits(lo, hi, rows["effect"].to_numpy(float))
+    clipped = 0
     for yi, (_, row) in zip(y, rows.iterrows()):
-        ax.errorbar(row["effect"], yi, xerr=_yerr([row["effect"]], [row["lo"]], [row["hi"]]), fmt="o", capsize=3,
-                    color=VERDICT_COLOURS[row["verdict"]])
+        colour = VERDICT_COLOURS[row["verdict"]]
+        a, b = row["lo"], row["hi"]
+        if limits is not None and (a < limits[0] or b > limits[1]):
+            clipped += 1
+            a, b = max(a, limits[0]), min(b, limits[1])
+            for edge, end, marker in ((limits[0], row["lo"], "<"), (limits[1], row["hi"], ">")):
+                if (end < edge) if marker == "<" else (end > edge):
+                    ax.plot([edge], [yi], marker=marker, color=colour, markersize=7)
+            ax.annotate(f"interval clipped: [{row['lo']:.3g}, {row['hi']:.3g}]", (row["effect"], yi),
+                        textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7, color=colour)
+        ax.errorbar(row["effect"], yi, xerr=_yerr([row["effect"]], [a], [b]), fmt="o", capsize=3, color=colour)
+    if limits is not None:
+        ax.set_xlim(*limits)
     ax.set_yticks(y, [f"{r.ablation}: {r.paper} - {r.alternative} ({r.verdict})" for r in rows.itertuples()],
                   fontsize=8)
     ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set_xlabel("FD(paper's choice) - FD(alternative)\n(Frechet distance; below 0 favours the paper)")
-    ax.set_title("Ablations: effect with 95% interval over seeds")
+    ax.set_xlabel("FD(paper's choice) - FD(alternative)\n(Frechet distance; below 0 favours the paper)"
+                  + (f"\n{clipped} interval(s) cut at the axis edge (arrows)" if clipped else ""))
+    levels = sorted({float(v) for v in rows.get("level", pd.Series(dtype=float)).dropna()})
+    level_text = (f"{_pct(levels[0])} interval" if len(levels) == 1 else
+                  f"intervals at {', '.join(_pct(v) for v in levels)}" if levels else "interval")
+    ax.set_title(f"Ablations: effect, {level_text} over seeds", fontsize=10)
     return fig
 
 
 def plot_searched(trials: pd.DataFrame, table: pd.DataFrame, metric: str, max_panels: int = 12) -> Figure:
-    """One panel per (experiment, data set, searched key): the metric of every completed run against the
-    key's value, diverged runs as red crosses along the top; log axis where the values span > 10x."""
-    from analysis.searched import _numeric, log_axis
+    """One panel per (experiment, stratum, searched key): the metric of every completed run against the key's
+    value with its standard error (the `<metric>_se` column, e.g. final_fd_se) as an error bar, diverged runs as
+    red crosses along the top; a log axis for a key the plan searched log-distributed (searched.log_key)."""
+    from analysis.searched import _numeric, log_key, search_groups, searched_keys
 
-    panels = list(table.groupby(["experiment", "dataset", "key"], sort=True).groups)[:max_panels]
+    panels = [(experiment, stratum, dataset, group, key) for experiment, stratum, dataset, group in
+              search_groups(trials) for key in searched_keys(group)][:max_panels]
     ncols = min(3, max(len(panels), 1))
     nrows = max(1, -(-len(panels) // ncols))
     fig, axes = _figure(ncols, nrows, width=4.6, height=3.6)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, (experiment, dataset, key) in zip(axes.flat, panels):
-        group = trials[(trials["experiment"] == experiment) & (trials["dataset"] == dataset)]
+    se_column = f"{metric}_se"
+    for ax, (experiment, stratum, dataset, group, key) in zip(axes.flat, panels):
         y = pd.to_numeric(group[metric], errors="coerce").to_numpy(float)
+        se = (pd.to_numeric(group[se_column], errors="coerce").to_numpy(float) if se_column in group.columns
+              else np.full(len(group), np.nan))
         status = group["status"].astype(str).to_numpy()
         x = _numeric(group[key])
         if x is None:
             labels = sorted(set(group[key].astype(str)))
             x = np.array([labels.index(v) for v in group[key].astype(str)], dtype=float)
             ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=20)
-        elif log_axis(x):
+        elif log_key(group, key, x):
             ax.set_xscale("log")
         done = (status == COMPLETED) & np.isfinite(y)
-        ax.plot(x[done], y[done], "o", alpha=0.7, label=COMPLETED)
+        has_se = np.isfinite(se[done]).any()
+        ax.errorbar(x[done], y[done], yerr=np.nan_to_num(se[done]) if has_se else None, fmt="o", alpha=0.7,
+                    capsize=2, label=COMPLETED + (f" (+- {se_column})" if has_se else ""))
         failed = status == DIVERGED
         if failed.any() and done.any():
             ax.plot(x[failed], np.full(failed.sum(), np.nanmax(y[done])), "x", color="tab:red", label=DIVERGED)
         ax.set_xlabel(key)
         ax.set_ylabel(FD_LABEL.format(metric=metric))
-        ax.set_title(f"{experiment} / {dataset}", fontsize=10)
+        ax.set_title(f"{experiment} / {stratum}" + (f" ({dataset})" if dataset not in str(stratum) else ""),
+                     fontsize=10)
         ax.legend(fontsize=8)
     return fig
 

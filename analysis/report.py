@@ -36,7 +36,7 @@ from ict_core.records import COMPLETED, PRUNED
 from ict_core.cli import BadInput, bad_input
 from ict_core.fileio import atomic_write_text
 from analysis.searched import best_runs, metric_by_key
-from analysis.stats import BELOW, LEVEL, MIN_SEEDS, N_BOOT, TWO_SIDED, UNLOCATED, at_common_compute, fmt, fmt_ci
+from analysis.stats import ABOVE, BELOW, LEVEL, MIN_SEEDS, N_BOOT, TWO_SIDED, UNLOCATED, at_common_compute, fmt, fmt_ci
 
 SMOKE = "smoke"
 
@@ -93,7 +93,8 @@ class Report:
         self.unanswered: list[str] = []
         self.sections: list[str] = []
         self.files: list[Path] = []
-        self.best = pd.DataFrame()  # best run per experiment and data set (searched_section)
+        self.best = pd.DataFrame()  # best run per experiment and stratum (searched_section)
+        self.results: dict = {}  # what the question sections computed, for the table of answers (answer_rows)
 
     def csv(self, df: pd.DataFrame, name: str) -> str:
         name = self.prefix + name
@@ -157,6 +158,7 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         rep.unanswered.append("Q1 (c scaling): no c-scaling experiment found (no data set has completed "
                               "Pseudo-Huber runs at 3 or more values of loss.huber_c)")
         return
+    rep.results["c_scaling"] = cs
     parts = []
     for _, r in per.iterrows():
         spans = r["bound"] == TWO_SIDED and r["c_lo"] <= r["c_min"] and r["c_hi"] >= r["c_max"]
@@ -205,7 +207,7 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         "excluded": ", ".join(cs.fit.excluded), "b_contains_0.5": cs.fit.b_contains_paper}])
     files = [rep.csv(per, "c_scaling_per_dataset.csv"), rep.csv(cs.curves, "c_scaling_curves.csv"),
              rep.csv(fit_df, "c_scaling_fit.csv")]
-    png = rep.png(plots.plot_c_scaling(cs), "c_scaling.png")
+    png = rep.png(plots.plot_c_scaling(cs, level=level), "c_scaling.png")
     rep.sections.append(
         "## Q1: best Pseudo-Huber c against dimension\n\n"
         f"Per data set the best tested c is the lowest mean {metric} among values where no run diverged; it needs "
@@ -235,6 +237,7 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         rep.unanswered.append("Q2 (dropout): no dropout experiment found (no objective has completed runs at 3 or "
                               f"more values of network.dropout{rates})")
         return
+    rep.results["dropout"] = dr
     parts = []
     for _, r in dr.best.iterrows():
         spans = r["bound"] == TWO_SIDED and r["lo"] <= r["p_min"] and r["hi"] >= r["p_max"]
@@ -279,7 +282,7 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     rep.answers.append(sentence)
     files = [rep.csv(dr.best, "dropout_best.csv"), rep.csv(dr.difference, "dropout_difference.csv"),
              rep.csv(ev, "dropout_evidence.csv"), rep.csv(dr.trends, "dropout_trends.csv")]
-    png = rep.png(plots.plot_dropout(dr), "dropout.png")
+    png = rep.png(plots.plot_dropout(dr, level=level), "dropout.png")
     rep.sections.append(
         "## Q2: dropout for the consistency and the diffusion objective\n\n"
         "Best rate: as for c (best tested rate among rates without divergence, tested rates on both sides, vertex "
@@ -314,6 +317,7 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         rep.unanswered.append("Q3 (curricula): no curriculum experiment found (no configuration was run with two "
                               "or more curricula)")
         return
+    rep.results["curriculum"] = final
     parts = []
     for (dataset, _), t in final.groupby(["dataset", "context"], sort=False):
         best = t.iloc[0]
@@ -360,7 +364,7 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         parts.append((text, caveats(int(t["num_seeds"].min()), budgets)))
     rep.answers.append("Q3: " + joined(parts) + ".")
     files = [rep.csv(cr.ranking, "curriculum_ranking.csv")]
-    png = rep.png(plots.plot_curricula(cr), "curricula.png")
+    png = rep.png(plots.plot_curricula(cr, level=level), "curricula.png")
     rep.sections.append(
         "## Q3: curricula at equal compute\n\n"
         "FD of each run (pruned runs included, through their evaluations) interpolated at compute budgets every run "
@@ -435,9 +439,10 @@ def searched_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     png = rep.png(plots.plot_searched(trials, table, metric), "searched_keys.png") if not table.empty else None
     rep.sections.append(
         "## Metric against each searched key\n\n"
-        f"For every experiment and data set, each config key that varies: mean `{metric}` of the completed runs per "
-        "value (numeric keys with many values in quantile bins) with its Student-t interval over runs, diverged and "
-        "other unfinished runs counted, and the best run.\n\n"
+        f"For every experiment and stratum (each stratum is its own search, e.g. one objective), each key it "
+        f"searched (the plan's params; without a plan, each config key that varies): mean `{metric}` of the completed "
+        "runs per value (numeric keys with many values in quantile bins) with its Student-t interval over runs, "
+        "diverged and other unfinished runs counted, and the best run.\n\n"
         + _md_table(best) + "\n" + _md_table(table, max_rows=80) + "\n"
         + (f"![searched keys]({png})\n\n" if png else "") + "Tables: " + ", ".join(files) + "\n")
     rep.best = best
@@ -592,6 +597,83 @@ def budget_line(trials: pd.DataFrame, min_seeds: int) -> str:
     return ". ".join(parts) + ("." if parts else "")
 
 
+def _optimum_cells(bound: str, best: float, value: float, lo: float, hi: float, what: str) -> tuple[str, str]:
+    """(answer, interval) cells of a located optimum or a one-sided bound."""
+    if bound == BELOW:
+        return f"{what}* < {fmt(hi)} (below the searched range)", f"(-, {fmt(hi)}]"
+    if bound == ABOVE:
+        return f"{what}* > {fmt(lo)} (above the searched range)", f"[{fmt(lo)}, -)"
+    if bound == TWO_SIDED:
+        return f"{what}* {fmt(value)} (best tested {fmt(best)})", f"[{fmt(lo)}, {fmt(hi)}]"
+    return f"no {what}* located (best tested {fmt(best)})", "-"
+
+
+def _verdict(answer: str, row, low: str, high: str, lo: str, hi: str) -> str:
+    """`answer` prefixed "inconclusive: " for the sections' reasons (caveats): few seeds, a smoke budget, a
+    one-sided bound, an interval spanning the searched range."""
+    spans = row["bound"] == TWO_SIDED and row[lo] <= row[low] and row[hi] >= row[high]
+    reasons = caveats(int(row["num_seeds"]), row.get("budgets", ""), spans,
+                      [row["bound"] != TWO_SIDED and "not bracketed"])
+    return f"inconclusive: {answer}" if reasons else answer
+
+
+def answer_rows(rep: Report, ablations: pd.DataFrame, metric: str) -> list[dict]:
+    """The table that opens the report, one row per answer, built from what the sections computed (not from
+    their prose): question or claim, answer or verdict, interval, seeds. A space that asks none of the
+    project's questions gets its best run per experiment and stratum."""
+    rows = []
+    cs = rep.results.get("c_scaling")
+    if cs is not None:
+        for _, r in cs.per_dataset.iterrows():
+            answer, interval = _optimum_cells(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], "c")
+            answer = _verdict(answer, r, "c_min", "c_max", "c_lo", "c_hi")
+            rows.append({"question or claim": f"Q1 best Pseudo-Huber c, {r['dataset']} (d={int(r['dim'])})",
+                         "answer or verdict": answer, "interval": interval, "seeds": int(r["num_seeds"])})
+        fit = cs.fit
+        if fit is not None:
+            n = int(getattr(fit, "num_datasets", 0) or 0)
+            has = np.isfinite(fit.b_lo) and np.isfinite(fit.b_hi)
+            rows.append({"question or claim": "Q1 c* = a d^b across data sets (paper: b = 0.5)",
+                         "answer or verdict": (f"b = {fmt(fit.b)}" if has else
+                                               f"no answer: {n} data set(s), a 2-parameter fit needs 3"),
+                         "interval": f"[{fmt(fit.b_lo)}, {fmt(fit.b_hi)}]" if has else "-",
+                         "seeds": f"{n} data sets"})
+    dr = rep.results.get("dropout")
+    if dr is not None:
+        for _, r in dr.best.iterrows():
+            answer, interval = _optimum_cells(r["bound"], r["best_tested"], r["best_dropout"], r["lo"], r["hi"],
+                                              "dropout")
+            answer = _verdict(answer, r, "p_min", "p_max", "lo", "hi")
+            rows.append({"question or claim": f"Q2 best dropout, {r['objective']} objective, {r['dataset']}",
+                         "answer or verdict": answer, "interval": interval, "seeds": int(r["num_seeds"])})
+    final = rep.results.get("curriculum")
+    if final is not None:
+        for (dataset, _), table in final.groupby(["dataset", "context"], sort=True):
+            top = table.iloc[0]
+            tied = int(table["tied_best"].sum()) if "tied_best" in table else 1
+            rows.append({"question or claim": f"Q3 best curriculum at equal compute, {dataset}",
+                         "answer or verdict": f"{top['curriculum']} ({metric_name('fd')} {fmt(top['mean'])})"
+                         + (f", tied with {tied - 1} other(s)" if tied > 1 else ""),
+                         "interval": f"[{fmt(top['lo'])}, {fmt(top['hi'])}]", "seeds": int(top["num_seeds"])})
+    if ablations is not None and not ablations.empty:
+        for _, r in ablations[ablations["verdict"] != NOT_RUN].iterrows():
+            level = f" ({100 * r['level']:.3g}%)" if "level" in r and np.isfinite(r["level"]) else ""
+            rows.append({"question or claim": f"{r['ablation']}: {r['paper']} - {r['alternative']}",
+                         "answer or verdict": f"{r['verdict']}, FD difference {fmt(r['effect'])}",
+                         "interval": f"[{fmt(r['lo'])}, {fmt(r['hi'])}]{level}",
+                         "seeds": f"{int(r['num_paper'])} vs {int(r['num_alt'])}"})
+    if not rows and not rep.best.empty:
+        for _, r in rep.best.iterrows():
+            rows.append({"question or claim": f"best run of {r['experiment']} / {r['stratum']}",
+                         "answer or verdict": f"{r['searched'] or 'its config'}: {metric} {fmt(r[metric])}",
+                         "interval": "-", "seeds": f"1 (seed {r['seed']})"})
+    return rows
+
+
+def metric_name(metric: str) -> str:
+    return metric.replace("final_", "")
+
+
 def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT, level: float = LEVEL,
                  seed: int = 0, min_seeds: int = 3, journal: bool = True) -> Path:
     """Analyse every experiment at or below `paths` and write OUT/report.md, PNGs and CSVs.
@@ -655,25 +737,26 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     counts_df = pd.DataFrame([{"status": k, "runs": v} for k, v in counts.items()])
     by_experiment = trials.groupby(["experiment", "status"]).size().unstack(fill_value=0).reset_index()
     rep.csv(by_experiment, "runs_by_status.csv")
+    # A user's own space: no answer, and none of the questions' keys varies in its runs (it asks none of them).
+    question_keys = ["loss.huber_c", "network.dropout", "curriculum.shape", "curriculum.s0", "curriculum.s1",
+                     *(tables[0]["key"].dropna().astype(str) if "key" in tables[0] else [])]
+    own_space = not rep.answers and not any(
+        trials[k].nunique(dropna=False) > 1 for k in set(question_keys) if k in trials.columns)
     if rep.answers:
         first = " ".join(rep.answers)
-    else:
-        first = ("None of the project's questions (Q1 c scaling, Q2 dropout, Q3 curricula, the ablations) applies "
-                 "to these tables; the metric against each searched key is below")
-        if not rep.best.empty:
-            first += ". Best run: " + "; ".join(
-                f"{r['experiment']} on {r['dataset']}: {metric} {fmt(r[metric])} at {r['searched'] or 'its config'}"
-                f" (seed {r['seed']})" for _, r in rep.best.iterrows())
-        first += "."
-    if rep.unanswered:
+    else:  # a user's own space: its table of answers is its best runs; no word on questions it does not ask
+        first = f"The metric against each key this search varied is below (`{metric}`, lower is better)."
+    if rep.unanswered and not own_space:
         first += " The tables cannot answer: " + "; ".join(rep.unanswered) + "."
     verdict_line = budget_line(trials, min_seeds)
     if verdict_line:
         first = verdict_line + " " + first
     level_pct = f"{100 * level:.0f}%"
     repeated = trials.attrs.get("repeated_rows", 0)
+    answers = answer_rows(rep, tables[0], metric)
     text = [
         "# iCT experiment report\n",
+        *([_md_table(pd.DataFrame(answers))] if answers else []),
         first + "\n",
         f"Intervals are {level_pct} Student-t intervals over seeds (none below {MIN_SEEDS} seeds: \"n < "
         f"{MIN_SEEDS}\"); c* and the best dropout use the bootstrap ({n_boot} resamples) and the tested grid, see "

@@ -7,6 +7,8 @@ CampaignError, LaunchError, SchemaError); each CLI ends in `except BadInput as e
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +24,20 @@ def bad_input(err: BaseException) -> int:
     """Print `error: <message>` to stderr and return the exit code of bad input."""
     print(f"error: {err}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def command(script: str, fallback: str | None = None) -> str:
+    """The command line a printed hint gives for the project's console script `script` (ict-train, ict-search,
+    tensorboard, ...), one that works from any folder: the bare name when PATH finds this installation's script,
+    else the script's absolute path beside this Python (a venv that is not activated). `fallback` (e.g. "-m
+    ict_core.train", or a script's absolute path) runs under this Python when no such script is installed."""
+    here = Path(sys.executable).parent / script
+    if here.is_file():
+        found = shutil.which(script)
+        return script if found and Path(found).resolve() == here.resolve() else shlex.quote(str(here))
+    if fallback is None:
+        return script
+    return f"{shlex.quote(sys.executable)} {fallback}"
 
 
 def check_writable_folder(path: str | os.PathLike | None, flag: str) -> None:

@@ -142,6 +142,9 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     total_steps: int = field(default=2000, metadata=_range(1))
+    # K of the discretization curriculum N(k) (and of the adaptive curriculum's observation interval); 0 = total_steps.
+    # A resume that changes total_steps keeps the run's K (N(k) past K stays at its final value) unless this is set.
+    curriculum_steps: int = field(default=0, metadata=_range(0))
     batch_size: int = field(default=128, metadata=_range(1))  # global, split across DDP ranks
     seed: int = field(default=0, metadata=_range(0))
     # Evaluation EMA (never the teacher): ema_rate is the per-step rate once warmed up; for the first steps the
@@ -479,6 +482,34 @@ def resolve_config(cfg: Config, dim: int | None = None) -> Config:
     return cfg
 
 
+def curriculum_steps(cfg: Config) -> int:
+    """K, the number of steps the discretization curriculum N(k) spans: train.curriculum_steps, or
+    train.total_steps when that is 0."""
+    return cfg.train.curriculum_steps or cfg.train.total_steps
+
+
+def keep_schedule(cfg: Config, saved: dict) -> tuple[Config, str]:
+    """The config a resume continues with, and a note on its curriculum. `saved` is the checkpoint's config (a
+    Config.to_dict() tree). A changed train.total_steps keeps the saved K (the curriculum does not stretch, and
+    N(k) does not jump, under the steps already trained); an explicit train.curriculum_steps wins and the note
+    says that the schedule changes."""
+    train = saved.get("train") or {}
+    if "total_steps" not in train:
+        return cfg, ""
+    old_k = int(train.get("curriculum_steps") or train["total_steps"])
+    if cfg.train.curriculum_steps == 0:
+        if old_k == cfg.train.total_steps:
+            return cfg, ""
+        kept = apply_overrides(cfg, {"train.curriculum_steps": old_k})
+        return kept, (f"train.total_steps {train['total_steps']} -> {cfg.train.total_steps}: the curriculum keeps "
+                      f"its K = {old_k} steps (N(k) past step {old_k} stays at its final value); to stretch it over "
+                      f"the new length instead, resume with --set train.curriculum_steps={cfg.train.total_steps}")
+    if cfg.train.curriculum_steps != old_k:
+        return cfg, (f"train.curriculum_steps={cfg.train.curriculum_steps} changes the curriculum's K from {old_k}: "
+                     f"N(k) of the steps to come follows the new schedule")
+    return cfg, ""
+
+
 def _validate_measurement(cfg: Config) -> None:
     """Checks that keep the evaluation honest (docs/MEASUREMENT.md)."""
     if cfg.eval.features == "inception" and not cfg.eval.inception_path:
@@ -606,7 +637,8 @@ def preset_overrides(name_or_path: str, _relative_to: Path | None = None, _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
         raise ConfigError(f"preset {path}: `base:` chain runs in a circle: {chain}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        with path.open() as stream:  # a stream, so that YAML's error names the file
+            tree = yaml.safe_load(stream) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"preset {path} is not valid YAML: {err}") from None
     if not isinstance(tree, Mapping):

@@ -30,8 +30,10 @@ class EventLog:
             print("[ict] the tensorboard package is not installed, so this run writes no TensorBoard events "
                   "(pip install tensorboard)", flush=True)
             return
-        # purge_step: after a resume, TensorBoard drops the events an earlier attempt wrote past the checkpoint.
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=resume_step, flush_secs=30)
+        # purge_step: after a resume, TensorBoard drops the events an earlier attempt wrote past the checkpoint. It
+        # drops steps >= purge_step, and the checkpoint's own step was logged before it was written: keep that one.
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=purge, flush_secs=30)
 
     @property
     def active(self) -> bool:

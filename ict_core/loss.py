@@ -77,10 +77,10 @@ class ConsistencyLoss:
         self.noise_schedule = cfg.loss.noise_schedule
         self.p_mean, self.p_std = noise_distribution(cfg.loss)
         self.sigma_min, self.sigma_max, self.rho = cfg.precond.sigma_min, cfg.precond.sigma_max, cfg.precond.rho
-        self.total_steps = cfg.train.total_steps
+        self.total_steps = cfg.train.curriculum_steps or cfg.train.total_steps  # K of N(k) (config.curriculum_steps)
         self.shape, self.s0, self.s1 = cfg.curriculum.shape, cfg.curriculum.s0, cfg.curriculum.s1
         # The adaptive curriculum is stateful: the training loop feeds it (observe) and checkpoints it.
-        self.curriculum = schedule.curriculum_from_config(cfg.curriculum, cfg.train.total_steps)
+        self.curriculum = schedule.curriculum_from_config(cfg.curriculum, self.total_steps)
         self._grids: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._device_grids: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 

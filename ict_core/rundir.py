@@ -82,6 +82,14 @@ def load_checkpoint(checkpoint: Path) -> dict:
     return torch.load(Path(checkpoint) / STATE, map_location="cpu", weights_only=False)
 
 
+def read_checkpoint_config(checkpoint: Path) -> dict:
+    """The config tree a checkpoint was written with (its meta.json, readable without torch); {} if unknown."""
+    try:
+        return json.loads((Path(checkpoint) / META).read_text()).get("config") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def json_safe(value: Any) -> Any:
     """`value` with NaN as null and infinities as +-1e308, so that strict JSON readers accept it."""
     if isinstance(value, float) and not math.isfinite(value):

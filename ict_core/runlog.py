@@ -3,8 +3,10 @@ evals.jsonl (through rundir.RunFolder) and TensorBoard events (events.py). Every
 does nothing, so the loop calls it without asking which rank it runs on."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
+from .cli import command
 from .events import EventLog
 from .rundir import RunFolder
 
@@ -23,7 +25,7 @@ class RunLog:
             return
         print(f"[ict] {text}", flush=True)
         if self.events.active:
-            print(f"[ict] watch it: tensorboard --logdir {self.folder.path}", flush=True)
+            print(f"[ict] watch it: {command('tensorboard')} --logdir {shlex.quote(str(self.folder.path))}", flush=True)
 
     def train(self, row: dict, total_steps: int, batch_size: int) -> None:
         """A metrics.jsonl row (step, loss, num_points, images_per_s, ...), its scalars and a progress line."""

@@ -114,10 +114,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     atomic_write(out, lambda handle: np.savez(handle, images=images.numpy().astype(np.float32)))
-    if args.grid:
-        from .metrics import save_grid
+    if args.grid:  # upscaled and labelled like the grids a run writes at each evaluation
+        from .metrics import save_sample_grid
+        from .objectives import build_objective
 
-        save_grid(images[:64], args.grid)
+        label = build_objective(cfg, shape_cr[0] * shape_cr[1] ** 2).sampler_label(steps)
+        save_sample_grid({label: images[:64]}, args.grid,
+                         title=f"{ckpt.name}, {args.weights} weights, seed {args.seed}")
     print(json.dumps({"out": str(out), "num": int(images.shape[0]), "shape": list(images.shape[1:]),
                       "weights": args.weights, "checkpoint": str(ckpt), "seed": args.seed,
                       "steps": steps}))

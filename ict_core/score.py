@@ -1,6 +1,7 @@
 """Command line: score a file of images against a preset's data set, as the trainer's evaluation does.
 
     python -m ict_core.score FILE.npz --preset P [--set key=value ...]
+    python -m ict_core.score FILE.npz --run RUN_DIR [--set key=value ...]   # the data and features of a run
 
 FILE.npz holds `images`, N x C x H x W float32 in [-1, 1] (what ict_core.sample writes). Prints one JSON line:
 fd (Frechet distance in the preset's feature network, against its reference statistics), fd_se (bootstrap
@@ -28,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ict_core.score",
                                      description="FD, its standard error, KID and nearest-neighbour distance of images.")
     parser.add_argument("file", metavar="FILE.npz", help=".npz with `images`: N x C x H x W float32 in [-1, 1]")
-    parser.add_argument("--preset", required=True, help="preset whose data set and feature network score the images")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--preset", help="preset whose data set and feature network score the images")
+    which.add_argument("--run", metavar="RUN_DIR",
+                       help="a run folder (or one of its checkpoints): score against that run's data set and features")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one dotted config key of the preset (repeatable)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
@@ -93,12 +97,25 @@ def score_images(images: torch.Tensor, cfg, device: torch.device | str = "cpu") 
     }
 
 
+def run_config(run: str | Path, overrides: list[str]):
+    """The config of a run folder (its config.json) or of a checkpoint folder's run, with `overrides` applied."""
+    from .config import from_dict
+    from .rundir import CONFIG, run_dir_of
+
+    path = Path(run).expanduser()
+    folder = run_dir_of(path) if (path / "state.pt").is_file() else path
+    if not (folder / CONFIG).is_file():
+        raise ConfigError(f"--run {str(run)!r} is not a run folder (no {CONFIG}); give the folder a training run "
+                          f"printed at its end, or one of its checkpoints/step_* folders")
+    return from_dict(json.loads((folder / CONFIG).read_text())).with_overrides(overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from .dist import resolve_device
 
-        cfg = load_config(args.preset, args.overrides)
+        cfg = run_config(args.run, args.overrides) if args.run else load_config(args.preset, args.overrides)
         images = load_images(args.file)
         result = score_images(images, cfg, resolve_device(args.device))
     except BadInput as err:  # ConfigError, or a DataError: the preset's data files are missing

@@ -18,13 +18,17 @@ from pathlib import Path
 
 import yaml
 
-from .cli import BadInput, bad_input, check_data_paths
+from .cli import BadInput, bad_input, check_data_paths, command
 from .config import ConfigError, from_dict, list_presets, load_config, preset_description, resolve_config
 from .datasets import dataset_dim
 from .rundir import RUN_FILES
 
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as a shell reports a killed job
-COMMAND = "python -m ict_core.train"
+
+
+def train_command() -> str:
+    """ict-train as a hint prints it: a command that works from any folder (cli.command)."""
+    return command("ict-train", "-m ict_core.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +78,7 @@ def _resolve(args: argparse.Namespace):
         try:
             ckpt = latest_checkpoint(source)
         except FileNotFoundError as err:
-            raise ConfigError(str(err)) from None
+            raise ConfigError(str(err).replace("resume_from=", "--resume ")) from None
         source_run = run_dir_of(ckpt)
         saved = source_run / CONFIG
         if not saved.exists():
@@ -100,7 +104,7 @@ def _describe_presets() -> str:
     width = max(map(len, names))
     lines = [textwrap.fill(f"{name:<{width}}  {preset_description(name)}", 110, subsequent_indent=" " * (width + 2))
              for name in names]
-    return "\n".join(lines) + f"\n\nuse one with --preset NAME (or --preset path/to/file.yaml); {COMMAND} --preset NAME --dry-run shows all its values"
+    return "\n".join(lines) + f"\n\nuse one with --preset NAME (or --preset path/to/file.yaml); {train_command()} --preset NAME --dry-run shows all its values"
 
 
 def _newest(paths) -> Path | None:
@@ -138,13 +142,15 @@ def end_message(summary: dict) -> str:
             ("checkpoint", str(checkpoint) if checkpoint else "none"),
             ("summary", str(run_dir / "summary.json"))]
     if (run_dir / "tensorboard").is_dir():
-        rows.append(("tensorboard", f"tensorboard --logdir {quoted}"))
+        rows.append(("tensorboard", f"{command('tensorboard')} --logdir {quoted}"))
+    train_cmd = train_command()
     if status == INTERRUPTED:
-        rows.append(("resume", f"{COMMAND} --resume {quoted}"))
+        rows.append(("resume", f"{train_cmd} --resume {quoted}"))
     elif status == DIVERGED and checkpoint is not None:
-        rows.append(("retry", f"{COMMAND} --resume {shlex.quote(str(checkpoint))} --set optim.lr=<lower>"))
+        rows.append(("retry", f"{train_cmd} --resume {shlex.quote(str(checkpoint))} --set optim.lr=<lower>"))
     elif status == COMPLETED and isinstance(total, int):
-        rows.append(("train longer", f"{COMMAND} --resume {quoted} --set train.total_steps={2 * total}"))
+        # The curriculum keeps its K on such a resume (config.keep_schedule): the run trains on at its final N(k).
+        rows.append(("train longer", f"{train_cmd} --resume {quoted} --set train.total_steps={2 * total}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join([head] + [f"  {name:<{width}}  {value}" for name, value in rows])
 
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
         hint = ""
         if run_dir is not None and (Path(run_dir) / "checkpoints").is_dir() and any((Path(run_dir) / "checkpoints").glob("step_*")):
-            hint = f"; continue from its newest checkpoint with {COMMAND} --resume {shlex.quote(str(run_dir))}"
+            hint = f"; continue from its newest checkpoint with {train_command()} --resume {shlex.quote(str(run_dir))}"
         print(f"\n[ict] interrupted before a checkpoint of the current step was written{hint}", file=sys.stderr)
         return EXIT_ON_SIGNAL["SIGINT"]
     from .records import COMPLETED, INTERRUPTED

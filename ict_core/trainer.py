@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from . import provenance
-from .config import Config, ConfigError, resolve_config
+from .config import Config, ConfigError, keep_schedule, resolve_config
 from .dist import (RunningMean, agreed_mean, any_nonfinite, gather_objects, rank_and_world, resolve_device, rng_state,
                    set_rng_state)
 from .ema import ema_beta, ema_update, frozen_copy
@@ -25,7 +25,8 @@ from .evaluate import Evaluations, Evaluator
 from .objectives import build_objective, slice_noise
 from .precision import check_compile, training_forwards
 from .records import COMPLETED, DIVERGED, INTERRUPTED, REPORT_KEYS, RUNNING, report_row
-from .rundir import FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, run_dir_for
+from .rundir import (FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, read_checkpoint_config,
+                     run_dir_for)
 from .runlog import RunLog
 from .schedule import CurriculumFeed
 from .stop import StopOnSignals, StopRequest, fault_exit
@@ -67,6 +68,10 @@ class Run:
         self.dataset = load_dataset(cfg.data, seed=cfg.data.seed)
         self.cfg = cfg = resolve_config(cfg, self.dataset.dim)
         check_feature_weights(self.dataset, cfg.eval)
+        schedule_note = ""
+        if resume_from is not None:  # a changed train.total_steps keeps the run's curriculum (config.keep_schedule)
+            self.cfg, schedule_note = keep_schedule(cfg, read_checkpoint_config(latest_checkpoint(resume_from)))
+            cfg = self.cfg
 
         self.run_dir = run_dir_for(run_dir, resume_from)
         self.folder = RunFolder(self.run_dir)
@@ -90,6 +95,8 @@ class Run:
             torch.manual_seed(tcfg.seed + self.rank * _DROPOUT_SEED_STRIDE)
 
         resumed_step = self.step if resume_from is not None else None
+        if schedule_note and self.is_main:
+            print(f"[ict] resuming at step {self.step}: {schedule_note}", flush=True)
         if self.is_main:
             # The run folder appears only once the model and data are built, so a setup error leaves none behind.
             self.folder.start(cfg, provenance.collect(self.device, self.world_size), resumed_step)
@@ -297,7 +304,7 @@ class Run:
 
 
 def train(cfg: Config, report: Report | None = None, run_dir=None, resume_from=None,
-          handle_signals: bool = False) -> dict:
+          handle_signals: bool = False, stop: StopRequest | None = None) -> dict:
     """Train one model and return its summary (the last report's metrics plus best_fd, wall_s, run_dir, ...).
 
     report(metrics, checkpoint_dir) is called on every rank at each evaluation (eval.every steps and the final
@@ -305,11 +312,12 @@ def train(cfg: Config, report: Report | None = None, run_dir=None, resume_from=N
     checkpoint folder or a run folder (its newest checkpoint) and continues bitwise on the same hardware.
     A non-finite loss ends the run with status "diverged" instead of raising. With handle_signals (one process,
     main thread: the command line) SIGINT/SIGTERM end the run after the current step with a checkpoint and
-    status "interrupted"; the summary's "signal" names the signal.
+    status "interrupted"; the summary's "signal" names the signal. `stop` is a StopRequest a caller sets from
+    elsewhere (a Tune trial asked to stop, tune/trial.py) with the same effect.
     """
     if not isinstance(cfg, Config):
         raise ConfigError(f"train() needs an ict_core.config.Config, got {type(cfg).__name__}")
-    stop = StopRequest()
+    stop = stop if stop is not None else StopRequest()
     with StopOnSignals(stop, handle_signals and rank_and_world()[1] == 1):
         run = Run(cfg, report, run_dir, resume_from, stop)
         try:

@@ -152,3 +152,9 @@ def planted_ablations(rng: np.random.Generator, alternatives: dict, seeds: int =
             rows.append(trial_row(experiment, f"{key}={value}-{seed}", seed, space="ablations",
                                   final_fd=10 - effect + rng.normal(0, noise), config={key: value}))
     return rows
+
+
+def first_prose(report_text: str) -> str:
+    """The report's first prose paragraph: the block after the title and the table of answers that opens it."""
+    blocks = report_text.split("\n\n")[1:]
+    return next(b for b in blocks if not b.lstrip().startswith("|"))

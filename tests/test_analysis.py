@@ -174,7 +174,7 @@ def test_curricula_from_a_random_search_are_ranked_by_shape(tmp_path):
     from analysis.report import write_report
 
     synthetic.write_experiment(tmp_path / "cur", trials, evals)
-    first = write_report([tmp_path], n_boot=100).read_text().split("\n\n")[1]
+    first = synthetic.first_prose(write_report([tmp_path], n_boot=100).read_text())
     assert "the 3 curriculum shapes (pooled over the sampled s0, s1) differ (" in first
     assert "the best is exponential" in first
 
@@ -284,7 +284,7 @@ def test_report_end_to_end(synthetic_results):
     out = synthetic_results / "report"
     assert str(out / "report.md") in proc.stdout
     text = (out / "report.md").read_text()
-    first = text.split("\n\n")[1]
+    first = synthetic.first_prose(text)
     # Q1: the exponent with its interval, and the seeds behind it.
     b = float(first.split("gives b = ")[1].split()[0])
     assert abs(b - 0.5) < 0.05 and "contains the paper's b = 0.5" in first and "5 seeds" in first
@@ -323,7 +323,7 @@ def test_pruned_runs_count_at_equal_compute(tmp_path):
     from analysis.report import write_report
 
     assert estimate_c_star(_frame(trials), n_boot=N_BOOT).per_dataset.empty  # finished runs: 1-2 values of c
-    first = write_report([tmp_path], n_boot=N_BOOT).read_text().split("\n\n")[1]
+    first = synthetic.first_prose(write_report([tmp_path], n_boot=N_BOOT).read_text())
     assert "pruned runs included (32000 images): Q1, the best Pseudo-Huber c: on digits-8" in first
     assert "Q1 (c scaling): no c-scaling experiment found" not in first
     per = pd.read_csv(tmp_path / "report" / "compute_c_scaling_per_dataset.csv").set_index("dataset")
@@ -335,7 +335,7 @@ def test_report_says_which_questions_the_tables_cannot_answer(synthetic_results,
     from analysis.report import write_report
 
     path = write_report([synthetic_results / "ablations"], out=tmp_path / "r", n_boot=100)
-    first = path.read_text().split("\n\n")[1]
+    first = synthetic.first_prose(path.read_text())
     assert "no c-scaling experiment found" in first
     assert "no dropout experiment found" in first
     assert "Q3 (curricula): no evals.parquet" in first

@@ -13,6 +13,7 @@ from analysis.ablations import INCONCLUSIVE, analyze_ablations
 from analysis.curriculum import curves
 from analysis.load import load_results
 from analysis.report import write_report
+from tests import synthetic
 
 STEPS, EVERY, BATCH = 20, 10, 32
 # EMA teacher (the CT baseline) against none (iCT), two seeds each, plus a run whose loss blows up.
@@ -79,7 +80,7 @@ def test_analysis_reads_a_real_search(real_experiment):
 def test_report_on_a_real_search(real_experiment, tmp_path):
     path = write_report([real_experiment], out=tmp_path / "report", n_boot=300)
     text = path.read_text()
-    first = text.split("\n\n")[1]
+    first = synthetic.first_prose(text)
     assert "EMA teacher vs none (none - ema): inconclusive (too few seeds (2 vs 2" in first
     assert "FD difference" in first and "no c-scaling experiment found" in first
     assert "4 completed, 0 pruned, 2 diverged, 0 errored" in text

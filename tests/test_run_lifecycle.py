@@ -18,6 +18,7 @@ from PIL import Image
 
 from ict_core import metrics, rundir, trainer
 from ict_core import train as cli
+from ict_core.cli import command
 from ict_core.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +116,7 @@ def test_a_signal_writes_a_checkpoint_an_interrupted_summary_and_the_resume_comm
     state = torch.load(rundir.latest_checkpoint(run) / "state.pt", weights_only=False)
     assert state["step"] == step and state["images_seen"] == 8 * step
     assert f"[ict] interrupted by {sig.name} at step {step}/100000" in out
-    assert _row(out, "resume") == f"python -m ict_core.train --resume {run}"
+    assert _row(out, "resume") == f"{cli.train_command()} --resume {run}"
     if sig != signal.SIGINT:
         return
     # The printed command continues the run (here with a nearer end, which also runs the final evaluation).
@@ -129,9 +130,9 @@ def test_a_signal_writes_a_checkpoint_an_interrupted_summary_and_the_resume_comm
     sample = run / "samples" / f"step_{step + 3:07d}.png"
     assert _row(resumed.stdout, "samples") == str(sample) and sample.is_file()
     assert _row(resumed.stdout, "checkpoint") == str(run / "checkpoints" / f"step_{step + 3:07d}")
-    assert _row(resumed.stdout, "tensorboard") == f"tensorboard --logdir {run}"
+    assert _row(resumed.stdout, "tensorboard") == f"{command('tensorboard')} --logdir {run}"
     assert (_row(resumed.stdout, "train longer")
-            == f"python -m ict_core.train --resume {run} --set train.total_steps={2 * (step + 3)}")
+            == f"{cli.train_command()} --resume {run} --set train.total_steps={2 * (step + 3)}")
 
 
 def test_two_quick_ctrl_cs_exit_130_without_a_traceback(cache_dir, tmp_path):
@@ -231,11 +232,11 @@ def test_end_message_points_at_the_newest_files_and_the_command_that_continues(t
     assert done.splitlines()[0] == "[ict] completed 1000 steps in 63 s: fd 18.8, fd_2step 12, kid(x1e3) 3.1, best fd 18.8"
     assert _row(done, "samples") == str(run / "samples" / "step_0001000.png")
     assert _row(done, "checkpoint") == str(run / "checkpoints" / "step_0001000")
-    assert _row(done, "train longer") == f"python -m ict_core.train --resume {run} --set train.total_steps=2000"
+    assert _row(done, "train longer") == f"{cli.train_command()} --resume {run} --set train.total_steps=2000"
 
     run = _planted_run(tmp_path / "has space", [300], [])
     diverged = cli.end_message({"status": "diverged", "step": 340, "total_steps": 1000, "run_dir": str(run)})
     assert diverged.splitlines()[0] == "[ict] diverged at step 340/1000: the loss became non-finite"
     assert _row(diverged, "samples").startswith("none")
-    assert _row(diverged, "retry") == (f"python -m ict_core.train --resume '{run / 'checkpoints' / 'step_0000300'}' "
+    assert _row(diverged, "retry") == (f"{cli.train_command()} --resume '{run / 'checkpoints' / 'step_0000300'}' "
                                        f"--set optim.lr=<lower>")

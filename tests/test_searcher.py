@@ -24,13 +24,15 @@ def test_startup_trials_fit_the_budget():
     assert startup_trials(5, 4) == 4  # the given points always run before TPE
     for n in range(3, 40):
         assert 2 <= startup_trials(n) < n  # TPE always gets a turn
-    assert describe_search(12, 1) == "4 random (1 given point), then 8 TPE"
+    assert describe_search(12, 1) == "1 given point, 3 random, then 8 TPE"
+    assert describe_search(2, 2) == "2 given points, 0 random, then 0 TPE"  # was "2 random (2 given points)"
+    assert describe_search(12, 0) == "4 random, then 8 TPE"
 
 
 def test_dry_run_says_how_many_trials_are_random(capsys):
-    assert search_main(["--space", "c_scaling", "--budget", "cpu", "--dry-run"]) == 0
+    assert search_main(["--space", "c_scaling", "--budget", "cpu", "--dry-run", "--no-timing"]) == 0
     out = capsys.readouterr().out
-    assert "random (1 given point), then" in out and " TPE" in out
+    assert "1 given point, " in out and "random, then" in out and " TPE" in out
 
 
 def _searcher(num_samples=8):

@@ -122,6 +122,7 @@ def test_bad_space_files_name_the_file_key_and_value(tmp_path, text, needles):
 def test_a_budget_runs_only_the_strata_it_lists(tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text(GOOD.replace("smoke: {num_samples: 2,", "smoke: {num_samples: 2, strata: [small],")
+                    + "  cpu: {num_samples: 1}\n"
                     + "strata: [{name: small, fixed: {data.name: digits}},"
                       " {name: big, fixed: {data.name: patches, data.resolution: 32}}]\n")
     plan = load_space(path).plan("smoke")
@@ -150,7 +151,7 @@ def test_cli_errors_exit_2_without_traceback_and_dry_run_starts_no_ray(tmp_path,
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
     proc = subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--space", str(good), "--dry-run",
-                           "--storage", str(tmp_path), "--set", "train.batch_size=16"],
+                           "--no-timing", "--storage", str(tmp_path), "--set", "train.batch_size=16"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "loss.huber_c" in proc.stdout and "train.batch_size=16" in proc.stdout

@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import os
+import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ict_core.cli import BadInput, bad_input, check_writable_folder
+from ict_core.cli import BadInput, bad_input, check_writable_folder, command
 from ict_core.config import ConfigError, load_config, parse_overrides
 from tune.findings import ExportError, export_findings, hours_text
 from tune.search import check_plan_paths, format_plan, resolve_plan, resources, run_search
@@ -151,51 +151,82 @@ def estimate_seconds(row: dict, step_s: float, concurrent: int) -> float:
     return row["runs"] * per_run / max(1, concurrent)
 
 
+def load_note() -> str:
+    """The load a step time was measured under: a measurement on a busy machine is slower than on an idle one."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return "under a load that could not be read"
+    return f"under a 1-min load average of {load:.2f} on {os.cpu_count()} CPU(s); it scales with the load"
+
+
+def compute_lines(plan, res: dict, timings: dict, measure: bool = True) -> tuple[list[str], dict]:
+    """The compute lines of one search's plan (per stratum: runs, steps, images, and the measured step time with the
+    load it was measured under and the hours it gives, or "not measured"), and its totals {runs, images,
+    seconds, timed, untimed}. `timings` caches step times by cost key across searches."""
+    lines, total = [], {"runs": 0, "images": 0, "seconds": 0.0, "timed": 0, "untimed": 0}
+    asha = plan.scheduler.get("type") == "asha"
+    for row in plan_compute(plan):
+        line = (f"compute {row['stratum']}: {row['runs']} run(s) x {row['steps_per_run']} steps = "
+                f"{row['images']:,} images" + (" at most (ASHA stops some runs early)" if asha else ""))
+        if measure:
+            key = _cost_key(row["cfg"])
+            if key not in timings:
+                note = load_note()
+                try:
+                    timings[key] = (measure_step_seconds(row["cfg"], res["cpus_per_trial"]), note)
+                except ConfigError as err:  # e.g. train.device=cuda on a machine without a GPU
+                    timings[key] = (float("nan"), f"not timed here ({err})")
+            step_s, note = timings[key]
+            if math.isfinite(step_s):
+                seconds = estimate_seconds(row, step_s, res["max_concurrent_trials"])
+                line += (f"; {1e3 * step_s:.1f} ms/step measured here ({res['cpus_per_trial']} thread(s), {note}), "
+                         f"{res['max_concurrent_trials']} concurrent -> about {hours_text(seconds)}")
+                total["seconds"] += seconds
+                total["timed"] += 1
+            else:
+                line += f"; {note}"
+                total["untimed"] += 1
+        else:
+            line += "; time not measured (--no-timing)"
+            total["skipped"] = total.get("skipped", 0) + 1
+        lines.append(line)
+        total["runs"] += row["runs"]
+        total["images"] += row["images"]
+    return lines, total
+
+
+def total_line(what: str, total: dict) -> str:
+    """The last line of a dry run: runs, images and the estimated time (or why there is none)."""
+    timed = (f", about {hours_text(total['seconds'])} on this machine (training and evaluation; Ray start-up and "
+             f"feature-network training not counted)" if total.get("timed") else "")
+    skipped = ", time not measured" if total.get("skipped") and not total.get("timed") else ""
+    untimed = f"; {total['untimed']} stratum(s) could not be timed here" if total.get("untimed") else ""
+    return f"{what}, {total['runs']} runs, {total['images']:,} images{timed}{skipped}{untimed}"
+
+
 def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print, pilot=None) -> dict:
     """Print each search's plan, its compute and each claim's detectable effect (from `pilot` folders, or the
     campaign's own experiments; tune/pilot.py); returns the totals {runs, images, seconds}."""
     from tune.search import plan_power
 
     family = sum(len(plan.claims) for _, plan in plans)  # Holm runs over every claim of the campaign
-    timings: dict[str, float] = {}
-    total = {"runs": 0, "images": 0, "seconds": 0.0}
+    timings: dict[str, tuple[float, str]] = {}
+    total = {"runs": 0, "images": 0, "seconds": 0.0, "timed": 0, "untimed": 0, "skipped": 0}
     for space, plan in plans:
         res = resources(plan, 1, 0, None)
         out(f"==== {plan.space} ({plan.budget}) ====")
         out(format_plan(plan, res, join(str(campaign_dir), plan.space)))
-        asha = plan.scheduler.get("type") == "asha"
-        for row in plan_compute(plan):
-            line = (f"compute {row['stratum']}: {row['runs']} run(s) x {row['steps_per_run']} steps = "
-                    f"{row['images']:,} images" + (" at most (ASHA stops some runs early)" if asha else ""))
-            seconds = float("nan")
-            if measure:
-                key = _cost_key(row["cfg"])
-                if key not in timings:
-                    try:
-                        timings[key] = measure_step_seconds(row["cfg"], res["cpus_per_trial"])
-                    except ConfigError as err:  # e.g. train.device=cuda on a machine without a GPU
-                        timings[key] = float("nan")
-                        line += f"; not timed here ({err})"
-                step_s = timings[key]
-                if math.isfinite(step_s):
-                    seconds = estimate_seconds(row, step_s, res["max_concurrent_trials"])
-                    line += (f"; {1e3 * step_s:.1f} ms/step measured here ({res['cpus_per_trial']} thread(s)), "
-                             f"{res['max_concurrent_trials']} concurrent -> about {hours_text(seconds)}")
-                    total["seconds"] += seconds
-                    total["timed"] = total.get("timed", 0) + 1
-                else:
-                    total["untimed"] = total.get("untimed", 0) + 1
+        lines, sub = compute_lines(plan, res, timings, measure)
+        for line in lines:
             out(line)
-            total["runs"] += row["runs"]
-            total["images"] += row["images"]
+        for key in total:
+            total[key] += sub.get(key, 0)
         own = None if is_uri(campaign_dir) else Path(campaign_dir) / plan.space  # a bucket's tables: use --pilot
         for line in plan_power(plan, pilot, own, family):
             out(line)
         out("")
-    out(f"campaign: {len(plans)} search(es), {total['runs']} runs, {total['images']:,} images"
-        + (f", about {hours_text(total['seconds'])} on this machine (training and evaluation; Ray start-up and "
-           f"feature-network training not counted)" if total.get("timed") else "")
-        + (f"; {total['untimed']} stratum(s) could not be timed here" if total.get("untimed") else ""))
+    out(total_line(f"campaign: {len(plans)} search(es)", total))
     return total
 
 
@@ -391,7 +422,8 @@ def main(argv=None) -> int:
                                     command=command, reuse=args.reuse or ())
         where = (join(args.storage, args.name or f"campaign-{args.budget}") if is_uri(args.storage)
                  else str(campaign_dir))
-        print(f"campaign: {where}\nreport:   {join(where, 'report', 'report.md')}")
+        report_md = campaign_dir / "report" / "report.md"
+        print(f"campaign: {where}" + (f"\nreport:   {join(where, 'report', 'report.md')}" if report_md.exists() else ""))
         if args.export:
             if is_uri(args.storage):  # every search's tables and samples, from storage into the local copy
                 campaign_dir = report_copy(where).local
@@ -402,8 +434,10 @@ def main(argv=None) -> int:
             print(f"exported: {dest} (README.md there names the commands and commits)")
         return 0
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python tune/campaign.py {' '.join(argv or sys.argv[1:])} --resume"
-              .replace(" --resume --resume", " --resume"), file=sys.stderr)
+        args = list(sys.argv[1:] if argv is None else argv)
+        args += [] if "--resume" in args else ["--resume"]
+        script = command("ict-campaign", shlex.quote(str(Path(__file__).resolve())))
+        print(f"\ninterrupted; continue with: {script} {' '.join(shlex.quote(a) for a in args)}", file=sys.stderr)
         return 130
     except BadInput as err:
         return bad_input(err)

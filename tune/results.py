@@ -170,6 +170,8 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
     started = [store.exists(f"{rel}/{rundir.CONFIG}") or store.exists(f"{rel}/{rundir.EVALS}") for rel in folders]
     for index, (seed, rel) in enumerate(zip(seeds, folders)):
         summary = store.read_json(f"{rel}/{rundir.SUMMARY}") or {}
+        if summary.get("status") not in FINISHED:
+            summary = {}  # a seed stopped by Tune (a scheduler, a Ctrl-C) summarises a run that did not end
         evals = [e for e in store.read_jsonl(f"{rel}/{rundir.EVALS}")
                  if e.get("evaluated", True) and e.get("status") != DIVERGED]
         config = store.read_json(f"{rel}/{rundir.CONFIG}")

@@ -24,12 +24,13 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 import zlib
 from pathlib import Path
 
-from ict_core.cli import BadInput, bad_input, check_writable_folder
+from ict_core.cli import BadInput, bad_input, check_writable_folder, command
 from ict_core.config import load_config, parse_overrides
 from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
                               TRIALS_FILE)
@@ -434,7 +435,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     from ray import tune as rt
 
     from tune.progress import ParquetCallback, ProgressCallback
-    from tune.trial import ict_trial
+    from tune.store import Store
+    from tune.trial import StopTrialsOnInterrupt, ict_trial
 
     def say(text: str) -> None:
         if not quiet:
@@ -511,10 +513,11 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                     run_config=rt.RunConfig(name=tune_name, storage_path=ray_dir, callbacks=callbacks,
                                             verbose=0, failure_config=rt.FailureConfig(max_failures=0),
                                             log_to_file=True))
-            tuner.fit()
+            with StopTrialsOnInterrupt(Store(runs_root), stratum.name, say=say) as guard:
+                tuner.fit()
             exp.push()
             outcome = _stratum_outcome(exp_dir, tune_name)
-            if outcome["interrupted"]:
+            if outcome["interrupted"] or guard.interrupted:
                 info.update(status=INTERRUPTED, interrupted_stratum=stratum.name)
                 _write_experiment(exp, info)
                 say(f"stratum {stratum.name}: interrupted, {outcome['ended']} of {outcome['planned']} trial(s) "
@@ -584,6 +587,8 @@ def _design_rounds(plan: Plan, exp: ExperimentFolder, name: str, info: dict, res
     from ict_core.config import coerce
     from tune.designer import DECIDED, holm_verdicts, next_round
     from tune.progress import ParquetCallback, ProgressCallback
+    from tune.store import Store
+    from tune.trial import StopTrialsOnInterrupt
     from tune.rounds import UNTESTABLE, claim_arms, claim_data, signatures, verdict_record
 
     exp_dir = exp.dir
@@ -667,9 +672,11 @@ def _design_rounds(plan: Plan, exp: ExperimentFolder, name: str, info: dict, res
                                               reuse_actors=True),
                     run_config=rt.RunConfig(name=tune_name, storage_path=ray_dir, callbacks=callbacks, verbose=0,
                                             failure_config=rt.FailureConfig(max_failures=0), log_to_file=True))
-            tuner.fit()
+            with StopTrialsOnInterrupt(Store(runs_root), stratum_name, say=say) as guard:
+                tuner.fit()
+            exp.push()
             outcome = _stratum_outcome(exp_dir, tune_name)
-            if outcome["interrupted"]:
+            if outcome["interrupted"] or guard.interrupted:
                 return INTERRUPTED
             if outcome["errored"]:
                 return ERRORED
@@ -699,12 +706,17 @@ def print_summary(exp_dir: Path, metric: str, mode: str, location: str | None = 
 
     trials = exp_dir / TRIALS_FILE
     where = location or str(exp_dir)
-    print(f"\ntrials: {join(where, TRIALS_FILE)}\nevals:  {join(where, EVALS_FILE)}")
-    print(f"read:   python -c \"import pandas as pd; print(pd.read_parquet('{join(where, TRIALS_FILE)}'))\"")
-    if trials.exists():
-        for line in summary_lines(pd.read_parquet(trials), metric, mode):
-            print(line)
-    print(f"report: python analysis/report.py {where}")
+    if not trials.exists():  # interrupted before any run was recorded: point at nothing that is not there
+        print(f"\nno run recorded yet in {where} ({TRIALS_FILE} is written when the first run ends)")
+        return
+    print(f"\ntrials: {join(where, TRIALS_FILE)}"
+          + (f"\nevals:  {join(where, EVALS_FILE)}" if (exp_dir / EVALS_FILE).exists() else ""))
+    code = f"import pandas as pd; print(pd.read_parquet({join(where, TRIALS_FILE)!r}))"
+    print(f"read:   {shlex.quote(sys.executable)} -c {shlex.quote(code)}")
+    for line in summary_lines(pd.read_parquet(trials), metric, mode):
+        print(line)
+    print(f"report: {command('ict-report', shlex.quote(str(REPO_ROOT / 'analysis' / 'report.py')))} "
+          f"{shlex.quote(where)}")
 
 
 # ---- CLI --------------------------------------------------------------------------------------
@@ -731,7 +743,10 @@ def _parser() -> argparse.ArgumentParser:
                         "strata further, telling the searcher what they already measured")
     p.add_argument("--ray-train", action="store_true",
                    help="run every trial's seeds through Ray Train, even with one CPU worker (the GPU path)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit without Ray")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan and its compute (runs, steps, images, and the time a few real "
+                        "training steps measured here give) and exit without Ray")
+    p.add_argument("--no-timing", action="store_true", help="with --dry-run: count runs and images, time no steps")
     p.add_argument("--list-spaces", action="store_true", help="list the shipped spaces and exit")
     p.add_argument("--reuse", nargs="+", metavar="DIR",
                    help="experiment (or campaign) folders whose finished runs are copied, not trained again, "
@@ -775,6 +790,10 @@ def main(argv=None) -> int:
             res = resources(plan, args.workers_per_trial, args.gpus_per_worker, None, args.ray_train)
             exp_dir = None if is_uri(args.storage) else Path(args.storage).expanduser().resolve() / name
             print(format_plan(plan, res, join(args.storage, name) if exp_dir is None else exp_dir))
+            from tune.campaign import compute_lines, total_line  # the campaign's estimate, for one search
+
+            lines, total = compute_lines(plan, res, {}, measure=not args.no_timing)
+            print("\n".join(lines + [total_line(f"search: {len(plan.strata)} stratum(s)", total)]))
             print("\n".join(plan_power(plan, args.pilot, exp_dir)))
             return 0
         exp_dir = run_search(args.space, args.budget, args.num_samples, args.storage, args.name, args.resume,
@@ -807,7 +826,12 @@ def _resume_command(argv) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--resume" not in args:
         args.append("--resume")
-    return "python tune/search.py " + " ".join(args)
+    return f"{search_command()} " + " ".join(shlex.quote(a) for a in args)
+
+
+def search_command() -> str:
+    """ict-search as a printed hint gives it: a command that works from any folder (ict_core.cli.command)."""
+    return command("ict-search", shlex.quote(str(REPO_ROOT / "tune" / "search.py")))
 
 
 if __name__ == "__main__":

@@ -273,7 +273,11 @@ def space_path(name_or_path: str | os.PathLike) -> Path:
         return path
     path = SPACE_DIR / f"{name_or_path}.yaml"
     if not path.exists():
-        raise SpaceError(f"unknown space {str(name_or_path)!r}; shipped spaces: {', '.join(list_spaces())} "
+        import difflib
+
+        close = difflib.get_close_matches(str(name_or_path), list_spaces(), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpaceError(f"unknown space {str(name_or_path)!r}{hint}; shipped spaces: {', '.join(list_spaces())} "
                          f"(or give a path to a .yaml file)")
     return path
 
@@ -571,6 +575,9 @@ class Space:
         ict_core.config so a bad combination fails here and not in a Ray worker."""
         if budget not in BUDGETS:
             raise SpaceError(f"{self.source}: unknown budget {budget!r}; allowed: {', '.join(BUDGETS)}")
+        if self.budgets and budget not in self.budgets:  # a space without a budgets section runs any budget as is
+            raise SpaceError(f"{self.source}: budget {budget!r} is not defined in this space's budgets; it defines "
+                             f"{', '.join(self.budgets)} (add budgets.{budget} to the file, or pick one of those)")
         spec = self.budgets.get(budget, BudgetSpec())
         where = f"budgets.{budget}"
         samples = num_samples if num_samples is not None else (spec.num_samples or 1)
@@ -678,16 +685,19 @@ def startup_trials(num_samples: int, points: int = 0) -> int:
 
 
 def describe_search(num_samples: int, points: int) -> str:
-    """The dry-run line, e.g. '4 random (1 given point), then 8 TPE'."""
+    """The dry-run line, e.g. '1 given point, 3 random, then 8 TPE': Optuna's k start-up trials are the given
+    points first, then random draws, before TPE proposes the rest."""
     k = startup_trials(num_samples, points)
-    given = f" ({min(points, k)} given point{'s' if min(points, k) != 1 else ''})" if points else ""
-    return f"{k} random{given}, then {num_samples - k} TPE"
+    given = min(points, k)
+    first = f"{given} given point{'s' if given != 1 else ''}, " if points else ""
+    return f"{first}{k - given} random, then {num_samples - k} TPE"
 
 
 def load_space(name_or_path: str | os.PathLike) -> Space:
     path = space_path(name_or_path)
     try:
-        tree = yaml.safe_load(path.read_text())
+        with path.open() as stream:  # a stream, so that YAML's error names the file
+            tree = yaml.safe_load(stream)
     except yaml.YAMLError as err:
         raise SpaceError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(tree, dict):

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
 
-from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder
+from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder, command
 from ict_core.config import list_presets, load_config
 from ict_core.records import COMPLETED
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
           "samples/, summary.json, workers.jsonl)\n"
           f"checkpoints: {summary['experiment_path']}  (latest {cfg.train.keep_checkpoints}; newest "
           f"{summary['checkpoint_path']})\n"
-          f"continue:    python tune/train.py --resume --name {plan.name} --storage {plan.storage} "
+          f"continue:    {command('ict-train-ray', shlex.quote(str(Path(__file__).resolve())))} --resume --name {plan.name} --storage {plan.storage} "
           "[--set train.total_steps=...]")
     return 0 if summary.get("status") == COMPLETED else 1
 

@@ -30,7 +30,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from ict_core.config import load_config, resolve_config
 from ict_core import rundir
-from ict_core.records import COMPLETED, DIVERGED, RUNNING
+from ict_core.records import COMPLETED, DIVERGED, INTERRUPTED, RUNNING
+from ict_core.stop import StopRequest
 from tune.store import FINISHED, Store, localize_inputs, seed_folder, trial_folder
 
 
@@ -124,35 +125,167 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
     trial_id = rt.get_context().get_trial_id()
     store = Store(runs_root)
     base_cfg = load_config(overrides=trial_overrides(stratum["fixed"], config, cpus_per_trial, not ray_train))
-    total_steps = base_cfg.train.total_steps
     seed_list = [base_cfg.train.seed + i for i in range(seeds)]
 
-    with store.capture_output(trial_folder(stratum["name"], trial_id)):
-        summaries = []
-        for index, seed in enumerate(seed_list):
-            rel = seed_folder(stratum["name"], trial_id, seed)
-            summary = store.read_json(f"{rel}/{rundir.SUMMARY}")
-            if summary is None or summary.get("status") not in FINISHED:
-                cfg = base_cfg.with_overrides({"train.seed": seed})
-                source = _reusable(cfg, seed, reuse, store)
-                if source is not None:
-                    from tune.reuse import copy_run
+    folder = trial_folder(stratum["name"], trial_id)
+    with store.capture_output(folder):
+        _remove_file(store, f"{folder}/{STOPPED_FILE}")
+        if not ray_train:  # an in-process seed stops with a checkpoint on the driver's STOP_FILE (SearchStop)
+            store.write_text(f"{folder}/{RUNNING_FILE}", f"{time.time()}\n")
+        try:
+            summaries = _train_seeds(store, stratum, trial_id, folder, base_cfg, seed_list, metric, ray_train,
+                                     workers, gpus_per_worker, cpus_per_trial, ray_storage, runs_root, reuse)
+        finally:  # ended (finished, errored, or stopped by a scheduler at a report): nothing is left training
+            _remove_file(store, f"{folder}/{RUNNING_FILE}")
+        rt.report(final_result(summaries, seed_list, base_cfg.train.total_steps, metric))
 
-                    summary = copy_run(source, Path(store.uri(rel)))
-                    rt.report({**tune_result({**summary, "evaluated": True}, seed_index=index, seed=seed,
-                                             total_steps=total_steps, metric=metric)})
-                    summaries.append(summary)
-                    continue
-                send = partial(tune_result, seed_index=index, seed=seed, total_steps=total_steps, metric=metric)
-                if ray_train:
-                    summary = _seed_ray_train(cfg, store, rel, send, workers, gpus_per_worker, cpus_per_trial,
-                                              ray_storage or runs_root, f"{stratum['name']}-{trial_id}-seed{seed}")
-                else:
-                    # Inputs under a URI (data.path, eval.inception_path) are read from this node's cache; Ray
-                    # Train fetches them on each worker's node.
-                    summary = _seed_in_process(localize_inputs(cfg), store, rel, send)
-            summaries.append(summary)
-        rt.report(final_result(summaries, seed_list, total_steps, metric))
+
+def _train_seeds(store, stratum, trial_id, folder, base_cfg, seed_list, metric, ray_train, workers, gpus_per_worker,
+                 cpus_per_trial, ray_storage, runs_root, reuse=None) -> list[dict]:
+    """Each seed's summary, in order; a seed that finished before (its summary.json) is not trained again, and one
+    whose run_key is in `reuse` (tune/reuse.reuse_index) is copied from there, not trained."""
+    from ray import tune as rt
+
+    total_steps = base_cfg.train.total_steps
+    summaries = []
+    for index, seed in enumerate(seed_list):
+        rel = seed_folder(stratum["name"], trial_id, seed)
+        summary = store.read_json(f"{rel}/{rundir.SUMMARY}")
+        if summary is None or summary.get("status") not in FINISHED:
+            cfg = base_cfg.with_overrides({"train.seed": seed})
+            source = _reusable(cfg, seed, reuse, store)
+            if source is not None:
+                from tune.reuse import copy_run
+
+                summary = copy_run(source, Path(store.uri(rel)))
+                rt.report({**tune_result({**summary, "evaluated": True}, seed_index=index, seed=seed,
+                                         total_steps=total_steps, metric=metric)})
+                summaries.append(summary)
+                continue
+            send = partial(tune_result, seed_index=index, seed=seed, total_steps=total_steps, metric=metric)
+            if ray_train:
+                summary = _seed_ray_train(cfg, store, rel, send, workers, gpus_per_worker, cpus_per_trial,
+                                          ray_storage or runs_root, f"{stratum['name']}-{trial_id}-seed{seed}")
+            else:
+                # Inputs under a URI (data.path, eval.inception_path) are read from this node's cache; Ray
+                # Train fetches them on each worker's node.
+                summary = _seed_in_process(localize_inputs(cfg), store, rel, send)
+        if summary.get("status") == INTERRUPTED:  # the driver's Ctrl-C (StopTrialsOnInterrupt)
+            store.write_text(f"{folder}/{STOPPED_FILE}", f"{summary.get('step')}\n")
+            while True:  # the checkpoint is written; ending here would tell Tune the trial finished
+                time.sleep(1.0)  # Tune ends this actor once the driver hands the interrupt over
+        summaries.append(summary)
+    return summaries
+
+
+STOP_FILE = "STOP"  # at the root of the runs store: the search driver asks its running trials to stop (Ctrl-C)
+RUNNING_FILE, STOPPED_FILE = "running", "stopped"  # in a trial's folder: it trains; it stopped with a checkpoint
+
+
+class SearchStop(StopRequest):
+    """The trainer's stop request inside a trial: set once the driver has written STOP_FILE (polled at most once a
+    second, every 5 s on a URI store). The loop then writes a checkpoint after the current step, so a resumed search
+    continues the seed from the step it reached rather than from its last evaluation."""
+
+    def __init__(self, store: Store):
+        self._store, self._own, self._next = store, None, 0.0
+        super().__init__()
+
+    @property
+    def signal(self) -> str | None:
+        now = time.monotonic()
+        if self._own is None and now >= self._next:
+            self._next = now + (5.0 if self._store.is_uri else 1.0)
+            if self._store.exists(STOP_FILE):
+                self._own = "a stop of the search"
+        return self._own
+
+    @signal.setter
+    def signal(self, value) -> None:
+        self._own = value
+
+
+class StopTrialsOnInterrupt:
+    """Around one stratum's tuner.fit() in the driver's main thread: the first Ctrl-C writes STOP_FILE, waits up to
+    `grace_s` until every trial that marked itself running has marked itself stopped (its seed's checkpoint is
+    written), then hands the interrupt to Tune through SIGUSR1, which Tune always treats as Ctrl-C: it saves its
+    state with those trials still running and ends them, so --resume restarts each, and each seed resumes from its
+    checkpoint. A second Ctrl-C hands over at once. Tune's own SIGINT handler would end the trials where they
+    stand: their actors are busy in the function until its next report, so nothing else reaches them in time."""
+
+    def __init__(self, store: Store, stratum: str, grace_s: float = 20.0, say=print):
+        self.store, self.stratum, self.grace_s, self.say = store, stratum, grace_s, say
+        self.interrupted = False
+        self._handed = False
+        self._previous = None
+        self._env = None
+
+    def __enter__(self) -> "StopTrialsOnInterrupt":
+        import os
+        import signal
+        import threading
+
+        _remove_file(self.store, STOP_FILE)
+        if threading.current_thread() is threading.main_thread():
+            self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import os
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            if self._env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+        _remove_file(self.store, STOP_FILE)
+
+    def _handle(self, signum, frame) -> None:
+        import threading
+
+        if self.interrupted:
+            self._hand_over()
+            return
+        self.interrupted = True
+        self.say("\n[search] Ctrl-C: each running trial writes a checkpoint of the step it reached, then the search "
+                 "stops (Ctrl-C again stops at once, losing the steps since each seed's last checkpoint)")
+        self.store.write_text(STOP_FILE, "stop\n")
+        threading.Thread(target=self._wait_then_hand_over, daemon=True).start()
+
+    def _pending(self) -> list[str]:
+        """Trials of this stratum marked running and not yet stopped (local stores; URI stores wait the grace)."""
+        if self.store.is_uri:
+            return ["?"]
+        root = Path(self.store.root) / self.stratum
+        return [p.parent.name for p in root.glob(f"*/{RUNNING_FILE}") if not (p.parent / STOPPED_FILE).exists()]
+
+    def _wait_then_hand_over(self) -> None:
+        deadline = time.monotonic() + self.grace_s
+        while time.monotonic() < deadline and self._pending():
+            time.sleep(0.2)
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        import _thread
+        import os
+        import signal
+
+        if self._handed:
+            return
+        self._handed = True
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            _thread.interrupt_main()  # Tune is not running its loop: stop as a plain Ctrl-C would
+        else:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def _remove_file(store: Store, rel: str) -> None:
+    if store.exists(rel):
+        store.remove(rel)
 
 
 def _reusable(cfg, seed: int, reuse: dict | None, store: Store) -> dict | None:
@@ -187,7 +320,8 @@ def _seed_in_process(cfg, store: Store, rel: str, send) -> dict:
 
     t0 = time.time()
     try:
-        summary = train(cfg, report=report, run_dir=local, resume_from=local if resume else None)
+        summary = train(cfg, report=report, run_dir=local, resume_from=local if resume else None,
+                        stop=SearchStop(store))
     finally:
         sync.push()
     summary.setdefault("wall_s", time.time() - t0)
