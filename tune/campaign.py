@@ -175,7 +175,7 @@ def compute_lines(plan, res: dict, timings: dict, measure: bool = True) -> tuple
                 note = load_note()
                 try:
                     timings[key] = (measure_step_seconds(row["cfg"], res["cpus_per_trial"]), note)
-                except ConfigError as err:  # e.g. train.device=cuda on a machine without a GPU
+                except BadInput as err:  # e.g. train.device=cuda without a GPU, or data under a storage URI
                     timings[key] = (float("nan"), f"not timed here ({err})")
             step_s, note = timings[key]
             if math.isfinite(step_s):
