@@ -36,8 +36,9 @@ class ParquetCallback(Callback):
     terminated, so its own statuses cannot tell an interrupted stratum from a finished one."""
 
     def __init__(self, experiment_dir: str, experiment: str, space: str, stratum: dict, seeds: int,
-                 runs_root: str, ledger: str | None = None, planned: int = 0):
+                 runs_root: str, ledger: str | None = None, planned: int = 0, metadata: dict | None = None):
         self.experiment_dir = experiment_dir
+        self.metadata = metadata  # tune/results.table_metadata: written into both tables' schema metadata
         self.experiment = experiment
         self.space = space
         self.stratum = stratum
@@ -48,7 +49,7 @@ class ParquetCallback(Callback):
 
     def setup(self, **info):
         # Re-read on every (re)start: a restored callback must not hold the tables of a previous driver.
-        self.tables = ResultTables(self.experiment_dir)
+        self.tables = ResultTables(self.experiment_dir, getattr(self, "metadata", None))
         self._ledger_update({})
 
     def _known(self, trial) -> dict:

@@ -372,6 +372,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     from ray import tune as rt
 
     from tune.progress import ParquetCallback, ProgressCallback
+    from tune.results import table_metadata
     from tune.trial import ict_trial
 
     def say(text: str) -> None:
@@ -434,7 +435,9 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 stratum_info = {"name": stratum.name, "fixed": stratum.fixed}
                 planned = samples if plan.algorithm != "grid" else len(param_space["variant"]["grid_search"])
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, plan.seeds, runs_root,
-                                             ledger=tune_name, planned=planned),
+                                             ledger=tune_name, planned=planned,
+                                             metadata=table_metadata(name, plan.space, list(plan.params),
+                                                                     plan.metric, plan.mode)),
                              ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
                                               total=planned, quiet=quiet)]
                 tuner = rt.Tuner(
