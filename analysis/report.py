@@ -29,7 +29,8 @@ from analysis.c_scaling import PAPER_B, estimate_c_star
 from analysis.curriculum import PAPER_SHAPE, final_ranking, rank_curricula
 from analysis.dropout import analyze_dropout
 from analysis.grids import RUN_DIR, best_and_worst, copy_grids
-from analysis.importance import JOURNAL_FILE, MIN_COMPLETED, export_journal, importance_table, rebuild_studies
+from analysis.importance import (JOURNAL_FILE, MIN_COMPLETED, export_journal, importance_table, live_journal,
+                                 rebuild_studies)
 from analysis.load import SchemaError, load_results, status_counts
 from ict_core.records import COMPLETED, PRUNED
 from ict_core.cli import BadInput, bad_input
@@ -394,6 +395,9 @@ def importance_section(rep: Report, trials, metric, seed, write_journal: bool = 
         for folder in sorted({s.experiment_dir for s in studies}):
             path = Path(folder) / JOURNAL_FILE
             shown = os.path.relpath(path, rep.out)  # relative to the report, as its links are
+            if live_journal(folder):  # the search's own studies, kept as they ran (tune/searcher.py)
+                journals.append(f"`{shown}` (the search's live studies)")
+                continue
             try:
                 export_journal([s for s in studies if s.experiment_dir == folder], path)
                 journals.append(f"`{shown}`")

@@ -28,6 +28,7 @@ import time
 import zlib
 from pathlib import Path
 
+from analysis.importance import JOURNAL_FILE
 from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder
 from ict_core.config import load_config, parse_overrides
 from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
@@ -180,9 +181,12 @@ def stratum_seed(seed: int, stratum: str) -> int:
 
 
 def _search(plan: Plan, stratum, concurrent: int, seed: int, num_samples: int | None = None,
-            evaluated: list[tuple[dict, float]] = ()):
+            evaluated: list[tuple[dict, float]] = (), journal: Path | None = None, experiment: str = ""):
     """(search_alg, param_space, num_samples) of one stratum; `seed` seeds its sampler. `evaluated` are
-    (params, value) pairs an earlier run of the stratum measured (--extend), told to Optuna before it starts."""
+    (params, value) pairs an earlier run of the stratum measured (--extend), told to Optuna before it starts.
+    `journal`: the Optuna journal file that holds the stratum's study ("experiment/stratum") live; a study
+    already there (a resumed or extended stratum) is continued and holds what was measured, so nothing is told
+    twice."""
     from ray.tune.search import BasicVariantGenerator
 
     from ray import tune as rt
@@ -203,6 +207,13 @@ def _search(plan: Plan, stratum, concurrent: int, seed: int, num_samples: int | 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     points = list(stratum.points or [])
     rewards = None
+    storage, study_name = None, None
+    if journal is not None:
+        from tune.searcher import journal_storage, study_exists
+
+        storage, study_name = journal_storage(journal), study_label(experiment, stratum.name)
+        if study_exists(storage, study_name):
+            points, evaluated = [], ()  # the study holds them (asked, enqueued or told by the earlier run)
     if evaluated:
         done = [p for p, _ in evaluated]
         points = done + [p for p in points if p not in done]
@@ -210,8 +221,15 @@ def _search(plan: Plan, stratum, concurrent: int, seed: int, num_samples: int | 
         points = points[:len(rewards)]  # OptunaSearch needs one reward per point; the given points ran before
     searcher = SeedMeanOptuna(metric=plan.metric, mode=plan.mode, points_to_evaluate=points or None,
                               evaluated_rewards=rewards,
-                              sampler=make_sampler(seed, stratum.num_samples, len(stratum.points)))
+                              sampler=make_sampler(seed, stratum.num_samples, len(stratum.points)),
+                              storage=storage, study_name=study_name,
+                              study_attrs={"experiment": experiment, "stratum": stratum.name} if storage else None)
     return RetryAwareLimiter(searcher, max_concurrent=concurrent), space, samples
+
+
+def study_label(experiment: str, stratum: str) -> str:
+    """The name of a stratum's Optuna study in the experiment's journal (as the report's rebuilt ones)."""
+    return f"{experiment}/{stratum}"
 
 
 def _scheduler(plan: Plan, stratum):
@@ -371,7 +389,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     import ray
     from ray import tune as rt
 
-    from tune.progress import ParquetCallback, ProgressCallback
+    from tune.progress import ParquetCallback, ProgressCallback, hparam_keys
     from tune.results import table_metadata
     from tune.trial import ict_trial
 
@@ -386,7 +404,11 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
         done_strata = [s for s in info.get("done_strata", []) if old_hashes.get(s) in (None, hashes["strata"].get(s))]
         tune_names = dict(info.get("tune_names", {}))
         shared = (ray_storage or info.get("shared_storage") or _default_shared(exp_dir, name)).rstrip("/")
-        info = {"experiment": name, "experiment_dir": str(exp_dir), "space": plan.space, "budget": budget,
+        # The Optuna searcher's studies live in the experiment's journal (an experiment started before that keeps
+        # the report's rebuilt journal); a grid or random search has no Optuna study to show.
+        live = bool(info.get("live_journal")) if info else plan.algorithm == "optuna_tpe"
+        journal = exp_dir / JOURNAL_FILE if live else None
+        info = {"live_journal": live, "experiment": name, "experiment_dir": str(exp_dir), "space": plan.space, "budget": budget,
                 "plan": plan.to_dict(),
                 "plan_hash": hashes, "resources": res, "provenance": info.get("provenance") or _provenance(),
                 "done_strata": done_strata, "tune_names": tune_names, "shared_storage": shared,
@@ -431,13 +453,14 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                                                            # an extended stratum's new searcher
                                                            # draws anew (its name carries the plan's hash)
                                                            stratum_seed(plan.search_seed, tune_name),
-                                                           samples, evaluated)
+                                                           samples, evaluated, journal, name)
                 stratum_info = {"name": stratum.name, "fixed": stratum.fixed}
                 planned = samples if plan.algorithm != "grid" else len(param_space["variant"]["grid_search"])
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, plan.seeds, runs_root,
                                              ledger=tune_name, planned=planned,
                                              metadata=table_metadata(name, plan.space, list(plan.params),
-                                                                     plan.metric, plan.mode)),
+                                                                     plan.metric, plan.mode),
+                                             hparams=hparam_keys(plan)),
                              ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
                                               total=planned, quiet=quiet)]
                 tuner = rt.Tuner(

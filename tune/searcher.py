@@ -10,6 +10,12 @@ part-trained value as if complete. Here (docs/ARCHITECTURE.md, "What the searche
 - a trial retried after an error (`--resume`, resume_errored) that then completes is added as a new finished
   trial with its value (its first attempt stays FAIL);
 - TPE starts after `startup_trials(num_samples)` configurations (Optuna's default, 10, exceeds most strata).
+
+The study lives in the experiment folder (`journal_storage`: an Optuna journal file, one study per stratum named
+"experiment/stratum"), so optuna-dashboard shows a running search's finished trials as they are told. A resumed
+search never tells a trial twice: Ray restores the searcher from its last snapshot, and a trial the journal
+already holds as finished (told after that snapshot) is not told again; trials asked after the snapshot, whose
+Tune trials Ray no longer knows, are closed FAIL with the user attribute `orphaned` instead of staying RUNNING.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from ict_core.records import DIVERGED
 from tune.space import startup_trials
 
 DIVERGED_ATTR = "diverged"
+ORPHANED_ATTR = "orphaned"
+RETRY_ATTR = "retry_of"  # the number of the FAIL trial a completed retry stands for
 _FIRST_PENALTY = 1.0e6  # before any configuration completed; the constraint keeps the ranking right anyway
 
 
@@ -31,8 +39,54 @@ def make_sampler(seed: int, num_samples: int, points: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(num_samples, points))
 
 
+def journal_storage(path):
+    """An Optuna JournalStorage in the file `path` (created when absent); what optuna-dashboard PATH opens."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def study_exists(storage, name: str) -> bool:
+    import optuna
+
+    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+
+
 class SeedMeanOptuna(OptunaSearch):
-    """OptunaSearch that tells Optuna only final multi-seed values (see the module docstring)."""
+    """OptunaSearch that tells Optuna only final multi-seed values (see the module docstring). `study_attrs` are
+    set as the study's user attributes (the experiment and stratum it belongs to)."""
+
+    def __init__(self, *args, study_attrs: dict | None = None, **kwargs):
+        self._study_attrs = dict(study_attrs or {})
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        for key, value in getattr(self, "_study_attrs", {}).items():
+            self._ot_study.set_user_attr(key, value)
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        self._orphans_closed = False  # the snapshot predates trials asked since: close those on first use
+
+    def _close_orphans(self) -> None:
+        """Close RUNNING trials of the study that no Tune trial of this searcher will finish (asked by a driver
+        that was killed after its last snapshot, or by an earlier Tune run of this stratum)."""
+        import optuna
+
+        if getattr(self, "_orphans_closed", False) or self._ot_study is None:
+            return
+        self._orphans_closed = True
+        mine = {t._trial_id for t in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen._trial_id not in mine:
+                self._ot_study._storage.set_trial_user_attr(frozen._trial_id, ORPHANED_ATTR, True)
+                self._ot_study.tell(frozen.number, None, state=optuna.trial.TrialState.FAIL)
+
+    def suggest(self, trial_id: str):
+        self._close_orphans()
+        return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         return  # intermediate values are one seed's part-trained FD: not what the searcher optimises
@@ -55,16 +109,23 @@ class SeedMeanOptuna(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None:
             return
+        self._close_orphans()
         final = bool(result and result.get("final"))
         value = result.get(self._metric) if final else None
         diverged = final and (result.get("status") == DIVERGED or value is None or not math.isfinite(value))
-        if trial_id in self._completed_trials:
-            frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
-            if final and frozen.state == State.FAIL:  # a retried trial that now finished
+        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if trial_id in self._completed_trials or frozen.state.is_finished():
+            # Told already: by this searcher, or (in the journal) by a driver killed after its last snapshot.
+            self._completed_trials.add(trial_id)
+            retried = any(t.user_attrs.get(RETRY_ATTR) == frozen.number for t in self._ot_study.get_trials(
+                deepcopy=False, states=(State.COMPLETE,)))
+            if final and frozen.state == State.FAIL and not frozen.user_attrs.get(ORPHANED_ATTR) and not retried:
+                # a retried trial that now finished
                 self._ot_study.add_trial(optuna.trial.create_trial(
                     params=frozen.params, distributions=frozen.distributions,
                     value=self._penalty() if diverged else float(value),
-                    user_attrs={DIVERGED_ATTR: diverged}, constraints={DIVERGED_ATTR: 1.0 if diverged else -1.0}))
+                    user_attrs={DIVERGED_ATTR: diverged, RETRY_ATTR: frozen.number},
+                    constraints={DIVERGED_ATTR: 1.0 if diverged else -1.0}))
             return
         if error:
             self._ot_study.tell(ot_trial, None, state=State.FAIL)
