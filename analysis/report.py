@@ -429,6 +429,36 @@ def importance_section(rep: Report, trials, metric, seed, write_journal: bool = 
         + "Tables: " + ", ".join(files) + "\n")
 
 
+def pareto_section(rep: Report, trials) -> None:
+    """The Pareto front per stratum of each multi-objective experiment (analysis/pareto.py)."""
+    from analysis.pareto import objectives, pareto_table, plot_front
+
+    for folder, group in trials.groupby("experiment_dir", sort=True):
+        metrics, modes = objectives(folder)
+        if not metrics or not all(f"final_{m}" in group.columns for m in metrics):
+            continue
+        table = pareto_table(group, metrics, modes)
+        if table.empty:
+            continue
+        name = str(group["experiment"].iloc[0])
+        files = [rep.csv(table, f"pareto_{name}.csv")]
+        png = rep.png(plot_front(table, metrics), f"pareto_{name}.png")
+        lines = []
+        for (experiment, stratum), rows in table.groupby(["experiment", "stratum"], sort=True):
+            front = rows[rows["on_front"]]
+            points = "; ".join(f"{r['config'] or r['config_id']}: " + ", ".join(
+                f"{m} {fmt(r[f'final_{m}'])}" for m in metrics) for _, r in front.iterrows())
+            lines.append(f"- {experiment}/{stratum}: {len(front)} of {len(rows)} configurations on the front: {points}")
+        wanted = ", ".join(f"{m} ({'lower' if d == 'min' else 'higher'} is better)" for m, d in zip(metrics, modes))
+        rep.sections.append(
+            f"## Pareto front: {name}\n\n"
+            f"A multi-objective search over {wanted}. Each configuration whose seeds all completed is a point (the "
+            "mean over its seeds of each final value); it is on the front when no other configuration of the same "
+            "stratum is at least as good on every objective and better on one.\n\n"
+            + "\n".join(lines) + "\n\n" + _md_table(table, max_rows=60) + "\n"
+            + f"![pareto front]({png})\n\nTables: " + ", ".join(files) + "\n")
+
+
 def grids_section(rep: Report, trials, metric) -> None:
     """Sample grids of the best and the worst configuration of each experiment and stratum, copied into the
     report folder and linked relatively, so the folder can be moved."""
@@ -575,6 +605,7 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     compute_section(rep, trials)
     searched_section(rep, trials, metric, n_boot, level, seed)
     importance_section(rep, trials, metric, seed, write_journal=journal)
+    pareto_section(rep, trials)
     grids_section(rep, trials, metric)
     counts_df = pd.DataFrame([{"status": k, "runs": v} for k, v in counts.items()])
     by_experiment = trials.groupby(["experiment", "status"]).size().unstack(fill_value=0).reset_index()

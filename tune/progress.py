@@ -37,8 +37,10 @@ class ParquetCallback(Callback):
 
     def __init__(self, experiment_dir: str, experiment: str, space: str, stratum: dict, seeds: int,
                  runs_root: str, ledger: str | None = None, planned: int = 0, metadata: dict | None = None,
-                 hparams: list[str] | None = None):
+                 hparams: list[str] | None = None, trackers: dict | None = None):
         self.experiment_dir = experiment_dir
+        # {"names": [...], "tracking_uri": ...}: the experiment trackers every recorded run goes to (tune/trackers.py)
+        self.trackers = trackers
         self.hparams = hparams  # config keys that vary in the experiment: each run's TensorBoard HParams
         self.metadata = metadata  # tune/results.table_metadata: written into both tables' schema metadata
         self.experiment = experiment
@@ -50,8 +52,12 @@ class ParquetCallback(Callback):
         self.planned = planned
 
     def setup(self, **info):
+        from tune.trackers import make_trackers
+
         # Re-read on every (re)start: a restored callback must not hold the tables of a previous driver.
         self.tables = ResultTables(self.experiment_dir, getattr(self, "metadata", None))
+        spec = getattr(self, "trackers", None) or {}
+        self._trackers = make_trackers(spec.get("names"), self.experiment_dir, self.experiment, spec.get("tracking_uri"))
         self._ledger_update({})
 
     def _known(self, trial) -> dict:
@@ -77,6 +83,8 @@ class ParquetCallback(Callback):
             self.tables.write()
             for row in added:
                 write_run_hparams(self.experiment_dir, row, getattr(self, "hparams", None) or [])
+                for tracker in getattr(self, "_trackers", []):
+                    tracker.log_run(row, [e for e in eval_rows if e["trial_id"] == row["trial_id"]])
         self._ledger_update({trial.trial_id: ERRORED if error else "ended"})
 
     def _ledger_update(self, ended: dict) -> None:

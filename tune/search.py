@@ -104,8 +104,10 @@ def format_plan(plan: Plan, res: dict, exp_dir: Path) -> str:
     lines = [f"space      {plan.space} ({plan.source})", f"question   {plan.question or '-'}",
              f"budget     {plan.budget} (preset tune/budgets/{plan.budget}.yaml under every stratum's fixed keys)",
              f"experiment {exp_dir}",
-             f"search     {plan.algorithm} (seed {plan.search_seed}), metric {plan.metric} ({plan.mode}), "
-             f"scheduler {plan.scheduler.get('type')}"
+             f"search     {plan.algorithm} (seed {plan.search_seed}), "
+             + (f"metrics {', '.join(f'{m} ({d})' for m, d in zip(plan.metrics, plan.modes))} (multi-objective), "
+                if plan.multi else f"metric {plan.metric} ({plan.mode}), ")
+             + f"scheduler {plan.scheduler.get('type')}"
              + (f" (grace_period {plan.scheduler['grace_period']} steps, reduction_factor "
                 f"{plan.scheduler['reduction_factor']})" if plan.scheduler.get("type") == "asha" else ""),
              f"seeds      {plan.seeds} per configuration (the searcher sees their mean)",
@@ -219,7 +221,8 @@ def _search(plan: Plan, stratum, concurrent: int, seed: int, num_samples: int | 
         points = done + [p for p in points if p not in done]
         rewards = [v for _, v in evaluated]
         points = points[:len(rewards)]  # OptunaSearch needs one reward per point; the given points ran before
-    searcher = SeedMeanOptuna(metric=plan.metric, mode=plan.mode, points_to_evaluate=points or None,
+    searcher = SeedMeanOptuna(metric=plan.metrics if plan.multi else plan.metric,
+                              mode=plan.modes if plan.multi else plan.mode, points_to_evaluate=points or None,
                               evaluated_rewards=rewards,
                               sampler=make_sampler(seed, stratum.num_samples, len(stratum.points)),
                               storage=storage, study_name=study_name,
@@ -350,7 +353,8 @@ def _stratum_outcome(exp_dir: Path, tune_name: str) -> dict:
 
 def run_search(space, budget="smoke", num_samples=None, storage=None, name=None, resume=False,
                workers_per_trial=1, gpus_per_worker=0, *, extra=None, strata=None, address=None,
-               max_concurrent=None, quiet=False, ray_storage=None, extend=False, ray_train=False) -> Path:
+               max_concurrent=None, quiet=False, ray_storage=None, extend=False, ray_train=False, trackers=None,
+               tracking_uri=None) -> Path:
     """Run (or resume) a search; returns the experiment folder holding trials.parquet, evals.parquet and
     experiment.json, whose `status` says how it ended: finished | failed (some trials errored; `first_error`) |
     interrupted (Ctrl-C; --resume continues).
@@ -362,7 +366,11 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     sets it to s3). The Parquet tables are always written by the driver into the local experiment folder.
     A resumed search refuses a changed plan unless `extend`: then changed strata run again under a new
     searcher that is told what the stratum already measured, up to the new number of configurations.
-    `ray_train` sends one-worker CPU trials through Ray Train too."""
+    `ray_train` sends one-worker CPU trials through Ray Train too. `trackers` ("mlflow", "wandb") receive every
+    recorded run (tune/trackers.py); `tracking_uri` is MLflow's (default: a SQLite store in the experiment folder)."""
+    from tune.trackers import check_trackers
+
+    trackers = check_trackers(trackers, tracking_uri)
     plan = resolve_plan(space, budget, num_samples, extra, strata)
     if max_concurrent is not None:
         plan.max_concurrent = int(max_concurrent)
@@ -434,7 +442,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 rt.with_parameters(ict_trial, stratum={"name": stratum.name, "fixed": stratum.fixed},
                                    seeds=plan.seeds, metric=plan.metric, runs_root=runs_root,
                                    cpus_per_trial=res["cpus_per_trial"], workers=workers_per_trial,
-                                   gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir),
+                                   gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir,
+                                   objectives=plan.metrics if plan.multi else None),
                 res["trial"])
             path = f"{ray_dir}/{tune_name}"
             if resume and rt.Tuner.can_restore(path):
@@ -459,13 +468,18 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, plan.seeds, runs_root,
                                              ledger=tune_name, planned=planned,
                                              metadata=table_metadata(name, plan.space, list(plan.params),
-                                                                     plan.metric, plan.mode),
-                                             hparams=hparam_keys(plan)),
+                                                                     plan.metrics if plan.multi else plan.metric,
+                                                                     plan.modes if plan.multi else plan.mode),
+                                             hparams=hparam_keys(plan),
+                                             trackers={"names": list(trackers or []),
+                                                       "tracking_uri": tracking_uri}),
                              ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
                                               total=planned, quiet=quiet)]
                 tuner = rt.Tuner(
                     trainable, param_space=param_space,
-                    tune_config=rt.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=search_alg,
+                    # A multi-objective searcher holds its metrics itself (Tune's own take one).
+                    tune_config=rt.TuneConfig(metric=None if plan.multi else plan.metric,
+                                              mode=None if plan.multi else plan.mode, search_alg=search_alg,
                                               scheduler=_scheduler(plan, stratum), num_samples=samples,
                                               max_concurrent_trials=res["max_concurrent_trials"],
                                               reuse_actors=True),
@@ -557,6 +571,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strata", help="comma-separated strata to run (default: all)")
     p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: the space's)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--tracker", action="append", default=[], metavar="NAME",
+                   help="also log every recorded run (full config, every evaluation metric) to mlflow or wandb "
+                        "(repeatable; the mlflow / wandb extras); W&B runs offline unless WANDB_MODE is set")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for --tracker mlflow (default: a local SQLite store, "
+                                          "EXPERIMENT_DIR/mlflow.db)")
     return p
 
 
@@ -573,6 +592,9 @@ def main(argv=None) -> int:
         extra = parse_overrides(args.set)
         strata = [s for s in (args.strata or "").split(",") if s]
         check_writable_folder(args.storage, "--storage")
+        from tune.trackers import check_trackers
+
+        check_trackers(args.tracker, args.tracking_uri)
         if args.dry_run:
             plan = resolve_plan(args.space, args.budget, args.num_samples, extra, strata)
             check_plan_paths(plan)
@@ -585,7 +607,8 @@ def main(argv=None) -> int:
         exp_dir = run_search(args.space, args.budget, args.num_samples, args.storage, args.name, args.resume,
                              args.workers_per_trial, args.gpus_per_worker, extra=extra, strata=strata,
                              address=args.address, max_concurrent=args.max_concurrent,
-                             ray_storage=args.ray_storage, extend=args.extend, ray_train=args.ray_train)
+                             ray_storage=args.ray_storage, extend=args.extend, ray_train=args.ray_train,
+                             trackers=args.tracker, tracking_uri=args.tracking_uri)
     except BadInput as err:
         return bad_input(err)
     except KeyboardInterrupt:

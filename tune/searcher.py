@@ -91,16 +91,36 @@ class SeedMeanOptuna(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         return  # intermediate values are one seed's part-trained FD: not what the searcher optimises
 
-    def _penalty(self) -> float:
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        if isinstance(self._metric, list):  # a multi-objective searcher keeps its own metrics and modes
+            metric, mode = self._metric, self._mode
+        return super().set_search_properties(metric, mode, config, **spec)
+
+    def _objectives(self) -> list[tuple[str, str]]:
+        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+        modes = self._mode if isinstance(self._mode, list) else [self._mode] * len(metrics)
+        return list(zip(metrics, modes))
+
+    def _penalty(self, index: int = 0) -> float:
+        """A finite value worse than every feasible completed trial's, for objective `index`."""
         import optuna
 
-        done = [t.value for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value) and not t.user_attrs.get(DIVERGED_ATTR)]
+        mode = self._objectives()[index][1]
+        done = [t.values[index] for t in self._ot_study.get_trials(deepcopy=False,
+                                                                   states=(optuna.trial.TrialState.COMPLETE,))
+                if t.values is not None and math.isfinite(t.values[index]) and not t.user_attrs.get(DIVERGED_ATTR)]
         if not done:
-            return _FIRST_PENALTY if self._mode == "min" else -_FIRST_PENALTY
-        worst = max(done) if self._mode == "min" else min(done)
+            return _FIRST_PENALTY if mode == "min" else -_FIRST_PENALTY
+        worst = max(done) if mode == "min" else min(done)
         margin = max(1.0, abs(worst))
-        return worst + margin if self._mode == "min" else worst - margin
+        return worst + margin if mode == "min" else worst - margin
+
+    def _told(self, values: list, diverged: bool):
+        """What Optuna is told: the value (one objective) or values, penalties in place of a diverged trial's."""
+        if diverged:
+            values = [self._penalty(i) for i in range(len(values))]
+        values = [float(v) for v in values]
+        return values if len(values) > 1 else values[0]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
@@ -111,8 +131,9 @@ class SeedMeanOptuna(OptunaSearch):
             return
         self._close_orphans()
         final = bool(result and result.get("final"))
-        value = result.get(self._metric) if final else None
-        diverged = final and (result.get("status") == DIVERGED or value is None or not math.isfinite(value))
+        values = [result.get(m) for m, _ in self._objectives()] if final else []
+        diverged = final and (result.get("status") == DIVERGED
+                              or any(v is None or not math.isfinite(v) for v in values))
         frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
         if trial_id in self._completed_trials or frozen.state.is_finished():
             # Told already: by this searcher, or (in the journal) by a driver killed after its last snapshot.
@@ -123,7 +144,7 @@ class SeedMeanOptuna(OptunaSearch):
                 # a retried trial that now finished
                 self._ot_study.add_trial(optuna.trial.create_trial(
                     params=frozen.params, distributions=frozen.distributions,
-                    value=self._penalty() if diverged else float(value),
+                    **{"values" if len(values) > 1 else "value": self._told(values, diverged)},
                     user_attrs={DIVERGED_ATTR: diverged, RETRY_ATTR: frozen.number},
                     constraints={DIVERGED_ATTR: 1.0 if diverged else -1.0}))
             return
@@ -134,9 +155,9 @@ class SeedMeanOptuna(OptunaSearch):
         elif diverged:
             ot_trial.set_user_attr(DIVERGED_ATTR, True)
             ot_trial.set_constraint(DIVERGED_ATTR, 1.0)  # > 0: infeasible, ranked below every feasible trial
-            self._ot_study.tell(ot_trial, self._penalty())
+            self._ot_study.tell(ot_trial, self._told(values, True))
         else:
-            self._ot_study.tell(ot_trial, float(value))
+            self._ot_study.tell(ot_trial, self._told(values, False))
         self._completed_trials.add(trial_id)
 
 

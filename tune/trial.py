@@ -84,11 +84,15 @@ def objective(summaries: list[dict], metric: str) -> float:
     return sum(values) / len(values)
 
 
-def final_result(summaries: list[dict], seeds: list[int], total_steps: int, metric: str) -> dict:
+def final_result(summaries: list[dict], seeds: list[int], total_steps: int, metric: str,
+                 objectives=()) -> dict:
+    """The trial's final result: the mean over seeds of `metric` and of every other objective of a
+    multi-objective search (`objectives`)."""
     diverged = any(s.get("status") == DIVERGED for s in summaries)
     return {"trial_step": int(total_steps), "step": int(_num(summaries[-1].get("step")) or 0) if summaries else 0,
             "seed": int(seeds[len(summaries) - 1]), "status": DIVERGED if diverged else COMPLETED,
-            metric: objective(summaries, metric), "final": True, "seeds_done": len(summaries)}
+            **{m: objective(summaries, m) for m in (metric, *(objectives or ()))},
+            "final": True, "seeds_done": len(summaries)}
 
 
 def node_file(rel: str) -> str:
@@ -114,7 +118,7 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: str, cpus_per_trial: float = 1.0,
               workers: int = 1, gpus_per_worker: float = 0.0, ray_train: bool = False,
-              ray_storage: str | None = None) -> None:
+              ray_storage: str | None = None, objectives: list | None = None) -> None:
     """Tune function trainable. `stratum` is a plan stratum as a dict (name, fixed, ...); `runs_root` is where run
     folders go (tune/storage.py); `ray_storage` holds the Ray Train runs' own state when `ray_train`."""
     from ray import tune as rt
@@ -140,7 +144,7 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
                 else:
                     summary = _seed_in_process(cfg, store, rel, send)
             summaries.append(summary)
-        rt.report(final_result(summaries, seed_list, total_steps, metric))
+        rt.report(final_result(summaries, seed_list, total_steps, metric, objectives))
 
 
 def _seed_in_process(cfg, store: RunStore, rel: str, send) -> dict:
