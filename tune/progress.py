@@ -79,12 +79,15 @@ class ParquetCallback(Callback):
             RunStore(self.runs_root), experiment=self.experiment, space=self.space, stratum=self.stratum["name"],
             config_id=trial.trial_id, seeds=[base + i for i in range(self.seeds)], known_config=known, error=error)
         added = self.tables.add(trial_rows, eval_rows)
+        # HParams and trackers first, then the tables: a driver killed in between records the run again on
+        # resume, and both are keyed by the run (an HParams entry is rewritten, a tracker run found by run_key),
+        # so nothing is lost or doubled.
+        for row in added:
+            write_run_hparams(self.experiment_dir, row, getattr(self, "hparams", None) or [])
+            for tracker in getattr(self, "_trackers", []):
+                tracker.log_run(row, [e for e in eval_rows if e["trial_id"] == row["trial_id"]])
         if added:
             self.tables.write()
-            for row in added:
-                write_run_hparams(self.experiment_dir, row, getattr(self, "hparams", None) or [])
-                for tracker in getattr(self, "_trackers", []):
-                    tracker.log_run(row, [e for e in eval_rows if e["trial_id"] == row["trial_id"]])
         self._ledger_update({trial.trial_id: ERRORED if error else "ended"})
 
     def _ledger_update(self, ended: dict) -> None:

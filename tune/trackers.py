@@ -4,7 +4,8 @@ evaluation metric at its step, and its final metrics.
 
 The driver logs them (tune/progress.ParquetCallback) from the rows it records in trials.parquet / evals.parquet,
 which are built from the run folders, so both trial paths (in the trial process and through Ray Train) feed the
-trackers alike, and a resumed search logs only runs it had not recorded before.
+trackers alike, and a resumed search logs only runs it had not recorded before (a run is identified by its
+run_key: an MLflow tag, the W&B run id).
 
 - MLflow (the `mlflow` extra, mlflow-skinny): an MLflow experiment named after the search's experiment; tracking
   URI `--tracking-uri`, by default a local SQLite store in the experiment folder, `sqlite:///EXP/mlflow.db`
@@ -84,8 +85,12 @@ class MlflowTracker:
         from mlflow.entities import Metric, Param, RunTag
 
         client = self._setup()
-        run = client.create_run(self._experiment_id, run_name=row["trial_id"],
-                                tags={k: str(row[k]) for k in RUN_TAGS if row.get(k) is not None})
+        key = row.get("run_key")
+        if key and client.search_runs([self._experiment_id], filter_string=f"tags.run_key = '{key}'",
+                                      max_results=1):
+            return  # logged by a driver killed before it recorded the run
+        tags = {k: str(row[k]) for k in (*RUN_TAGS, "run_key") if row.get(k) is not None}
+        run = client.create_run(self._experiment_id, run_name=row["trial_id"], tags=tags)
         run_id = run.info.run_id
         params = [Param(k, _param(v)) for k, v in run_config(row).items() if k not in RUN_TAGS]
         now = int(time.time() * 1000)
@@ -110,7 +115,9 @@ class WandbTracker:
 
         mode = os.environ.get("WANDB_MODE") or "offline"
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in run_config(row).items()}
+        # The run's identity (run_key) as W&B's run id: a run logged again after a driver restart is the same run.
         run = wandb.init(project=self.experiment, name=row["trial_id"], group=str(row.get("config_id")),
+                         id=row.get("run_key") or None, resume="allow",
                          job_type=str(row.get("stratum")), config=config, dir=str(self.dir), mode=mode,
                          reinit="create_new", settings=wandb.Settings(silent=True, console="off",
                                                                       x_disable_stats=True))

@@ -65,7 +65,8 @@ def trial_overrides(stratum_fixed: dict, config: dict, cpus_per_trial: float, in
     return overrides
 
 
-def tune_result(metrics: dict, *, seed_index: int, seed: int, total_steps: int, metric: str) -> dict:
+def tune_result(metrics: dict, *, seed_index: int, seed: int, total_steps: int, metric: str,
+                objectives=()) -> dict:
     """The keys one trainer report sends to Tune, the same on both trial paths (see the module docstring)."""
     step = int(_num(metrics.get("step")) if math.isfinite(_num(metrics.get("step"))) else 0)
     status = metrics.get("status") or RUNNING
@@ -73,7 +74,7 @@ def tune_result(metrics: dict, *, seed_index: int, seed: int, total_steps: int, 
     # left for a later seed's early values to be judged at.
     first = seed_index == 0 and status != DIVERGED
     return {"trial_step": step if first else int(total_steps), "step": step, "seed": int(seed), "status": status,
-            metric: _num(metrics.get(metric)), "final": False}
+            **{m: _num(metrics.get(m)) for m in (metric, *(objectives or ()))}, "final": False}
 
 
 def objective(summaries: list[dict], metric: str) -> float:
@@ -137,7 +138,8 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
             summary = store.read_json(f"{rel}/{rundir.SUMMARY}")
             if summary is None or summary.get("status") not in FINISHED:
                 cfg = base_cfg.with_overrides({"train.seed": seed})
-                send = partial(tune_result, seed_index=index, seed=seed, total_steps=total_steps, metric=metric)
+                send = partial(tune_result, seed_index=index, seed=seed, total_steps=total_steps, metric=metric,
+                               objectives=objectives)
                 if ray_train:
                     summary = _seed_ray_train(cfg, store, rel, send, workers, gpus_per_worker, cpus_per_trial,
                                               ray_storage or runs_root, f"{stratum['name']}-{trial_id}-seed{seed}")
