@@ -66,12 +66,14 @@ def wandb_runs(folder: Path) -> dict:
             kind = rec.WhichOneof("record_type")
             if kind == "run":
                 run.update(name=rec.run.display_name, group=rec.run.run_group, job_type=rec.run.job_type)
-                run["config"].update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
+                run["config"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                      for i in rec.run.config.update})
             elif kind == "config":
-                run["config"].update({i.key: json.loads(i.value_json) for i in rec.config.update})
+                run["config"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                      for i in rec.config.update})
             elif kind == "history":
-                items = {i.key: json.loads(i.value_json) for i in rec.history.item}
-                run["history"][items.pop("_step")] = {k: v for k, v in items.items() if not k.startswith("_")}
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}
+                run["history"][rec.history.step.num] = {k: v for k, v in items.items() if not k.startswith("_")}
         runs[run["name"]] = run
     return runs
 
