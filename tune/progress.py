@@ -57,7 +57,8 @@ class ParquetCallback(Callback):
         # Re-read on every (re)start: a restored callback must not hold the tables of a previous driver.
         self.tables = ResultTables(self.experiment_dir, getattr(self, "metadata", None))
         spec = getattr(self, "trackers", None) or {}
-        self._trackers = make_trackers(spec.get("names"), self.experiment_dir, self.experiment, spec.get("tracking_uri"))
+        self._trackers = make_trackers(spec.get("names"), self.experiment_dir, self.experiment,
+                                       spec.get("tracking_uri"))
         self._ledger_update({})
 
     def _known(self, trial) -> dict:

@@ -416,8 +416,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
         # the report's rebuilt journal); a grid or random search has no Optuna study to show.
         live = bool(info.get("live_journal")) if info else plan.algorithm == "optuna_tpe"
         journal = exp_dir / JOURNAL_FILE if live else None
-        info = {"live_journal": live, "experiment": name, "experiment_dir": str(exp_dir), "space": plan.space, "budget": budget,
-                "plan": plan.to_dict(),
+        info = {"live_journal": live, "experiment": name, "experiment_dir": str(exp_dir), "space": plan.space,
+                "budget": budget, "plan": plan.to_dict(),
                 "plan_hash": hashes, "resources": res, "provenance": info.get("provenance") or _provenance(),
                 "done_strata": done_strata, "tune_names": tune_names, "shared_storage": shared,
                 "runs": f"{shared}/{RUNS_DIR}", "status": RUNNING}
