@@ -83,7 +83,9 @@ def test_two_node_search_spreads_trials_and_records_errors_and_divergence(tmp_pa
 
     assert pq.read_schema(exp_dir / "trials.parquet").remove_metadata() == TRIALS_SCHEMA
     searched = json.loads(pq.read_schema(exp_dir / "evals.parquet").metadata[b"ict.searched_keys"])
-    assert searched and pq.read_schema(exp_dir / "evals.parquet").remove_metadata() == evals_schema(searched)
+    # A grid of points searches the keys its points set.
+    assert searched == ["loss.huber_c", "optim.lr", "data.name", "data.path"]
+    assert pq.read_schema(exp_dir / "evals.parquet").remove_metadata() == evals_schema(searched)
     trials = pd.read_parquet(exp_dir / "trials.parquet")
     evals = pd.read_parquet(exp_dir / "evals.parquet")
     assert len(trials) == 6 and trials["trial_id"].is_unique

@@ -126,10 +126,19 @@ def write_run_hparams(experiment_dir, row: dict, keys: list[str]) -> bool:
     return write_hparams(folder, values, {k: row.get(k) for k in HPARAM_METRICS}, step=int(row.get("steps") or 0))
 
 
-def hparam_keys(plan) -> list[str]:
-    """The config keys that vary in a plan's experiment: the searched ones, then fixed keys whose value differs
-    between strata (e.g. data.name)."""
+def searched_keys(plan) -> list[str]:
+    """The keys a plan searches: its params, then any other key its points or grid variants set."""
     keys = list(plan.params)
+    for stratum in plan.strata:
+        for point in list(stratum.points or []) + list(stratum.variants or []):
+            keys += [k for k in point if k not in keys]
+    return keys
+
+
+def hparam_keys(plan) -> list[str]:
+    """The config keys that vary in a plan's experiment: the searched ones (searched_keys), then fixed keys whose
+    value differs between strata (e.g. data.name)."""
+    keys = searched_keys(plan)
     for key in sorted({k for s in plan.strata for k in s.fixed}):
         values = {json.dumps(s.fixed.get(key), sort_keys=True, default=str) for s in plan.strata}
         if len(values) > 1 and key not in keys:

@@ -397,7 +397,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     import ray
     from ray import tune as rt
 
-    from tune.progress import ParquetCallback, ProgressCallback, hparam_keys
+    from tune.progress import ParquetCallback, ProgressCallback, hparam_keys, searched_keys
     from tune.results import table_metadata
     from tune.trial import ict_trial
 
@@ -467,7 +467,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                 planned = samples if plan.algorithm != "grid" else len(param_space["variant"]["grid_search"])
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, plan.seeds, runs_root,
                                              ledger=tune_name, planned=planned,
-                                             metadata=table_metadata(name, plan.space, list(plan.params),
+                                             metadata=table_metadata(name, plan.space, searched_keys(plan),
                                                                      plan.metrics if plan.multi else plan.metric,
                                                                      plan.modes if plan.multi else plan.mode),
                                              hparams=hparam_keys(plan),
