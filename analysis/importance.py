@@ -251,6 +251,16 @@ def export_journal(studies: list[RebuiltStudy], path: str | Path) -> Path:
     return path
 
 
+def live_journal(experiment_dir: str | Path) -> bool:
+    """Whether the experiment's journal holds the search's own Optuna studies, written while it ran
+    (experiment.json `live_journal`); the report then leaves it as it is instead of writing rebuilt ones."""
+    try:
+        info = json.loads((Path(experiment_dir) / EXPERIMENT_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(info, dict) and info.get("live_journal")) and (Path(experiment_dir) / JOURNAL_FILE).exists()
+
+
 def load_journal(path: str | Path) -> dict:
     """{study name: optuna.Study} of a journal file written by export_journal."""
     import optuna

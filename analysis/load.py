@@ -91,13 +91,42 @@ def find_experiments(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return sorted(set(found))
 
 
+def _list_text(value) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return ",".join(str(v) for v in value)
+
+
+def _struct_text(value) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    return json.dumps({k: v for k, v in value.items() if v is not None}, sort_keys=True)
+
+
+def flatten_nested(df: pd.DataFrame) -> pd.DataFrame:
+    """List-valued columns (network.channel_mult, ...) as the text "1,2" ("" for an empty list) and struct
+    columns (versions) as JSON text: what tables written before the typed columns hold, so analyses compare,
+    group and print old and new folders alike (numpy arrays cannot be grouped or hashed)."""
+    out = df
+    for column in df.columns:
+        values = df[column]
+        if values.dtype != object:
+            continue
+        sample = next((v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))), None)
+        if isinstance(sample, (np.ndarray, list, tuple)):
+            out = out.assign(**{column: values.map(_list_text)})
+        elif isinstance(sample, dict):
+            out = out.assign(**{column: values.map(_struct_text)})
+    return out
+
+
 def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     try:
         df = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for unreadable files
         raise SchemaError(f"cannot read {path} as Parquet: {err}") from None
     require_columns(df, columns, str(path))
-    return df
+    return flatten_nested(df)
 
 
 def experiment_budget(folder: Path) -> str | None:

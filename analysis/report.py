@@ -30,7 +30,8 @@ from analysis.c_scaling import PAPER_B, estimate_c_star
 from analysis.curriculum import PAPER_SHAPE, final_ranking, rank_curricula
 from analysis.dropout import analyze_dropout
 from analysis.grids import RUN_DIR, best_and_worst, copy_grids
-from analysis.importance import JOURNAL_FILE, MIN_COMPLETED, export_journal, importance_table, rebuild_studies
+from analysis.importance import (JOURNAL_FILE, MIN_COMPLETED, export_journal, importance_table, live_journal,
+                                 rebuild_studies)
 from analysis.load import SchemaError, load_results, status_counts
 from ict_core.records import COMPLETED, PRUNED
 from ict_core.cli import BadInput, bad_input
@@ -460,6 +461,9 @@ def importance_section(rep: Report, trials, metric, seed, write_journal: bool = 
         for folder in sorted({s.experiment_dir for s in studies}):
             path = Path(folder) / JOURNAL_FILE
             shown = os.path.relpath(path, rep.out)  # relative to the report, as its links are
+            if live_journal(folder):  # the search's own studies, kept as they ran (tune/searcher.py)
+                journals.append(f"`{shown}` (the search's live studies)")
+                continue
             try:
                 export_journal([s for s in studies if s.experiment_dir == folder], path)
                 journals.append(f"`{shown}`")
@@ -489,6 +493,36 @@ def importance_section(rep: Report, trials, metric, seed, write_journal: bool = 
         + ("Optuna journal files (open one with `optuna-dashboard FILE`; the study of each stratum is named "
            "experiment/stratum): " + ", ".join(journals) + "\n\n" if journals else "")
         + "Tables: " + ", ".join(files) + "\n")
+
+
+def pareto_section(rep: Report, trials) -> None:
+    """The Pareto front per stratum of each multi-objective experiment (analysis/pareto.py)."""
+    from analysis.pareto import objectives, pareto_table, plot_front
+
+    for folder, group in trials.groupby("experiment_dir", sort=True):
+        metrics, modes = objectives(folder)
+        if not metrics or not all(f"final_{m}" in group.columns for m in metrics):
+            continue
+        table = pareto_table(group, metrics, modes)
+        if table.empty:
+            continue
+        name = str(group["experiment"].iloc[0])
+        files = [rep.csv(table, f"pareto_{name}.csv")]
+        png = rep.png(plot_front(table, metrics), f"pareto_{name}.png")
+        lines = []
+        for (experiment, stratum), rows in table.groupby(["experiment", "stratum"], sort=True):
+            front = rows[rows["on_front"]]
+            points = "; ".join(f"{r['config'] or r['config_id']}: " + ", ".join(
+                f"{m} {fmt(r[f'final_{m}'])}" for m in metrics) for _, r in front.iterrows())
+            lines.append(f"- {experiment}/{stratum}: {len(front)} of {len(rows)} configurations on the front: {points}")
+        wanted = ", ".join(f"{m} ({'lower' if d == 'min' else 'higher'} is better)" for m, d in zip(metrics, modes))
+        rep.sections.append(
+            f"## Pareto front: {name}\n\n"
+            f"A multi-objective search over {wanted}. Each configuration whose seeds all completed is a point (the "
+            "mean over its seeds of each final value); it is on the front when no other configuration of the same "
+            "stratum is at least as good on every objective and better on one.\n\n"
+            + "\n".join(lines) + "\n\n" + _md_table(table, max_rows=60) + "\n"
+            + f"![pareto front]({png})\n\nTables: " + ", ".join(files) + "\n")
 
 
 def grids_section(rep: Report, trials, metric) -> None:
@@ -733,6 +767,7 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     compute_section(rep, trials)
     searched_section(rep, trials, metric, n_boot, level, seed)
     importance_section(rep, trials, metric, seed, write_journal=journal)
+    pareto_section(rep, trials)
     grids_section(rep, trials, metric)
     counts_df = pd.DataFrame([{"status": k, "runs": v} for k, v in counts.items()])
     by_experiment = trials.groupby(["experiment", "status"]).size().unstack(fill_value=0).reset_index()

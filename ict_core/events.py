@@ -65,3 +65,41 @@ class EventLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+HPARAMS_PREFIX = "hparams"  # scalar tags of the metrics a run's HParams entry shows: hparams/final_fd, ...
+
+
+def hparam_value(value):
+    """A config value as TensorBoard HParams takes it: numbers and text as they are, lists as "1,2", None as "-"."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def write_hparams(run_dir: str | Path, hparams: dict, metrics: dict, step: int = 0) -> bool:
+    """Add a TensorBoard HParams entry to the run's events (RUN_DIR/tensorboard): `hparams` (name -> value) and the
+    finite numeric `metrics` as hparams/<name> scalars at `step`, which the HParams view shows beside them, so
+    runs sort and filter by configuration. False (and nothing written) without the tensorboard package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+    except ImportError:
+        return False
+    values = {k: hparam_value(v) for k, v in hparams.items()}
+    numbers = {f"{HPARAMS_PREFIX}/{k}": float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    experiment, start, end = hparams_summary(values, numbers)
+    writer = SummaryWriter(str(Path(run_dir) / EVENTS_SUBDIR))
+    try:
+        for summary in (experiment, start, end):
+            writer._get_file_writer().add_summary(summary)
+        for tag, value in numbers.items():
+            writer.add_scalar(tag, value, step)
+    finally:
+        writer.close()
+    return True

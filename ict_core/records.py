@@ -72,11 +72,16 @@ def _config_types() -> dict[str, pa.DataType]:
             hint = get_type_hints(cls)[f.name]
             base = next((a for a in get_args(hint) if a is not type(None)), hint)
             out[f"{section}.{f.name}"] = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(),
-                                          str: pa.string(), tuple: pa.string()}[base]
+                                          str: pa.string(), tuple: pa.list_(pa.int64())}[base]
     return out
 
 
 CONFIG_TYPES = _config_types()
+
+# provenance.json's library versions, as a struct column of trials.parquet (a string-typed field per library;
+# null where the library was not loaded). Tables written before it hold the same as a JSON string.
+VERSION_KEYS = ("python", "torch", "numpy", "cuda", "scipy", "sklearn", "ray", "optuna")
+VERSIONS_TYPE = pa.struct([(k, pa.string()) for k in VERSION_KEYS])
 
 _TRIAL_HEAD = [
     ("experiment", pa.string()), ("space", pa.string()), ("stratum", pa.string()), ("trial_id", pa.string()),
@@ -88,7 +93,7 @@ _TRIAL_TAIL = [
     ("final_loss_train", pa.float64()), ("final_loss_heldout", pa.float64()), ("final_nn_dist", pa.float64()),
     ("final_nn_dist_ref", pa.float64()), ("steps", pa.int64()), ("images_seen", pa.int64()),
     ("wall_s", pa.float64()), ("device", pa.string()), ("world_size", pa.int64()), ("git_commit", pa.string()),
-    ("versions", pa.string()), ("node_id", pa.string()), ("run_key", pa.string()),
+    ("versions", VERSIONS_TYPE), ("node_id", pa.string()), ("run_key", pa.string()),
     # Added later: nullable, so tables written before them still load.
     ("final_fd_student", pa.float64()), ("final_fd_se", pa.float64()), ("run_dir", pa.string()),
     # reused: the run was copied from another experiment (reused_from: "<experiment>/<run_dir>"), not trained here
@@ -98,11 +103,30 @@ TRIALS_SCHEMA = pa.schema(_TRIAL_HEAD + [(k, CONFIG_TYPES[k]) for k in all_keys(
 EVALS_SCHEMA = pa.schema(
     [("experiment", pa.string()), ("trial_id", pa.string()), ("config_id", pa.string()), ("step", pa.int64())]
     + [(m, pa.int64() if m in _INT_METRICS else pa.float64()) for m in EVAL_METRICS]
+    # Added later, from the run's trials row, so that a pandas user needs no merge: nullable, absent in old tables.
+    + [("stratum", pa.string()), ("seed", pa.int64())]
 )
+
+
+def evals_schema(searched=()) -> pa.Schema:
+    """evals.parquet's schema in an experiment whose space searches `searched` (dotted config keys): EVALS_SCHEMA
+    followed by one column per searched key, typed as in trials.parquet."""
+    return pa.schema(list(EVALS_SCHEMA) + [(k, CONFIG_TYPES[k]) for k in searched if k in CONFIG_TYPES])
+
+
+# Keys of both tables' Parquet schema metadata (pyarrow.parquet.read_schema(path).metadata), written by tune/:
+# the experiment's name, its space, the searched keys (a JSON list), the metric the searcher optimised (a
+# JSON list when several) and its direction ("minimize" or "maximize"; a JSON list when several).
+META_EXPERIMENT = "ict.experiment"
+META_SPACE = "ict.space"
+META_SEARCHED = "ict.searched_keys"
+META_METRIC = "ict.metric"
+META_DIRECTION = "ict.direction"
 
 # Columns a reader requires (analysis/load.py); the others were added later, or are bookkeeping a reader may
 # lack in tables written by hand, and the config columns are checked by each analysis that needs them.
 _OPTIONAL_TRIAL = ("device", "world_size", "git_commit", "versions", "node_id", "run_key", "final_fd_student",
                    "final_fd_se", "run_dir", "reused", "reused_from")
 REQUIRED_TRIAL_COLUMNS = tuple(name for name, _ in _TRIAL_HEAD + _TRIAL_TAIL if name not in _OPTIONAL_TRIAL)
-REQUIRED_EVAL_COLUMNS = tuple(name for name in EVALS_SCHEMA.names if name not in ("fd_student", "fd_se"))
+REQUIRED_EVAL_COLUMNS = tuple(name for name in EVALS_SCHEMA.names
+                              if name not in ("fd_student", "fd_se", "stratum", "seed"))

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ict_core.config import Config, all_keys, load_config
-from tune.results import (EVALS_SCHEMA, TRIALS_SCHEMA, ResultTables, run_key, to_table, trial_rows, write_atomic)
+from tune.results import (EVALS_SCHEMA, TRIALS_SCHEMA, ResultTables, run_key, table_metadata, to_table, trial_rows,
+                          write_atomic)
 from tune.store import Store, seed_folder
 from tune.trial import resolved_flat
 
@@ -23,7 +24,7 @@ DOCUMENTED_TRIAL_COLUMNS = [
 ]
 DOCUMENTED_EVAL_COLUMNS = [
     "experiment", "trial_id", "config_id", "step", "num_points", "loss", "fd", "fd_2step", "kid", "loss_train",
-    "loss_heldout", "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s", "fd_student", "fd_se",
+    "loss_heldout", "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s", "fd_student", "fd_se", "stratum", "seed",
 ]
 
 
@@ -34,7 +35,7 @@ def test_schemas_hold_the_documented_columns_and_config_types():
     assert TRIALS_SCHEMA.field("train.total_steps").type == pa.int64()
     assert TRIALS_SCHEMA.field("curriculum.shape").type == pa.string()
     assert TRIALS_SCHEMA.field("train.compile").type == pa.bool_()
-    assert TRIALS_SCHEMA.field("network.channel_mult").type == pa.string()
+    assert TRIALS_SCHEMA.field("network.channel_mult").type == pa.list_(pa.int64())
     for name in ("final_fd_student", "final_fd_se", "run_dir"):
         assert TRIALS_SCHEMA.field(name).nullable
     assert EVALS_SCHEMA.field("fd_student").nullable and EVALS_SCHEMA.field("fd_se").nullable
@@ -118,7 +119,7 @@ def test_rows_come_from_run_folders_for_every_way_a_trial_ends(tmp_path, real_ru
     assert trials[0]["final_fd_student"] == 3.5 and trials[0]["final_fd_se"] == 0.25
     assert [e["fd_student"] for e in evals] == [7.0, 7.0] and all(e["fd_se"] is None for e in evals)
     table = to_table(trials, TRIALS_SCHEMA)
-    assert table.schema == TRIALS_SCHEMA and table.column("network.channel_mult").to_pylist() == ["1"]
+    assert table.schema == TRIALS_SCHEMA and table.column("network.channel_mult").to_pylist() == [[1]]
 
     # The same reader through a URI (pyarrow's file systems, as for s3://) gives the same rows.
     uri_rows, uri_evals = trial_rows(Store("file://" + str(tmp_path / "runs")), config_id="t1", **common)
@@ -253,3 +254,97 @@ def test_what_the_trainer_writes_is_what_records_names(real_run):
     assert set(records.EVALUATOR_METRICS) <= set(records.EVAL_METRICS) <= set(EVALS_SCHEMA.names)
     summary = json.loads((run_dir / rundir.SUMMARY).read_text())
     assert set(records.REPORT_KEYS) <= set(summary)
+
+
+def _planted_experiment(folder, old_style=False):
+    """Two configurations (loss.huber_c 0.01 and 0.1) x 2 seeds in stratum "digits" and one in "patches", with
+    planted FD curves: config a is best in digits (FD 4 at the end), c the only one in patches."""
+    flat = Config().flat()
+    rows, evals = [], []
+    for config_id, stratum, c, mult, end in (("a", "digits", 0.01, (1, 2), 4.0), ("b", "digits", 0.1, (1,), 9.0),
+                                              ("c", "patches", 0.1, (1, 2, 2), 7.0)):
+        for seed in (0, 1):
+            cfg = {**flat, "loss.huber_c": c, "network.channel_mult": mult, "train.seed": seed}
+            versions = {"python": "3.12.1", "torch": "2.13.0", "cuda": None}
+            rows.append(_row(config_id, seed, cfg, fd=end + seed, stratum=stratum, **{
+                "loss.huber_c": c, "network.channel_mult": ",".join(map(str, mult)) if old_style else list(mult),
+                "versions": json.dumps(versions, sort_keys=True) if old_style else versions}))
+            for step, fd in ((20, 2 * end), (40, end + seed)):
+                ev = {"experiment": "e", "trial_id": f"{config_id}-seed{seed}", "config_id": config_id, "step": step,
+                      "fd": fd}
+                evals.append(ev if old_style else {**ev, "stratum": stratum, "seed": seed})
+    if old_style:  # as the code before typed lists, versions structs, evals' stratum/seed and metadata wrote them
+        old_trials = pa.schema([f if f.name not in ("network.channel_mult", "network.attn_resolutions", "versions")
+                                else pa.field(f.name, pa.string()) for f in TRIALS_SCHEMA])
+        old_evals = pa.schema([f for f in EVALS_SCHEMA if f.name not in ("stratum", "seed")])
+        folder.mkdir(parents=True)
+        for r in rows:
+            r["network.attn_resolutions"] = ""
+        write_atomic(to_table(rows, old_trials), folder / "trials.parquet")
+        write_atomic(to_table(evals, old_evals), folder / "evals.parquet")
+        return folder
+    tables = ResultTables(folder, table_metadata("e", "s", ["loss.huber_c", "network.channel_mult"], "fd", "min"))
+    tables.add(rows, evals)
+    tables.write()
+    return folder
+
+
+def test_tables_need_no_merge_and_say_what_was_searched(tmp_path):
+    """evals.parquet carries stratum, seed, config_id and the searched keys; lists are Parquet lists, versions a
+    struct; both files' schema metadata name the experiment, searched keys, metric and direction; the README's
+    one-liners give the planted best configuration and curves."""
+    import pandas as pd  # noqa: F811 - the README's lines, as a user writes them
+
+    folder = _planted_experiment(tmp_path / "e")
+    schema = pq.read_schema(folder / "evals.parquet")
+    assert schema.field("network.channel_mult").type == pa.list_(pa.int64())
+    assert pq.read_schema(folder / "trials.parquet").field("versions").type.num_fields == 8
+    for path in (folder / "evals.parquet", folder / "trials.parquet"):
+        meta = pq.read_schema(path).metadata
+        assert meta[b"ict.experiment"] == b"e" and meta[b"ict.metric"] == b"fd"
+        assert meta[b"ict.direction"] == b"minimize"
+        assert json.loads(meta[b"ict.searched_keys"]) == ["loss.huber_c", "network.channel_mult"]
+    e = pd.read_parquet(folder / "evals.parquet")
+    t = pd.read_parquet(folder / "trials.parquet")
+    assert list(e.loc[e.trial_id == "c-seed1", ["stratum", "seed", "loss.huber_c"]].iloc[0]) == ["patches", 1, 0.1]
+    assert list(e.loc[e.trial_id == "c-seed1", "network.channel_mult"].iloc[0]) == [1, 2, 2]
+    assert t.set_index("trial_id").loc["a-seed0", "versions"]["torch"] == "2.13.0"
+
+    # README, "Results: Parquet tables": the best configuration per stratum, and the FD curve per configuration.
+    best = t.groupby(["stratum", "config_id", "loss.huber_c"]).final_fd.mean().reset_index().sort_values("final_fd").groupby("stratum").head(1)
+    curves = e.groupby(["stratum", "config_id", "loss.huber_c", "step"]).fd.mean().unstack("step")
+    assert best.set_index("stratum")["config_id"].to_dict() == {"digits": "a", "patches": "c"}
+    assert best.set_index("stratum")["final_fd"].to_dict() == {"digits": 4.5, "patches": 7.5}
+    assert curves.loc[("digits", "a", 0.01)].to_dict() == {20: 8.0, 40: 4.5}
+    assert curves.loc[("digits", "b", 0.1)].to_dict() == {20: 18.0, 40: 9.5}
+
+
+def test_old_tables_stay_readable_and_are_upgraded_on_resume(tmp_path):
+    """A folder written before the typed columns loads in analysis/ like a new one (lists as "1,2" text), the
+    shipped CPU findings still load, and a resumed search (ResultTables over the old files) rewrites them typed."""
+    from analysis.load import load_results
+    from pathlib import Path
+
+    old = _planted_experiment(tmp_path / "old", old_style=True)
+    new = _planted_experiment(tmp_path / "new")
+    loaded_old, loaded_new = load_results(old), load_results(new)
+    for column in ("network.channel_mult", "loss.huber_c", "final_fd", "trial_id"):
+        assert loaded_old.trials[column].tolist() == loaded_new.trials[column].tolist(), column
+    def present(text):
+        return {k: v for k, v in json.loads(text).items() if v is not None}
+    assert [present(v) for v in loaded_old.trials["versions"]] == [present(v) for v in loaded_new.trials["versions"]]
+    assert loaded_new.trials["network.channel_mult"].tolist()[:3] == ["1,2", "1,2", "1"]
+    assert loaded_old.evals["fd"].tolist() == loaded_new.evals["fd"].tolist()
+    findings = Path(__file__).resolve().parent.parent / "docs" / "findings" / "cpu"
+    shipped = load_results(findings / "c_scaling")
+    assert len(shipped.trials) > 0 and len(shipped.evals) > 0
+
+    tables = ResultTables(old, table_metadata("e", "s", ["loss.huber_c"], "fd", "min"))
+    tables.write()
+    e = pd.read_parquet(old / "evals.parquet")
+    assert set(e.groupby("trial_id")["seed"].first().items()) == {(f"{c}-seed{s}", s) for c in "abc" for s in (0, 1)}
+    assert e.loc[e.trial_id == "c-seed0", "stratum"].iloc[0] == "patches"
+    t = pd.read_parquet(old / "trials.parquet")
+    assert [list(v) for v in t["network.channel_mult"][:3]] == [[1, 2], [1, 2], [1]]
+    assert list(t["network.attn_resolutions"].iloc[0]) == []
+    assert t["versions"].iloc[0]["python"] == "3.12.1"

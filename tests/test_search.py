@@ -14,7 +14,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tune.results import EVALS_SCHEMA, TRIALS_SCHEMA
+from ict_core.records import evals_schema
+from tune.results import TRIALS_SCHEMA
 from tune.search import ray_env, run_search
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +82,10 @@ def test_two_node_search_spreads_trials_and_records_errors_and_divergence(tmp_pa
     exp_dir = Path((tmp_path / "exp_dir.txt").read_text())
 
     assert pq.read_schema(exp_dir / "trials.parquet").remove_metadata() == TRIALS_SCHEMA
-    assert pq.read_schema(exp_dir / "evals.parquet").remove_metadata() == EVALS_SCHEMA
+    searched = json.loads(pq.read_schema(exp_dir / "evals.parquet").metadata[b"ict.searched_keys"])
+    # A grid of points searches the keys its points set.
+    assert searched == ["loss.huber_c", "optim.lr", "data.name", "data.path"]
+    assert pq.read_schema(exp_dir / "evals.parquet").remove_metadata() == evals_schema(searched)
     trials = pd.read_parquet(exp_dir / "trials.parquet")
     evals = pd.read_parquet(exp_dir / "evals.parquet")
     assert len(trials) == 6 and trials["trial_id"].is_unique

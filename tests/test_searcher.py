@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import optuna
+import pytest
 from optuna.samplers._tpe.sampler import _split_trials
 from ray import tune as rt
 
@@ -117,3 +118,49 @@ def test_every_shipped_asha_rung_lies_within_the_first_seed():
     diverged = tune_result({"step": 700, "fd": float("nan"), "status": "diverged"}, seed_index=0, seed=0,
                            total_steps=3000, metric="fd")
     assert diverged["trial_step"] == 3000 and diverged["step"] == 700
+
+
+def test_a_journal_study_survives_a_restore_without_telling_anything_twice(tmp_path):
+    """Ray restores the searcher from its last snapshot (tune/searcher.py): a trial told after the snapshot is not
+    told again, one asked after it (its Tune trial is gone) is closed FAIL as orphaned, and the dashboard reads it."""
+    from tune.searcher import ORPHANED_ATTR, journal_storage
+
+    path = tmp_path / "optuna_journal.log"
+
+    def searcher():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        s = SeedMeanOptuna(metric="fd", mode="min", sampler=make_sampler(0, 8, 0),
+                           storage=journal_storage(path), study_name="e/only",
+                           study_attrs={"experiment": "e", "stratum": "only"})
+        s.set_search_properties("fd", "min", {"loss.huber_c": rt.loguniform(1e-4, 1.0)})
+        return s
+
+    first = searcher()
+    for t in ("a", "b", "c"):
+        first.suggest(t)
+    first.on_trial_complete("a", {"fd": 5.0, "final": True, "status": "completed"})
+    first.save(str(tmp_path / "snapshot.pkl"))  # Tune's last snapshot before the kill
+    first.suggest("d")  # asked after the snapshot: Ray will not know this trial
+    first.on_trial_complete("b", {"fd": 4.0, "final": True, "status": "completed"})  # told after the snapshot
+
+    again = searcher()  # the resumed driver: a fresh searcher, then Ray's restore
+    again.restore(str(tmp_path / "snapshot.pkl"))
+    again.on_trial_complete("b", {"fd": 4.0, "final": True, "status": "completed"})  # b runs again; told once
+    again.on_trial_complete("c", {"fd": 3.0, "final": True, "status": "completed"})
+    again.suggest("e")
+    study = optuna.load_study(study_name="e/only", storage=journal_storage(path))  # what a dashboard reads
+    states = [(t.state, t.value, bool(t.user_attrs.get(ORPHANED_ATTR))) for t in study.trials]
+    assert states == [(State.COMPLETE, 5.0, False), (State.COMPLETE, 4.0, False), (State.COMPLETE, 3.0, False),
+                      (State.FAIL, None, True), (State.RUNNING, None, False)]
+    assert study.user_attrs == {"experiment": "e", "stratum": "only"}
+
+    # optuna-dashboard (the `dashboard` extra) serves the same study from the same file.
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    dashboard = pytest.importorskip("optuna_dashboard")
+    environ = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET", "wsgi.errors": io.StringIO()}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(dashboard.wsgi(journal_storage(path))(environ, lambda s, h, e=None: status.append(s)))
+    assert status[0].startswith("200") and b"e/only" in body, environ["wsgi.errors"].getvalue()[-2000:]

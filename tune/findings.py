@@ -2,7 +2,7 @@
 
     python tune/campaign.py --budget cpu --resume --export docs/findings/cpu
 
-What is copied, per search: trials.parquet, evals.parquet, the Optuna journal of its rebuilt studies, its
+What is copied, per search: trials.parquet, evals.parquet, its Optuna journal (live or rebuilt studies), its
 experiment.json and stratum ledgers; for the campaign: campaign.json and the whole report folder (report.md, PNGs,
 CSVs, sample grids). Run folders (checkpoints, logs) stay behind. Every absolute path of this machine in the
 copied files (the campaign folder, the repository) is rewritten relative, so nothing names a machine's folders;
@@ -129,7 +129,7 @@ def readme(state: dict, budget_text: str) -> str:
               "configurations.",
               "- `<search>/trials.parquet`, `<search>/evals.parquet`: one row per run (seed) and per evaluation; "
               "load them with `pandas.read_parquet`.",
-              f"- `<search>/{JOURNAL_FILE}`: the rebuilt Optuna studies; `optuna-dashboard <search>/{JOURNAL_FILE}`.",
+              f"- `<search>/{JOURNAL_FILE}`: the Optuna studies (the search's own, or rebuilt by the report); `optuna-dashboard <search>/{JOURNAL_FILE}`.",
               "- `<search>/experiment.json`, `<search>/strata/`: the search's plan and its per-stratum ledgers.",
               "- `campaign.json`: the campaign's state, sessions and wall times.", ""]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from ict_core.config import Config
-from ict_core.records import COMPLETED, ERRORED, PRUNED, RUNNING
+from ict_core.records import COMPLETED, ERRORED, FINAL_METRICS, PRUNED, RUNNING
 from tune.results import ResultTables, write_json_atomic
 from tune.results import trial_rows as rows_of_trial
 from tune.trial import resolved_flat, trial_params
@@ -36,8 +36,13 @@ class ParquetCallback(Callback):
     terminated, so its own statuses cannot tell an interrupted stratum from a finished one."""
 
     def __init__(self, experiment_dir: str, experiment: str, space: str, stratum: dict, seeds: int,
-                 runs_root: str, ledger: str | None = None, planned: int = 0, experiment_uri: str | None = None):
+                 runs_root: str, ledger: str | None = None, planned: int = 0, experiment_uri: str | None = None,
+                 metadata: dict | None = None, hparams: list[str] | None = None, trackers: dict | None = None):
         self.experiment_dir = experiment_dir
+        # {"names": [...], "tracking_uri": ...}: the experiment trackers every recorded run goes to (tune/trackers.py)
+        self.trackers = trackers
+        self.hparams = hparams  # config keys that vary in the experiment: each run's TensorBoard HParams
+        self.metadata = metadata  # tune/results.table_metadata: written into both tables' schema metadata
         self.experiment = experiment
         self.space = space
         self.stratum = stratum
@@ -55,8 +60,13 @@ class ParquetCallback(Callback):
         self._exp = ExperimentFolder(uri) if uri else None
         if self._exp is not None:  # the local copy is found by the URI, so a resume may run on another machine
             self.experiment_dir = str(self._exp.dir)
+        from tune.trackers import make_trackers
+
         # Re-read on every (re)start: a restored callback must not hold the tables of a previous driver.
-        self.tables = ResultTables(self.experiment_dir)
+        self.tables = ResultTables(self.experiment_dir, getattr(self, "metadata", None))
+        spec = getattr(self, "trackers", None) or {}
+        self._trackers = make_trackers(spec.get("names"), self.experiment_dir, self.experiment,
+                                       spec.get("tracking_uri"))
         self._ledger_update({})
 
     def _known(self, trial) -> dict:
@@ -77,7 +87,15 @@ class ParquetCallback(Callback):
         trial_rows, eval_rows = rows_of_trial(
             Store(self.runs_root), experiment=self.experiment, space=self.space, stratum=self.stratum["name"],
             config_id=trial.trial_id, seeds=[base + i for i in range(self.seeds)], known_config=known, error=error)
-        if self.tables.add(trial_rows, eval_rows):
+        added = self.tables.add(trial_rows, eval_rows)
+        # HParams and trackers first, then the tables: a driver killed in between records the run again on
+        # resume, and both are keyed by the run (an HParams entry is rewritten, a tracker run found by run_key),
+        # so nothing is lost or doubled.
+        for row in added:
+            write_run_hparams(self.experiment_dir, row, getattr(self, "hparams", None) or [])
+            for tracker in getattr(self, "_trackers", []):
+                tracker.log_run(row, [e for e in eval_rows if e["trial_id"] == row["trial_id"]])
+        if added:
             self.tables.write()
         self._ledger_update({trial.trial_id: ERRORED if error else "ended"})
 
@@ -106,6 +124,44 @@ class ParquetCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record(trial, error_text(trial))
+
+
+HPARAM_METRICS = tuple(f"final_{k}" for k in FINAL_METRICS) + ("best_fd", "steps", "images_seen", "wall_s")
+
+
+def write_run_hparams(experiment_dir, row: dict, keys: list[str]) -> bool:
+    """A recorded run's TensorBoard HParams (ict_core/events.write_hparams) in its run folder's events: its
+    stratum, status and the config `keys`, with its final metrics. Only for run folders on this machine (the
+    default storage); a run folder in remote storage (s3://) is left as it is."""
+    from ict_core.events import write_hparams
+
+    if not row.get("run_dir") or "://" in str(row["run_dir"]):
+        return False
+    folder = Path(experiment_dir) / row["run_dir"]
+    if not folder.is_dir():
+        return False
+    values = {"stratum": row.get("stratum"), "status": row.get("status"), **{k: row.get(k) for k in keys}}
+    return write_hparams(folder, values, {k: row.get(k) for k in HPARAM_METRICS}, step=int(row.get("steps") or 0))
+
+
+def searched_keys(plan) -> list[str]:
+    """The keys a plan searches: its params, then any other key its points or grid variants set."""
+    keys = list(plan.params)
+    for stratum in plan.strata:
+        for point in list(stratum.points or []) + list(stratum.variants or []):
+            keys += [k for k in point if k not in keys]
+    return keys
+
+
+def hparam_keys(plan) -> list[str]:
+    """The config keys that vary in a plan's experiment: the searched ones (searched_keys), then fixed keys whose
+    value differs between strata (e.g. data.name)."""
+    keys = searched_keys(plan)
+    for key in sorted({k for s in plan.strata for k in s.fixed}):
+        values = {json.dumps(s.fixed.get(key), sort_keys=True, default=str) for s in plan.strata}
+        if len(values) > 1 and key not in keys:
+            keys.append(key)
+    return keys
 
 
 def ledger_path(experiment_dir, stratum: str) -> Path:
@@ -221,10 +277,13 @@ class ProgressCallback(Callback):
 
 def summary_lines(trials_df, metric: str, mode: str) -> list[str]:
     """Best configuration per stratum (mean over seeds of final_<metric>), for the end of a search."""
+    from analysis.load import flatten_nested
+
     out = []
     column = f"final_{metric}"
     if trials_df.empty or column not in trials_df:
         return ["no finished trials"]
+    trials_df = flatten_nested(trials_df)  # list-valued config columns as text: comparable, printable
     config_cols = [c for c in trials_df.columns if "." in c]
     for stratum, group in trials_df.groupby("stratum", sort=False):
         ok = group[group["status"] == COMPLETED]

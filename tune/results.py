@@ -26,12 +26,29 @@ from ict_core import datasets
 from ict_core import rundir
 from ict_core.fileio import atomic_path, atomic_write_text
 from ict_core.records import (COMPLETED, CONFIG_TYPES, DIVERGED, ERRORED, EVAL_METRICS, EVALS_FILE,  # noqa: F401
-                              EVALS_SCHEMA, FINAL_METRICS, PRUNED, STATUSES, TRIALS_FILE, TRIALS_SCHEMA)
+                              EVALS_SCHEMA, FINAL_METRICS, META_DIRECTION, META_EXPERIMENT, META_METRIC,
+                              META_SEARCHED, META_SPACE, PRUNED, STATUSES, TRIALS_FILE, TRIALS_SCHEMA, evals_schema)
 
 def _cell(value: Any, dtype: pa.DataType) -> Any:
     """One Python value converted to what its column type holds; None stays null."""
     if value is None:
         return None
+    if pa.types.is_list(dtype):
+        if isinstance(value, str):  # tables written before list columns: "1,2" ("" for an empty list)
+            text = value.strip().strip("[]()")
+            value = [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_cell(v, dtype.value_type) for v in value]
+    if pa.types.is_struct(dtype):
+        if isinstance(value, str):  # tables written before the struct: a JSON object
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        if not isinstance(value, dict):
+            return None
+        return {f.name: _cell(value.get(f.name), f.type) for f in dtype}
     if pa.types.is_string(dtype):
         if isinstance(value, (list, tuple)):
             return ",".join(str(v) for v in value)
@@ -65,9 +82,31 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def write_atomic(table: pa.Table, path: str | os.PathLike) -> None:
+def write_atomic(table: pa.Table, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write `table` to `path` atomically; `metadata` ({str: str}) is added to its Parquet schema metadata."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **{k.encode(): str(v).encode() for k, v in metadata.items()}})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def table_metadata(experiment: str, space: str, searched, metric, mode) -> dict:
+    """The schema metadata both tables carry (ict_core/records.py, META_*): `metric`/`mode` one name and
+    min|max, or lists of them (a multi-objective space)."""
+    metrics = list(metric) if isinstance(metric, (list, tuple)) else [metric]
+    modes = list(mode) if isinstance(mode, (list, tuple)) else [mode] * len(metrics)
+    directions = ["maximize" if m == "max" else "minimize" for m in modes]
+    one = len(metrics) == 1
+    return {META_EXPERIMENT: experiment, META_SPACE: space, META_SEARCHED: json.dumps(list(searched)),
+            META_METRIC: metrics[0] if one else json.dumps(metrics),
+            META_DIRECTION: directions[0] if one else json.dumps(directions)}
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The ict.* schema metadata of a table written by ResultTables ({} for tables written before it)."""
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"ict.")}
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -94,14 +133,22 @@ class ResultTables:
     """The experiment's trials/evals tables, kept in memory and rewritten whole after each finished trial.
 
     A run already written is never written again: a row whose trial_id or run_key is present is dropped, except
-    that an errored row gives way to a later non-errored run of the same run_key (a trial retried on resume)."""
+    that an errored row gives way to a later non-errored run of the same run_key (a trial retried on resume).
 
-    def __init__(self, experiment_dir: str | os.PathLike):
+    `metadata` (table_metadata) names the experiment, its searched keys, metric and direction in both files'
+    schema metadata; evals.parquet gets each run's stratum and seed and a column per searched key, copied from
+    its trials row (so a pandas user needs no merge). Without `metadata`, what the files already hold is kept."""
+
+    def __init__(self, experiment_dir: str | os.PathLike, metadata: dict | None = None):
         self.dir = Path(experiment_dir)
         self.trials_path = self.dir / TRIALS_FILE
         self.evals_path = self.dir / EVALS_FILE
         self.trials = pq.read_table(self.trials_path).to_pylist() if self.trials_path.exists() else []
         self.evals = pq.read_table(self.evals_path).to_pylist() if self.evals_path.exists() else []
+        if metadata is None and self.trials_path.exists():
+            metadata = read_metadata(self.trials_path)
+        self.metadata = dict(metadata or {})
+        self.searched = [k for k in json.loads(self.metadata.get(META_SEARCHED) or "[]") if k in CONFIG_TYPES]
 
     def known(self, run_key_or_trial_id: str) -> bool:
         return any(r["run_key"] == run_key_or_trial_id or r["trial_id"] == run_key_or_trial_id
@@ -128,8 +175,14 @@ class ResultTables:
     def write(self) -> None:
         # Evaluations first: a run in trials.parquet always has its evaluations, even when the driver is killed
         # between the two files (a resume records that run again and replaces its orphaned evaluation rows).
-        write_atomic(to_table(self.evals, EVALS_SCHEMA), self.evals_path)
-        write_atomic(to_table(self.trials, TRIALS_SCHEMA), self.trials_path)
+        by_trial = {r["trial_id"]: r for r in self.trials}
+        copied = ("stratum", "seed", *self.searched)
+        evals = [{**e, **{k: by_trial[e["trial_id"]].get(k) for k in copied}} if e.get("trial_id") in by_trial
+                 else e for e in self.evals]
+        schema = evals_schema(self.searched)
+        write_atomic(to_table([{k: v for k, v in e.items() if k in schema.names} for e in evals], schema),
+                     self.evals_path, self.metadata)
+        write_atomic(to_table(self.trials, TRIALS_SCHEMA), self.trials_path, self.metadata)
 
 
 def _num(value):
@@ -148,7 +201,7 @@ def _finite(value) -> bool:
 def _provenance(prov: dict | None) -> dict:
     prov = prov or {}
     return {"git_commit": prov.get("git_commit"), "device": prov.get("device"),
-            "versions": json.dumps(prov["versions"], sort_keys=True) if prov.get("versions") else None}
+            "versions": prov.get("versions") or None}
 
 
 def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: str, seeds: list[int],
@@ -215,6 +268,7 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
         trial_rows.append(row)
         for e in evals:
             eval_rows.append({"experiment": experiment, "trial_id": trial_id, "config_id": config_id,
+                              "stratum": stratum, "seed": seed,
                               **{k: e.get(k) for k in ("step", *EVAL_METRICS)}})
     if error and trial_rows and not errored_seen:
         # Every seed finished, then the trial failed (e.g. in its final report): keep the runs, note the error.

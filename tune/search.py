@@ -30,6 +30,7 @@ import time
 import zlib
 from pathlib import Path
 
+from analysis.importance import JOURNAL_FILE
 from ict_core.cli import BadInput, bad_input, check_writable_folder, command
 from ict_core.config import load_config, parse_overrides
 from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
@@ -115,8 +116,10 @@ def format_plan(plan: Plan, res: dict, exp_dir) -> str:
     lines = [f"space      {plan.space} ({plan.source})", f"question   {plan.question or '-'}",
              f"budget     {plan.budget} (preset tune/budgets/{plan.budget}.yaml under every stratum's fixed keys)",
              f"experiment {exp_dir}",
-             f"search     {plan.algorithm} (seed {plan.search_seed}), metric {plan.metric} ({plan.mode}), "
-             f"scheduler {plan.scheduler.get('type')}"
+             f"search     {plan.algorithm} (seed {plan.search_seed}), "
+             + (f"metrics {', '.join(f'{m} ({d})' for m, d in zip(plan.metrics, plan.modes))} (multi-objective), "
+                if plan.multi else f"metric {plan.metric} ({plan.mode}), ")
+             + f"scheduler {plan.scheduler.get('type')}"
              + (f" (grace_period {plan.scheduler['grace_period']} steps, reduction_factor "
                 f"{plan.scheduler['reduction_factor']})" if plan.scheduler.get("type") == "asha" else ""),
              f"seeds      {plan.seeds} per configuration (the searcher sees their mean)",
@@ -213,9 +216,12 @@ def stratum_seed(seed: int, stratum: str) -> int:
 
 
 def _search(plan: Plan, stratum, concurrent: int, seed: int, num_samples: int | None = None,
-            evaluated: list[tuple[dict, float]] = ()):
+            evaluated: list[tuple[dict, float]] = (), journal: Path | None = None, experiment: str = ""):
     """(search_alg, param_space, num_samples) of one stratum; `seed` seeds its sampler. `evaluated` are
-    (params, value) pairs an earlier run of the stratum measured (--extend), told to Optuna before it starts."""
+    (params, value) pairs an earlier run of the stratum measured (--extend), told to Optuna before it starts.
+    `journal`: the Optuna journal file that holds the stratum's study ("experiment/stratum") live; a study
+    already there (a resumed or extended stratum) is continued and holds what was measured, so nothing is told
+    twice."""
     from ray.tune.search import BasicVariantGenerator
 
     from ray import tune as rt
@@ -236,15 +242,30 @@ def _search(plan: Plan, stratum, concurrent: int, seed: int, num_samples: int | 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     points = list(stratum.points or [])
     rewards = None
+    storage, study_name = None, None
+    if journal is not None:
+        from tune.searcher import journal_storage, study_exists
+
+        storage, study_name = journal_storage(journal), study_label(experiment, stratum.name)
+        if study_exists(storage, study_name):
+            points, evaluated = [], ()  # the study holds them (asked, enqueued or told by the earlier run)
     if evaluated:
         done = [p for p, _ in evaluated]
         points = done + [p for p in points if p not in done]
         rewards = [v for _, v in evaluated]
         points = points[:len(rewards)]  # OptunaSearch needs one reward per point; the given points ran before
-    searcher = SeedMeanOptuna(metric=plan.metric, mode=plan.mode, points_to_evaluate=points or None,
+    searcher = SeedMeanOptuna(metric=plan.metrics if plan.multi else plan.metric,
+                              mode=plan.modes if plan.multi else plan.mode, points_to_evaluate=points or None,
                               evaluated_rewards=rewards,
-                              sampler=make_sampler(seed, stratum.num_samples, len(stratum.points)))
+                              sampler=make_sampler(seed, stratum.num_samples, len(stratum.points)),
+                              storage=storage, study_name=study_name,
+                              study_attrs={"experiment": experiment, "stratum": stratum.name} if storage else None)
     return RetryAwareLimiter(searcher, max_concurrent=concurrent), space, samples
+
+
+def study_label(experiment: str, stratum: str) -> str:
+    """The name of a stratum's Optuna study in the experiment's journal (as the report's rebuilt ones)."""
+    return f"{experiment}/{stratum}"
 
 
 def _scheduler(plan: Plan, stratum):
@@ -376,7 +397,7 @@ def _stratum_outcome(exp_dir: Path, tune_name: str) -> dict:
 def run_search(space, budget="smoke", num_samples=None, storage=None, name=None, resume=False,
                workers_per_trial=1, gpus_per_worker=0, *, extra=None, strata=None, address=None,
                max_concurrent=None, quiet=False, ray_storage=None, extend=False, ray_train=False,
-               reuse=(), reuse_optional=(), family: int | None = None) -> Path:
+               reuse=(), reuse_optional=(), family: int | None = None, trackers=None, tracking_uri=None) -> Path:
     """Run (or resume) a search; returns the experiment folder holding trials.parquet, evals.parquet and
     experiment.json, whose `status` says how it ended: finished | failed (some trials errored; `first_error`) |
     interrupted (Ctrl-C; --resume continues).
@@ -395,7 +416,12 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     this experiment, in the experiments at or below the `reuse` folders (each must hold one) or below the
     `reuse_optional` ones (a campaign's folder) is copied, not trained (tune/reuse.py). `family` is the number of
     claims the error rate is held over (a campaign's: its searches' claims together); this search's claims share
-    alpha x (its claims / family) among them by Holm, so the campaign's family-wise rate stays at alpha."""
+    alpha x (its claims / family) among them by Holm, so the campaign's family-wise rate stays at alpha.
+    `trackers` ("mlflow", "wandb") receive every recorded run (tune/trackers.py); `tracking_uri` is MLflow's
+    (default: a SQLite store in the experiment folder)."""
+    from tune.trackers import check_trackers
+
+    trackers = check_trackers(trackers, tracking_uri)
     plan = resolve_plan(space, budget, num_samples, extra, strata)
     if max_concurrent is not None:
         plan.max_concurrent = int(max_concurrent)
@@ -434,7 +460,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     import ray
     from ray import tune as rt
 
-    from tune.progress import ParquetCallback, ProgressCallback
+    from tune.progress import ParquetCallback, ProgressCallback, hparam_keys, searched_keys
+    from tune.results import table_metadata
     from tune.store import Store
     from tune.trial import StopTrialsOnInterrupt, ict_trial
 
@@ -449,8 +476,12 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
         done_strata = [s for s in info.get("done_strata", []) if old_hashes.get(s) in (None, hashes["strata"].get(s))]
         tune_names = dict(info.get("tune_names", {}))
         shared = (ray_storage or info.get("shared_storage") or _default_shared(exp, name)).rstrip("/")
-        info = {"experiment": name, "experiment_dir": exp.location, "space": plan.space, "budget": budget,
-                "plan": plan.to_dict(),
+        # The Optuna searcher's studies live in the experiment's journal (an experiment started before that keeps
+        # the report's rebuilt journal); a grid or random search has no Optuna study to show.
+        live = bool(info.get("live_journal")) if info else plan.algorithm == "optuna_tpe"
+        journal = exp_dir / JOURNAL_FILE if live else None
+        info = {"live_journal": live, "experiment": name, "experiment_dir": exp.location, "space": plan.space,
+                "budget": budget, "plan": plan.to_dict(),
                 "plan_hash": hashes, "resources": res, "provenance": info.get("provenance") or _provenance(),
                 "done_strata": done_strata, "tune_names": tune_names, "shared_storage": shared,
                 **({"design": info["design"]} if info.get("design") else {}),
@@ -477,7 +508,7 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                                    seeds=plan.seeds, metric=plan.metric, runs_root=runs_root,
                                    cpus_per_trial=res["cpus_per_trial"], workers=workers_per_trial,
                                    gpus_per_worker=gpus_per_worker, ray_train=ray_train, ray_storage=ray_dir,
-                                   reuse=index),
+                                   reuse=index, objectives=plan.metrics if plan.multi else None),
                 res["trial"])
             path = f"{ray_dir}/{tune_name}"
             if resume and rt.Tuner.can_restore(path):
@@ -496,17 +527,25 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                                                            # an extended stratum's new searcher
                                                            # draws anew (its name carries the plan's hash)
                                                            stratum_seed(plan.search_seed, tune_name),
-                                                           samples, evaluated)
+                                                           samples, evaluated, journal, name)
                 stratum_info = {"name": stratum.name, "fixed": stratum.fixed}
                 planned = samples if plan.algorithm != "grid" else len(param_space["variant"]["grid_search"])
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, plan.seeds, runs_root,
                                              ledger=tune_name, planned=planned,
-                                             experiment_uri=exp.location if exp.is_uri else None),
+                                             experiment_uri=exp.location if exp.is_uri else None,
+                                             metadata=table_metadata(name, plan.space, searched_keys(plan),
+                                                                     plan.metrics if plan.multi else plan.metric,
+                                                                     plan.modes if plan.multi else plan.mode),
+                                             hparams=hparam_keys(plan),
+                                             trackers={"names": list(trackers or []),
+                                                       "tracking_uri": tracking_uri}),
                              ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
                                               total=planned, quiet=quiet)]
                 tuner = rt.Tuner(
                     trainable, param_space=param_space,
-                    tune_config=rt.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=search_alg,
+                    # A multi-objective searcher holds its metrics itself (Tune's own take one).
+                    tune_config=rt.TuneConfig(metric=None if plan.multi else plan.metric,
+                                              mode=None if plan.multi else plan.mode, search_alg=search_alg,
                                               scheduler=_scheduler(plan, stratum), num_samples=samples,
                                               max_concurrent_trials=res["max_concurrent_trials"],
                                               reuse_actors=True),
@@ -549,8 +588,11 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                     res["trial"])
 
             share = len(plan.claims) / max(family or len(plan.claims), len(plan.claims))
+            extras = {"metadata": table_metadata(name, plan.space, searched_keys(plan), plan.metric, plan.mode),
+                      "hparams": hparam_keys(plan),
+                      "trackers": {"names": list(trackers or []), "tracking_uri": tracking_uri}}
             ended = _design_rounds(plan, exp, name, info, res, runs_root, ray_dir, make_trainable, say, quiet,
-                                   share)
+                                   share, extras)
             if ended == INTERRUPTED:
                 info.update(status=INTERRUPTED)
                 _write_experiment(exp, info)
@@ -573,7 +615,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
 
 
 def _design_rounds(plan: Plan, exp: ExperimentFolder, name: str, info: dict, res: dict, runs_root: str, ray_dir: str,
-                   make_trainable, say, quiet: bool, share: float = 1.0) -> str:
+                   make_trainable, say, quiet: bool, share: float = 1.0,
+                   callback_extras: dict | None = None) -> str:
     """The design's later rounds (tune/designer.py, tune/rounds.py): test every declared claim on the runs so far
     (Holm over the claims, group-sequential per claim), then train only the arms of the claims still open, up to
     their next planned look, earlier seeds copied (tune/reuse.py), until no claim moves. Its state lives in
@@ -592,6 +635,7 @@ def _design_rounds(plan: Plan, exp: ExperimentFolder, name: str, info: dict, res
     from tune.rounds import UNTESTABLE, claim_arms, claim_data, signatures, verdict_record
 
     exp_dir = exp.dir
+    callback_extras = callback_extras or {}
     design = plan.design
     state = info.setdefault("design", {})
     state.setdefault("looks", {})
@@ -660,7 +704,8 @@ def _design_rounds(plan: Plan, exp: ExperimentFolder, name: str, info: dict, res
                 stratum_info = {"name": stratum.name, "fixed": stratum.fixed}
                 callbacks = [ParquetCallback(str(exp_dir), name, plan.space, stratum_info, target, runs_root,
                                              ledger=tune_name, planned=len(variants),
-                                             experiment_uri=exp.location if exp.is_uri else None),
+                                             experiment_uri=exp.location if exp.is_uri else None,
+                                             **callback_extras),
                              ProgressCallback(stratum.name, list(plan.params), plan.metric, plan.mode,
                                               total=len(variants), quiet=quiet)]
                 tuner = rt.Tuner(
@@ -759,6 +804,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strata", help="comma-separated strata to run (default: all)")
     p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: the space's)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--tracker", action="append", default=[], metavar="NAME",
+                   help="also log every recorded run (full config, every evaluation metric) to mlflow or wandb "
+                        "(repeatable; the mlflow / wandb extras); W&B runs offline unless WANDB_MODE is set")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for --tracker mlflow (default: a local SQLite store, "
+                                          "EXPERIMENT_DIR/mlflow.db)")
     return p
 
 
@@ -781,6 +831,9 @@ def main(argv=None) -> int:
                 raise SearchError(str(err)) from None
         else:
             check_writable_folder(args.storage, "--storage")
+        from tune.trackers import check_trackers
+
+        check_trackers(args.tracker, args.tracking_uri)
         if args.dry_run:
             plan = resolve_plan(args.space, args.budget, args.num_samples, extra, strata)
             check_plan_paths(plan)
@@ -800,7 +853,7 @@ def main(argv=None) -> int:
                              args.workers_per_trial, args.gpus_per_worker, extra=extra, strata=strata,
                              address=args.address, max_concurrent=args.max_concurrent,
                              ray_storage=args.ray_storage, extend=args.extend, ray_train=args.ray_train,
-                             reuse=args.reuse or ())
+                             reuse=args.reuse or (), trackers=args.tracker, tracking_uri=args.tracking_uri)
     except BadInput as err:
         return bad_input(err)
     except KeyboardInterrupt:

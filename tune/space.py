@@ -228,9 +228,16 @@ class Plan:
     skipped_strata: list[str]
     claims: list = field(default_factory=list)  # PlannedClaim, one per stratum (and alternative)
     design: Optional[Any] = None  # tune.designer.Design of the budget, None for a fixed number of seeds
+    metrics: list = field(default_factory=list)  # every objective, `metric` first (several: multi-objective)
+    modes: list = field(default_factory=list)
+
+    @property
+    def multi(self) -> bool:
+        return len(self.metrics) > 1
 
     def to_dict(self) -> dict:
-        return {
+        multi = {"metrics": list(self.metrics), "modes": list(self.modes)} if self.multi else {}
+        return {**multi,
             "space": self.space, "source": self.source, "budget": self.budget, "description": self.description,
             "question": self.question, "algorithm": self.algorithm, "search_seed": self.search_seed,
             "metric": self.metric, "mode": self.mode, "scheduler": self.scheduler, "seeds": self.seeds,
@@ -328,8 +335,30 @@ class Space:
             raise SpaceError(f"{self.source}: {err}") from None
 
     # ---- schema ---------------------------------------------------------------------------------
+    def _objectives(self) -> tuple[list, list]:
+        """`metric` and `mode` as lists: one metric (a word) or several (a list: a multi-objective search, its
+        Pareto front per stratum in the report); `mode` one word for all, or one per metric."""
+        metric, mode = self.tree.get("metric", "fd"), self.tree.get("mode", "min")
+        metrics = list(metric) if isinstance(metric, list) else [metric]
+        modes = list(mode) if isinstance(mode, list) else [mode] * len(metrics)
+        if not metrics:
+            raise self.error("metric", f"needs at least one metric; allowed: {', '.join(METRICS)}")
+        for m in metrics:
+            if m not in METRICS:
+                raise self.error("metric", f"unknown metric {m!r}; allowed: {', '.join(METRICS)}")
+        if len(set(metrics)) != len(metrics):
+            raise self.error("metric", f"lists a metric twice: {metrics}")
+        if len(modes) != len(metrics):
+            raise self.error("mode", f"needs one mode per metric ({len(metrics)}), got {mode!r}")
+        for m in modes:
+            if m not in ("min", "max"):
+                raise self.error("mode", f"must be min or max, got {m!r}")
+        return metrics, modes
+
     def _check_schema(self) -> None:
-        spec = self._record(SpaceSpec, self.tree, "", "top-level key")
+        metrics, modes = self._objectives()
+        spec = self._record(SpaceSpec, {**self.tree, "metric": metrics[0], "mode": modes[0]}, "", "top-level key")
+        self.metrics, self.modes = metrics, modes
         name = spec.name
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise self.error("name", f"must be a word of letters, digits, '_', '-' or '.', "
@@ -358,6 +387,9 @@ class Space:
 
         self.metric = spec.metric
         self.mode = spec.mode
+        if len(self.metrics) > 1 and self.algorithm != "optuna_tpe":
+            raise self.error("metric", f"a list of metrics (a multi-objective search) needs search.algorithm "
+                             f"optuna_tpe, got {self.algorithm!r}")
         self.scheduler = self._scheduler(spec.scheduler, "scheduler", {"type": "none"})
         self.seeds = spec.seeds
         self.max_concurrent = spec.max_concurrent
@@ -658,9 +690,13 @@ class Space:
             strata.append(stratum)
         if not strata:
             raise self.error("strata", f"no stratum can run: {'; '.join(skipped)}")
+        if len(self.metrics) > 1 and scheduler.get("type") != "none":
+            raise self.error(f"{where}.scheduler" if spec.scheduler else "scheduler",
+                             f"{scheduler.get('type')} stops trials on one metric; a multi-objective space "
+                             f"({', '.join(self.metrics)}) needs scheduler type none")
         return Plan(self.name, str(self.source), budget, self.description, self.question, self.algorithm,
                     self.search_seed, self.metric, self.mode, scheduler, seeds, concurrent, self.params, strata,
-                    skipped, self._plan_claims(strata), design)
+                    skipped, self._plan_claims(strata), design, list(self.metrics), list(self.modes))
 
     def _resolve_point(self, point: dict, dim: int, where: str) -> dict:
         out = {}

@@ -66,7 +66,8 @@ def trial_overrides(stratum_fixed: dict, config: dict, cpus_per_trial: float, in
     return overrides
 
 
-def tune_result(metrics: dict, *, seed_index: int, seed: int, total_steps: int, metric: str) -> dict:
+def tune_result(metrics: dict, *, seed_index: int, seed: int, total_steps: int, metric: str,
+                objectives=()) -> dict:
     """The keys one trainer report sends to Tune, the same on both trial paths (see the module docstring)."""
     step = int(_num(metrics.get("step")) if math.isfinite(_num(metrics.get("step"))) else 0)
     status = metrics.get("status") or RUNNING
@@ -74,7 +75,7 @@ def tune_result(metrics: dict, *, seed_index: int, seed: int, total_steps: int, 
     # left for a later seed's early values to be judged at.
     first = seed_index == 0 and status != DIVERGED
     return {"trial_step": step if first else int(total_steps), "step": step, "seed": int(seed), "status": status,
-            metric: _num(metrics.get(metric)), "final": False}
+            **{m: _num(metrics.get(m)) for m in (metric, *(objectives or ()))}, "final": False}
 
 
 def objective(summaries: list[dict], metric: str) -> float:
@@ -85,11 +86,15 @@ def objective(summaries: list[dict], metric: str) -> float:
     return sum(values) / len(values)
 
 
-def final_result(summaries: list[dict], seeds: list[int], total_steps: int, metric: str) -> dict:
+def final_result(summaries: list[dict], seeds: list[int], total_steps: int, metric: str,
+                 objectives=()) -> dict:
+    """The trial's final result: the mean over seeds of `metric` and of every other objective of a
+    multi-objective search (`objectives`)."""
     diverged = any(s.get("status") == DIVERGED for s in summaries)
     return {"trial_step": int(total_steps), "step": int(_num(summaries[-1].get("step")) or 0) if summaries else 0,
             "seed": int(seeds[len(summaries) - 1]), "status": DIVERGED if diverged else COMPLETED,
-            metric: objective(summaries, metric), "final": True, "seeds_done": len(summaries)}
+            **{m: objective(summaries, m) for m in (metric, *(objectives or ()))},
+            "final": True, "seeds_done": len(summaries)}
 
 
 def node_file(rel: str) -> str:
@@ -115,7 +120,7 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: str, cpus_per_trial: float = 1.0,
               workers: int = 1, gpus_per_worker: float = 0.0, ray_train: bool = False,
-              ray_storage: str | None = None, reuse: dict | None = None) -> None:
+              ray_storage: str | None = None, reuse: dict | None = None, objectives: list | None = None) -> None:
     """Tune function trainable. `stratum` is a plan stratum as a dict (name, fixed, ...); `runs_root` is where run
     folders go (tune/store.py); `ray_storage` holds the Ray Train runs' own state when `ray_train`. `reuse` is
     tune/reuse.reuse_index: a seed whose run_key is in it is copied from there, not trained."""
@@ -134,14 +139,15 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
             store.write_text(f"{folder}/{RUNNING_FILE}", f"{time.time()}\n")
         try:
             summaries = _train_seeds(store, stratum, trial_id, folder, base_cfg, seed_list, metric, ray_train,
-                                     workers, gpus_per_worker, cpus_per_trial, ray_storage, runs_root, reuse)
+                                     workers, gpus_per_worker, cpus_per_trial, ray_storage, runs_root, reuse,
+                                     objectives)
         finally:  # ended (finished, errored, or stopped by a scheduler at a report): nothing is left training
             _remove_file(store, f"{folder}/{RUNNING_FILE}")
-        rt.report(final_result(summaries, seed_list, base_cfg.train.total_steps, metric))
+        rt.report(final_result(summaries, seed_list, base_cfg.train.total_steps, metric, objectives))
 
 
 def _train_seeds(store, stratum, trial_id, folder, base_cfg, seed_list, metric, ray_train, workers, gpus_per_worker,
-                 cpus_per_trial, ray_storage, runs_root, reuse=None) -> list[dict]:
+                 cpus_per_trial, ray_storage, runs_root, reuse=None, objectives=None) -> list[dict]:
     """Each seed's summary, in order; a seed that finished before (its summary.json) is not trained again, and one
     whose run_key is in `reuse` (tune/reuse.reuse_index) is copied from there, not trained."""
     from ray import tune as rt
@@ -159,10 +165,11 @@ def _train_seeds(store, stratum, trial_id, folder, base_cfg, seed_list, metric, 
 
                 summary = copy_run(source, Path(store.uri(rel)))
                 rt.report({**tune_result({**summary, "evaluated": True}, seed_index=index, seed=seed,
-                                         total_steps=total_steps, metric=metric)})
+                                         total_steps=total_steps, metric=metric, objectives=objectives)})
                 summaries.append(summary)
                 continue
-            send = partial(tune_result, seed_index=index, seed=seed, total_steps=total_steps, metric=metric)
+            send = partial(tune_result, seed_index=index, seed=seed, total_steps=total_steps, metric=metric,
+                           objectives=objectives)
             if ray_train:
                 summary = _seed_ray_train(cfg, store, rel, send, workers, gpus_per_worker, cpus_per_trial,
                                           ray_storage or runs_root, f"{stratum['name']}-{trial_id}-seed{seed}")
