@@ -118,7 +118,10 @@ def plot_c_scaling(result: CScaling, level: float = 0.95) -> Figure:
         d = np.geomspace(per["dim"].min() / 1.5, per["dim"].max() * 1.5, 50)
         ax2.plot(d, PAPER_A * d ** PAPER_B, color="tab:orange", label="paper: 0.00054 d^0.5")
         if result.fit is not None and len(per) < 3:
-            ax2.plot([], [], " ", label=f"no fit drawn: {len(per)} data set(s), a 2-parameter fit needs 3")
+            f = result.fit  # the joint fit uses every run, but a line through 2 c* values would look like evidence
+            joint = (f"; b from every run (joint fit): {f.b:.2f} [{f.b_lo:.2f}, {f.b_hi:.2f}]"
+                     if np.isfinite(f.b_lo) and np.isfinite(f.b_hi) else "")
+            ax2.plot([], [], " ", label=f"no fit drawn: {len(per)} data set(s), a line needs 3{joint}")
         elif result.fit is not None:
             f = result.fit
             ax2.plot(d, f.a * d ** f.b, color="tab:blue", linestyle="--",

@@ -10,7 +10,7 @@ from ict_core.config import load_config
 from tune.progress import hparam_keys, write_run_hparams
 from tune.results import trial_rows
 from tune.search import resolve_plan
-from tune.storage import RunStore, seed_folder
+from tune.store import Store, seed_folder
 from tune.trial import resolved_flat
 
 
@@ -47,7 +47,7 @@ def test_a_recorded_run_gets_its_configuration_and_final_metrics_as_hparams(tmp_
                                "eval.cache_dir": str(tmp_path.parent / "featnet-cache"), "loss.huber_c": 0.02,
                                "network.channel_mult": [1, 2]})
     train(cfg, run_dir=exp / "runs" / rel)
-    rows, _ = trial_rows(RunStore(str(exp / "runs")), experiment="e", space="s", stratum="digits", config_id="t1",
+    rows, _ = trial_rows(Store(str(exp / "runs")), experiment="e", space="s", stratum="digits", config_id="t1",
                          seeds=[0], known_config=resolved_flat(cfg))
     (row,) = rows
     assert write_run_hparams(exp, row, ["loss.huber_c", "network.channel_mult", "data.name"])
