@@ -143,7 +143,7 @@ class FakeCluster:
                     proc.send_signal(signal.SIGTERM)
                 except psutil.NoSuchProcess:
                     pass
-            _, alive = psutil.wait_procs(procs, timeout=10)
+            _, alive = psutil.wait_procs(procs, timeout=3)
             for proc in alive:
                 try:
                     proc.kill()

@@ -100,11 +100,13 @@ def test_node_types_come_from_the_autoscaler_config(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--max-failures", "-2"], "--max-failures must be an integer >= 0 (or -1: retry without limit), got -2"),
+    (["tune/search.py", "--space", "c_scaling", "--max-failures", "-2"],
+     "--max-failures must be an integer >= 0 (or -1: retry without limit), got -2"),
+    (["tune/campaign.py", "--budget", "smoke", "--spaces", "c_scaling", "--max-failures", "-3"],
+     "--max-failures must be an integer >= 0 (or -1: retry without limit), got -3"),
 ])
 def test_bad_cluster_options_are_one_line_errors(argv, message):
-    proc = subprocess.run([sys.executable, "tune/search.py", "--space", "c_scaling", "--dry-run", *argv], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, *argv, "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 

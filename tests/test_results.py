@@ -253,3 +253,16 @@ def test_what_the_trainer_writes_is_what_records_names(real_run):
     assert set(records.EVALUATOR_METRICS) <= set(records.EVAL_METRICS) <= set(EVALS_SCHEMA.names)
     summary = json.loads((run_dir / rundir.SUMMARY).read_text())
     assert set(records.REPORT_KEYS) <= set(summary)
+
+
+def test_an_evaluation_written_twice_by_a_lost_node_and_its_retry_counts_once(tmp_path, real_run):
+    # A node's trial process can outlive its raylet for a moment and append the evaluation that the retried run
+    # (resumed from the checkpoint before it) writes again: planted here as a repeated last line.
+    source, flat = real_run
+    store = RunStore(str(tmp_path / "runs"))
+    target = _plant(tmp_path / "runs", seed_folder("digits", "t1", 0), source)
+    lines = (target / "evals.jsonl").read_text().splitlines()
+    (target / "evals.jsonl").write_text("\n".join(lines + [lines[-1]]) + "\n")
+    trials, evals = trial_rows(store, config_id="t1", experiment="e", space="s", stratum="digits", seeds=[0],
+                               known_config=flat)
+    assert len(trials) == 1 and [e["step"] for e in evals] == [20, 40]

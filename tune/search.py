@@ -312,7 +312,9 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     interrupted (Ctrl-C; --resume continues).
 
     `extra` are dotted overrides for every trial (the CLI's --set), `strata` limits the search to some strata,
-    `max_concurrent` overrides the space's concurrency, `address` names a Ray cluster (default: a local one).
+    `max_concurrent` overrides the space's concurrency (on a cluster it submits that many whatever fits now),
+    `address` names a Ray cluster (default: tune.cluster.resolve_address: RAY_ADDRESS, a running cluster on this
+    node, else a new local instance; the plan's `ray` line says which).
     `ray_storage` is the experiment's shared storage, which every node must see: run folders go to its `runs/`,
     Ray's state to its `ray/`. Default: the experiment folder, or $ICT_STORAGE/NAME when that is set (cluster.yaml
     sets it to s3). The Parquet tables are always written by the driver into the local experiment folder.
@@ -363,7 +365,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
         from tune.cluster import cluster_shape
 
         res = resources(plan, workers_per_trial, gpus_per_worker, cluster_shape(), ray_train,
-                        concurrency_given=max_concurrent is not None)
+                        # on one machine nothing queues past what fits, as before
+                        concurrency_given=max_concurrent is not None and not connection.target.local)
         res["ray"] = connection.target.describe()
         if max_failures is None:
             max_failures = 0 if connection.target.local else DEFAULT_CLUSTER_FAILURES
