@@ -198,7 +198,8 @@ def run_cluster_search(cluster: FakeCluster, work: Path, *, configs: int = 2, st
                        kill: bool = True, timeout: float = 300, say=print) -> dict:
     """The README's cluster search (`python tune/search.py --space ... --workers-per-trial 1 --gpus-per-worker 1`,
     nothing else) on `cluster`, with the environment cluster.yaml's ~/ict_env.sh gives a driver on the head.
-    Kills the raylet of a node that runs a trial once that trial has written a checkpoint (`kill`), waits for the
+    Kills a node that runs a trial (its raylet and the processes it started) once that trial has written a
+    checkpoint (`kill`), waits for the
     search to end and the cluster to scale back down. Returns the timeline and where things are."""
     work.mkdir(parents=True, exist_ok=True)
     values = [0.003 * 3 ** i for i in range(configs)]
@@ -254,11 +255,17 @@ def run_cluster_search(cluster: FakeCluster, work: Path, *, configs: int = 2, st
                 run_dir, node = pending
                 steps_done = [r.get("step", 0) for r in _read_jsonl(run_dir / "evals.jsonl")]
                 if steps_done and node in raylets and not (run_dir / "summary.json").exists():
-                    raylets[node].kill()
+                    # As a lost machine: its raylet and every process it started (a trial process can otherwise
+                    # outlive its raylet and finish the run before Ray notices).
+                    for child in raylets[node].children(recursive=True) + [raylets[node]]:
+                        try:
+                            child.kill()
+                        except Exception:  # noqa: BLE001 - ended meanwhile
+                            pass
                     killed = {"node_id": node, "run_dir": str(run_dir), "step": max(steps_done),
                               "t": time.time() - t0}
-                    event(f"killed the raylet of node {node[-8:]} (pid {raylets[node].pid}) while its trial was past "
-                          f"step {max(steps_done)}")
+                    event(f"killed node {node[-8:]} (its raylet, pid {raylets[node].pid}, and the processes it started) "
+                          f"while its trial was past step {max(steps_done)}")
             time.sleep(0.5)
         event(f"search exited with {proc.returncode}")
         down_by = time.time() + 120
