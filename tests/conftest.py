@@ -1,6 +1,13 @@
 """Shared test settings."""
+import os
+
 import pytest
 import torch
+
+# Every Ray a test starts without an address is a private local one: never join a cluster that `ray start`, or
+# another test's ray.cluster_utils.Cluster, left running on this machine (tune/cluster.py, resolve_address).
+# Subprocesses of the tests inherit it.
+os.environ["ICT_JOIN_RUNNING_CLUSTER"] = "0"
 
 
 @pytest.fixture(autouse=True, scope="session")

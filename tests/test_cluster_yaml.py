@@ -51,6 +51,9 @@ def test_cluster_yaml_security_and_setup(raw):
     assert "pip install" in setup and "-e ." in setup and "torch" in setup
     assert "s3://CHANGE-ME-bucket/" in setup, "the bucket placeholder the user must set"
     assert "ICT_CODE_ON_NODES=1" in setup  # tune.ray_train then does not ship the repo as working_dir
+    assert "-c constraints.txt" in setup  # the tested versions
+    tested_torch = re.search(r"TORCH_SPEC:-(torch==[^}]+)}", (CLUSTER_YAML.parent / "setup.sh").read_text()).group(1)
+    assert f"pip install -q {tested_torch}" in setup  # PyPI's Linux wheel is the CUDA build
     assert raw["file_mounts"] == {"~/ict": "."}
     text = CLUSTER_YAML.read_text()
     for secret_like in ("aws_access_key_id", "aws_secret_access_key", "arn:aws:iam::"):
@@ -84,3 +87,35 @@ def test_broken_copies_fail_validation(raw, breakage, message):
 
     with pytest.raises((ValueError, jsonschema.ValidationError), match=re.escape(message)):
         _validate(broken)
+
+
+def _pinned(package: str) -> str:
+    text = (CLUSTER_YAML.parent / "constraints.txt").read_text()
+    return re.search(rf"^{package}(?:\[[^\]]*\])?==([^\s;]+)", text, re.M).group(1)
+
+
+def test_cluster_yaml_would_come_up(raw):
+    # A pinned image with CUDA: Ray's own GPU image of the pinned Ray version, on a current NVIDIA-driver AMI (Ray's
+    # default AMI is the old DLAMI V71, CUDA 11.2), the same on every node type.
+    assert raw["docker"]["image"] == f"rayproject/ray:{_pinned('ray')}-py311-gpu"
+    types = raw["available_node_types"]
+    images = {t["node_config"].get("ImageId") for t in types.values()}
+    assert len(images) == 1 and next(iter(images)).startswith("resolve:ssm:/aws/service/deeplearning/ami/")
+    assert "base-oss-nvidia-driver-gpu" in next(iter(images))
+    # Workers reach S3 without iam:PassRole trouble: one profile for all nodes (whose role may pass itself),
+    # not Ray's ray-autoscaler-v1, which only the head gets by default.
+    profiles = {t["node_config"]["IamInstanceProfile"]["Name"] for t in types.values()}
+    assert profiles == {"ict-ray-node"} and "iam:PassRole" in CLUSTER_YAML.read_text()
+
+
+def test_head_environment_has_what_the_readme_commands_need(raw):
+    # ~/ict_env.sh on the head: the bucket, this cluster's address and token auth for drivers; `ray start` itself
+    # runs without RAY_ADDRESS/RAY_AUTH_MODE (a head must not try to join, and must create its own token).
+    setup = " ".join(raw["setup_commands"] + raw["head_setup_commands"])
+    for needed in ("ICT_STORAGE=s3://", "ICT_CODE_ON_NODES=1", "RAY_ADDRESS=", ":6379", "RAY_AUTH_MODE=token"):
+        assert needed in setup, needed
+    assert "RAY_ADDRESS" not in " ".join(raw["setup_commands"])  # the workers' environment never points anywhere
+    start = " ".join(raw["head_start_ray_commands"])
+    assert "env -u RAY_ADDRESS -u RAY_AUTH_MODE ray start --head" in start
+    readme = (CLUSTER_YAML.parent / "README.md").read_text()
+    assert "ray rsync-down cluster.yaml" in readme

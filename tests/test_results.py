@@ -348,3 +348,16 @@ def test_old_tables_stay_readable_and_are_upgraded_on_resume(tmp_path):
     assert [list(v) for v in t["network.channel_mult"][:3]] == [[1, 2], [1, 2], [1]]
     assert list(t["network.attn_resolutions"].iloc[0]) == []
     assert t["versions"].iloc[0]["python"] == "3.12.1"
+
+
+def test_an_evaluation_written_twice_by_a_lost_node_and_its_retry_counts_once(tmp_path, real_run):
+    # A node's trial process can outlive its raylet for a moment and append the evaluation that the retried run
+    # (resumed from the checkpoint before it) writes again: planted here as a repeated last line.
+    source, flat = real_run
+    store = Store(str(tmp_path / "runs"))
+    target = _plant(tmp_path / "runs", seed_folder("digits", "t1", 0), source)
+    lines = (target / "evals.jsonl").read_text().splitlines()
+    (target / "evals.jsonl").write_text("\n".join(lines + [lines[-1]]) + "\n")
+    trials, evals = trial_rows(store, config_id="t1", experiment="e", space="s", stratum="digits", seeds=[0],
+                               known_config=flat)
+    assert len(trials) == 1 and [e["step"] for e in evals] == [20, 40]

@@ -29,7 +29,7 @@ from pathlib import Path
 from ict_core.cli import BadInput, bad_input, check_writable_folder, command
 from ict_core.config import ConfigError, load_config, parse_overrides
 from tune.findings import ExportError, export_findings, hours_text
-from tune.search import check_plan_paths, format_plan, resolve_plan, resources, run_search
+from tune.search import check_max_failures, check_plan_paths, format_plan, resolve_plan, resources, run_search
 from tune.space import BUDGETS, SpaceError, list_spaces
 from tune.store import ExperimentFolder, StoreError, check_storage, is_uri, join, report_copy
 
@@ -276,7 +276,7 @@ def _check_resume(state: dict, settings: dict, campaign_dir: Path) -> None:
 
 def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, resume=False, num_samples=None,
                  extra=None, report=True, quiet=False, address=None, command: str | None = None,
-                 reuse=()) -> Path:
+                 reuse=(), max_failures: int | None = None) -> Path:
     """Run (or resume) the campaign; returns its folder. Every plan is validated before Ray starts.
 
     Every start and resume is recorded in campaign.json's `sessions` (time, command, git commit, local changes),
@@ -334,7 +334,7 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
         try:
             run_search(space, budget, num_samples, storage=camp.location, name=plan.space, resume=again,
                        extra=extra, address=address, quiet=quiet, reuse=reuse, reuse_optional=[campaign_dir],
-                       family=family)
+                       family=family, max_failures=max_failures)
         finally:
             entry["wall_s"] = float(entry.get("wall_s", 0.0)) + (time.time() - t0)
             _write_state(state_path, state, camp)
@@ -387,7 +387,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="when the campaign is finished, copy its tables, journals, report and state into DIR with "
                         "a generated README.md naming the commands and commits (tune/findings.py), e.g. "
                         "docs/findings/cpu")
-    p.add_argument("--address", help="Ray cluster address (default: a local Ray per search)")
+    p.add_argument("--address", help="Ray cluster address; 'local' starts a private local instance (default: "
+                                     "RAY_ADDRESS, else the cluster running on this node, else a local Ray per search)")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="retries of a failed trial in every search, each from its run folder's last checkpoint "
+                        "(default: 0 on a new local instance, 3 on a cluster; see tune/search.py)")
     return p
 
 
@@ -402,6 +406,7 @@ def main(argv=None) -> int:
                 raise CampaignError(str(err)) from None
         else:
             check_writable_folder(args.storage, "--storage")
+        check_max_failures(args.max_failures)
         if args.export:
             if args.no_report:
                 raise CampaignError("--export copies the report; it cannot be combined with --no-report")
@@ -419,7 +424,7 @@ def main(argv=None) -> int:
                                                                                    else sys.argv[1:]))
         campaign_dir = run_campaign(args.budget, args.spaces, args.storage, args.name, args.resume,
                                     args.num_samples, extra, report=not args.no_report, address=args.address,
-                                    command=command, reuse=args.reuse or ())
+                                    command=command, reuse=args.reuse or (), max_failures=args.max_failures)
         where = (join(args.storage, args.name or f"campaign-{args.budget}") if is_uri(args.storage)
                  else str(campaign_dir))
         report_md = campaign_dir / "report" / "report.md"

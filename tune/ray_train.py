@@ -34,17 +34,15 @@ from typing import Any, Iterable
 from ict_core.cli import BadInput
 from ict_core import rundir
 from ict_core.config import Config, ConfigError, from_dict
-from tune import REPO_ROOT
+from tune.cluster import (CODE_ON_NODES_ENV, LOCAL, REPO_ROOT, WORKING_DIR_EXCLUDES, ClusterError, code_runtime_env,  # noqa: F401
+                          connect, job_ships_code, resolve_address)
+from tune import cluster as _cluster
 from tune.store import Store, is_uri, join as _join, localize_inputs, tee_output
 
 DEFAULT_STORAGE = "runs"  # relative to the working directory, like `python -m ict_core.train`
 RUN_SUBDIR = "run"
 WORKERS_FILE = "workers.jsonl"
-# Set by cluster.yaml on every node (environment of `ray start` and of login shells): the package is installed
-# there, so the repository need not travel as a runtime_env working_dir.
-CODE_ON_NODES_ENV = "ICT_CODE_ON_NODES"
 STORAGE_ENV = "ICT_STORAGE"  # default storage for runs on a cluster, e.g. s3://my-bucket/ict
-WORKING_DIR_EXCLUDES = [".git", ".venv", "runs", "results", "**/__pycache__", "*.egg-info", ".pytest_cache"]
 
 
 class LaunchError(BadInput):
@@ -80,6 +78,8 @@ class LaunchPlan:
 
 # ---- checks that need no Ray ---------------------------------------------------------------------
 def _cluster_kind() -> str:
+    """"attached" (Ray already initialised), "address" (a cluster: RAY_ADDRESS or one running on this node) or
+    "local" (a new local instance), by tune.cluster.resolve_address."""
     try:
         import ray
 
@@ -87,18 +87,7 @@ def _cluster_kind() -> str:
             return "attached"
     except ImportError:  # pragma: no cover - ray is a dependency
         pass
-    address = os.environ.get("RAY_ADDRESS", "")
-    return "address" if address and address != "local" else "local"
-
-
-def _job_ships_code() -> bool:
-    """True when this driver runs as a `ray job submit --working-dir` job: the code already travels."""
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
-    try:
-        runtime_env = json.loads(raw).get("runtime_env", {}) if raw else {}
-    except (ValueError, AttributeError):
-        return False
-    return bool(runtime_env.get("working_dir"))
+    return "local" if resolve_address().local else "address"
 
 
 def default_name(cfg: Config) -> str:
@@ -210,7 +199,7 @@ def plan_launch(
     run_dir = str(Path(run_dir).expanduser().resolve())
 
     if ship_code is None:
-        ship_code = cluster == "address" and os.environ.get(CODE_ON_NODES_ENV) != "1" and not _job_ships_code()
+        ship_code = cluster == "address" and os.environ.get(CODE_ON_NODES_ENV) != "1" and not job_ships_code()
 
     return LaunchPlan(
         workers=workers,
@@ -222,28 +211,20 @@ def plan_launch(
         run_uri=run_uri,
         max_failures=max_failures,
         resume=resume,
-        backend="nccl" if gpus_per_worker > 0 else "gloo",
+        # NCCL only where ranks talk GPU to GPU; a one-worker run needs no collective (and then also runs on a
+        # node whose torch has no CUDA).
+        backend="nccl" if gpus_per_worker > 0 and workers > 1 else "gloo",
         cluster=cluster,
         ship_code=bool(ship_code),
     )
 
 
 def cpu_share(workers: int, gpus_per_worker: float, free_cpus: float, max_node_cpus: float) -> float:
-    """Default CPUs per worker: all free CPUs split evenly (whole CPUs when there are enough, else a fraction
-    down to 0.01, as inside a Tune trial on a small machine); 1 per GPU worker, whose GPU nodes may not exist yet.
-    """
-    if gpus_per_worker > 0:
-        return 1.0
-    share = free_cpus / workers
-    if share >= 1:
-        return float(max(1, min(math.floor(share), math.floor(max_node_cpus))))
-    share = math.floor(share * 100) / 100
-    if share < 0.01:
-        raise LaunchError(
-            f"{workers} workers do not fit in the {free_cpus:g} free CPUs of the cluster; pass cpus_per_worker "
-            "explicitly or use fewer workers"
-        )
-    return share
+    """tune.cluster.cpu_share, with a LaunchError where the workers do not fit."""
+    try:
+        return _cluster.cpu_share(workers, gpus_per_worker, free_cpus, max_node_cpus)
+    except ClusterError as err:
+        raise LaunchError(str(err)) from None
 
 
 def _threads_for(cpus: float) -> int:
@@ -267,7 +248,7 @@ def _record_workers(run_dir: Path, rank: int, world_size: int, cpus: float, gpus
         "cpus": cpus,
         "gpus": gpus,
         "torch_threads": torch.get_num_threads(),
-        "cuda_device": torch.cuda.current_device() if gpus > 0 else None,
+        "cuda_device": torch.cuda.current_device() if gpus > 0 and torch.cuda.is_available() else None,
         "start_unix": time.time(),
         "resume_checkpoint": resume_checkpoint,
         "code_dir": str(REPO_ROOT),  # where this worker imported the code from (runtime_env working_dir or not)
@@ -296,7 +277,7 @@ def worker_loop(loop_config: dict) -> None:
     cpus, gpus = loop_config["cpus_per_worker"], loop_config["gpus_per_worker"]
     if cfg.train.num_threads == 0:
         torch.set_num_threads(_threads_for(cpus))
-    if gpus > 0:
+    if gpus > 0 and torch.cuda.is_available():  # a GPU Ray granted may be one torch cannot use: train on the CPU
         # ray.train.torch.get_device() is this rank's GPU among the ones Ray made visible. The trainer picks
         # cuda:LOCAL_RANK, which is the same GPU only when Ray's GPU order follows the local ranks; make it so.
         device = ray.train.torch.get_device()
@@ -335,17 +316,6 @@ def _rank0_logs(run_dir: Path):
 
 
 # ---- the driver side -----------------------------------------------------------------------------
-def code_runtime_env() -> dict:
-    """runtime_env that ships this repository to every node of a cluster that lacks the package."""
-    env = {"working_dir": str(REPO_ROOT), "excludes": list(WORKING_DIR_EXCLUDES)}
-    from ict_core.provenance import git_commit
-
-    commit = git_commit()["git_commit"]
-    if commit:  # .git does not travel; provenance on the workers can read it from here
-        env["env_vars"] = {"ICT_GIT_COMMIT": commit}
-    return env
-
-
 def _connect(plan: LaunchPlan) -> bool:
     """Start or join Ray as the plan says; returns True when this call started it (and must shut it down)."""
     import ray
@@ -356,13 +326,9 @@ def _connect(plan: LaunchPlan) -> bool:
                   "API and may otherwise remove the workers mid-run. Start Ray with the dashboard (ray[default]).",
                   flush=True)
         return False
-    runtime_env = code_runtime_env() if plan.ship_code else None
-    if plan.cluster == "local":
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
-                 log_to_driver=True)
-    else:
-        ray.init(runtime_env=runtime_env)  # RAY_ADDRESS; token auth: see README (RAY_AUTH_MODE)
-    return True
+    connection = connect(LOCAL if plan.cluster == "local" else None, ship_code=plan.ship_code, log_to_driver=True,
+                         quiet=False)
+    return connection.started
 
 
 def _resolve_resources(plan: LaunchPlan) -> float:
@@ -373,7 +339,7 @@ def _resolve_resources(plan: LaunchPlan) -> float:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     max_node_cpus = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
     if plan.gpus_per_worker > 0 and total.get("GPU", 0) == 0:
-        if plan.cluster != "address":
+        if plan.cluster == "local":  # a cluster (joined, or this trial's) may add a GPU node: wait for it
             raise LaunchError(
                 f"gpus_per_worker={plan.gpus_per_worker} but the Ray cluster has no GPUs; use gpus_per_worker=0"
             )

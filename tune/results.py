@@ -227,6 +227,9 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
             summary = {}  # a seed stopped by Tune (a scheduler, a Ctrl-C) summarises a run that did not end
         evals = [e for e in store.read_jsonl(f"{rel}/{rundir.EVALS}")
                  if e.get("evaluated", True) and e.get("status") != DIVERGED]
+        # One row per step: a process on a node the cluster lost can outlive its raylet for a moment and append
+        # an evaluation the retried run (resumed from the checkpoint before it) writes again.
+        evals = list({e.get("step"): e for e in evals}.values())
         config = store.read_json(f"{rel}/{rundir.CONFIG}")
         if summary.get("status") in FINISHED:
             status, final = summary["status"], summary

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import shlex
 import sys
@@ -36,12 +35,15 @@ from ict_core.config import load_config, parse_overrides
 from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
                               TRIALS_FILE)
 from tune import REPO_ROOT
+from tune.cluster import ClusterShape, connect, pythonpath_env, resolve_address, trial_resources
 from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space
 from tune.store import RUNS_DIR, ExperimentFolder, StoreError, check_storage, input_problem, is_uri, join
 
 DEFAULT_STORAGE = "results"
 # Tune snapshots its experiment state at most this often; a resume starts from the last snapshot.
 SNAPSHOT_S = "2"
+# Retries of a failed trial on a cluster (a spot node lost, a raylet killed) when --max-failures is not given.
+DEFAULT_CLUSTER_FAILURES = 3
 
 
 class SearchError(BadInput):
@@ -60,37 +62,22 @@ def resolve_plan(space, budget="smoke", num_samples=None, extra=None, strata=Non
     return plan
 
 
-def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: dict | None, ray_train: bool = False) -> dict:
-    """Trial resources and the number of concurrent trials that fit the cluster (docs/ARCHITECTURE.md, Trial
-    resources).
+def resources(plan: Plan, workers: int, gpus_per_worker: float, cluster: ClusterShape | dict | None,
+              ray_train: bool = False, concurrency_given: bool = False) -> dict:
+    """Trial resources and the number of concurrent trials (tune.cluster.trial_resources; docs/ARCHITECTURE.md,
+    Trial resources). `cluster` is the connected cluster's shape, a {"CPU", "GPU"} dict of a fixed cluster, or
+    None (--dry-run: this machine)."""
+    if isinstance(cluster, dict):
+        cluster = ClusterShape(float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0)))
+    try:
+        return trial_resources(plan.max_concurrent, workers, gpus_per_worker, cluster, ray_train, concurrency_given)
+    except BadInput as err:
+        raise SearchError(str(err)) from None
 
-    A one-worker CPU trial trains in its own process and holds a CPU share; a Ray Train trial holds 0.01 CPU while
-    its workers hold their own placement group, so concurrency is computed from the workers' needs. `ray_train`
-    sends even a one-worker CPU trial through Ray Train (the path multi-worker and GPU trials take)."""
-    cpus = float((cluster or {}).get("CPU", os.cpu_count() or 1))
-    gpus = float((cluster or {}).get("GPU", 0))
-    if workers < 1:
-        raise SearchError(f"--workers-per-trial must be >= 1, got {workers}")
-    if gpus_per_worker < 0:
-        raise SearchError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-    if workers == 1 and gpus_per_worker == 0 and not ray_train:
-        per_trial = max(1, int(cpus // plan.max_concurrent))
-        concurrent = max(1, min(plan.max_concurrent, int(cpus // per_trial)))
-        return {"mode": "in-trial", "trial": {"cpu": per_trial}, "cpus_per_trial": per_trial,
-                "max_concurrent_trials": concurrent, "cluster": {"CPU": cpus, "GPU": gpus}}
-    # One CPU per worker where it fits; on a small machine a share, so one trial still runs
-    # (docs/ARCHITECTURE.md, Trial resources: 0.49).
-    cpus_per_worker = 1.0 if cpus >= 0.01 + workers else max(0.01, math.floor((cpus - 0.01) / workers * 100) / 100)
-    need_cpu = 0.01 + workers * cpus_per_worker
-    fit = int(cpus // need_cpu)
-    if gpus_per_worker > 0:
-        fit = min(fit, int(gpus // (workers * gpus_per_worker))) if gpus else 0
-    if cluster is not None and fit < 1:
-        raise SearchError(f"one trial needs {workers} worker(s) x ({cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU); the cluster has "
-                          f"{cpus:g} CPU and {gpus:g} GPU")
-    return {"mode": "ray-train", "trial": {"cpu": 0.01}, "cpus_per_trial": cpus_per_worker, "workers": workers,
-            "gpus_per_worker": gpus_per_worker, "max_concurrent_trials": max(1, min(plan.max_concurrent, fit)),
-            "cluster": {"CPU": cpus, "GPU": gpus}}
+
+def check_max_failures(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
+        raise SearchError(f"--max-failures must be an integer >= 0 (or -1: retry without limit), got {value!r}")
 
 
 def check_plan_paths(plan: Plan) -> None:
@@ -127,7 +114,11 @@ def format_plan(plan: Plan, res: dict, exp_dir) -> str:
              + (f", {res['workers']} worker(s) x ({res['cpus_per_trial']:g} CPU, {res['gpus_per_worker']:g} GPU)"
                 if res["mode"] == "ray-train" else "")
              + f", {res['max_concurrent_trials']} concurrent trial(s) on {res['cluster']['CPU']:g} CPU"
-               f" / {res['cluster']['GPU']:g} GPU"]
+               f" / {res['cluster']['GPU']:g} GPU"
+             + (" (trials that do not fit yet wait for the autoscaler)" if res.get("queue") else "")]
+    if res.get("ray"):
+        lines.insert(4, f"ray        {res['ray']}" + (f"; {res['shape']}" if res.get("shape") else "")
+                     + f"; a failed trial is retried up to {res.get('max_failures', 0)} time(s)")
     if plan.params:
         lines.append("searched")
         for key, p in plan.params.items():
@@ -170,30 +161,13 @@ def plan_power(plan: Plan, pilot_dirs, exp_dir: Path | None = None, family: int 
 
 
 # ---- Ray --------------------------------------------------------------------------------------
-def ray_env() -> dict:
-    """Environment the Ray workers need to import this repository's packages."""
-    path = os.environ.get("PYTHONPATH", "")
-    parts = [p for p in path.split(os.pathsep) if p]
-    if str(REPO_ROOT) not in parts:
-        parts.insert(0, str(REPO_ROOT))
-    return {"PYTHONPATH": os.pathsep.join(parts)}
+ray_env = pythonpath_env  # the environment Ray's workers need to import this repository's packages
 
 
 def start_ray(address: str | None = None) -> bool:
-    """Connect to Ray unless already connected; returns True when this call started it (and must stop it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    env = ray_env()
-    if address in (None, "", "local"):
-        os.environ.update(env)  # the local raylet and its workers inherit it
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=False, logging_level="ERROR", configure_logging=True)
-    else:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR",
-                 runtime_env={"env_vars": env})
-    return True
+    """Join or start Ray (tune.cluster.connect: --address, RAY_ADDRESS, a running cluster here, else a new local
+    instance) unless already connected; returns True when this call connected (and must shut Ray down)."""
+    return connect(address, num_cpus=os.cpu_count()).started
 
 
 def _distribution(p, values=None):
@@ -397,13 +371,16 @@ def _stratum_outcome(exp_dir: Path, tune_name: str) -> dict:
 def run_search(space, budget="smoke", num_samples=None, storage=None, name=None, resume=False,
                workers_per_trial=1, gpus_per_worker=0, *, extra=None, strata=None, address=None,
                max_concurrent=None, quiet=False, ray_storage=None, extend=False, ray_train=False,
-               reuse=(), reuse_optional=(), family: int | None = None, trackers=None, tracking_uri=None) -> Path:
+               reuse=(), reuse_optional=(), family: int | None = None, trackers=None, tracking_uri=None,
+               max_failures=None) -> Path:
     """Run (or resume) a search; returns the experiment folder holding trials.parquet, evals.parquet and
     experiment.json, whose `status` says how it ended: finished | failed (some trials errored; `first_error`) |
     interrupted (Ctrl-C; --resume continues).
 
     `extra` are dotted overrides for every trial (the CLI's --set), `strata` limits the search to some strata,
-    `max_concurrent` overrides the space's concurrency, `address` names a Ray cluster (default: a local one).
+    `max_concurrent` overrides the space's concurrency (on a cluster it submits that many whatever fits now),
+    `address` names a Ray cluster (default: tune.cluster.resolve_address: RAY_ADDRESS, a running cluster on this
+    node, else a new local instance; the plan's `ray` line says which).
     `ray_storage` is the experiment's shared storage, which every node must see: run folders go to its `runs/`,
     Ray's state to its `ray/`. Default: the experiment folder, or $ICT_STORAGE/NAME when that is set (cluster.yaml
     sets it to s3). `storage` may be a URI (s3://...): then the experiment folder, its shared storage included, is
@@ -418,12 +395,17 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     claims the error rate is held over (a campaign's: its searches' claims together); this search's claims share
     alpha x (its claims / family) among them by Holm, so the campaign's family-wise rate stays at alpha.
     `trackers` ("mlflow", "wandb") receive every recorded run (tune/trackers.py); `tracking_uri` is MLflow's
-    (default: a SQLite store in the experiment folder)."""
+    (default: a SQLite store in the experiment folder). `max_failures`: how often Ray retries a trial that failed
+    (a lost node, a killed process) from its run folder's last checkpoint before it counts as errored (default: 0
+    on a new local instance, DEFAULT_CLUSTER_FAILURES on a cluster)."""
     from tune.trackers import check_trackers
 
     trackers = check_trackers(trackers, tracking_uri)
     plan = resolve_plan(space, budget, num_samples, extra, strata)
+    check_max_failures(max_failures)
     if max_concurrent is not None:
+        if isinstance(max_concurrent, bool) or int(max_concurrent) < 1:
+            raise SearchError(f"--max-concurrent must be an integer >= 1, got {max_concurrent!r}")
         plan.max_concurrent = int(max_concurrent)
     name = name or f"{plan.space}-{budget}"
     storage = str(storage or DEFAULT_STORAGE)
@@ -469,9 +451,18 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
         if not quiet:
             print(text, flush=True)
 
-    started = start_ray(address)
+    connection = connect(address, num_cpus=os.cpu_count())
+    started = connection.started
     try:
-        res = resources(plan, workers_per_trial, gpus_per_worker, ray.cluster_resources(), ray_train)
+        from tune.cluster import cluster_shape
+
+        res = resources(plan, workers_per_trial, gpus_per_worker, cluster_shape(), ray_train,
+                        # on one machine nothing queues past what fits, as before
+                        concurrency_given=max_concurrent is not None and not connection.target.local)
+        res["ray"] = connection.target.describe()
+        if max_failures is None:
+            max_failures = 0 if connection.target.local else DEFAULT_CLUSTER_FAILURES
+        res["max_failures"] = int(max_failures)
         old_hashes = info.get("plan_hash", {}).get("strata", {})
         done_strata = [s for s in info.get("done_strata", []) if old_hashes.get(s) in (None, hashes["strata"].get(s))]
         tune_names = dict(info.get("tune_names", {}))
@@ -550,8 +541,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
                                               max_concurrent_trials=res["max_concurrent_trials"],
                                               reuse_actors=True),
                     run_config=rt.RunConfig(name=tune_name, storage_path=ray_dir, callbacks=callbacks,
-                                            verbose=0, failure_config=rt.FailureConfig(max_failures=0),
-                                            log_to_file=True))
+                                            verbose=0, log_to_file=True,
+                                            failure_config=rt.FailureConfig(max_failures=res["max_failures"])))
             with StopTrialsOnInterrupt(Store(runs_root), stratum.name, say=say) as guard:
                 tuner.fit()
             exp.push()
@@ -716,7 +707,8 @@ def _design_rounds(plan: Plan, exp: ExperimentFolder, name: str, info: dict, res
                                               num_samples=1, max_concurrent_trials=res["max_concurrent_trials"],
                                               reuse_actors=True),
                     run_config=rt.RunConfig(name=tune_name, storage_path=ray_dir, callbacks=callbacks, verbose=0,
-                                            failure_config=rt.FailureConfig(max_failures=0), log_to_file=True))
+                                            failure_config=rt.FailureConfig(max_failures=res["max_failures"]),
+                                            log_to_file=True))
             with StopTrialsOnInterrupt(Store(runs_root), stratum_name, say=say) as guard:
                 tuner.fit()
             exp.push()
@@ -803,7 +795,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="a dotted config override for every trial, e.g. --set data.path=/data/cifar (repeatable)")
     p.add_argument("--strata", help="comma-separated strata to run (default: all)")
     p.add_argument("--max-concurrent", type=int, help="concurrent trials (default: the space's)")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--address", help="Ray cluster address; 'local' starts a private local instance (default: "
+                                     "RAY_ADDRESS, else the cluster running on this node, else a new local one)")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help=f"retries of a failed trial (a lost node), each from its run folder's last checkpoint; -1 "
+                        f"retries without limit (default: 0 on a new local instance, {DEFAULT_CLUSTER_FAILURES} on a "
+                        f"cluster)")
     p.add_argument("--tracker", action="append", default=[], metavar="NAME",
                    help="also log every recorded run (full config, every evaluation metric) to mlflow or wandb "
                         "(repeatable; the mlflow / wandb extras); W&B runs offline unless WANDB_MODE is set")
@@ -834,6 +831,7 @@ def main(argv=None) -> int:
         from tune.trackers import check_trackers
 
         check_trackers(args.tracker, args.tracking_uri)
+        check_max_failures(args.max_failures)
         if args.dry_run:
             plan = resolve_plan(args.space, args.budget, args.num_samples, extra, strata)
             check_plan_paths(plan)
@@ -841,6 +839,7 @@ def main(argv=None) -> int:
                 plan.max_concurrent = args.max_concurrent
             name = args.name or f"{plan.space}-{args.budget}"
             res = resources(plan, args.workers_per_trial, args.gpus_per_worker, None, args.ray_train)
+            res["ray"] = "would use " + resolve_address(args.address).describe()
             exp_dir = None if is_uri(args.storage) else Path(args.storage).expanduser().resolve() / name
             print(format_plan(plan, res, join(args.storage, name) if exp_dir is None else exp_dir))
             from tune.campaign import compute_lines, total_line  # the campaign's estimate, for one search
@@ -853,7 +852,8 @@ def main(argv=None) -> int:
                              args.workers_per_trial, args.gpus_per_worker, extra=extra, strata=strata,
                              address=args.address, max_concurrent=args.max_concurrent,
                              ray_storage=args.ray_storage, extend=args.extend, ray_train=args.ray_train,
-                             reuse=args.reuse or (), trackers=args.tracker, tracking_uri=args.tracking_uri)
+                             reuse=args.reuse or (), trackers=args.tracker, tracking_uri=args.tracking_uri,
+                             max_failures=args.max_failures)
     except BadInput as err:
         return bad_input(err)
     except KeyboardInterrupt:

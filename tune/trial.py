@@ -2,8 +2,9 @@
 
 Seeds run one after the other inside the trial, each into `RUNS_ROOT/<stratum>/<trial_id>/seed_<seed>` in the
 experiment's storage (tune/store.py). A one-worker CPU trial runs ict_core.trainer.train in the trial process
-itself (a TorchTrainer costs ~20 s of start-up per trial, docs/ARCHITECTURE.md, Trial resources); multi-worker,
-GPU or `ray_train=True` trials hand each seed to tune.ray_train.run_ray_train. Both paths report the same few keys
+itself (a TorchTrainer costs ~20 s of start-up per trial, docs/ARCHITECTURE.md, Trial resources), and so does a
+one-worker GPU trial, which holds its GPU itself; multi-worker or `ray_train=True` trials hand each seed to
+tune.ray_train.run_ray_train. Both paths report the same few keys
 to Tune, built by `tune_result`, and nothing else: the driver builds every Parquet row from the run folders (tune/results.py).
 
 What a trial reports (every evaluation of every seed, then one final result):
@@ -103,7 +104,8 @@ def node_file(rel: str) -> str:
     return f"{rel}.node.json"
 
 
-def _write_node(store: Store, rel: str) -> None:
+def _write_node(store: Store, rel: str, resume_step: int | None = None) -> None:
+    """The node of this start of the seed, and the checkpoint step it resumed from (None: from the start)."""
     import json
     import os
     import socket
@@ -111,11 +113,19 @@ def _write_node(store: Store, rel: str) -> None:
     import ray
 
     store.write_text(node_file(rel), json.dumps({"node_id": ray.get_runtime_context().get_node_id(),
-                                                 "hostname": socket.gethostname(), "pid": os.getpid()}) + "\n")
+                                                 "hostname": socket.gethostname(), "pid": os.getpid(),
+                                                 "resume_step": resume_step}) + "\n")
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    return any((p / rundir.STATE).is_file() for p in (run_dir / rundir.CHECKPOINTS).glob("step_*"))
+    return _checkpoint_step(run_dir) is not None
+
+
+def _checkpoint_step(run_dir: Path) -> int | None:
+    """Step of the newest complete checkpoint in a run folder, None when there is none."""
+    steps = [int(p.name.split("_")[1]) for p in (run_dir / rundir.CHECKPOINTS).glob("step_*")
+             if (p / rundir.STATE).is_file() and p.name.split("_")[1].isdigit()]
+    return max(steps) if steps else None
 
 
 def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: str, cpus_per_trial: float = 1.0,
@@ -126,7 +136,7 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
     tune/reuse.reuse_index: a seed whose run_key is in it is copied from there, not trained."""
     from ray import tune as rt
 
-    ray_train = ray_train or workers > 1 or gpus_per_worker > 0
+    ray_train = ray_train or workers > 1
     trial_id = rt.get_context().get_trial_id()
     store = Store(runs_root)
     base_cfg = load_config(overrides=trial_overrides(stratum["fixed"], config, cpus_per_trial, not ray_train))
@@ -318,7 +328,7 @@ def _seed_in_process(cfg, store: Store, rel: str, send) -> dict:
         shutil.rmtree(local)  # a start that wrote files but no checkpoint: begin again, cleanly
         if store.is_uri:
             store.remove(rel)
-    _write_node(store, rel)
+    _write_node(store, rel, _checkpoint_step(local) if resume else None)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         sync.push()  # only what changed since the last report; pruned checkpoints leave storage too
