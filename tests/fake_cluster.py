@@ -253,7 +253,10 @@ def run_cluster_search(cluster: FakeCluster, work: Path, *, configs: int = 2, st
                         pending = (path.with_name(path.name.removesuffix(".node.json")), row["node_id"])
             if kill and killed is None and pending is not None:
                 run_dir, node = pending
-                steps_done = [r.get("step", 0) for r in _read_jsonl(run_dir / "evals.jsonl")]
+                # The evaluation's line lands before its checkpoint: kill only once a complete checkpoint (the
+                # trainer renames a finished checkpoint folder into place) holds the step, as the test expects.
+                steps_done = [int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*")
+                              if (p / "state.pt").is_file() and p.name.split("_")[1].isdigit()]
                 if steps_done and node in raylets and not (run_dir / "summary.json").exists():
                     # As a lost machine: its raylet and every process it started (a trial process can otherwise
                     # outlive its raylet and finish the run before Ray notices).

@@ -73,7 +73,7 @@ def test_readme_cluster_search_autoscales_survives_a_killed_node_and_scales_down
     node = json.loads(run_dir.with_name(run_dir.name + ".node.json").read_text())
     # The retried trial ran on another node and continued from its last checkpoint: it lost at most the steps
     # since then (a checkpoint is written at every evaluation, every 100 steps).
-    assert node["node_id"] != killed["node_id"] and node["resume_step"] == killed["step"] == 100, timeline
+    assert node["node_id"] != killed["node_id"] and node["resume_step"] == killed["step"] >= 100, timeline
     evals = pd.read_parquet(out["exp_dir"] / "evals.parquet")
     assert sorted(evals.groupby("trial_id")["step"].apply(list).tolist()) == [[100, 200]] * 2, evals
     # The cluster scaled back down to the head.
