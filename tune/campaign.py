@@ -31,7 +31,7 @@ from ict_core.config import ConfigError, load_config, parse_overrides
 from tune.findings import ExportError, export_findings, hours_text
 from tune.search import check_max_failures, check_plan_paths, format_plan, resolve_plan, resources, run_search
 from tune.space import BUDGETS, SpaceError, list_spaces
-from tune.store import ExperimentFolder, StoreError, check_storage, is_uri, join, report_copy
+from tune.store import ExperimentFolder, check_storage_option, is_uri, join, report_copy
 
 STATE_FILE = "campaign.json"
 DEFAULT_STORAGE = "results"
@@ -399,13 +399,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         extra = parse_overrides(args.set)
-        if is_uri(args.storage):
-            try:
-                check_storage(args.storage, "--storage")
-            except StoreError as err:
-                raise CampaignError(str(err)) from None
-        else:
-            check_writable_folder(args.storage, "--storage")
+        check_storage_option(args.storage, "--storage", CampaignError)
         check_max_failures(args.max_failures)
         if args.export:
             if args.no_report:

@@ -30,14 +30,15 @@ import zlib
 from pathlib import Path
 
 from analysis.importance import JOURNAL_FILE
-from ict_core.cli import BadInput, bad_input, check_writable_folder, command
+from ict_core.cli import BadInput, bad_input, command
 from ict_core.config import load_config, parse_overrides
 from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
                               TRIALS_FILE)
 from tune import REPO_ROOT
 from tune.cluster import ClusterShape, connect, pythonpath_env, resolve_address, trial_resources
 from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space
-from tune.store import RUNS_DIR, ExperimentFolder, StoreError, check_storage, input_problem, is_uri, join
+from tune.store import (RUNS_DIR, ExperimentFolder, StoreError, check_storage, check_storage_option, input_problem,
+                        is_uri, join)
 
 DEFAULT_STORAGE = "results"
 # Tune snapshots its experiment state at most this often; a resume starts from the last snapshot.
@@ -821,13 +822,7 @@ def main(argv=None) -> int:
             raise SearchError("--space is required (a shipped name or a .yaml path); see --list-spaces")
         extra = parse_overrides(args.set)
         strata = [s for s in (args.strata or "").split(",") if s]
-        if is_uri(args.storage):
-            try:
-                check_storage(args.storage, "--storage")
-            except StoreError as err:
-                raise SearchError(str(err)) from None
-        else:
-            check_writable_folder(args.storage, "--storage")
+        check_storage_option(args.storage, "--storage", SearchError)
         from tune.trackers import check_trackers
 
         check_trackers(args.tracker, args.tracking_uri)

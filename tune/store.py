@@ -492,6 +492,20 @@ def check_storage(location: str, flag: str) -> None:
                          f"endpoint set AWS_ENDPOINT_URL) or a local folder") from None
 
 
+def check_storage_option(location: str, flag: str, error=StoreError) -> None:
+    """A command line's storage option: a URI that can be used (check_storage), or a local folder that can be
+    written; `error` is the command's own error class for the URI case."""
+    from ict_core.cli import check_writable_folder
+
+    if not is_uri(location):
+        check_writable_folder(location, flag)
+        return
+    try:
+        check_storage(location, flag)
+    except StoreError as err:
+        raise error(str(err)) from None
+
+
 def report_copy(location: str) -> FolderSync:
     """A local copy of experiments under a URI (one experiment or a folder above several) for analysis/: the
     tables, experiment.json, ledgers and the run folders' samples and logs, without Ray's state or checkpoints.
