@@ -230,7 +230,8 @@ def seed_slope(x: np.ndarray, y: np.ndarray, seeds: np.ndarray, level: float = L
 
 def evidence_trend(evidence: pd.DataFrame, column: str) -> pd.DataFrame:
     """Slope of `column` (e.g. "gap", "nn_ratio") against dropout per (dataset, objective), least squares
-    on the per-rate means. evidence: rows as in DropoutResult.evidence."""
+    on the per-rate means. evidence: rows as in DropoutResult.evidence. Public API, for scripts and notebooks
+    that ask which way a dropout effect goes (the report prints the per-rate evidence itself)."""
     rows = []
     for (dataset, objective), g in evidence.groupby(["dataset", "objective"]):
         g = g.dropna(subset=[column])

@@ -262,7 +262,8 @@ def live_journal(experiment_dir: str | Path) -> bool:
 
 
 def load_journal(path: str | Path) -> dict:
-    """{study name: optuna.Study} of a journal file written by export_journal."""
+    """{study name: optuna.Study} of a journal file written by export_journal. Public API: how a script or a
+    notebook opens the studies of a finished experiment (optuna-dashboard reads the same file)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 

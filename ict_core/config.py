@@ -216,6 +216,12 @@ class Config:
 SECTIONS = {f.name: f.type for f in fields(Config)}
 
 
+def choices(section: type, name: str) -> tuple[str, ...]:
+    """The allowed values of a choice field, e.g. choices(LossConfig, "metric"): the one list every other module
+    derives its own from (schedule.py's shapes, precision.py's precisions, ...)."""
+    return tuple(next(f for f in fields(section) if f.name == name).metadata["choices"])
+
+
 def _section_classes() -> dict[str, type]:
     hints = get_type_hints(Config)
     return {name: hints[name] for name in SECTIONS}

@@ -270,23 +270,23 @@ def set_fp32_stem(net: nn.Module, enabled: bool = True) -> nn.Module:
     return net
 
 
-def build_network(cfg, in_channels: int, resolution: int) -> Precond:
-    """The Precond-wrapped UNet of `cfg.network`; its kind is that of cfg.loss.objective (ict_core/objectives.py)."""
-    net = cfg.network
+def build_network(network, precond, kind: str, in_channels: int, resolution: int) -> Precond:
+    """The Precond-wrapped UNet of the network settings `network` (NetworkConfig) for images of `in_channels` x
+    `resolution`^2, preconditioned as `kind` (PRECOND_KINDS; the objective's `precond`) with the constants of
+    `precond` (PrecondConfig: sigma_min, sigma_data)."""
     backbone = UNet(
         in_channels=in_channels,
         resolution=resolution,
-        channels=net.channels,
-        channel_mult=net.channel_mult,
-        num_blocks=net.num_blocks,
-        attn_resolutions=net.attn_resolutions,
-        dropout=net.dropout,
-        fourier_scale=net.fourier_scale,
+        channels=network.channels,
+        channel_mult=network.channel_mult,
+        num_blocks=network.num_blocks,
+        attn_resolutions=network.attn_resolutions,
+        dropout=network.dropout,
+        fourier_scale=network.fourier_scale,
     )
-    from .objectives import objective_class
-
-    return Precond(backbone, kind=objective_class(cfg.loss.objective).precond, sigma_min=cfg.precond.sigma_min, sigma_data=cfg.precond.sigma_data)
+    return Precond(backbone, kind=kind, sigma_min=precond.sigma_min, sigma_data=precond.sigma_data)
 
 
 def count_parameters(module: nn.Module) -> int:
+    """The number of parameters of `module` (the trainer's num_params)."""
     return sum(p.numel() for p in module.parameters())

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from .config import Config, ConfigError
-from .objectives import objective_class
+from .config import ConfigError, TrainConfig, choices
 
 MAX_RELATIVE_ERROR = 0.01
-PRECISIONS = ("fp32", "bf16", "bf16_stem")
+PRECISIONS = choices(TrainConfig, "precision")  # fp32 first, then the bf16 variants
 
 
 class Bf16Net(torch.nn.Module):
@@ -49,41 +48,41 @@ class Bf16Net(torch.nn.Module):
 
 def wrap_precision(net: torch.nn.Module, precision: str, device_type: str) -> torch.nn.Module:
     """The network as train.precision runs it: itself (fp32) or under bf16 autocast (bf16, bf16_stem)."""
+    if precision not in PRECISIONS:  # benchmarks/precision.py calls this with names of its own
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "fp32":
         return net
-    if precision in ("bf16", "bf16_stem"):
-        return Bf16Net(net, device_type, keep_stem_fp32=precision == "bf16_stem")
-    raise ConfigError(f"train.precision must be one of fp32, bf16, bf16_stem; got {precision!r}")
+    return Bf16Net(net, device_type, keep_stem_fp32=precision == "bf16_stem")
 
 
-def check_compile(cfg: Config) -> None:
-    """train.compile with dropout is refused where teacher and student passes must share dropout masks (the
-    consistency objective): under inductor the teacher's no-grad graph and the student's training graph draw
-    their dropout masks independently."""
-    if cfg.train.compile and cfg.network.dropout > 0 and objective_class(cfg.loss.objective).shares_dropout:
-        raise ConfigError(f"train.compile=true needs network.dropout=0 for the {cfg.loss.objective} objective, got "
-                          f"network.dropout={cfg.network.dropout}: compiled teacher and student passes draw different "
+def check_compile(compile: bool, dropout: float, objective) -> None:
+    """train.compile with dropout is refused where teacher and student passes must share dropout masks
+    (`objective.shares_dropout`, the consistency objective): under inductor the teacher's no-grad graph and the
+    student's training graph draw their dropout masks independently."""
+    if compile and dropout > 0 and objective.shares_dropout:
+        raise ConfigError(f"train.compile=true needs network.dropout=0 for the {objective.name} objective, got "
+                          f"network.dropout={dropout}: compiled teacher and student passes draw different "
                           f"dropout masks; set train.compile=false or network.dropout=0")
 
 
-def training_forwards(model: torch.nn.Module, teacher: torch.nn.Module | None, cfg: Config, device: torch.device,
-                      world_size: int) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """(student, teacher_forward): the forward the optimizer step trains (train.precision, train.compile, DDP when
-    world_size > 1) and what the loss's teacher pass runs: the EMA `teacher` in train.precision when there is one;
-    else, under DDP, the student without its DDP wrapper (no hooks, no gradient sync for a stop-gradient pass);
-    else None (the loss runs the student itself)."""
-    check_compile(cfg)
-    forward = wrap_precision(model, cfg.train.precision, device.type)
-    inner = torch.compile(forward) if cfg.train.compile else forward
+def training_forwards(model: torch.nn.Module, teacher: torch.nn.Module | None, precision: str, compile: bool,
+                      device: torch.device, world_size: int) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """(student, teacher_forward): the forward the optimizer step trains (`precision` = train.precision, `compile`
+    = train.compile, DDP when world_size > 1) and what the loss's teacher pass runs: the EMA `teacher` in
+    `precision` when there is one; else, under DDP, the student without its DDP wrapper (no hooks, no gradient
+    sync for a stop-gradient pass); else None (the loss runs the student itself). The caller has run
+    check_compile."""
+    forward = wrap_precision(model, precision, device.type)
+    inner = torch.compile(forward) if compile else forward
     if world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
-        student, stopgrad_teacher = (torch.compile(ddp) if cfg.train.compile else ddp), inner
+        student, stopgrad_teacher = (torch.compile(ddp) if compile else ddp), inner
     else:
         student, stopgrad_teacher = inner, None
     if teacher is not None:
-        return student, wrap_precision(teacher, cfg.train.precision, device.type)
+        return student, wrap_precision(teacher, precision, device.type)
     return student, stopgrad_teacher
 
 

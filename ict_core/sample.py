@@ -60,7 +60,10 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "cpu"):
     if state.get(weights) is None:
         raise ConfigError(f"checkpoint {ckpt} holds no {weights!r} weights")
     dataset = load_dataset(cfg.data, seed=cfg.data.seed)
-    net = build_network(cfg, dataset.channels, dataset.resolution)
+    from .objectives import objective_class
+
+    net = build_network(cfg.network, cfg.precond, objective_class(cfg.loss.objective).precond, dataset.channels,
+                        dataset.resolution)
     net.load_state_dict(state[weights])
     return cfg, net.to(device).eval().requires_grad_(False), ckpt, (dataset.channels, dataset.resolution)
 

@@ -10,11 +10,14 @@ from typing import Callable
 
 import torch
 
+from .config import CurriculumConfig, LossConfig, choices
+
+# The allowed values are written once, in the config schema (ict_core/config.py); these are views of them.
+CURRICULUM_SHAPES = choices(CurriculumConfig, "shape")
 # Shapes that are functions of the step alone; "adaptive" also depends on the training signal (Curriculum).
-FIXED_CURRICULUM_SHAPES = ("exponential", "sqrt", "constant", "linear", "square", "cosine")
-CURRICULUM_SHAPES = FIXED_CURRICULUM_SHAPES + ("adaptive",)
-NOISE_SCHEDULES = ("lognormal", "uniform")
-WEIGHTINGS = ("ict", "uniform")
+FIXED_CURRICULUM_SHAPES = tuple(shape for shape in CURRICULUM_SHAPES if shape != "adaptive")
+NOISE_SCHEDULES = choices(LossConfig, "noise_schedule")
+WEIGHTINGS = choices(LossConfig, "weighting")
 
 # Guards float round-off in ceil() for the cosine curriculum (e.g. 20.000000000000004 -> 21).
 _CEIL_TOL = 1e-9
@@ -242,7 +245,7 @@ class CurriculumFeed:
 
 
 def curriculum_from_config(curriculum_cfg, total_steps: int) -> Curriculum:
-    """A Curriculum from ict_core.config's CurriculumConfig (duck-typed: schedule.py imports no config)."""
+    """A Curriculum from the curriculum settings (CurriculumConfig) over K = total_steps steps."""
     c = curriculum_cfg
     return Curriculum(c.shape, c.s0, c.s1, total_steps, every=c.adaptive_every, window=c.adaptive_window,
                       patience=c.adaptive_patience, threshold=c.adaptive_threshold)

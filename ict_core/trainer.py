@@ -21,10 +21,10 @@ from .config import Config, ConfigError, keep_schedule, resolve_config
 from .dist import (RunningMean, agreed_mean, any_nonfinite, gather_objects, rank_and_world, resolve_device, rng_state,
                    set_rng_state)
 from .ema import ema_beta, ema_update, frozen_copy
-from .evaluate import Evaluations, Evaluator
+from .evaluate import Evaluations
 from .objectives import build_objective, slice_noise
 from .precision import check_compile, training_forwards
-from .records import COMPLETED, DIVERGED, INTERRUPTED, REPORT_KEYS, RUNNING, report_row
+from .records import COMPLETED, DIVERGED, INTERRUPTED, RUNNING, report_row
 from .rundir import (FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, read_checkpoint_config,
                      run_dir_for)
 from .runlog import RunLog
@@ -35,11 +35,7 @@ Report = Callable[[dict, "str | None"], None]
 
 _DROPOUT_SEED_STRIDE = 1_000_003  # rank r seeds its dropout RNG with seed + r * stride
 
-METRIC_KEYS = REPORT_KEYS  # named in ict_core/records.py
-
-# Evaluator, FAULT_MARKER, latest_checkpoint and resolve_config are also read from here by tests/test_trainer.py.
-__all__ = ["train", "Run", "Report", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile",
-           "latest_checkpoint", "resolve_config"]
+__all__ = ["train", "Run", "Report"]
 
 
 class Run:
@@ -82,9 +78,10 @@ class Run:
         self._build_model()
         self.batches = GlobalBatches(self.dataset, tcfg.batch_size, self.rank, self.world_size, tcfg.seed, self.device,
                                      channels_last=tcfg.channels_last)
-        curriculum = self.objective.curriculum
+        curriculum = self.objective.curriculum  # fed by the loop only when adaptive
         self.curriculum = (CurriculumFeed(curriculum, lambda mean: agreed_mean(mean, self.device, self.world_size),
-                                          self.device, self.is_main) if curriculum is not None else None)
+                                          self.device, self.is_main)
+                           if curriculum is not None and curriculum.adaptive else None)
         self.evals = Evaluations(cfg, self.dataset, self.device, self.objective, self.rank, self.world_size)
 
         self.step, self.images_seen, self.elapsed_before = 0, 0, 0.0
@@ -104,20 +101,23 @@ class Run:
 
     # -- setup --
     def _build_model(self) -> None:
-        from .network import build_network
+        from .network import build_network, count_parameters
 
         cfg, device = self.cfg, self.device
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        model = build_network(cfg, self.dataset.channels, self.dataset.resolution).to(device)
+        model = build_network(cfg.network, cfg.precond, self.objective.precond, self.dataset.channels,
+                              self.dataset.resolution).to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.ema = frozen_copy(model)  # evaluation EMA (ict_core/ema.py); never a teacher
         self.teacher = frozen_copy(model) if self.objective.ema_teacher else None  # CT's EMA teacher
-        self.num_params = sum(p.numel() for p in model.parameters())
+        self.num_params = count_parameters(model)
 
         # What the step trains (precision, compile, DDP) and what the loss's teacher pass runs (ict_core/precision.py).
-        self.student, self.teacher_forward = training_forwards(model, self.teacher, cfg, device, self.world_size)
+        check_compile(cfg.train.compile, cfg.network.dropout, self.objective)
+        self.student, self.teacher_forward = training_forwards(model, self.teacher, cfg.train.precision,
+                                                               cfg.train.compile, device, self.world_size)
 
         o = cfg.optim
         opt_cls = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[o.name]

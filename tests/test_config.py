@@ -23,6 +23,15 @@ from ict_core.config import (
 EXPECTED_PRESETS = {"digits", "tiny", "patches", "digits_diffusion", "ct_baseline", "cifar10", "cifar10_deep", "imagenet64"}
 
 
+def _net(cfg, in_channels, resolution):
+    """The network of a whole config, built as the trainer builds it (its objective's preconditioning)."""
+    from ict_core.network import build_network
+    from ict_core.objectives import objective_class
+
+    return build_network(cfg.network, cfg.precond, objective_class(cfg.loss.objective).precond, in_channels,
+                         resolution)
+
+
 def test_defaults_are_the_papers():
     cfg = Config()
     assert (cfg.precond.sigma_min, cfg.precond.sigma_max, cfg.precond.rho, cfg.precond.sigma_data) == (0.002, 80.0, 7.0, 0.5)
@@ -161,8 +170,6 @@ def test_architecture_that_does_not_fit_the_data_is_a_config_error(overrides, wo
 
 
 def test_architectures_that_fit_are_accepted_and_match_the_network():
-    from ict_core.network import build_network
-
     for data, mult, attn in [({}, (1, 2, 2, 2), (8, 1)), ({"data.name": "patches", "data.resolution": 16}, (1, 2, 2), (8,)),
                              ({"data.name": "patches", "data.resolution": 64}, (1, 1, 2, 2), (16,))]:
         cfg = load_config("digits", {**data, "network.channel_mult": list(mult), "network.attn_resolutions": list(attn),
@@ -170,7 +177,7 @@ def test_architectures_that_fit_are_accepted_and_match_the_network():
         resolution = cfg.data.resolution or 8
         assert network_resolutions(mult, resolution)[-1] == resolution // 2 ** (len(mult) - 1)
         # The network accepts it and has one attention layer per block at the listed levels, plus the bottleneck's.
-        net = build_network(cfg, 3 if data else 1, resolution).backbone
+        net = _net(cfg, 3 if data else 1, resolution).backbone
         levels = network_resolutions(mult, resolution)
         expected = sum((1 + 2) for r in levels if r in attn) + 1  # num_blocks=1 down, 2 up, 1 in the middle
         assert sum(type(m).__name__ == "Attention" for m in net.modules()) == expected, (data, mult, attn)

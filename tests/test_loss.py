@@ -8,15 +8,26 @@ import torch
 from torch import nn
 
 from ict_core import schedule
-from ict_core.config import load_config
-from ict_core.loss import ConsistencyLoss, DiffusionLoss, default_huber_c, pseudo_huber, squared_l2
+from ict_core.config import default_huber_c, load_config
+from ict_core.loss import consistency_loss, pseudo_huber, squared_l2
 from ict_core.network import Precond, UNet, build_network
+from ict_core.objectives import build_objective
 
 
 def _cfg(**overrides):
     base = {"train.total_steps": 400, "network.channels": 16, "network.dropout": 0.3}
     base.update(overrides)
     return load_config(overrides=base)
+
+
+def _net(cfg, channels=1, resolution=8):
+    return build_network(cfg.network, cfg.precond, build_objective(cfg, 64).precond, channels, resolution)
+
+
+def _loss(objective, net, x, step, seed=0, teacher=None):
+    """The objective's loss on noise drawn from a generator seeded with `seed`."""
+    noise = objective.draw(step, x.shape[0], x.shape[1:], torch.Generator().manual_seed(seed))
+    return objective.loss(net, x, step, noise, teacher=teacher)
 
 
 def _data(batch=8, seed=0):
@@ -105,11 +116,11 @@ def test_teacher_and_student_share_dropout_masks():
     torch.manual_seed(0)
     backbone = TinyBackbone()
     net = Precond(backbone).train()
-    loss_fn = ConsistencyLoss(_cfg(), 64)
-    loss_fn(net, _data(), step=0)
+    loss_fn = build_objective(_cfg(), 64)
+    _loss(loss_fn, net, _data(), 0)
     teacher_mask, student_mask = backbone.drop.masks
     assert torch.equal(teacher_mask, student_mask)
-    loss_fn(net, _data(), step=0)
+    _loss(loss_fn, net, _data(), 0)
     assert not torch.equal(backbone.drop.masks[2], teacher_mask)  # a new step draws new masks
     assert torch.equal(backbone.drop.masks[2], backbone.drop.masks[3])
 
@@ -120,11 +131,8 @@ def test_shared_masks_on_real_unet_with_equal_sigmas():
     torch.manual_seed(0)
     net = Precond(_randomize_(UNet(in_channels=1, resolution=8, channels=16, channel_mult=(1, 2), num_blocks=1,
                                    attn_resolutions=(), dropout=0.5, fourier_scale=0.02))).train()
-    loss_fn = ConsistencyLoss(_cfg(), 64)
-    sigmas = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
-    loss_fn._grids[3] = (sigmas, torch.tensor([0.5, 0.5], dtype=torch.float64), torch.ones(2, dtype=torch.float64))
-    loss_fn.num_points = lambda step: 3
-    loss, _ = loss_fn(net, _data(), step=0)
+    sigma = torch.full((8,), 0.5)
+    loss = consistency_loss(net, net, _data(), torch.randn(8, 1, 8, 8), sigma, sigma, torch.ones(8), squared_l2)
     assert torch.equal(loss, torch.zeros_like(loss))
     # Same inputs without the fork: two passes differ, so the zero above is the shared masks at work.
     x, z = _data(), torch.randn(8, 1, 8, 8)
@@ -133,23 +141,23 @@ def test_shared_masks_on_real_unet_with_equal_sigmas():
 
 def test_gradients_flow_only_through_student():
     torch.manual_seed(0)
-    net = build_network(_cfg(), 1, 8)
+    net = _net(_cfg())
     _randomize_(net)
-    loss_fn = ConsistencyLoss(_cfg(), 64)
+    loss_fn = build_objective(_cfg(), 64)
     x = _data()
     calls = []
     net.register_forward_hook(lambda m, inp, out: calls.append((torch.is_grad_enabled(), out.requires_grad)))
-    loss, info = loss_fn(net, x, step=100)
+    loss, info = _loss(loss_fn, net, x, 100)
     assert calls == [(False, False), (True, True)]  # teacher under no_grad, then the student
     assert loss.shape == (8,) and loss.dtype == torch.float32 and loss.requires_grad
     loss.mean().backward()
     assert all(p.grad is not None for p in net.parameters())
     # The gradient equals that of the loss with the teacher output held fixed.
     gen = torch.Generator().manual_seed(5)
-    indices, z = loss_fn.draw(100, 8, x.shape[1:], generator=gen)
+    indices, z = loss_fn.draw(100, 8, x.shape[1:], gen).values()
     net.eval()  # no dropout: both computations see the same function
     net.zero_grad()
-    loss_fn(net, x, step=100, indices=indices, z=z)[0].sum().backward()
+    loss_fn.loss(net, x, 100, {"indices": indices, "z": z})[0].sum().backward()
     grads = [p.grad.clone() for p in net.parameters()]
     sigmas, _, weights = loss_fn.grid(info["num_points"])
     lo, hi = sigmas[indices].float(), sigmas[indices + 1].float()
@@ -165,12 +173,12 @@ def test_gradients_flow_only_through_student():
 def test_loss_value_matches_spec_formula():
     torch.manual_seed(0)
     cfg = _cfg(**{"loss.huber_c": 0.05})
-    net = _randomize_(build_network(cfg, 1, 8)).eval()
-    loss_fn = ConsistencyLoss(cfg, 64)
+    net = _randomize_(_net(cfg)).eval()
+    loss_fn = build_objective(cfg, 64)
     x = _data()
     step = 150  # K = 400: K' = 50, N = 10 * 2^3 + 1 = 81
-    indices, z = loss_fn.draw(step, 8, x.shape[1:], generator=torch.Generator().manual_seed(3))
-    loss, info = loss_fn(net, x, step, indices=indices, z=z)
+    indices, z = loss_fn.draw(step, 8, x.shape[1:], torch.Generator().manual_seed(3)).values()
+    loss, info = loss_fn.loss(net, x, step, {"indices": indices, "z": z})
     assert info["num_points"] == 81 == schedule.num_points(step, 400)
     sigmas = schedule.karras_sigmas(81)
     lo, hi = sigmas[indices].float(), sigmas[indices + 1].float()
@@ -185,11 +193,12 @@ def test_loss_value_matches_spec_formula():
 
 def test_config_choices_reach_the_loss():
     x = _data()
-    net = _randomize_(build_network(_cfg(), 1, 8)).eval()
+    net = _randomize_(_net(_cfg())).eval()
     indices = torch.zeros(8, dtype=torch.long)
     z = torch.randn_like(x)
-    ict, _ = ConsistencyLoss(_cfg(), 64)(net, x, 0, indices=indices, z=z)
-    ct, _ = ConsistencyLoss(_cfg(**{"loss.weighting": "uniform", "loss.metric": "l2"}), 64)(net, x, 0, indices=indices, z=z)
+    ict, _ = build_objective(_cfg(), 64).loss(net, x, 0, {"indices": indices, "z": z})
+    ct, _ = build_objective(_cfg(**{"loss.weighting": "uniform", "loss.metric": "l2"}), 64).loss(
+        net, x, 0, {"indices": indices, "z": z})
     sigmas = schedule.karras_sigmas(11)
     lam = 1 / (sigmas[1] - sigmas[0])
     ratio = (ict / ct).detach()
@@ -200,14 +209,14 @@ def test_config_choices_reach_the_loss():
     expected = lam * pseudo_huber(s, t, default_huber_c(64)) / squared_l2(s, t)
     assert torch.allclose(ratio.double(), expected.double(), rtol=1e-4)
     # Uniform noise schedule draws every interval equally often.
-    uni = ConsistencyLoss(_cfg(**{"loss.noise_schedule": "uniform"}), 64)
+    uni = build_objective(_cfg(**{"loss.noise_schedule": "uniform"}), 64)
     assert torch.equal(uni.grid(11)[1], torch.full((10,), 0.1, dtype=torch.float64))
 
 
 def test_num_points_recomputed_each_call_and_grid_cached():
-    loss_fn = ConsistencyLoss(_cfg(**{"train.total_steps": 16}), 64)  # K' = 2
-    net = build_network(_cfg(), 1, 8)
-    seen = [loss_fn(net, _data(2), step)[1]["num_points"] for step in (0, 2, 4, 1, 100)]
+    loss_fn = build_objective(_cfg(**{"train.total_steps": 16}), 64)  # K' = 2
+    net = _net(_cfg())
+    seen = [_loss(loss_fn, net, _data(2), step)[1]["num_points"] for step in (0, 2, 4, 1, 100)]
     assert seen == [11, 21, 41, 11, 1281]
     assert loss_fn.grid(21)[0] is loss_fn.grid(21)[0]
 
@@ -215,15 +224,15 @@ def test_num_points_recomputed_each_call_and_grid_cached():
 def test_ema_teacher_is_used_and_gets_no_gradient():
     torch.manual_seed(0)
     cfg = _cfg(**{"loss.teacher": "ema", "network.dropout": 0.0})
-    net = _randomize_(build_network(cfg, 1, 8), seed=0).train()
+    net = _randomize_(_net(cfg), seed=0).train()
     teacher = _randomize_(copy.deepcopy(net), seed=1).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    loss_fn = ConsistencyLoss(cfg, 64)
+    loss_fn = build_objective(cfg, 64)
     x = _data()
     gen_args = dict(indices=torch.full((8,), 5, dtype=torch.long), z=torch.randn_like(x))
-    with_teacher, _ = loss_fn(net, x, 100, teacher=teacher, **gen_args)
-    self_teacher, _ = loss_fn(net, x, 100, **gen_args)
+    with_teacher, _ = loss_fn.loss(net, x, 100, gen_args, teacher=teacher)
+    self_teacher, _ = loss_fn.loss(net, x, 100, gen_args)
     assert not torch.allclose(with_teacher, self_teacher)
     sigmas = loss_fn.grid(loss_fn.num_points(100))[0]
     lo, hi = sigmas[5].float(), sigmas[6].float()
@@ -241,36 +250,24 @@ def test_caller_supplied_noise_gives_ddp_equivalent_slices():
     """Two 'ranks' each computing their slice of a globally drawn batch reproduce the single-process loss."""
     torch.manual_seed(0)
     cfg = _cfg(**{"network.dropout": 0.0})
-    net = _randomize_(build_network(cfg, 1, 8)).train()
-    loss_fn = ConsistencyLoss(cfg, 64)
+    net = _randomize_(_net(cfg)).train()
+    loss_fn = build_objective(cfg, 64)
     x = _data(8)
-    indices, z = loss_fn.draw(60, 8, x.shape[1:], generator=torch.Generator().manual_seed(11))
-    full, _ = loss_fn(net, x, 60, indices=indices, z=z)
-    halves = [loss_fn(net, x[r * 4:(r + 1) * 4], 60, indices=indices[r * 4:(r + 1) * 4], z=z[r * 4:(r + 1) * 4])[0]
+    indices, z = loss_fn.draw(60, 8, x.shape[1:], torch.Generator().manual_seed(11)).values()
+    full, _ = loss_fn.loss(net, x, 60, {"indices": indices, "z": z})
+    halves = [loss_fn.loss(net, x[r * 4:(r + 1) * 4], 60, {"indices": indices[r * 4:(r + 1) * 4], "z": z[r * 4:(r + 1) * 4]})[0]
               for r in range(2)]
     assert torch.allclose(torch.cat(halves), full, rtol=1e-5, atol=1e-7)
     # The same generator seed reproduces the draw; the generator path gives the same loss as explicit noise.
-    again, _ = loss_fn(net, x, 60, generator=torch.Generator().manual_seed(11))
+    again = loss_fn.probe_loss(net, x, 60, torch.Generator().manual_seed(11))
     assert torch.allclose(again, full, rtol=1e-5, atol=1e-7)
 
 
-def test_bad_noise_arguments():
-    loss_fn = ConsistencyLoss(_cfg(), 64)
-    net = build_network(_cfg(), 1, 8)
-    x = _data(4)
-    with pytest.raises(ValueError, match=r"indices must lie in \[0, 9\]"):
-        loss_fn(net, x, 0, indices=torch.tensor([0, 1, 2, 10]))
-    with pytest.raises(ValueError, match="long tensor of shape"):
-        loss_fn(net, x, 0, indices=torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match="z must have"):
-        loss_fn(net, x, 0, z=torch.zeros(4, 1, 4, 4))
-
-
 def test_bf16_autocast_loss_is_fp32():
-    net = _randomize_(build_network(_cfg(), 1, 8)).train()
-    loss_fn = ConsistencyLoss(_cfg(), 64)
+    net = _randomize_(_net(_cfg())).train()
+    loss_fn = build_objective(_cfg(), 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, _ = loss_fn(net, _data(), 399)
+        loss, _ = _loss(loss_fn, net, _data(), 399)
     assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
 
 
@@ -279,15 +276,15 @@ def test_real_training_steps_reduce_the_loss():
     regresses onto a fixed target and its loss must fall (with the self-teacher the target moves too)."""
     torch.manual_seed(0)
     cfg = _cfg(**{"network.dropout": 0.0, "network.channels": 8})
-    net = build_network(cfg, 1, 8).train()
+    net = _net(cfg).train()
     teacher = copy.deepcopy(net).requires_grad_(False)
-    loss_fn = ConsistencyLoss(cfg, 64)
+    loss_fn = build_objective(cfg, 64)
     x = _data(32)
-    indices, z = loss_fn.draw(0, 32, x.shape[1:], generator=torch.Generator().manual_seed(0))
+    indices, z = loss_fn.draw(0, 32, x.shape[1:], torch.Generator().manual_seed(0)).values()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(20):
-        loss = loss_fn(net, x, 0, teacher=teacher, indices=indices, z=z)[0].mean()
+        loss = loss_fn.loss(net, x, 0, {"indices": indices, "z": z}, teacher=teacher)[0].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -301,24 +298,24 @@ def test_real_training_steps_reduce_the_loss():
 def test_diffusion_loss_formula_and_supplied_noise():
     torch.manual_seed(0)
     cfg = _cfg(**{"loss.objective": "diffusion", "network.dropout": 0.0})
-    net = _randomize_(build_network(cfg, 1, 8)).eval()
-    loss_fn = DiffusionLoss(cfg)
+    net = _randomize_(_net(cfg)).eval()
+    loss_fn = build_objective(cfg, 64)
     x = _data()
-    sigma, z = loss_fn.draw(8, x.shape[1:], generator=torch.Generator().manual_seed(2))
-    loss, info = loss_fn(net, x, sigma=sigma, z=z)
+    sigma, z = loss_fn.draw(0, 8, x.shape[1:], torch.Generator().manual_seed(2)).values()
+    loss, info = loss_fn.loss(net, x, 0, {"sigma": sigma, "z": z})
     with torch.no_grad():
         d = net(x + sigma[:, None, None, None] * z, sigma)
     weight = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
     assert loss.shape == (8,) and loss.dtype == torch.float32
     assert torch.allclose(loss.detach(), weight * ((d - x) ** 2).flatten(1).mean(1), rtol=1e-5)
     # Same seed through the generator path gives the same draw.
-    again, _ = loss_fn(net, x, generator=torch.Generator().manual_seed(2))
+    again = loss_fn.probe_loss(net, x, 0, torch.Generator().manual_seed(2))
     assert torch.allclose(again, loss, rtol=1e-5)
 
 
 def test_diffusion_sigma_is_lognormal_with_config_params():
     cfg = _cfg(**{"loss.objective": "diffusion", "loss.p_mean": -1.2, "loss.p_std": 1.2})
-    sigma, _ = DiffusionLoss(cfg).draw(100_000, (1,), generator=torch.Generator().manual_seed(0))
+    sigma = build_objective(cfg, 64).draw(0, 100_000, (1,), torch.Generator().manual_seed(0))["sigma"]
     log_sigma = sigma.log()
     assert log_sigma.mean().item() == pytest.approx(-1.2, abs=0.02)
     assert log_sigma.std().item() == pytest.approx(1.2, abs=0.02)
@@ -327,24 +324,24 @@ def test_diffusion_sigma_is_lognormal_with_config_params():
 def test_diffusion_loss_is_about_one_at_init():
     # Zero-initialised output: D = c_skip x, and EDM's weighting makes the expected loss ~ 1 for data of std sigma_data.
     cfg = _cfg(**{"loss.objective": "diffusion"})
-    net = build_network(cfg, 1, 8).train()
+    net = _net(cfg).train()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(256, 1, 8, 8, generator=gen) * 0.5
-    loss, _ = DiffusionLoss(cfg)(net, x, generator=gen)
+    loss = build_objective(cfg, 64).probe_loss(net, x, 0, gen)
     assert 0.8 < loss.mean().item() < 1.2
 
 
 def test_diffusion_training_steps_reduce_the_loss():
     torch.manual_seed(0)
     cfg = _cfg(**{"loss.objective": "diffusion", "network.dropout": 0.0, "network.channels": 8})
-    net = build_network(cfg, 1, 8).train()
-    loss_fn = DiffusionLoss(cfg)
+    net = _net(cfg).train()
+    loss_fn = build_objective(cfg, 64)
     x = _data(32)
-    sigma, z = loss_fn.draw(32, x.shape[1:], generator=torch.Generator().manual_seed(0))
+    sigma, z = loss_fn.draw(0, 32, x.shape[1:], torch.Generator().manual_seed(0)).values()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(20):
-        loss = loss_fn(net, x, sigma=sigma, z=z)[0].mean()
+        loss = loss_fn.loss(net, x, 0, {"sigma": sigma, "z": z})[0].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -111,10 +111,12 @@ def test_fid_presets_need_inception_weights_and_quantize_their_inputs(tmp_path):
 
 
 def test_diffusion_uses_edms_noise_distribution_unless_set():
-    from ict_core.loss import ConsistencyLoss, DiffusionLoss
+    from ict_core.objectives import build_objective
 
-    diffusion = load_config(None, ["loss.objective=diffusion"])
-    assert (DiffusionLoss(diffusion).p_mean, DiffusionLoss(diffusion).p_std) == (-1.2, 1.2)
-    explicit = load_config(None, ["loss.objective=diffusion", "loss.p_mean=-1.1", "loss.p_std=2.0"])
-    assert (DiffusionLoss(explicit).p_mean, DiffusionLoss(explicit).p_std) == (-1.1, 2.0)
-    assert (ConsistencyLoss(load_config(), 64).p_mean, ConsistencyLoss(load_config(), 64).p_std) == (-1.1, 2.0)
+    def p_mean_std(cfg):
+        objective = build_objective(cfg, 64)
+        return objective.p_mean, objective.p_std
+
+    assert p_mean_std(load_config(None, ["loss.objective=diffusion"])) == (-1.2, 1.2)
+    assert p_mean_std(load_config(None, ["loss.objective=diffusion", "loss.p_mean=-1.1", "loss.p_std=2.0"])) == (-1.1, 2.0)
+    assert p_mean_std(load_config()) == (-1.1, 2.0)

@@ -8,6 +8,14 @@ from ict_core.config import load_config
 from ict_core.network import Precond, UNet, boundary_scalings, build_network, count_parameters, diffusion_scalings
 
 
+def _net(cfg, in_channels, resolution):
+    """The network of a whole config, built as the trainer builds it (its objective's preconditioning)."""
+    from ict_core.objectives import objective_class
+
+    return build_network(cfg.network, cfg.precond, objective_class(cfg.loss.objective).precond, in_channels,
+                         resolution)
+
+
 def _tiny_unet(in_channels=1, resolution=8, **kw):
     args = dict(in_channels=in_channels, resolution=resolution, channels=16, channel_mult=(1, 2), num_blocks=1,
                 attn_resolutions=(4,), dropout=0.0, fourier_scale=0.02)
@@ -112,7 +120,7 @@ def test_unet_forward_shapes(in_channels, resolution, channel_mult, attn):
     data = {"data.name": "patches", "data.resolution": resolution} if in_channels == 3 else {}
     cfg = load_config(overrides={"network.channels": 8, "network.channel_mult": list(channel_mult),
                                  "network.attn_resolutions": list(attn), "network.num_blocks": 1, **data})
-    net = _randomize_(build_network(cfg, in_channels, resolution))
+    net = _randomize_(_net(cfg, in_channels, resolution))
     x = torch.randn(2, in_channels, resolution, resolution)
     out = net(x, torch.tensor([0.1, 10.0]))
     assert out.shape == x.shape and torch.isfinite(out).all()
@@ -129,7 +137,7 @@ def test_unet_group_norm_adapts_to_small_channel_counts():
 
 
 def test_zero_initialised_output_gives_c_skip_x():
-    net = build_network(load_config(), 1, 8)
+    net = _net(load_config(), 1, 8)
     x = torch.randn(2, 1, 8, 8)
     sigma = torch.tensor([0.3, 5.0])
     c_skip, _ = boundary_scalings(sigma[:, None, None, None], 0.5, 0.002)
@@ -138,13 +146,13 @@ def test_zero_initialised_output_gives_c_skip_x():
 
 def test_fourier_embedding_scale_from_config():
     torch.manual_seed(0)
-    net = build_network(load_config(overrides={"network.channels": 256, "network.fourier_scale": 16.0}), 1, 8)
+    net = _net(load_config(overrides={"network.channels": 256, "network.fourier_scale": 16.0}), 1, 8)
     freqs = net.backbone.embed.freqs
     assert freqs.shape == (128,) and 10.0 < freqs.std().item() < 22.0
     assert "backbone.embed.freqs" in net.state_dict()  # checkpoints keep the fixed frequencies
     assert not freqs.requires_grad
     torch.manual_seed(0)
-    small = build_network(load_config(overrides={"network.channels": 256}), 1, 8).backbone.embed.freqs
+    small = _net(load_config(overrides={"network.channels": 256}), 1, 8).backbone.embed.freqs
     assert torch.allclose(small * (16.0 / 0.02), freqs)
 
 
@@ -191,8 +199,8 @@ def test_bf16_autocast_output_is_fp32_and_boundary_holds():
 def test_unet_bad_resolution_and_build_kind():
     with pytest.raises(ValueError, match="divisible"):
         _tiny_unet(resolution=6, channel_mult=(1, 2, 2))
-    assert build_network(load_config(), 1, 8).kind == "consistency"
-    assert build_network(load_config(overrides={"loss.objective": "diffusion"}), 1, 8).kind == "diffusion"
+    assert _net(load_config(), 1, 8).kind == "consistency"
+    assert _net(load_config(overrides={"loss.objective": "diffusion"}), 1, 8).kind == "diffusion"
 
 
 # ---- size of the paper's network ------------------------------------------------------------------------------
@@ -203,7 +211,7 @@ def _paper_count(num_blocks):
                                  "network.num_blocks": num_blocks, "network.attn_resolutions": [16],
                                  "network.dropout": 0.3})
     with torch.device("meta"):
-        return count_parameters(build_network(cfg, 3, 32))
+        return count_parameters(_net(cfg, 3, 32))
 
 
 def test_paper_cifar10_network_size():

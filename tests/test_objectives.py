@@ -10,12 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from ict_core.config import LossConfig, load_config
+from ict_core.config import ConfigError, LossConfig, load_config
 from ict_core.network import build_network
 from ict_core.objectives import OBJECTIVES, build_objective, objective_class, slice_noise
 from ict_core.rundir import RunFolder, latest_checkpoint, truncate_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _net(cfg, in_channels, resolution):
+    """The network of a whole config, built as the trainer builds it (its objective's preconditioning)."""
+    from ict_core.objectives import objective_class
+
+    return build_network(cfg.network, cfg.precond, objective_class(cfg.loss.objective).precond, in_channels,
+                         resolution)
 
 
 def _cfg(objective: str, *overrides: str):
@@ -27,9 +35,9 @@ def test_registry_keys_are_the_configs_objective_choices():
     assert tuple(OBJECTIVES) == tuple(field.metadata["choices"])
     for name, cls in OBJECTIVES.items():
         assert cls.name == name
-        assert build_network(_cfg(name), 1, 8).kind == cls.precond
-    with pytest.raises(ValueError, match=r"loss.objective must be one of consistency, diffusion; got 'flow'"):
-        objective_class("flow")
+        assert _net(_cfg(name), 1, 8).kind == cls.precond
+    with pytest.raises(ConfigError, match=r"loss.objective must be one of consistency, diffusion; got 'flow'"):
+        load_config(None, ["loss.objective=flow"])  # the schema checks it, before any objective is built
 
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
@@ -37,7 +45,7 @@ def test_a_global_draw_sliced_per_rank_gives_the_whole_batchs_loss(name):
     cfg = _cfg(name, "train.total_steps=100")
     objective = build_objective(cfg, 64)
     torch.manual_seed(0)
-    net = build_network(cfg, 1, 8)
+    net = _net(cfg, 1, 8)
     x = torch.randn(8, 1, 8, 8)
     noise = objective.draw(40, 8, x.shape[1:], torch.Generator().manual_seed(5))
     assert all(v.shape[0] == 8 for v in noise.values())
@@ -58,13 +66,13 @@ def test_consistency_objective_has_a_curriculum_and_one_or_two_step_sampling():
     assert 0 < consistency.teacher_rate(0) < 1
     with pytest.raises(NotImplementedError, match="keeps no EMA teacher"):
         diffusion.teacher_rate(0)
-    net = build_network(_cfg("consistency"), 1, 8).eval()
+    net = _net(_cfg("consistency"), 1, 8).eval()
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     one, two = (consistency.sample(net, (4, 1, 8, 8), s, g(), torch.device("cpu")) for s in (1, 2))
     assert one.shape == two.shape == (4, 1, 8, 8) and not torch.equal(one, two)
     with pytest.raises(ValueError, match=r"steps in \(1, 2\), got 3"):
         consistency.sample(net, (4, 1, 8, 8), 3, g(), torch.device("cpu"))
-    diff_net = build_network(_cfg("diffusion"), 1, 8).eval()
+    diff_net = _net(_cfg("diffusion"), 1, 8).eval()
     assert diffusion.sample(diff_net, (2, 1, 8, 8), None, g(), torch.device("cpu")).shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match="steps must be None, got 2"):
         diffusion.sample(diff_net, (2, 1, 8, 8), 2, g(), torch.device("cpu"))

@@ -11,6 +11,14 @@ from ict_core.sampling import sample_consistency, sample_diffusion
 from ict_core.schedule import karras_sigmas
 
 
+def _net(cfg, in_channels, resolution):
+    """The network of a whole config, built as the trainer builds it (its objective's preconditioning)."""
+    from ict_core.objectives import objective_class
+
+    return build_network(cfg.network, cfg.precond, objective_class(cfg.loss.objective).precond, in_channels,
+                         resolution)
+
+
 class Recorder(nn.Module):
     """A real module f(x, sigma) = scale * x (plus a parameter, so the device is found) that logs its calls."""
 
@@ -55,7 +63,7 @@ def test_two_step_renoises_with_sqrt_sigma_sq_minus_sigma_min_sq():
 
 def test_consistency_sampling_real_network_shapes_and_eval_mode():
     torch.manual_seed(0)
-    net = build_network(load_config(overrides={"network.channels": 8, "network.dropout": 0.5}), 3, 16).train()
+    net = _net(load_config(overrides={"network.channels": 8, "network.dropout": 0.5}), 3, 16).train()
     gen = torch.Generator().manual_seed(0)
     a = sample_consistency(net, (2, 3, 16, 16), [80.0, 0.821], generator=gen)
     b = sample_consistency(net, (2, 3, 16, 16), [80.0, 0.821], generator=torch.Generator().manual_seed(0))
@@ -119,7 +127,7 @@ def test_heun_sampler_gaussian_data_converges_to_ode_solution():
 
 
 def test_diffusion_sampling_real_network_and_bad_steps():
-    net = build_network(load_config(overrides={"network.channels": 8, "loss.objective": "diffusion"}), 1, 8)
+    net = _net(load_config(overrides={"network.channels": 8, "loss.objective": "diffusion"}), 1, 8)
     out = sample_diffusion(net, (2, 1, 8, 8), num_steps=3, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 1, 8, 8) and out.dtype == torch.float32 and torch.isfinite(out).all()
     assert torch.equal(karras_sigmas(3).flip(0)[0], torch.tensor(80.0, dtype=torch.float64))

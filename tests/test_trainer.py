@@ -13,10 +13,14 @@ import pytest
 import torch
 
 from ict_core import trainer
-from ict_core.config import load_config
+from ict_core.config import ConfigError, load_config, resolve_config
 from ict_core.data import load_dataset
+from ict_core.evaluate import Evaluator
 from ict_core.objectives import build_objective
 from ict_core.network import build_network
+from ict_core.precision import check_compile
+from ict_core.records import REPORT_KEYS
+from ict_core.rundir import FAULT_MARKER, latest_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +40,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _final_state(run_dir: Path) -> dict:
-    return torch.load(trainer.latest_checkpoint(run_dir) / "state.pt", weights_only=False)
+    return torch.load(latest_checkpoint(run_dir) / "state.pt", weights_only=False)
 
 
 def _assert_same_tensors(a, b, where=""):
@@ -60,10 +64,12 @@ def test_training_on_digits_lowers_feature_fd(cache_dir, tmp_path):
     cfg = tiny(cache_dir, "train.total_steps=200", "network.channels=16", "network.channel_mult=[1,2]",
                "optim.lr=1e-3", "eval.num_samples=200", "eval.every=0", "eval.grid=true")
     dataset = load_dataset(cfg.data, seed=cfg.train.seed)
-    cfg_resolved = trainer.resolve_config(cfg, dataset.dim)
+    cfg_resolved = resolve_config(cfg, dataset.dim)
     torch.manual_seed(cfg.train.seed)  # the trainer's initial weights
-    initial_net = build_network(cfg_resolved, dataset.channels, dataset.resolution)
-    evaluator = trainer.Evaluator(cfg_resolved, dataset, torch.device("cpu"), build_objective(cfg_resolved, dataset.dim))
+    objective = build_objective(cfg_resolved, dataset.dim)
+    initial_net = build_network(cfg_resolved.network, cfg_resolved.precond, objective.precond, dataset.channels,
+                                dataset.resolution)
+    evaluator = Evaluator(cfg_resolved, dataset, torch.device("cpu"), objective)
     initial = evaluator(initial_net, 0)
 
     reports = []
@@ -75,7 +81,7 @@ def test_training_on_digits_lowers_feature_fd(cache_dir, tmp_path):
     assert summary["loss_train"] < initial["loss_train"]
     assert [m["step"] for m, _ in reports] == [200]
     assert all(m["evaluated"] for m, _ in reports) and reports[-1][0]["status"] == "completed"
-    assert set(trainer.METRIC_KEYS) <= set(reports[-1][0])
+    assert set(REPORT_KEYS) <= set(reports[-1][0])
     assert all(Path(c, "state.pt").is_file() for _, c in reports[-1:])
     assert summary["nn_dist_ref"] > 0 and summary["nn_dist"] > 0
     # The run folder of the contract, with huber_c resolved to 0.00054 sqrt(64).
@@ -170,7 +176,7 @@ def test_fault_marker_kills_once_and_a_restart_completes(cache_dir, tmp_path):
             "--set", "eval.num_samples=100", "--set", "train.total_steps=100", "--set", "train.log_every=25"]
     first = _cli(*args)
     assert first.returncode == 1, first.stderr
-    assert (run_dir / trainer.FAULT_MARKER).is_file()
+    assert (run_dir / FAULT_MARKER).is_file()
     assert [p.name for p in (run_dir / "checkpoints").glob("step_*")] == ["step_0000050"]
     assert [r["step"] for r in _rows(run_dir / "metrics.jsonl")] == [25, 50]
 
@@ -269,12 +275,12 @@ def test_evaluations_record_the_students_fd_and_the_fd_standard_error(cache_dir,
     lagged = trainer.train(tiny(cache_dir, "train.total_steps=20", "train.ema_rate=0.999", "train.ema_rampup=0.5"),
                            run_dir=tmp_path / "lagged")
     assert lagged["fd_student"] == same["fd_student"] and lagged["fd"] != lagged["fd_student"]
-    assert set(trainer.METRIC_KEYS) >= {"fd_student", "fd_se"}
+    assert set(REPORT_KEYS) >= {"fd_student", "fd_se"}
 
 
 def test_compile_with_dropout_is_refused_before_training(cache_dir, tmp_path):
-    with pytest.raises(trainer.ConfigError, match=r"train.compile=true needs network.dropout=0.*got network.dropout=0.1"):
+    with pytest.raises(ConfigError, match=r"train.compile=true needs network.dropout=0.*got network.dropout=0.1"):
         trainer.train(tiny(cache_dir, "train.compile=true", "network.dropout=0.1"), run_dir=tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
-    trainer.check_compile(tiny(cache_dir, "train.compile=true", "network.dropout=0"))
-    trainer.check_compile(tiny(cache_dir, "train.compile=true", "network.dropout=0.1", "loss.objective=diffusion"))
+    check_compile(True, 0.0, build_objective(tiny(cache_dir), 64))
+    check_compile(True, 0.1, build_objective(tiny(cache_dir, "loss.objective=diffusion"), 64))
