@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ict_core.cli import BadInput
+from ict_core.errors import BadInput
 from ict_core.records import EVALS_FILE, REQUIRED_EVAL_COLUMNS, REQUIRED_TRIAL_COLUMNS, STATUSES, TRIALS_FILE
 
 EXPERIMENT_FILE = "experiment.json"

@@ -34,7 +34,8 @@ from analysis.importance import (JOURNAL_FILE, MIN_COMPLETED, export_journal, im
                                  rebuild_studies)
 from analysis.load import SchemaError, load_results, status_counts
 from ict_core.records import COMPLETED, PRUNED
-from ict_core.cli import BadInput, bad_input
+from ict_core.cli import bad_input
+from ict_core.errors import BadInput
 from ict_core.fileio import atomic_write_text
 from analysis.searched import best_runs, metric_by_key
 from analysis.stats import ABOVE, BELOW, LEVEL, MIN_SEEDS, N_BOOT, TWO_SIDED, UNLOCATED, at_common_compute, fmt, fmt_ci

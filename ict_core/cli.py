@@ -1,8 +1,8 @@
 """What every command line of the project shares: input it cannot work with exits with code 2 and one line that
 names the value and what is allowed, never a traceback.
 
-Every error type that means "bad input" subclasses BadInput (ConfigError, DataError, SpaceError, SearchError,
-CampaignError, LaunchError, SchemaError); each CLI ends in `except BadInput as err: return bad_input(err)`.
+Every error type that means "bad input" subclasses ict_core.errors.BadInput; each command line ends in
+`except BadInput as err: return bad_input(err)`.
 """
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .errors import BadInput
+
 EXIT_BAD_INPUT = 2
-
-
-class BadInput(ValueError):
-    """An argument, file or setting a command cannot work with; the message names it and what is allowed."""
 
 
 def bad_input(err: BaseException) -> int:

@@ -18,7 +18,7 @@ from typing import Any, Mapping, get_args, get_origin, get_type_hints
 import yaml
 
 from . import datasets
-from .cli import BadInput
+from .errors import BadInput
 
 PRESET_DIR = Path(__file__).parent / "presets"
 

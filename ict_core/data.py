@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ict_core import datasets
-from ict_core.cli import BadInput
+from ict_core.errors import BadInput
 from ict_core.config import DataConfig
 
 PATCH_RESOLUTIONS = datasets.DATASETS["patches"].resolutions

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import BadInput, bad_input
+from .cli import bad_input
+from .errors import BadInput
 from .config import ConfigError, load_config
 
 KID_SUBSETS = 10

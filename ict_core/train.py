@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from .cli import BadInput, bad_input, check_data_paths, command
+from .cli import bad_input, check_data_paths, command
+from .errors import BadInput
 from .config import ConfigError, from_dict, list_presets, load_config, preset_description, resolve_config
 from .datasets import dataset_dim
 from .rundir import RUN_FILES

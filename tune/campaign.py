@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ict_core.cli import BadInput, bad_input, check_writable_folder, command
+from ict_core.cli import bad_input, check_writable_folder, command
+from ict_core.errors import BadInput
 from ict_core.config import ConfigError, load_config, parse_overrides
 from tune.findings import ExportError, export_findings, hours_text
 from tune.search import check_max_failures, check_plan_paths, format_plan, resolve_plan, resources, run_search

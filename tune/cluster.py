@@ -21,7 +21,7 @@ import os
 import socket
 from pathlib import Path
 
-from ict_core.cli import BadInput
+from ict_core.errors import BadInput
 from tune import REPO_ROOT  # noqa: F401 - the one definition, re-exported for tune's modules
 from tune.store import is_uri  # noqa: F401 - the one definition (storage URIs), used here and re-exported
 LOCAL = "local"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ict_core.cli import BadInput
+from ict_core.errors import BadInput
 from ict_core.records import COMPLETED, TRIALS_FILE
 from tune.designer import ALPHA, POWER, detectable_effect
 

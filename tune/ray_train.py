@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from ict_core.cli import BadInput
+from ict_core.errors import BadInput
 from ict_core import rundir
 from ict_core.config import Config, ConfigError, from_dict
 from tune.cluster import (CODE_ON_NODES_ENV, LOCAL, REPO_ROOT, WORKING_DIR_EXCLUDES, ClusterError, code_runtime_env,  # noqa: F401

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ict_core import rundir
-from ict_core.cli import BadInput
+from ict_core.errors import BadInput
 from ict_core.records import COMPLETED, DIVERGED, TRIALS_FILE
 
 REUSED_FILE = "reused.json"  # in a seed folder: the run was copied from another experiment, not trained

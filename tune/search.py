@@ -30,7 +30,8 @@ import zlib
 from pathlib import Path
 
 from analysis.importance import JOURNAL_FILE
-from ict_core.cli import BadInput, bad_input, command
+from ict_core.cli import bad_input, command
+from ict_core.errors import BadInput
 from ict_core.config import load_config, parse_overrides
 from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
                               TRIALS_FILE)

@@ -46,7 +46,7 @@ from typing import Any, Optional
 import yaml
 
 from ict_core import datasets
-from ict_core.cli import BadInput
+from ict_core.errors import BadInput
 from ict_core.config import (ConfigError, all_keys, coerce, in_range, is_named_value, load_config, one_of,
                               parse_record, preset_overrides, resolve_named_value)
 from ict_core.records import SEARCH_METRICS

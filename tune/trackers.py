@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from ict_core.cli import BadInput
+from ict_core.errors import BadInput
 from ict_core.records import CONFIG_TYPES, EVAL_METRICS, FINAL_METRICS
 
 TRACKERS = ("mlflow", "wandb")

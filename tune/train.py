@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from ict_core.cli import BadInput, bad_input, check_data_paths, check_writable_folder, command
+from ict_core.cli import bad_input, check_data_paths, check_writable_folder, command
+from ict_core.errors import BadInput
 from ict_core.config import list_presets, load_config
 from ict_core.records import COMPLETED
 

@@ -1,0 +1,13 @@
+"""The project's one base error for bad input, apart from everything that raises or catches it.
+
+BadInput means "an argument, file or setting a command cannot work with"; its message names the value and what
+is allowed. Each kind of bad input subclasses it where it is detected: ConfigError (ict_core/config), DataError
+(ict_core/data.py), SpaceError (tune/space.py), SearchError, CampaignError, LaunchError (tune/), SchemaError
+(analysis/). Every command line ends in `except BadInput as err: return bad_input(err)` (ict_core/cli), which
+prints one line and exits with code 2, never a traceback. This module imports nothing, so any layer may use it.
+"""
+from __future__ import annotations
+
+
+class BadInput(ValueError):
+    """An argument, file or setting a command cannot work with; the message names it and what is allowed."""
