@@ -97,3 +97,56 @@ def test_run_folder_truncates_logs_and_keeps_the_newest_checkpoints(tmp_path):
         folder.save_checkpoint(step, {"step": step}, keep=2)
     assert sorted(p.name for p in folder.checkpoints.iterdir()) == ["step_0000010", "step_0000015"]
     assert latest_checkpoint(tmp_path).name == "step_0000015"
+
+
+def test_components_take_their_own_settings():
+    """The network is built from its own settings and the preconditioning it needs, the objective from the loss
+    settings and its curriculum: neither needs a whole Config, and the model layer imports no objective."""
+    import ast
+
+    from ict_core import schedule
+    from ict_core.config import curriculum_steps
+    from ict_core.objectives import ConsistencyObjective
+
+    for module in ("network.py", "precision.py"):
+        tree = ast.parse((REPO / "ict_core" / module).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"objectives", "loss", "ict_core.objectives", "ict_core.loss"}, module
+    cfg = _cfg("consistency", "train.total_steps=100")
+    net = build_network(cfg.network, cfg.precond, "consistency", 1, 8)
+    curriculum = schedule.curriculum_from_config(cfg.curriculum, curriculum_steps(cfg))
+    own = ConsistencyObjective(cfg.loss, cfg.precond, curriculum, 64, cfg.eval.sigma_mid)
+    x = torch.randn(8, 1, 8, 8)
+    noise = own.draw(40, 8, x.shape[1:], torch.Generator().manual_seed(5))
+    assert torch.equal(own.loss(net, x, 40, noise)[0], build_objective(cfg, 64).loss(net, x, 40, noise)[0])
+    # The probe loss draws once, through draw(): the same numbers as an explicit draw from the same seed.
+    probe = own.probe_loss(net, x, 40, torch.Generator().manual_seed(5))
+    assert torch.equal(probe, own.loss(net, x, 40, noise)[0])
+
+
+def test_each_list_of_allowed_values_is_written_once_in_the_schema():
+    """No ict_core module outside the config schema spells out a list of a choice field's allowed values; the
+    modules that need one derive it (config.choices), so adding a value touches one line."""
+    import ast
+    import dataclasses as dc
+
+    from ict_core import precision, schedule
+    from ict_core.config import Config, CurriculumConfig, LossConfig, TrainConfig, choices
+
+    allowed = {frozenset(f.metadata["choices"]) for section in dc.fields(Config) for f in dc.fields(section.type)
+               if "choices" in f.metadata and f.name != "name"}  # data.name's list is ict_core/datasets.py's
+    schema = {REPO / "ict_core" / "config.py", REPO / "ict_core" / "config" / "schema.py"}
+    found = []
+    for path in sorted((REPO / "ict_core").rglob("*.py")):
+        if path in schema:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2 and all(
+                    isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                if frozenset(e.value for e in node.elts) in allowed:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert found == []
+    assert schedule.CURRICULUM_SHAPES == choices(CurriculumConfig, "shape")
+    assert (schedule.NOISE_SCHEDULES, schedule.WEIGHTINGS) == (choices(LossConfig, "noise_schedule"),
+                                                               choices(LossConfig, "weighting"))
+    assert precision.PRECISIONS == choices(TrainConfig, "precision")
