@@ -50,7 +50,7 @@ def trained_run(preset: str, steps: int) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ict_core.data import load_dataset
-    from ict_core.sample import load_run
+    from ict_core.cli.sample import load_run
 
     try:
         run = args.run or trained_run(args.preset, args.train_steps)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from ict_core import train as cli
+from ict_core.cli import train as cli
 from ict_core.config import from_dict, list_presets, load_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from dataclasses import fields
 import pytest
 
 from ict_core import data, datasets
-from ict_core import train as cli
+from ict_core.cli import train as cli
 from ict_core.config import (ConfigError, DataConfig, default_huber_c, is_named_value, load_config, resolve_config,
                              resolve_named_value)
 

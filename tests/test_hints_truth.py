@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ict_core import sample, score
-from ict_core import train as cli
+from ict_core.cli import sample, score
+from ict_core.cli import train as cli
 from tune import search
 from tune.space import SpaceError, load_space
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ict_core import schedule, trainer
-from ict_core import train as cli
+from ict_core.cli import train as cli
 from ict_core.config import load_config
 
 TINY = ["train.num_threads=1", "eval.num_samples=20", "train.batch_size=8", "train.log_every=1", "eval.grid=true",
@@ -97,7 +97,7 @@ def test_tensorboard_after_a_resume_holds_every_logged_point_once(cache_dir, tmp
 def test_every_file_of_a_run_and_of_ict_sample_honours_the_umask(cache_dir, tmp_path):
     """config.json, summary.json, provenance.json, meta.json, the sample grid and ict-sample's output were written
     through mkstemp's 0600; every file now gets the mode an open() gives under the user's umask, as the jsonl do."""
-    from ict_core import sample
+    from ict_core.cli import sample
 
     old = os.umask(0o002)
     try:

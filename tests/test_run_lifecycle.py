@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ict_core import metrics, rundir, trainer
-from ict_core import train as cli
+from ict_core.cli import train as cli
 from ict_core.cli import command
 from ict_core.config import load_config
 

@@ -1,4 +1,4 @@
-"""`python -m ict_core.sample` and `python -m ict_core.score` on a run folder made by a real short training."""
+"""`python -m ict_core.cli.sample` and `python -m ict_core.cli.score` on a run folder made by a real short training."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ict_core import sample, score, trainer
+from ict_core import trainer
+from ict_core.cli import sample, score
 from ict_core.config import load_config
 from ict_core.data import load_dataset
 
@@ -36,7 +37,7 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
 def test_sample_writes_images_in_range_and_score_reads_them(run, tmp_path):
     run_dir, cache = run
     out, grid = tmp_path / "s.npz", tmp_path / "s.png"
-    done = _cli("ict_core.sample", str(run_dir), "--num", "300", "--steps", "2", "--seed", "3", "--out", str(out),
+    done = _cli("ict_core.cli.sample", str(run_dir), "--num", "300", "--steps", "2", "--seed", "3", "--out", str(out),
                 "--grid", str(grid))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["num"] == 300
@@ -45,7 +46,7 @@ def test_sample_writes_images_in_range_and_score_reads_them(run, tmp_path):
     assert images.shape == (300, 1, 8, 8) and images.dtype == np.float32
     assert images.min() >= -1.0 and images.max() <= 1.0 and images.std() > 0
     assert grid.stat().st_size > 0
-    scored = _cli("ict_core.score", str(out), "--preset", "tiny", "--set", f"eval.cache_dir={cache}")
+    scored = _cli("ict_core.cli.score", str(out), "--preset", "tiny", "--set", f"eval.cache_dir={cache}")
     assert scored.returncode == 0, scored.stderr
     result = json.loads(scored.stdout.strip().splitlines()[-1])
     assert {"fd", "fd_se", "kid", "nn_dist"} <= result.keys()

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import BadInput
+from ..errors import BadInput
 
 EXIT_BAD_INPUT = 2
 
@@ -63,7 +63,7 @@ def check_writable_folder(path: str | os.PathLike | None, flag: str) -> None:
 def check_data_paths(cfg) -> None:
     """--dry-run's check that the files a config reads exist: data.path of a data set that needs one, and
     eval.inception_path when eval.features=inception."""
-    from .datasets import NEEDS_PATH
+    from ..datasets import NEEDS_PATH
 
     if cfg.data.name in NEEDS_PATH and not Path(cfg.data.path).expanduser().exists():
         raise BadInput(f"data.path={cfg.data.path!r} does not exist (data.name={cfg.data.name} reads a local folder; "

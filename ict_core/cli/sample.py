@@ -1,6 +1,6 @@
 """Command line: draw images from a trained run.
 
-    python -m ict_core.sample RUN_DIR --num N --steps 1|2 [--seed S] [--weights ema|student] --out FILE.npz
+    python -m ict_core.cli.sample RUN_DIR --num N --steps 1|2 [--seed S] [--weights ema|student] --out FILE.npz
                               [--grid FILE.png]
 
 RUN_DIR is a run folder written by ict_core.train (its config.json and newest checkpoint are used) or one of
@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import bad_input
-from .errors import BadInput
-from .config import ConfigError, from_dict
+from . import bad_input
+from ..errors import BadInput
+from ..config import ConfigError, from_dict
 
 _CHUNK = 1000  # images per sampler call
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ict_core.sample", description="Sample images from a trained run.")
+    parser = argparse.ArgumentParser(prog="python -m ict_core.cli.sample", description="Sample images from a trained run.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (or one of its checkpoint folders)")
     parser.add_argument("--num", type=int, required=True, help="number of images")
     parser.add_argument("--steps", type=int, default=None, help="consistency sampling steps: 1 or 2 (default 1)")
@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_run(run_dir: str | Path, weights: str = "ema", device: str = "cpu"):
     """(config, network in eval mode on `device`, checkpoint folder) of a run folder or checkpoint folder."""
-    from .data import load_dataset
-    from .network import build_network
-    from .rundir import CONFIG, latest_checkpoint, load_checkpoint
+    from ..data import load_dataset
+    from ..network import build_network
+    from ..rundir import CONFIG, latest_checkpoint, load_checkpoint
 
     path = Path(run_dir)
     if not path.exists():
@@ -61,7 +61,7 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "cpu"):
     if state.get(weights) is None:
         raise ConfigError(f"checkpoint {ckpt} holds no {weights!r} weights")
     dataset = load_dataset(cfg.data, seed=cfg.data.seed)
-    from .objectives import objective_class
+    from ..objectives import objective_class
 
     net = build_network(cfg.network, cfg.precond, objective_class(cfg.loss.objective).precond, dataset.channels,
                         dataset.resolution)
@@ -73,7 +73,7 @@ def load_run(run_dir: str | Path, weights: str = "ema", device: str = "cpu"):
 def sample_images(cfg, net, num: int, steps: int | None, seed: int, shape_cr: tuple[int, int],
                   device: torch.device) -> torch.Tensor:
     """(num, C, H, W) float32 in [-1, 1] on the CPU, from a CPU generator seeded with `seed`."""
-    from .objectives import build_objective
+    from ..objectives import build_objective
 
     channels, resolution = shape_cr
     objective = build_objective(cfg, channels * resolution * resolution)
@@ -99,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--out must name a .npz file, got {args.out!r}")
         if args.grid is not None and not args.grid.endswith(".png"):
             raise ConfigError(f"--grid must name a .png file, got {args.grid!r}")
-        from .dist import resolve_device
+        from ..dist import resolve_device
 
         device = resolve_device(args.device)
         cfg, net, ckpt, shape_cr = load_run(args.run_dir, args.weights, device)
-        from .objectives import objective_class
+        from ..objectives import objective_class
 
         objective = objective_class(cfg.loss.objective)
         if not objective.sample_steps and args.steps is not None:
@@ -114,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         images = sample_images(cfg, net, args.num, steps, args.seed, shape_cr, device)
     except BadInput as err:  # ConfigError, or a DataError: the run's data files are gone
         return bad_input(err)
-    from .fileio import atomic_write
+    from ..fileio import atomic_write
 
     out = Path(args.out)
     atomic_write(out, lambda handle: np.savez(handle, images=images.numpy().astype(np.float32)))
     if args.grid:  # upscaled and labelled like the grids a run writes at each evaluation
-        from .metrics import save_sample_grid
-        from .objectives import build_objective
+        from ..metrics import save_sample_grid
+        from ..objectives import build_objective
 
         label = build_objective(cfg, shape_cr[0] * shape_cr[1] ** 2).sampler_label(steps)
         save_sample_grid({label: images[:64]}, args.grid,

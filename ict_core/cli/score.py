@@ -1,9 +1,9 @@
 """Command line: score a file of images against a preset's data set, as the trainer's evaluation does.
 
-    python -m ict_core.score FILE.npz --preset P [--set key=value ...]
-    python -m ict_core.score FILE.npz --run RUN_DIR [--set key=value ...]   # the data and features of a run
+    python -m ict_core.cli.score FILE.npz --preset P [--set key=value ...]
+    python -m ict_core.cli.score FILE.npz --run RUN_DIR [--set key=value ...]   # the data and features of a run
 
-FILE.npz holds `images`, N x C x H x W float32 in [-1, 1] (what ict_core.sample writes). Prints one JSON line:
+FILE.npz holds `images`, N x C x H x W float32 in [-1, 1] (what ict_core.cli.sample writes). Prints one JSON line:
 fd (Frechet distance in the preset's feature network, against its reference statistics), fd_se (bootstrap
 standard error of fd), kid, nn_dist (mean RMS distance of each image to its nearest training image) and
 nn_dist_ref (the same for held-out real images: nn_dist well below it means copies). Bad input exits with 2.
@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import bad_input
-from .errors import BadInput
-from .config import ConfigError, load_config
+from . import bad_input
+from ..errors import BadInput
+from ..config import ConfigError, load_config
 
 KID_SUBSETS = 10
 MAX_REFERENCE = 10_000  # reference images for KID, as in the trainer's evaluation
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ict_core.score",
+    parser = argparse.ArgumentParser(prog="python -m ict_core.cli.score",
                                      description="FD, its standard error, KID and nearest-neighbour distance of images.")
     parser.add_argument("file", metavar="FILE.npz", help=".npz with `images`: N x C x H x W float32 in [-1, 1]")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -69,8 +69,8 @@ def load_images(path: str | Path) -> torch.Tensor:
 @torch.no_grad()
 def score_images(images: torch.Tensor, cfg, device: torch.device | str = "cpu") -> dict:
     """fd, fd_se, kid, nn_dist, nn_dist_ref of `images` against cfg's data set (see the module docstring)."""
-    from . import metrics
-    from .data import load_dataset
+    from .. import metrics
+    from ..data import load_dataset
 
     dataset = load_dataset(cfg.data, seed=cfg.data.seed)
     expected = (dataset.channels, dataset.resolution, dataset.resolution)
@@ -100,8 +100,8 @@ def score_images(images: torch.Tensor, cfg, device: torch.device | str = "cpu") 
 
 def run_config(run: str | Path, overrides: list[str]):
     """The config of a run folder (its config.json) or of a checkpoint folder's run, with `overrides` applied."""
-    from .config import from_dict
-    from .rundir import CONFIG, run_dir_of
+    from ..config import from_dict
+    from ..rundir import CONFIG, run_dir_of
 
     path = Path(run).expanduser()
     folder = run_dir_of(path) if (path / "state.pt").is_file() else path
@@ -114,7 +114,7 @@ def run_config(run: str | Path, overrides: list[str]):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from .dist import resolve_device
+        from ..dist import resolve_device
 
         cfg = run_config(args.run, args.overrides) if args.run else load_config(args.preset, args.overrides)
         images = load_images(args.file)

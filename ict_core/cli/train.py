@@ -18,11 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from .cli import bad_input, check_data_paths, command
-from .errors import BadInput
-from .config import ConfigError, from_dict, list_presets, load_config, preset_description, resolve_config
-from .datasets import dataset_dim
-from .rundir import RUN_FILES
+from . import bad_input, check_data_paths, command
+from ..errors import BadInput
+from ..config import ConfigError, from_dict, list_presets, load_config, preset_description, resolve_config
+from ..datasets import dataset_dim
+from ..rundir import RUN_FILES
 
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as a shell reports a killed job
 
@@ -68,7 +68,7 @@ def _refuse_existing(run_dir: Path, flag: str) -> None:
 def _resolve(args: argparse.Namespace):
     """(config, run_dir, resume_from) from the arguments."""
     if args.resume:
-        from .rundir import CONFIG, latest_checkpoint, run_dir_of
+        from ..rundir import CONFIG, latest_checkpoint, run_dir_of
 
         source = Path(args.resume).expanduser()
         if not source.exists():
@@ -119,8 +119,8 @@ def _fmt(value, spec: str = ".4g") -> str:
 
 def end_message(summary: dict) -> str:
     """What a person needs when a run ends: how it ended, where its samples and checkpoints are, how to go on."""
-    from .records import COMPLETED, DIVERGED, INTERRUPTED  # here, not at the top: pyarrow slows --help
-    from .rundir import latest_checkpoint
+    from ..records import COMPLETED, DIVERGED, INTERRUPTED  # here, not at the top: pyarrow slows --help
+    from ..rundir import latest_checkpoint
 
     run_dir = Path(summary["run_dir"])
     quoted = shlex.quote(str(run_dir))
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(yaml.safe_dump(tree, sort_keys=False), end="")
                 print(_resolved_note(cfg), end="")
             return 0
-        from .trainer import train
+        from ..trainer import train
 
         summary = train(cfg, run_dir=run_dir, resume_from=resume_from, handle_signals=True)
     except BadInput as err:  # ConfigError, DataError, a missing file: not a bug
@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             hint = f"; continue from its newest checkpoint with {train_command()} --resume {shlex.quote(str(run_dir))}"
         print(f"\n[ict] interrupted before a checkpoint of the current step was written{hint}", file=sys.stderr)
         return EXIT_ON_SIGNAL["SIGINT"]
-    from .records import COMPLETED, INTERRUPTED
-    from .rundir import json_safe
+    from ..records import COMPLETED, INTERRUPTED
+    from ..rundir import json_safe
 
     keys = ("status", "step", "fd", "fd_2step", "kid", "best_fd", "wall_s", "run_dir")
     print(json.dumps(json_safe({k: summary.get(k) for k in keys}), default=str))
