@@ -34,7 +34,7 @@ def curriculum_columns(df: pd.DataFrame) -> list[str]:
 
 def curriculum_label(row: pd.Series, columns: list[str]) -> str:
     """"exponential s0=10 s1=1280": the shape plus its other curriculum keys that are set. The adaptive_*
-    keys act on the adaptive shape only (ict_core/config.py), so other shapes leave them out: they neither
+    keys act on the adaptive shape only (ict_core/config/schema.py), so other shapes leave them out: they neither
     name nor split those curricula."""
     parts = [str(row[SHAPE_KEY])]
     adaptive = str(row[SHAPE_KEY]) == "adaptive"

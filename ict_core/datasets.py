@@ -1,6 +1,6 @@
 """The data sets a run can train on, each described once: the single home of these facts.
 
-config.py takes data.name's choices and its cross-field checks from here, data.py looks up each data set's
+ict_core/config takes data.name's choices and its cross-field checks from here, data.py looks up each data set's
 loader here, and tune/ and analysis/ read channels and native resolution from here (d = C*H*W, the `dataset`
 column "name-resolution"). This module imports nothing of the project, so any of them may import it.
 

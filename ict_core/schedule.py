@@ -12,7 +12,7 @@ import torch
 
 from .config import CurriculumConfig, LossConfig, choices
 
-# The allowed values are written once, in the config schema (ict_core/config.py); these are views of them.
+# The allowed values are written once, in the config schema (ict_core/config/schema.py); these are views of them.
 CURRICULUM_SHAPES = choices(CurriculumConfig, "shape")
 # Shapes that are functions of the step alone; "adaptive" also depends on the training signal (Curriculum).
 FIXED_CURRICULUM_SHAPES = tuple(shape for shape in CURRICULUM_SHAPES if shape != "adaptive")

@@ -25,7 +25,7 @@ from .evaluate import Evaluations
 from .objectives import build_objective, slice_noise
 from .precision import check_compile, training_forwards
 from .records import COMPLETED, DIVERGED, INTERRUPTED, RUNNING, report_row
-from .rundir import (FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, read_checkpoint_config,
+from .rundir import (RunFolder, latest_checkpoint, load_checkpoint, read_checkpoint_config,
                      run_dir_for)
 from .runlog import RunLog
 from .schedule import CurriculumFeed

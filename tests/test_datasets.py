@@ -8,8 +8,8 @@ import pytest
 
 from ict_core import data, datasets
 from ict_core.cli import train as cli
-from ict_core.config import (ConfigError, DataConfig, default_huber_c, is_named_value, load_config, resolve_config,
-                             resolve_named_value)
+from ict_core.config import ConfigError, DataConfig, default_huber_c, load_config, resolve_config
+from tune.named_values import is_named_value, resolve_named_value
 
 
 def test_config_choices_and_unknown_name_error_come_from_the_registry():

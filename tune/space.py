@@ -47,9 +47,10 @@ import yaml
 
 from ict_core import datasets
 from ict_core.errors import BadInput
-from ict_core.config import (ConfigError, all_keys, coerce, in_range, is_named_value, load_config, one_of,
-                              parse_record, preset_overrides, resolve_named_value)
+from ict_core.config import (ConfigError, all_keys, coerce, in_range, load_config, one_of, parse_record,
+                              preset_overrides)
 from ict_core.records import SEARCH_METRICS
+from tune.named_values import is_named_value, resolve_named_value
 from tune.store import INPUT_KEYS, absolute_input
 
 SPACE_DIR = Path(__file__).parent / "spaces"

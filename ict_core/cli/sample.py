@@ -20,7 +20,7 @@ import torch
 
 from . import bad_input
 from ..errors import BadInput
-from ..config import ConfigError, from_dict
+from ..config import ConfigError, TrainConfig, choices, from_dict
 
 _CHUNK = 1000  # images per sampler call
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluation EMA (default) or the raw student")
     parser.add_argument("--out", required=True, help="output .npz file")
     parser.add_argument("--grid", default=None, help="also write the first 64 images as a PNG grid here")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=choices(TrainConfig, "device"), default="auto")
     return parser
 
 

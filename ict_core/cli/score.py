@@ -20,7 +20,7 @@ import torch
 
 from . import bad_input
 from ..errors import BadInput
-from ..config import ConfigError, load_config
+from ..config import ConfigError, TrainConfig, choices, load_config
 
 KID_SUBSETS = 10
 MAX_REFERENCE = 10_000  # reference images for KID, as in the trainer's evaluation
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a run folder (or one of its checkpoints): score against that run's data set and features")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one dotted config key of the preset (repeatable)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=choices(TrainConfig, "device"), default="cpu")
     return parser
 
 

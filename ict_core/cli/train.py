@@ -1,6 +1,6 @@
 """Command line: `python -m ict_core.train --preset digits --set train.total_steps=500 [--dry-run]`.
 
-Configuration comes from the defaults in config.py, then the preset YAML, then each --set key=value.
+Configuration comes from the defaults in ict_core/config/schema.py, then the preset YAML, then each --set key=value.
 A bad key or value prints the ConfigError message and exits with code 2; so does an --out folder that already
 holds a run (continue it with --resume instead). Ctrl-C (SIGINT) or SIGTERM stops after the current step with a
 checkpoint and exits with 130 or 143; every run ends by printing where its samples and checkpoints are and the
