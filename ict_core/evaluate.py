@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from .config import EvalConfig
 from .dist import broadcast_floats
 from .records import EVALUATOR_METRICS
 
@@ -22,23 +22,25 @@ _SAMPLE_CHUNK = 1000  # images per sampler call during evaluation
 
 class Evaluator:
     """Feature FD (one- and two-step, or Heun for diffusion), KID, train/held-out loss and nearest-neighbour
-    distances of the EMA network. Noise is fixed per run, and the global RNG is left untouched."""
+    distances of the EMA network. Noise is fixed per run (by `seed`, the run's train.seed), and the global RNG is
+    left untouched. `settings` is the eval section (EvalConfig); `total_steps` only titles the sample grids."""
 
-    def __init__(self, cfg: Config, dataset, device: torch.device, objective):
+    def __init__(self, settings: EvalConfig, seed: int, dataset, device: torch.device, objective,
+                 total_steps: int = 0):
         from . import metrics
 
-        self.cfg = cfg
+        self.settings, self.seed, self.total_steps = settings, seed, total_steps
         self.dataset = dataset
         self.device = device
         self.objective = objective
         self.metrics = metrics
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            self.extractor = metrics.get_feature_extractor(dataset, cfg.eval, device)
-            self.ref_mu, self.ref_sigma = metrics.reference_stats(dataset, self.extractor, cfg.eval.cache_dir)
-            g = torch.Generator().manual_seed(cfg.train.seed + EVAL_SEED_OFFSET)
+            self.extractor = metrics.get_feature_extractor(dataset, settings, device)
+            self.ref_mu, self.ref_sigma = metrics.reference_stats(dataset, self.extractor, settings.cache_dir)
+            g = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
             train = dataset.train
             reference = metrics.reference_images(dataset, self.extractor)  # KID's reference is FD's
-            num_ref = min(len(reference), max(2 * cfg.eval.num_samples, 1000), 10_000)
+            num_ref = min(len(reference), max(2 * settings.num_samples, 1000), 10_000)
             ref_idx = torch.randperm(len(reference), generator=g)[:num_ref]
             self.ref_images = reference[ref_idx]
             self.ref_feats = self._features(self.ref_images)
@@ -60,12 +62,12 @@ class Evaluator:
     @torch.no_grad()
     def _sample(self, net, steps: int | None, seed: int) -> torch.Tensor:
         """eval.num_samples samples of `net` in `steps` (None: the objective's own sampler) from fixed noise."""
-        cfg = self.cfg
+        num_samples = self.settings.num_samples
         generator = torch.Generator(device=self.device).manual_seed(seed)
         out = []
         # Chunks bound the activation memory of a 10k-sample evaluation next to the training state on a GPU.
-        for start in range(0, cfg.eval.num_samples, _SAMPLE_CHUNK):
-            count = min(_SAMPLE_CHUNK, cfg.eval.num_samples - start)
+        for start in range(0, num_samples, _SAMPLE_CHUNK):
+            count = min(_SAMPLE_CHUNK, num_samples - start)
             shape = (count, self.dataset.channels, self.dataset.resolution, self.dataset.resolution)
             out.append(self.objective.sample(net, shape, steps, generator, self.device))
         return torch.cat(out)
@@ -80,12 +82,11 @@ class Evaluator:
     def __call__(self, net: torch.nn.Module, step: int, sample_path: Path | None = None,
                  student: torch.nn.Module | None = None) -> dict:
         """Metrics of `net` (the evaluation EMA); fd_student is the FD of `student` from the same noise."""
-        cfg = self.cfg
         nets = [net] + ([student] if student is not None else [])
         was_training = [m.training for m in nets]
         for m in nets:
             m.eval()
-        seed = cfg.train.seed + EVAL_SEED_OFFSET
+        seed = self.seed + EVAL_SEED_OFFSET
         two_step = 2 in self.objective.sample_steps
         one = 1 if two_step else None  # the one-step sampler, or the objective's own
         out = {}
@@ -110,12 +111,12 @@ class Evaluator:
                 out["nn_dist_ref"] = self.nn_dist_ref
                 out["loss_train"] = self._probe_loss(net, self.probe_train, step, seed + 2)
                 out["loss_heldout"] = self._probe_loss(net, self.probe_heldout, step, seed + 2)
-                if sample_path is not None and cfg.eval.grid:
+                if sample_path is not None and self.settings.grid:
                     panels = {self.objective.sampler_label(one): samples[:64].cpu()}
                     if two is not None:
                         panels[self.objective.sampler_label(2)] = two[:64].cpu()
                     self.metrics.save_sample_grid(panels, sample_path,
-                                                  title=f"step {step}/{cfg.train.total_steps}, EMA network")
+                                                  title=f"step {step}/{self.total_steps}, EMA network")
         finally:
             for m, mode in zip(nets, was_training):
                 m.train(mode)
@@ -132,8 +133,11 @@ class Evaluations:
     which trains or loads the feature network), and every rank gets the same values. Keeps the last evaluation
     and the best fd so far, which the run's checkpoints hold (state_dict)."""
 
-    def __init__(self, cfg: Config, dataset, device: torch.device, objective, rank: int, world_size: int):
-        self.cfg, self.dataset, self.device, self.objective = cfg, dataset, device, objective
+    def __init__(self, settings: EvalConfig, seed: int, total_steps: int, dataset, device: torch.device, objective,
+                 rank: int, world_size: int):
+        """settings: the eval section (EvalConfig); seed: the run's train.seed; see Evaluator."""
+        self.settings, self.seed, self.total_steps = settings, seed, total_steps
+        self.dataset, self.device, self.objective = dataset, device, objective
         self.rank, self.world_size = rank, world_size
         self.evaluator: Evaluator | None = None
         self.last = no_evaluation()
@@ -145,7 +149,8 @@ class Evaluations:
         values, result = [float("nan")] * len(EVALUATOR_METRICS), None
         if self.rank == 0:
             if self.evaluator is None:
-                self.evaluator = Evaluator(self.cfg, self.dataset, self.device, self.objective)
+                self.evaluator = Evaluator(self.settings, self.seed, self.dataset, self.device, self.objective,
+                                           self.total_steps)
             result = self.evaluator(net, step, sample_path, student=student)
             values = [float(result[k]) for k in EVALUATOR_METRICS]
         self.last = dict(zip(EVALUATOR_METRICS, broadcast_floats(values, self.device, self.world_size)))

@@ -82,7 +82,8 @@ class Run:
         self.curriculum = (CurriculumFeed(curriculum, lambda mean: agreed_mean(mean, self.device, self.world_size),
                                           self.device, self.is_main)
                            if curriculum is not None and curriculum.adaptive else None)
-        self.evals = Evaluations(cfg, self.dataset, self.device, self.objective, self.rank, self.world_size)
+        self.evals = Evaluations(cfg.eval, cfg.train.seed, cfg.train.total_steps, self.dataset, self.device,
+                                 self.objective, self.rank, self.world_size)
 
         self.step, self.images_seen, self.elapsed_before = 0, 0, 0.0
         self.final_metrics: dict = {}  # the last report's metrics: the head of the summary

@@ -69,7 +69,7 @@ def test_training_on_digits_lowers_feature_fd(cache_dir, tmp_path):
     objective = build_objective(cfg_resolved, dataset.dim)
     initial_net = build_network(cfg_resolved.network, cfg_resolved.precond, objective.precond, dataset.channels,
                                 dataset.resolution)
-    evaluator = Evaluator(cfg_resolved, dataset, torch.device("cpu"), objective)
+    evaluator = Evaluator(cfg_resolved.eval, cfg_resolved.train.seed, dataset, torch.device("cpu"), objective)
     initial = evaluator(initial_net, 0)
 
     reports = []
