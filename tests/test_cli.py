@@ -138,3 +138,22 @@ def test_search_and_campaign_dry_runs_exit_2_naming_a_missing_data_path(tmp_path
     assert "no-such-folder" in capsys.readouterr().err
     (tmp_path / "no-such-folder").mkdir()
     assert search.main(["--space", "c_scaling", "--dry-run", "--no-timing", "--storage", str(tmp_path)]) == 0
+
+
+def test_command_lines_live_under_ict_core_cli_and_errors_in_their_own_module():
+    """Names say what a file is: the command lines are ict_core/cli/*, the library beside them keeps library
+    names (no sample.py beside sampling.py), ict_core/train.py only runs the training command line, and the
+    errors every layer raises live in ict_core/errors.py, which imports nothing of the project."""
+    import ast
+
+    from ict_core import errors
+
+    core = REPO / "ict_core"
+    assert {p.stem for p in (core / "cli").glob("*.py")} >= {"__init__", "train", "sample", "score"}
+    assert not (core / "sample.py").exists() and not (core / "score.py").exists() and not (core / "cli.py").exists()
+    entry = ast.parse((core / "train.py").read_text()).body
+    assert [type(node) for node in entry] == [ast.Expr, ast.If]  # the docstring, then `if __name__ == "__main__"`
+    assert issubclass(errors.ConfigError, errors.BadInput) and issubclass(errors.BadInput, ValueError)
+    imports = [n for n in ast.walk(ast.parse((core / "errors.py").read_text())) if isinstance(n, ast.ImportFrom)]
+    assert [n.module for n in imports] == ["__future__"]
+    assert cli.main.__module__ == "ict_core.cli.train"
