@@ -18,9 +18,6 @@ _KID_SUBSETS = 10  # 100 costs seconds per evaluation at small scale; 10 suffice
 _LOSS_PROBE_IMAGES = 256  # images in the fixed train / held-out subsets of loss_train and loss_heldout
 _SAMPLE_CHUNK = 1000  # images per sampler call during evaluation
 
-# What an evaluation measures: named in ict_core/records.py (fd_se is metrics.frechet_distance_se).
-EVAL_KEYS = EVALUATOR_METRICS
-
 
 class Evaluator:
     """Feature FD (one- and two-step, or Heun for diffusion), KID, train/held-out loss and nearest-neighbour
@@ -125,8 +122,8 @@ class Evaluator:
 
 
 def no_evaluation() -> dict:
-    """The metrics of a run not evaluated yet (or whose network diverged): NaN for every EVAL_KEYS entry."""
-    return {k: float("nan") for k in EVAL_KEYS}
+    """The metrics of a run not evaluated yet (or whose network diverged): NaN for every EVALUATOR_METRICS entry."""
+    return {k: float("nan") for k in EVALUATOR_METRICS}
 
 
 class Evaluations:
@@ -144,13 +141,13 @@ class Evaluations:
     def __call__(self, net: torch.nn.Module, step: int, sample_path: Path, student: torch.nn.Module) -> dict | None:
         """Evaluate `net` (the evaluation EMA) and `student` on rank 0; every rank's `last` becomes its values.
         Returns rank 0's result (None on the other ranks)."""
-        values, result = [float("nan")] * len(EVAL_KEYS), None
+        values, result = [float("nan")] * len(EVALUATOR_METRICS), None
         if self.rank == 0:
             if self.evaluator is None:
                 self.evaluator = Evaluator(self.cfg, self.dataset, self.device, self.objective)
             result = self.evaluator(net, step, sample_path, student=student)
-            values = [float(result[k]) for k in EVAL_KEYS]
-        self.last = dict(zip(EVAL_KEYS, broadcast_floats(values, self.device, self.world_size)))
+            values = [float(result[k]) for k in EVALUATOR_METRICS]
+        self.last = dict(zip(EVALUATOR_METRICS, broadcast_floats(values, self.device, self.world_size)))
         fd = self.last["fd"]
         if math.isfinite(fd) and not fd >= self.best_fd:
             self.best_fd = fd

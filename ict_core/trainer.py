@@ -24,7 +24,7 @@ from .ema import ema_beta, ema_update, frozen_copy
 from .evaluate import Evaluations, Evaluator
 from .objectives import build_objective, slice_noise
 from .precision import check_compile, training_forwards
-from .records import COMPLETED, DIVERGED, INTERRUPTED, REPORT_KEYS, RUNNING, report_row
+from .records import COMPLETED, DIVERGED, INTERRUPTED, RUNNING, report_row
 from .rundir import (FAULT_MARKER, RunFolder, latest_checkpoint, load_checkpoint, read_checkpoint_config,
                      run_dir_for)
 from .runlog import RunLog
@@ -35,10 +35,8 @@ Report = Callable[[dict, "str | None"], None]
 
 _DROPOUT_SEED_STRIDE = 1_000_003  # rank r seeds its dropout RNG with seed + r * stride
 
-METRIC_KEYS = REPORT_KEYS  # named in ict_core/records.py
-
 # Evaluator, FAULT_MARKER, latest_checkpoint and resolve_config are also read from here by tests/test_trainer.py.
-__all__ = ["train", "Run", "Report", "METRIC_KEYS", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile",
+__all__ = ["train", "Run", "Report", "FAULT_MARKER", "Evaluator", "ConfigError", "check_compile",
            "latest_checkpoint", "resolve_config"]
 
 

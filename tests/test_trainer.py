@@ -16,6 +16,7 @@ from ict_core import trainer
 from ict_core.config import load_config
 from ict_core.data import load_dataset
 from ict_core.objectives import build_objective
+from ict_core.records import REPORT_KEYS
 from ict_core.network import build_network
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +76,7 @@ def test_training_on_digits_lowers_feature_fd(cache_dir, tmp_path):
     assert summary["loss_train"] < initial["loss_train"]
     assert [m["step"] for m, _ in reports] == [200]
     assert all(m["evaluated"] for m, _ in reports) and reports[-1][0]["status"] == "completed"
-    assert set(trainer.METRIC_KEYS) <= set(reports[-1][0])
+    assert set(REPORT_KEYS) <= set(reports[-1][0])
     assert all(Path(c, "state.pt").is_file() for _, c in reports[-1:])
     assert summary["nn_dist_ref"] > 0 and summary["nn_dist"] > 0
     # The run folder of the contract, with huber_c resolved to 0.00054 sqrt(64).
@@ -269,7 +270,7 @@ def test_evaluations_record_the_students_fd_and_the_fd_standard_error(cache_dir,
     lagged = trainer.train(tiny(cache_dir, "train.total_steps=20", "train.ema_rate=0.999", "train.ema_rampup=0.5"),
                            run_dir=tmp_path / "lagged")
     assert lagged["fd_student"] == same["fd_student"] and lagged["fd"] != lagged["fd_student"]
-    assert set(trainer.METRIC_KEYS) >= {"fd_student", "fd_se"}
+    assert set(REPORT_KEYS) >= {"fd_student", "fd_se"}
 
 
 def test_compile_with_dropout_is_refused_before_training(cache_dir, tmp_path):

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from ict_core import datasets
 from ict_core import rundir
 from ict_core.fileio import atomic_path, atomic_write_text
-from ict_core.records import (COMPLETED, CONFIG_TYPES, DIVERGED, ERRORED, EVAL_METRICS, EVALS_FILE,  # noqa: F401
-                              EVALS_SCHEMA, FINAL_METRICS, META_DIRECTION, META_EXPERIMENT, META_METRIC,
+from ict_core.records import (COMPLETED, CONFIG_TYPES, DIVERGED, ERRORED, EVAL_METRICS, EVALS_FILE,
+                              FINAL_METRICS, META_DIRECTION, META_EXPERIMENT, META_METRIC,
                               META_SEARCHED, META_SPACE, PRUNED, STATUSES, TRIALS_FILE, TRIALS_SCHEMA, evals_schema)
 
 def _cell(value: Any, dtype: pa.DataType) -> Any:
