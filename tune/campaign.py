@@ -30,7 +30,7 @@ from ict_core.cli import BadInput, bad_input, check_writable_folder, command
 from ict_core.config import ConfigError, load_config, parse_overrides
 from tune.findings import ExportError, export_findings, hours_text
 from tune.search import check_max_failures, check_plan_paths, format_plan, resolve_plan, resources, run_search
-from tune.space import BUDGETS, SpaceError, list_spaces
+from tune.space_schema import BUDGETS, SpaceError, list_spaces
 from tune.store import ExperimentFolder, check_storage_option, is_uri, join, report_copy
 
 STATE_FILE = "campaign.json"
