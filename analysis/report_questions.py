@@ -33,50 +33,65 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     per = cs.per_dataset
     if per.empty:
         rep.gap(Q1, "Q1 (c scaling): no c-scaling experiment found (no data set has completed "
-                              "Pseudo-Huber runs at 3 or more values of loss.huber_c)")
+                    "Pseudo-Huber runs at 3 or more values of loss.huber_c)")
         return
     rep.results["c_scaling"] = cs
-    parts = []
-    for _, r in per.iterrows():
-        spans = r["bound"] == TWO_SIDED and r["c_lo"] <= r["c_min"] and r["c_hi"] >= r["c_max"]
-        extra = [] if r["bound"] == TWO_SIDED else ["the optimum is not bracketed by tested values"]
-        text = (f"on {r['dataset']} (d={int(r['dim'])}, {runs_text(r['num_runs'], r['num_c'], r['num_seeds'], 'c')}) "
-                + optimum_text(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], r["vertex_far"], "c",
-                                plateau=r.get("c_plateau", math.nan)))
-        if r["diverged_levels"]:
-            text += f"; diverged: {r['diverged_levels']}"
-        if r["left_out"]:
-            text += f"; left out: {r['left_out']}"
-        parts.append((text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)))
-    sentence = "Q1, the best Pseudo-Huber c: " + joined(parts)
-    budgets = ",".join(sorted(set(",".join(per["budgets"]).split(",")) - {""}))
-    seeds = int(per["num_seeds"].min())
+    sentence = "Q1, the best Pseudo-Huber c: " + joined([_c_dataset_text(r) for _, r in per.iterrows()])
     if cs.fit is not None:
-        f = cs.fit
-        law = f"fitting c* = a d^b across {f.num_datasets} data sets gives "
-        if np.isfinite(f.b_lo):
-            inside = "contains" if f.b_contains_paper else "excludes"
-            how = (f"Student t over the data sets' scatter about the law, {int(f.df)} df" if f.method == "scatter" else
-                   f"fitted jointly from the {f.num_runs} runs near the optima, one curve shifted by b ln d, "
-                   f"{int(f.df)} df" + ("; widened to the data sets' scatter about the law" if "scatter" in f.method
-                                        else "") + ("; widened to the slopes the two c* brackets allow"
-                                                    if "brackets" in f.method else "")
-                   + ("; two data sets cannot show scatter about the law" if f.num_datasets < 3 else ""))
-            law += (f"b = {fmt_ci(f.b, f.b_lo, f.b_hi)} and a = {fmt_ci(f.a, f.a_lo, f.a_hi)} ({how}), whose "
-                    f"interval {inside} the paper's b = {PAPER_B} (a = 0.00054)")
-            reasons = caveats(seeds, budgets)
-        else:
-            law += f"b = {fmt(f.b)} with no interval (n < 3 data sets: two points always lie on a line)"
-            reasons = caveats(seeds, budgets, extra=["only two data sets"])
-        if f.excluded:
-            law += f"; kept out of the fit (one-sided c*): {', '.join(f.excluded)}"
-        sentence += "; " + labelled(law, reasons) + "."
+        sentence += "; " + _law_text(cs.fit, int(per["num_seeds"].min()), _budgets(per["budgets"])) + "."
     else:
         sentence += "."
         located = int((per["bound"] == TWO_SIDED).sum())
         rep.gap(Q1_LAW, "Q1, exponent b of c* = a d^b: needs c* located on both sides on two or more data sets "
-                              f"of different dimension; found {located}")
+                        f"of different dimension; found {located}")
     rep.answer(sentence, Q1, *([Q1_LAW] if cs.fit is not None else []))
+    _c_scaling_tables(rep, cs, metric, n_boot, level)
+
+
+def _budgets(column: pd.Series) -> str:
+    """The budgets of a table's comma-joined `budgets` column, each once, comma-joined."""
+    return ",".join(sorted(set(",".join(column).split(",")) - {""}))
+
+
+def _c_dataset_text(r) -> tuple[str, list[str]]:
+    """Q1's answer for one data set (a row of estimate_c_star's per_dataset) and why it is inconclusive."""
+    spans = r["bound"] == TWO_SIDED and r["c_lo"] <= r["c_min"] and r["c_hi"] >= r["c_max"]
+    extra = [] if r["bound"] == TWO_SIDED else ["the optimum is not bracketed by tested values"]
+    text = (f"on {r['dataset']} (d={int(r['dim'])}, {runs_text(r['num_runs'], r['num_c'], r['num_seeds'], 'c')}) "
+            + optimum_text(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], r["vertex_far"], "c",
+                           plateau=r.get("c_plateau", math.nan)))
+    if r["diverged_levels"]:
+        text += f"; diverged: {r['diverged_levels']}"
+    if r["left_out"]:
+        text += f"; left out: {r['left_out']}"
+    return text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)
+
+
+def _law_text(f, seeds: int, budgets: str) -> str:
+    """Q1's answer on b and a of c* = a d^b (the fit of estimate_c_star), labelled when inconclusive."""
+    law = f"fitting c* = a d^b across {f.num_datasets} data sets gives "
+    if np.isfinite(f.b_lo):
+        inside = "contains" if f.b_contains_paper else "excludes"
+        how = (f"Student t over the data sets' scatter about the law, {int(f.df)} df" if f.method == "scatter" else
+               f"fitted jointly from the {f.num_runs} runs near the optima, one curve shifted by b ln d, "
+               f"{int(f.df)} df" + ("; widened to the data sets' scatter about the law" if "scatter" in f.method
+                                    else "") + ("; widened to the slopes the two c* brackets allow"
+                                                if "brackets" in f.method else "")
+               + ("; two data sets cannot show scatter about the law" if f.num_datasets < 3 else ""))
+        law += (f"b = {fmt_ci(f.b, f.b_lo, f.b_hi)} and a = {fmt_ci(f.a, f.a_lo, f.a_hi)} ({how}), whose "
+                f"interval {inside} the paper's b = {PAPER_B} (a = 0.00054)")
+        reasons = caveats(seeds, budgets)
+    else:
+        law += f"b = {fmt(f.b)} with no interval (n < 3 data sets: two points always lie on a line)"
+        reasons = caveats(seeds, budgets, extra=["only two data sets"])
+    if f.excluded:
+        law += f"; kept out of the fit (one-sided c*): {', '.join(f.excluded)}"
+    return labelled(law, reasons)
+
+
+def _c_scaling_tables(rep: Report, cs, metric: str, n_boot: int, level: float) -> None:
+    """Q1's tables, plot and section."""
+    per = cs.per_dataset
     fit_df = pd.DataFrame([] if cs.fit is None else [{
         "a": cs.fit.a, "a_lo": cs.fit.a_lo, "a_hi": cs.fit.a_hi, "b": cs.fit.b, "b_lo": cs.fit.b_lo,
         "b_hi": cs.fit.b_hi, "df": cs.fit.df, "residual_sd": cs.fit.residual_sd, "num_datasets": cs.fit.num_datasets,
@@ -106,29 +121,12 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
         rep.gap(Q2, f"Q2 (dropout): {err}")
         return
     if dr.best.empty:
-        rates = ""
-        if "network.dropout" in trials.columns and "loss.objective" in trials.columns:
-            done = trials[trials["status"].astype(str) == COMPLETED]
-            counts = done.groupby(done["loss.objective"].astype(str))["network.dropout"].nunique()
-            rates = "; found " + ", ".join(f"{k}: {v}" for k, v in counts.items()) if len(counts) else ""
         rep.gap(Q2, "Q2 (dropout): no dropout experiment found (no objective has completed runs at 3 or "
-                              f"more values of network.dropout{rates})")
+                    f"more values of network.dropout{_rates_found(trials)})")
         return
     rep.results["dropout"] = dr
-    parts = []
-    for _, r in dr.best.iterrows():
-        spans = r["bound"] == TWO_SIDED and r["lo"] <= r["p_min"] and r["hi"] >= r["p_max"]
-        extra = [] if r["bound"] == TWO_SIDED else ["the optimum is not bracketed by tested values"]
-        own = f" with {r['own_keys']}" if r["own_keys"] else ""
-        text = (f"for the {r['objective']} objective{own} on {r['dataset']} "
-                f"({runs_text(r['num_runs'], r['num_rates'], r['num_seeds'], 'dropout')}) "
-                + optimum_text(r["bound"], r["best_tested"], r["best_dropout"], r["lo"], r["hi"], r["vertex_far"],
-                                "dropout", floor=0.0))
-        if r["diverged_levels"]:
-            text += f"; diverged: {r['diverged_levels']}"
-        parts.append((text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)))
-    sentence = "Q2, the best dropout: " + joined(parts)
-    budgets = ",".join(sorted(set(",".join(dr.best["budgets"]).split(",")) - {""}))
+    sentence = "Q2, the best dropout: " + joined([_dropout_text(r) for _, r in dr.best.iterrows()])
+    budgets = _budgets(dr.best["budgets"])
     for _, r in dr.difference.iterrows():
         spans = r["lo"] <= -1 or r["hi"] >= 1
         sentence += "; " + labelled(f"consistency minus diffusion on {r['dataset']}: "
@@ -137,13 +135,45 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     objectives = set(dr.best["objective"])
     if not {"consistency", "diffusion"} <= objectives:
         rep.gap(Q2_DIFFERENCE, "Q2, consistency against diffusion: runs of only one objective "
-                              f"({', '.join(sorted(objectives))}) vary network.dropout at 3 or more rates")
+                               f"({', '.join(sorted(objectives))}) vary network.dropout at 3 or more rates")
     elif dr.difference.empty:
         rep.gap(Q2_DIFFERENCE, "Q2, consistency against diffusion: the best dropout of an objective is a one-sided "
-                              "bound, so their difference has no interval")
-    ev = dr.evidence
+                               "bound, so their difference has no interval")
+    why = _dropout_evidence(dr.trends)
+    if why:
+        sentence += ". Evidence on why, change per +0.1 dropout: " + "; ".join(why)
+    sentence += "."
+    rep.answer(sentence, Q2, *([Q2_DIFFERENCE] if not dr.difference.empty else []))
+    _dropout_tables(rep, dr, level)
+
+
+def _rates_found(trials: pd.DataFrame) -> str:
+    """"; found consistency: 2, ...": how many dropout rates each objective completed ("" when unknown)."""
+    if "network.dropout" not in trials.columns or "loss.objective" not in trials.columns:
+        return ""
+    done = trials[trials["status"].astype(str) == COMPLETED]
+    counts = done.groupby(done["loss.objective"].astype(str))["network.dropout"].nunique()
+    return "; found " + ", ".join(f"{k}: {v}" for k, v in counts.items()) if len(counts) else ""
+
+
+def _dropout_text(r) -> tuple[str, list[str]]:
+    """Q2's answer for one objective and data set (a row of analyze_dropout's best) and why it is inconclusive."""
+    spans = r["bound"] == TWO_SIDED and r["lo"] <= r["p_min"] and r["hi"] >= r["p_max"]
+    extra = [] if r["bound"] == TWO_SIDED else ["the optimum is not bracketed by tested values"]
+    own = f" with {r['own_keys']}" if r["own_keys"] else ""
+    text = (f"for the {r['objective']} objective{own} on {r['dataset']} "
+            f"({runs_text(r['num_runs'], r['num_rates'], r['num_seeds'], 'dropout')}) "
+            + optimum_text(r["bound"], r["best_tested"], r["best_dropout"], r["lo"], r["hi"], r["vertex_far"],
+                           "dropout", floor=0.0))
+    if r["diverged_levels"]:
+        text += f"; diverged: {r['diverged_levels']}"
+    return text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)
+
+
+def _dropout_evidence(trends: pd.DataFrame) -> list[str]:
+    """Per data set and objective, how the generalisation gap and the NN-distance ratio change with dropout."""
     why = []
-    for (dataset, objective), t in dr.trends.groupby(["dataset", "objective"], sort=False):
+    for (dataset, objective), t in trends.groupby(["dataset", "objective"], sort=False):
         t = t.set_index("column")
         bits = []
         if "gap" in t.index:
@@ -153,10 +183,12 @@ def dropout_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
             g = t.loc["nn_ratio"]
             bits.append(f"NN-distance ratio {fmt_ci(g['slope_per_0.1'], g['lo'], g['hi'])}")
         why.append(f"{objective} on {dataset} ({int(t['num_runs'].iloc[0])} runs): " + ", ".join(bits))
-    if why:
-        sentence += ". Evidence on why, change per +0.1 dropout: " + "; ".join(why)
-    sentence += "."
-    rep.answer(sentence, Q2, *([Q2_DIFFERENCE] if not dr.difference.empty else []))
+    return why
+
+
+def _dropout_tables(rep: Report, dr, level: float) -> None:
+    """Q2's tables, plot and section."""
+    ev = dr.evidence
     files = [rep.csv(dr.best, "dropout_best.csv"), rep.csv(dr.difference, "dropout_difference.csv"),
              rep.csv(ev, "dropout_evidence.csv"), rep.csv(dr.trends, "dropout_trends.csv")]
     png = rep.png(plots.plot_dropout(dr, level=level), "dropout.png")
@@ -177,68 +209,22 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         rep.gap(Q3, "Q3 (curricula): no evals.parquet with evaluations found")
         return
     try:
-        cr = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed)
-        pooled = False
-        if not cr.ranking.empty and cr.ranking["num_seeds"].median() < 2:
-            # A random search samples s0, s1 with the shape: one run per curriculum, so rank shapes instead
-            # (when that pools runs at all).
-            by_shape = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed,
-                                      by_shape=True)
-            if by_shape.ranking["num_seeds"].median() > cr.ranking["num_seeds"].median():
-                cr, pooled = by_shape, True
+        cr, pooled = _curriculum_ranking(trials, evals, n_boot, level, seed)
     except SchemaError as err:
         rep.gap(Q3, f"Q3 (curricula): {err}")
         return
     final = final_ranking(cr.ranking)
     if final.empty:
         rep.gap(Q3, "Q3 (curricula): no curriculum experiment found (no configuration was run with two "
-                              "or more curricula)")
+                    "or more curricula)")
         return
     rep.results["curriculum"] = final
     parts = []
     for (dataset, _), t in final.groupby(["dataset", "context"], sort=False):
-        best = t.iloc[0]
-        kind = "curriculum shapes (pooled over the sampled s0, s1)" if pooled else "curricula"
-        figures = (f"FD {fmt_ci(best['mean'], best['lo'], best['hi'], n=best['num_seeds'])}, P(best) = "
-                   f"{fmt(best['p_best'], 2)}, {best['num_seeds']} {'run' if pooled else 'seed'}"
-                   f"{'s' if best['num_seeds'] != 1 else ''}")
-        gp = best.get("global_p", math.nan)
-        test_name = "seed-blocked F" if best.get("seed_blocked", False) else "one-way F"
-        rp = best.get("runner_up_p", math.nan)
-        second = t.iloc[1]["curriculum"] if len(t) > 1 else ""
-        if np.isfinite(gp) and gp < 1.0 - level and np.isfinite(rp) and rp < 1.0 - level:
-            text = (f"on {dataset} at {best['images_seen']:.3g} images the {len(t)} {kind} differ ({test_name} = "
-                    f"{fmt(best['global_f'])}, p = {fmt(gp, 2)}) and the best is {best['curriculum']} ({figures}; "
-                    f"against the runner-up {second}: p = {fmt(rp, 2)})")
-        elif np.isfinite(gp) and gp < 1.0 - level:
-            text = (f"on {dataset} at {best['images_seen']:.3g} images the {len(t)} {kind} differ ({test_name} = "
-                    f"{fmt(best['global_f'])}, p = {fmt(gp, 2)}) but no best is named: the lowest mean, "
-                    f"{best['curriculum']} ({figures}), does not differ detectably from the runner-up {second} "
-                    f"(p = {fmt(rp, 2)}{detectable_text(best.get('detectable', math.nan))})")
-        else:
-            why = (f"they do not differ detectably ({test_name} = {fmt(best['global_f'])}, p = {fmt(gp, 2)}"
-                   f"{detectable_text(best.get('detectable', math.nan))})" if np.isfinite(gp)
-                   else "no test of a difference is possible (fewer than 2 seeds per curriculum)")
-            text = (f"on {dataset} at {best['images_seen']:.3g} images no best of the {len(t)} {kind} is named: "
-                    f"{why}; the lowest mean is {best['curriculum']} ({figures})")
-        tied = t[t["tied_best"] & (t["curriculum"] != best["curriculum"])]
-        if len(tied):
-            text += (f", tied within the FD's standard error ({fmt(best['fd_se'])}) with "
-                     + ", ".join(tied["curriculum"]))
-        if t["num_pruned"].sum():
-            text += f" ({int(t['num_pruned'].sum())} pruned runs ranked through their evaluations)"
-        exp = t[t["curriculum"].str.split().str[0] == PAPER_SHAPE]
-        for _, e in exp.iterrows():
-            if e["curriculum"] != best["curriculum"]:
-                text += (f"; {e['curriculum']} ranks {e['rank']} (rank interval [{fmt(e['rank_lo'])}, "
-                         f"{fmt(e['rank_hi'])}], FD {fmt_ci(e['mean'], e['lo'], e['hi'], n=e['num_seeds'])}, "
-                         f"{e['num_seeds']} {'run' if pooled else 'seed'}{'s' if e['num_seeds'] != 1 else ''})")
-        if exp.empty:
-            text += " (the exponential curriculum was not run there)"
         budgets = ""
         if "budget" in trials.columns:
             budgets = ",".join(sorted(set(trials.loc[trials["dataset"] == dataset, "budget"].dropna().astype(str))))
-        parts.append((text, caveats(int(t["num_seeds"].min()), budgets)))
+        parts.append((_curriculum_text(dataset, t, pooled, level), caveats(int(t["num_seeds"].min()), budgets)))
     rep.answer("Q3: " + joined(parts) + ".", Q3)
     files = [rep.csv(cr.ranking, "curriculum_ranking.csv")]
     png = rep.png(plots.plot_curricula(cr, level=level), "curricula.png")
@@ -252,6 +238,61 @@ def curriculum_section(rep: Report, trials, evals, n_boot, level, seed) -> None:
         "report's level and the lowest mean beats the runner-up (runner_up_p); detectable: the smallest difference "
         "between two curricula the design detects with 80% power.\n\n"
         + md_table(final) + "\n" + f"![curricula]({png})\n\nTables: " + ", ".join(files) + "\n")
+
+
+def _curriculum_ranking(trials, evals, n_boot, level, seed):
+    """(rank_curricula's result, pooled): curricula ranked at equal compute, or their shapes when a random search
+    sampled s0, s1 with the shape (one run per curriculum) and ranking shapes pools runs."""
+    cr = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed)
+    if not cr.ranking.empty and cr.ranking["num_seeds"].median() < 2:
+        by_shape = rank_curricula(trials, evals, metric="fd", n_boot=n_boot, level=level, seed=seed, by_shape=True)
+        if by_shape.ranking["num_seeds"].median() > cr.ranking["num_seeds"].median():
+            return by_shape, True
+    return cr, False
+
+
+def _curriculum_text(dataset: str, t: pd.DataFrame, pooled: bool, level: float) -> str:
+    """Q3's answer on one data set: `t` is final_ranking's rows there, best first. A best is named only when the
+    global test rejects and the best beats the runner-up; ties and the paper's exponential curriculum follow."""
+    best = t.iloc[0]
+    kind = "curriculum shapes (pooled over the sampled s0, s1)" if pooled else "curricula"
+    figures = (f"FD {fmt_ci(best['mean'], best['lo'], best['hi'], n=best['num_seeds'])}, P(best) = "
+               f"{fmt(best['p_best'], 2)}, {best['num_seeds']} {'run' if pooled else 'seed'}"
+               f"{'s' if best['num_seeds'] != 1 else ''}")
+    gp = best.get("global_p", math.nan)
+    test_name = "seed-blocked F" if best.get("seed_blocked", False) else "one-way F"
+    rp = best.get("runner_up_p", math.nan)
+    second = t.iloc[1]["curriculum"] if len(t) > 1 else ""
+    if np.isfinite(gp) and gp < 1.0 - level and np.isfinite(rp) and rp < 1.0 - level:
+        text = (f"on {dataset} at {best['images_seen']:.3g} images the {len(t)} {kind} differ ({test_name} = "
+                f"{fmt(best['global_f'])}, p = {fmt(gp, 2)}) and the best is {best['curriculum']} ({figures}; "
+                f"against the runner-up {second}: p = {fmt(rp, 2)})")
+    elif np.isfinite(gp) and gp < 1.0 - level:
+        text = (f"on {dataset} at {best['images_seen']:.3g} images the {len(t)} {kind} differ ({test_name} = "
+                f"{fmt(best['global_f'])}, p = {fmt(gp, 2)}) but no best is named: the lowest mean, "
+                f"{best['curriculum']} ({figures}), does not differ detectably from the runner-up {second} "
+                f"(p = {fmt(rp, 2)}{detectable_text(best.get('detectable', math.nan))})")
+    else:
+        why = (f"they do not differ detectably ({test_name} = {fmt(best['global_f'])}, p = {fmt(gp, 2)}"
+               f"{detectable_text(best.get('detectable', math.nan))})" if np.isfinite(gp)
+               else "no test of a difference is possible (fewer than 2 seeds per curriculum)")
+        text = (f"on {dataset} at {best['images_seen']:.3g} images no best of the {len(t)} {kind} is named: "
+                f"{why}; the lowest mean is {best['curriculum']} ({figures})")
+    tied = t[t["tied_best"] & (t["curriculum"] != best["curriculum"])]
+    if len(tied):
+        text += (f", tied within the FD's standard error ({fmt(best['fd_se'])}) with "
+                 + ", ".join(tied["curriculum"]))
+    if t["num_pruned"].sum():
+        text += f" ({int(t['num_pruned'].sum())} pruned runs ranked through their evaluations)"
+    exp = t[t["curriculum"].str.split().str[0] == PAPER_SHAPE]
+    for _, e in exp.iterrows():
+        if e["curriculum"] != best["curriculum"]:
+            text += (f"; {e['curriculum']} ranks {e['rank']} (rank interval [{fmt(e['rank_lo'])}, "
+                     f"{fmt(e['rank_hi'])}], FD {fmt_ci(e['mean'], e['lo'], e['hi'], n=e['num_seeds'])}, "
+                     f"{e['num_seeds']} {'run' if pooled else 'seed'}{'s' if e['num_seeds'] != 1 else ''})")
+    if exp.empty:
+        text += " (the exponential curriculum was not run there)"
+    return text
 
 
 def ablation_section(rep: Report, table: pd.DataFrame, min_seeds: int, family: int) -> None:
