@@ -166,7 +166,7 @@ def _plan_claims(space, strata: list) -> list:
                 paper = coerce(claim.key, resolve_named_value(claim.key, claim.paper, st.dim))
                 if values is None or paper not in values:
                     raise space.error(f"claims ({claim.name}).paper", f"{claim.key}={claim.paper!r} is not a "
-                                     f"value stratum {st.name} runs; it runs {values or 'a continuous range'}")
+                                      f"value stratum {st.name} runs; it runs {values or 'a continuous range'}")
                 alts = [v for v in values if v != paper]
                 for alt in alts:
                     name = base if len(alts) == 1 else f"{base}:{alt}"
@@ -175,7 +175,7 @@ def _plan_claims(space, strata: list) -> list:
             elif claim.type == "ranking":
                 if values is None or len(values) < 2:
                     raise space.error(f"claims ({claim.name}).key", f"a ranking needs a choice or grid param "
-                                     f"with 2 or more values, got {claim.key}")
+                                      f"with 2 or more values, got {claim.key}")
                 out.append(PlannedClaim(base, claim.type, "ranking", claim.key, st.name, {"values": values}))
             else:
                 ref = claim.reference if claim.type == "optimum" else "paper"
@@ -204,6 +204,6 @@ def _resolve_point(space, point: dict, dim: int, where: str) -> dict:
         p = space.params.get(key)
         if p is not None and p.low is not None and not (p.low <= value <= p.high):
             raise space.error(f"{where}.{key}", f"value {value!r} is outside the searched range "
-                             f"[{p.low}, {p.high}]")
+                              f"[{p.low}, {p.high}]")
         out[key] = coerce(key, value)
     return out
