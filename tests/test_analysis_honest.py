@@ -288,7 +288,7 @@ def test_the_equal_compute_view_keeps_a_question_it_leaves_open_too(tmp_path):
             trials.append(row)
             evals += _evals_for(row, (100, 200) if status == "completed" else (100,), lambda s, fd=fd: fd + seed / 10)
     synthetic.write_experiment(tmp_path / "cs", trials, evals)
-    first = _first(write_report([tmp_path], n_boot=N_BOOT))
+    first = _first(write_report([tmp_path], n_boot=20, journal=False))  # no interval is asserted
     assert "c* > 0.003" in first  # the completed runs: a one-sided bound
     assert "At equal compute with the 6 pruned runs included (3200 images): Q1, the best Pseudo-Huber c: " in first
     assert "The tables cannot answer: Q1, exponent b of c* = a d^b:" in first
