@@ -90,6 +90,60 @@ PER_DATASET_COLUMNS = ["dataset", "dim", "context", "num_runs", "num_seeds", "nu
                        "c_paper", "paper_in_ci", "left_out", "budgets"]
 
 
+def _c_experiment(group: pd.DataFrame, failed: pd.DataFrame, min_values: int):
+    """(context key, completed runs, diverged runs) of the configuration (apart from loss.huber_c) of one data
+    set's runs with the most distinct c values (then the most runs), or None below `min_values` values. Contexts
+    are taken over completed and diverged runs together, so a diverged run joins its own configuration."""
+    pool = pd.concat([group, failed], sort=False)
+    pool_ctx = context_key(pool, exclude={C_KEY})
+    done = pool["status"].astype(str).to_numpy() == COMPLETED
+    ctx = pool_ctx[done]
+    best_key, best_score = None, (0, 0)
+    for key, cell in group.groupby(ctx.to_numpy()):
+        score = (cell[C_KEY].nunique(), len(cell))
+        if score > best_score:
+            best_key, best_score = key, score
+    if best_key is None or best_score[0] < min_values:
+        return None
+    return best_key, group[ctx.to_numpy() == best_key], pool[~done & (pool_ctx.to_numpy() == best_key)]
+
+
+def _paper_c_as_searched(cell: pd.DataFrame, dim: float) -> float:
+    """The paper's c for `dim`; the search computed it on its own float path, so where a searched value is that
+    c, that value."""
+    c_ref = float(paper_c(dim))
+    searched = cell[C_KEY].to_numpy(float)
+    near = searched[np.abs(searched - c_ref) <= 1e-9 * c_ref]
+    return float(near[0]) if near.size else c_ref
+
+
+def _law(per_dataset: pd.DataFrame, samples: dict, variances: dict, near_best: dict, level: float):
+    """The power law c* = a d^b across data sets (PowerLaw, or None): fitted jointly from the runs near each
+    optimum (fit_joint), its interval never narrower than the data sets' scatter about the law (three or more)
+    or, with two, than their c* brackets allow."""
+    fit = fit_power_law(per_dataset, samples, level=level, variances=variances)
+    if fit is not None:
+        joint = fit_joint(near_best, level=level)
+        if joint is not None:
+            joint.excluded = fit.excluded
+            if np.isfinite(fit.b_lo) and (fit.b_hi - fit.b_lo) > (joint.b_hi - joint.b_lo):
+                # Three or more data sets can scatter about any law, which the runs near each optimum cannot
+                # see: the interval is never narrower than the one from that scatter (K - 2 df).
+                joint.b_lo, joint.b_hi = min(joint.b_lo, fit.b_lo), max(joint.b_hi, fit.b_hi)
+                joint.a_lo, joint.a_hi = min(joint.a_lo, fit.a_lo), max(joint.a_hi, fit.a_hi)
+                joint.method = "joint, widened to the data sets' scatter about the law"
+                joint.df = fit.df  # the interval's width is the scatter's, at K - 2 df
+            hull = bracket_hull(per_dataset) if joint.num_datasets == 2 else None
+            if hull is not None and (hull[0] < joint.b_lo or hull[1] > joint.b_hi):
+                # A local quadratic can pin a vertex more tightly than the grid resolves it (a flat curve, a
+                # vertex far from the best run), and two data sets show no scatter to check it against: b is
+                # then never narrower than their c* brackets allow.
+                joint.b_lo, joint.b_hi = min(joint.b_lo, hull[0]), max(joint.b_hi, hull[1])
+                joint.method += ", widened to the c* brackets"
+            fit = joint
+    return fit
+
+
 def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int = N_BOOT, level: float = LEVEL,
                     seed: int = 0, window: int | None = None, min_values: int = 3) -> CScaling:
     """Best c per data set with its interval, and the power law across data sets.
@@ -109,20 +163,10 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     failed = select_runs(trials, metric, statuses=(DIVERGED,))
     rows, curves, samples, variances, near_best = [], [], {}, {}, {}
     for dataset, group in runs.groupby("dataset", sort=True):
-        # Contexts over completed and diverged runs together, so a diverged run joins its own configuration.
-        pool = pd.concat([group, failed[failed["dataset"] == dataset]], sort=False)
-        pool_ctx = context_key(pool, exclude={C_KEY})
-        done = pool["status"].astype(str).to_numpy() == COMPLETED
-        ctx = pool_ctx[done]
-        best_key, best_score = None, (0, 0)
-        for key, cell in group.groupby(ctx.to_numpy()):
-            score = (cell[C_KEY].nunique(), len(cell))
-            if score > best_score:
-                best_key, best_score = key, score
-        if best_key is None or best_score[0] < min_values:
+        chosen = _c_experiment(group, failed[failed["dataset"] == dataset], min_values)
+        if chosen is None:
             continue
-        cell = group[ctx.to_numpy() == best_key]
-        fail = pool[~done & (pool_ctx.to_numpy() == best_key)]
+        best_key, cell, fail = chosen
         dim = float(cell["dim"].iloc[0])
         est = curve_minimum(cell[C_KEY], cell[metric], log_x=True, n_boot=n_boot, level=level, window=window,
                             rng=rng, failed_x=fail[C_KEY], tie=typical_se(cell, metric), seeds=cell["seed"])
@@ -131,16 +175,12 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
             samples[dataset] = est.samples
             logs = np.log(est.samples[np.isfinite(est.samples) & (est.samples > 0)])
             variances[dataset] = float(logs.var(ddof=1)) if logs.size > 1 else 0.0
-        c_ref = float(paper_c(dim))
-        # The search computed the paper's c on its own float path: where a searched value is that c, use it.
-        searched = cell[C_KEY].to_numpy(float)
-        near = searched[np.abs(searched - c_ref) <= 1e-9 * c_ref]
-        c_ref = float(near[0]) if near.size else c_ref
+        c_ref = _paper_c_as_searched(cell, dim)
         same = (trials["dataset"] == dataset) & trials["experiment"].isin(cell["experiment"].unique())
         if "loss.metric" in trials.columns:
             same &= trials["loss.metric"].astype(str) == "pseudo_huber"
-        per_level = []
         all_c = np.unique(np.r_[cell[C_KEY].to_numpy(float), fail[C_KEY].to_numpy(float)])
+        per_level = []
         for c_value in all_c:
             at_c = cell[cell[C_KEY] == c_value]
             n_fail = int((fail[C_KEY] == c_value).sum())
@@ -164,26 +204,7 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
         })
     per_dataset = pd.DataFrame(rows, columns=PER_DATASET_COLUMNS)
     curves_df = pd.DataFrame(curves, columns=["dataset", "dim", C_KEY, "num_runs", "num_diverged", "mean", "lo", "hi"])
-    fit = fit_power_law(per_dataset, samples, level=level, variances=variances)
-    if fit is not None:
-        joint = fit_joint(near_best, level=level)
-        if joint is not None:
-            joint.excluded = fit.excluded
-            if np.isfinite(fit.b_lo) and (fit.b_hi - fit.b_lo) > (joint.b_hi - joint.b_lo):
-                # Three or more data sets can scatter about any law, which the runs near each optimum cannot
-                # see: the interval is never narrower than the one from that scatter (K - 2 df).
-                joint.b_lo, joint.b_hi = min(joint.b_lo, fit.b_lo), max(joint.b_hi, fit.b_hi)
-                joint.a_lo, joint.a_hi = min(joint.a_lo, fit.a_lo), max(joint.a_hi, fit.a_hi)
-                joint.method = "joint, widened to the data sets' scatter about the law"
-                joint.df = fit.df  # the interval's width is the scatter's, at K - 2 df
-            hull = bracket_hull(per_dataset) if joint.num_datasets == 2 else None
-            if hull is not None and (hull[0] < joint.b_lo or hull[1] > joint.b_hi):
-                # A local quadratic can pin a vertex more tightly than the grid resolves it (a flat curve, a
-                # vertex far from the best run), and two data sets show no scatter to check it against: b is
-                # then never narrower than their c* brackets allow.
-                joint.b_lo, joint.b_hi = min(joint.b_lo, hull[0]), max(joint.b_hi, hull[1])
-                joint.method += ", widened to the c* brackets"
-            fit = joint
+    fit = _law(per_dataset, samples, variances, near_best, level)
     return CScaling(per_dataset, curves_df, fit, metric, samples)
 
 

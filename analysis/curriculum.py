@@ -96,6 +96,53 @@ class CurriculumResult:
     metric: str
 
 
+def _values_at(runs: dict, names: list, metric: str, budget: float) -> tuple[dict, dict, dict, list]:
+    """At `budget` images: each curriculum's run values of `metric` and their seeds, how many of its runs were
+    pruned, and every run's fd_se (runs that did not reach a finite value there are left out)."""
+    values = {name: [] for name in names}
+    seeds_of = {name: [] for name in names}
+    pruned = {name: 0 for name in names}
+    ses = []
+    for g in runs.values():
+        x = g["images_seen"].to_numpy(float)
+        name = g["curriculum"].iloc[0]
+        v = value_at(x, g[metric].to_numpy(float), budget)
+        if np.isfinite(v):
+            values[name].append(v)
+            seeds_of[name].append(str(g["seed"].iloc[0]))
+            pruned[name] += str(g["status"].iloc[0]) == PRUNED
+            if "fd_se" in g.columns:
+                ses.append(value_at(x, g["fd_se"].to_numpy(float), budget))
+    return values, seeds_of, pruned, ses
+
+
+def _tests(test, drawn: list, values: dict, ests: dict, level: float) -> tuple[float, float, bool, float, float]:
+    """(global_f, global_p, seed_blocked, detectable, runner_up_p) of the curricula `drawn`: the seed-blocked F
+    test when `test` (blocked_test) has residual degrees of freedom, else the one-way F test; and the lowest mean
+    against the next lowest, since a best is only named when it beats the runner-up too."""
+    global_f, global_p, blocked = math.nan, math.nan, False
+    detectable = math.nan
+    if test is not None and test.df_resid >= 1:
+        global_f, global_p, blocked = test.f, test.p, True
+        detectable = detectable_effect(math.sqrt(2.0 * test.resid_var / len(test.seeds)), test.df_resid, level)
+    elif len(drawn) >= 2:
+        groups = [np.asarray(values[n], float) for n in drawn]
+        if sum(g.size for g in groups) > len(groups):
+            global_f, global_p = (float(v) for v in scipy.stats.f_oneway(*groups))
+    runner_p = math.nan
+    if len(drawn) >= 2:
+        order = sorted(drawn, key=lambda n: ests[n].value)
+        first, second = order[0], order[1]
+        if blocked:
+            se = math.sqrt(2.0 * test.resid_var / len(test.seeds))
+            k = drawn.index
+            runner_p = t_pvalue(test.means[k(first)] - test.means[k(second)], se, test.df_resid)
+        else:
+            d = difference_stats(np.asarray(values[first], float), np.asarray(values[second], float))
+            runner_p = t_pvalue(d["value"], d["se"], d["df"])
+    return global_f, global_p, blocked, detectable, runner_p
+
+
 def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd", budgets=None,
                    n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0, by_shape: bool = False
                    ) -> CurriculumResult:
@@ -125,20 +172,7 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
         runs = {tid: g for tid, g in group.groupby("trial_id")}
         names = sorted(group["curriculum"].unique())
         for budget in (default_budgets(group) if budgets is None else budgets):
-            values = {name: [] for name in names}
-            seeds_of = {name: [] for name in names}
-            pruned = {name: 0 for name in names}
-            ses = []
-            for g in runs.values():
-                x = g["images_seen"].to_numpy(float)
-                name = g["curriculum"].iloc[0]
-                v = value_at(x, g[metric].to_numpy(float), budget)
-                if np.isfinite(v):
-                    values[name].append(v)
-                    seeds_of[name].append(str(g["seed"].iloc[0]))
-                    pruned[name] += str(g["status"].iloc[0]) == PRUNED
-                    if "fd_se" in g.columns:
-                        ses.append(value_at(x, g["fd_se"].to_numpy(float), budget))
+            values, seeds_of, pruned, ses = _values_at(runs, names, metric, budget)
             present = [n for n in names if values[n]]
             if len(present) < 2:
                 continue
@@ -156,27 +190,7 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
             elif len(drawn) >= 2:
                 boot = np.stack([ests[n].samples for n in drawn], axis=1)
                 boot_rank = boot.argsort(1).argsort(1) + 1
-            global_f, global_p, blocked = math.nan, math.nan, False
-            detectable = math.nan
-            if test is not None and test.df_resid >= 1:
-                global_f, global_p, blocked = test.f, test.p, True
-                detectable = detectable_effect(math.sqrt(2.0 * test.resid_var / len(test.seeds)), test.df_resid, level)
-            elif len(drawn) >= 2:
-                groups = [np.asarray(values[n], float) for n in drawn]
-                if sum(g.size for g in groups) > len(groups):
-                    global_f, global_p = (float(v) for v in scipy.stats.f_oneway(*groups))
-            # The lowest mean against the next lowest: a best is only named when it beats the runner-up too.
-            runner_p = math.nan
-            if len(drawn) >= 2:
-                order = sorted(drawn, key=lambda n: ests[n].value)
-                first, second = order[0], order[1]
-                if blocked:
-                    se = math.sqrt(2.0 * test.resid_var / len(test.seeds))
-                    k = drawn.index
-                    runner_p = t_pvalue(test.means[k(first)] - test.means[k(second)], se, test.df_resid)
-                else:
-                    d = difference_stats(np.asarray(values[first], float), np.asarray(values[second], float))
-                    runner_p = t_pvalue(d["value"], d["se"], d["df"])
+            global_f, global_p, blocked, detectable, runner_p = _tests(test, drawn, values, ests, level)
             for j, name in enumerate(present):
                 est = ests[name]
                 r_lo = r_hi = p_best = math.nan

@@ -88,6 +88,41 @@ BEST_COLUMNS = ["dataset", "objective", "context", "own_keys", "num_runs", "num_
                 "best_dropout", "lo", "hi", "bound", "at_edge", "vertex_far", "diverged_levels", "p_min", "p_max", "budgets"]
 
 
+def _best_row(est, arm: pd.DataFrame, fail: pd.DataFrame, dataset: str, objective: str, context: str,
+              own) -> dict:
+    """One row of BEST_COLUMNS: the best rate of one objective (curve_minimum's `est` over its completed runs
+    `arm`; `fail`: its diverged runs)."""
+    counts = fail[P_KEY].value_counts()
+    per_level = [f"p={p:.3g}: {int(k)}/{int(k) + int((arm[P_KEY] == p).sum())} diverged"
+                 for p, k in sorted(counts.items())]
+    all_p = np.r_[arm[P_KEY].to_numpy(float), fail[P_KEY].to_numpy(float)]
+    return {"dataset": dataset, "objective": objective, "context": context,
+            "own_keys": ", ".join(f"{k}={value_token(arm[k].iloc[0])}" for k in sorted(own)),
+            "num_runs": est.num_runs, "num_seeds": int(arm["seed"].nunique()),
+            "num_rates": est.num_values, "best_tested": est.best_x,
+            "best_dropout": est.value, "lo": est.lo, "hi": est.hi, "bound": est.bound,
+            "at_edge": est.at_edge, "vertex_far": est.vertex_far,
+            "diverged_levels": "; ".join(per_level), "p_min": float(all_p.min()),
+            "p_max": float(all_p.max()),
+            "budgets": ",".join(sorted(set(arm["budget"].dropna().astype(str)))) if "budget" in arm else ""}
+
+
+def _evidence_rows(arm, fail, dataset, objective, metric, n_boot, level, rng) -> list[dict]:
+    """Per rate of one objective: the metric, the generalisation gap and the NN-distance ratio, each a mean over
+    its runs with an interval, and its diverged runs."""
+    rows = []
+    for p, at_p in arm.groupby(P_KEY, sort=True):
+        gap = at_p["final_loss_heldout"].astype(float) - at_p["final_loss_train"].astype(float)
+        ratio = at_p["final_nn_dist"].astype(float) / at_p["final_nn_dist_ref"].astype(float)
+        row = {"dataset": dataset, "objective": objective, "dropout": float(p), "num_seeds": len(at_p),
+               "num_diverged": int((fail[P_KEY] == p).sum())}
+        for name, values in ((metric, at_p[metric]), ("gap", gap), ("nn_ratio", ratio)):
+            m = mean_ci(values, n_boot=n_boot, level=level, rng=rng)
+            row.update({name: m.value, f"{name}_lo": m.lo, f"{name}_hi": m.hi})
+        rows.append(row)
+    return rows
+
+
 def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int = N_BOOT, level: float = LEVEL,
                     seed: int = 0, window: int | None = None, min_values: int = 3) -> DropoutResult:
     """Best dropout per objective with intervals, their difference, and the gap/memorisation evidence.
@@ -127,29 +162,8 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
                                     window=window, rng=rng, failed_x=fail[P_KEY], tie=typical_se(arm, metric),
                                     seeds=arm["seed"])
                 estimates[objective] = est
-                counts = fail[P_KEY].value_counts()
-                per_level = [f"p={p:.3g}: {int(k)}/{int(k) + int((arm[P_KEY] == p).sum())} diverged"
-                             for p, k in sorted(counts.items())]
-                all_p = np.r_[arm[P_KEY].to_numpy(float), fail[P_KEY].to_numpy(float)]
-                best_rows.append({"dataset": dataset, "objective": objective, "context": describe_context(key),
-                                  "own_keys": ", ".join(f"{k}={value_token(arm[k].iloc[0])}" for k in sorted(own)),
-                                  "num_runs": est.num_runs, "num_seeds": int(arm["seed"].nunique()),
-                                  "num_rates": est.num_values, "best_tested": est.best_x,
-                                  "best_dropout": est.value, "lo": est.lo, "hi": est.hi, "bound": est.bound,
-                                  "at_edge": est.at_edge, "vertex_far": est.vertex_far,
-                                  "diverged_levels": "; ".join(per_level), "p_min": float(all_p.min()),
-                                  "p_max": float(all_p.max()),
-                                  "budgets": ",".join(sorted(set(arm["budget"].dropna().astype(str))))
-                                  if "budget" in arm else ""})
-            for p, at_p in arm.groupby(P_KEY, sort=True):
-                gap = at_p["final_loss_heldout"].astype(float) - at_p["final_loss_train"].astype(float)
-                ratio = at_p["final_nn_dist"].astype(float) / at_p["final_nn_dist_ref"].astype(float)
-                row = {"dataset": dataset, "objective": objective, "dropout": float(p), "num_seeds": len(at_p),
-                       "num_diverged": int((fail[P_KEY] == p).sum())}
-                for name, values in ((metric, at_p[metric]), ("gap", gap), ("nn_ratio", ratio)):
-                    m = mean_ci(values, n_boot=n_boot, level=level, rng=rng)
-                    row.update({name: m.value, f"{name}_lo": m.lo, f"{name}_hi": m.hi})
-                evidence_rows.append(row)
+                best_rows.append(_best_row(est, arm, fail, dataset, objective, describe_context(key), own))
+            evidence_rows += _evidence_rows(arm, fail, dataset, objective, metric, n_boot, level, rng)
         a, b = estimates.get("consistency"), estimates.get("diffusion")
         if a is not None and b is not None and a.bound == TWO_SIDED and b.bound == TWO_SIDED:
             lo, hi = percentile_ci(a.samples - b.samples, level, df=min(a.df, b.df))

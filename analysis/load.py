@@ -23,12 +23,10 @@ from ict_core.records import EVALS_FILE, REQUIRED_EVAL_COLUMNS, REQUIRED_TRIAL_C
 
 EXPERIMENT_FILE = "experiment.json"
 
-# Columns of trials.parquet that a table must have (the config keys follow under their dotted names, e.g.
-# "loss.huber_c"; each analysis checks the config columns it needs), and of evals.parquet: ict_core/records.py,
-# the schemas tune/ writes with. Optional (newer) columns: trials final_fd_student, final_fd_se, run_dir, ...;
-# evals fd_student, fd_se.
-TRIAL_COLUMNS = REQUIRED_TRIAL_COLUMNS
-EVAL_COLUMNS = REQUIRED_EVAL_COLUMNS
+# The columns a table must have are REQUIRED_TRIAL_COLUMNS and REQUIRED_EVAL_COLUMNS of ict_core/records.py, the
+# schemas tune/ writes with (the config keys follow under their dotted names, e.g. "loss.huber_c"; each analysis
+# checks the config columns it needs). Optional (newer) columns: trials final_fd_student, final_fd_se, run_dir,
+# ...; evals fd_student, fd_se.
 # A run is identified by what was trained: the same (experiment, stratum, config, seed) twice is one run
 # written twice (e.g. a trial restarted on another node), not another seed.
 RUN_IDENTITY = ("experiment_dir", "stratum", "config_id", "seed")
@@ -161,14 +159,14 @@ def drop_repeated_runs(trials: pd.DataFrame) -> pd.DataFrame:
 def load_trials(paths) -> pd.DataFrame:
     """All runs of the experiments at or below `paths`, one row per run.
 
-    Shape: the columns of trials.parquet (TRIAL_COLUMNS plus dotted config keys, and the optional
+    Shape: the columns of trials.parquet (REQUIRED_TRIAL_COLUMNS plus dotted config keys, and the optional
     columns when present), `experiment_dir`, and `budget` (from experiment.json unless the table has it).
     A config key absent from one experiment is NaN in its rows. Status values outside STATUSES raise.
     Repeated rows of one run are dropped (see drop_repeated_runs; the count is in .attrs).
     """
     frames = []
     for folder in find_experiments(paths):
-        df = _read(folder / TRIALS_FILE, TRIAL_COLUMNS)
+        df = _read(folder / TRIALS_FILE, REQUIRED_TRIAL_COLUMNS)
         bad = sorted(set(df["status"].dropna().astype(str)) - set(STATUSES))
         if bad:
             raise SchemaError(f"{folder / TRIALS_FILE}: status must be one of {', '.join(STATUSES)}; got {bad}")
@@ -186,16 +184,16 @@ def load_trials(paths) -> pd.DataFrame:
 def load_evals(paths) -> pd.DataFrame:
     """All evaluations of the experiments at or below `paths`, one row per run and evaluation.
 
-    Shape: the columns of evals.parquet (EVAL_COLUMNS) and `experiment_dir`. Experiments without an
+    Shape: the columns of evals.parquet (REQUIRED_EVAL_COLUMNS) and `experiment_dir`. Experiments without an
     evals.parquet contribute no rows; an empty frame with those columns is returned if none has one.
     """
     frames = []
     for folder in find_experiments(paths):
         path = folder / EVALS_FILE
         if path.exists():
-            frames.append(_read(path, EVAL_COLUMNS).assign(experiment_dir=str(folder)))
+            frames.append(_read(path, REQUIRED_EVAL_COLUMNS).assign(experiment_dir=str(folder)))
     if not frames:
-        return pd.DataFrame(columns=list(EVAL_COLUMNS) + ["experiment_dir"])
+        return pd.DataFrame(columns=list(REQUIRED_EVAL_COLUMNS) + ["experiment_dir"])
     return pd.concat(frames, ignore_index=True, sort=False)
 
 

@@ -473,38 +473,15 @@ def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float =
     seed_of = None if seeds is None else np.asarray(list(seeds), dtype=object)[keep]
     failed = np.asarray(failed_x, dtype=float)
     failed = failed[np.isfinite(failed) & ((failed > 0) if log_x else True)]
-    empty = CurveMinimum(math.nan, math.nan, math.nan, np.array([]), math.nan, 0, bound=UNLOCATED)
     if y.size == 0:
-        return empty
-    levels = np.unique(np.r_[x, failed])  # exact tested values
-    transform = np.log if log_x else (lambda v: v)
-    u = transform(levels)
-    inverse = np.searchsorted(levels, x)
-    counts = np.bincount(inverse, minlength=levels.size).astype(float)
-    bad = np.isin(levels, failed)
-    window = default_window(levels.size) if window is None else window
-    open_lo = 0.0 if log_x else -math.inf
-
-    def back(v: float) -> float:
-        # Exact tested value where the vertex sits on one (clipped to a window end), else exp/identity.
-        j = int(np.argmin(np.abs(u - v)))
-        return float(levels[j]) if abs(u[j] - v) <= 1e-9 * max(1.0, abs(v)) else float(np.exp(v) if log_x else v)
-
-    def level_means(index_of_run: np.ndarray, y_runs: np.ndarray) -> np.ndarray:
-        sums = np.bincount(index_of_run, weights=y_runs, minlength=levels.size)
-        n = np.bincount(index_of_run, minlength=levels.size).astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(n > 0, sums / np.maximum(n, 1), np.nan), n
-
-    def vertex(means: np.ndarray, n: np.ndarray) -> float:
-        ok = ~bad & np.isfinite(means)
-        return _local_quadratic_min(u[ok], means[ok], n[ok], window)
-
-    means, n = level_means(inverse, y)
-    candidates = np.flatnonzero(~bad & np.isfinite(means))
+        return CurveMinimum(math.nan, math.nan, math.nan, np.array([]), math.nan, 0, bound=UNLOCATED)
+    curve = _Levels(x, failed, log_x, window)
+    levels, inverse = curve.levels, curve.inverse
+    means, n = curve.means(inverse, y)
+    candidates = np.flatnonzero(~curve.bad & np.isfinite(means))
     raw_best = int(np.nanargmin(means))
     best = int(candidates[np.argmin(means[candidates])]) if candidates.size else -1
-    base = dict(num_values=int(levels.size), num_runs=int(y.size), diverged_best=bool(bad[raw_best]))
+    base = dict(num_values=int(levels.size), num_runs=int(y.size), diverged_best=bool(curve.bad[raw_best]))
     if best < 0:
         return CurveMinimum(math.nan, math.nan, math.nan, np.array([]), math.nan, int(y.size), **base, bound=UNLOCATED)
     margin = tie if np.isfinite(tie) and tie > 0 else 0.0
@@ -516,13 +493,66 @@ def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float =
     lo_edge, hi_edge = first == 0, last == levels.size - 1
     if lo_edge or hi_edge:
         bound = UNLOCATED if lo_edge and hi_edge else (BELOW if lo_edge else ABOVE)
-        lo = open_lo if lo_edge else float(levels[first - 1])
+        lo = (0.0 if log_x else -math.inf) if lo_edge else float(levels[first - 1])
         hi = math.inf if hi_edge else float(levels[last + 1])
         return CurveMinimum(math.nan, lo, hi, np.array([]), math.nan, int(y.size), at_edge=True, best_x=best_x,
                             bound=bound, tied=tied, **base)
-    u_star = vertex(means, n)
+    u_star = curve.vertex(means, n)
+    samples, df, seed_blocked = _bootstrap_vertex(curve, y, seed_of, n_boot, rng)
+    b_lo, b_hi = percentile_ci(samples, level, df=df)
+    lo = min(curve.back(b_lo), float(levels[first - 1]))
+    hi = max(curve.back(b_hi), float(levels[last + 1]))
+    # Far: the vertex lies nearer to the neighbouring tested value on its side than to the best run, or
+    # more than a factor 2 from it (log axis) / a tenth of the searched range (linear axis).
+    u = curve.u
+    side = best + (1 if u_star > u[best] else -1)
+    far = math.log(2.0) if log_x else 0.1 * (u[-1] - u[0])
+    distance = abs(u_star - u[best])
+    vertex_far = bool(distance > 0.5 * abs(u[side] - u[best]) or distance > far)
+    return CurveMinimum(curve.back(u_star), lo, hi, np.array([curve.back(v) for v in samples]), df, int(y.size),
+                        False, best_x=best_x, bound=TWO_SIDED, vertex_far=vertex_far, tied=tied,
+                        seed_blocked=seed_blocked, **base)
+
+
+class _Levels:
+    """The tested levels of a curve (distinct x of the runs and of the diverged runs) on the fitting axis u
+    (log x or x): which level each run is at, the mean per level, and the local quadratic's vertex."""
+
+    def __init__(self, x: np.ndarray, failed: np.ndarray, log_x: bool, window: int | None):
+        self.levels = np.unique(np.r_[x, failed])  # exact tested values
+        self.log_x = log_x
+        self.u = np.log(self.levels) if log_x else self.levels
+        self.inverse = np.searchsorted(self.levels, x)
+        self.counts = np.bincount(self.inverse, minlength=self.levels.size).astype(float)
+        self.bad = np.isin(self.levels, failed)
+        self.window = default_window(self.levels.size) if window is None else window
+
+    def back(self, v: float) -> float:
+        """Exact tested value where the vertex sits on one (clipped to a window end), else exp/identity."""
+        j = int(np.argmin(np.abs(self.u - v)))
+        if abs(self.u[j] - v) <= 1e-9 * max(1.0, abs(v)):
+            return float(self.levels[j])
+        return float(np.exp(v) if self.log_x else v)
+
+    def means(self, index_of_run: np.ndarray, y_runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, number of runs) per level of the runs at levels `index_of_run` with values `y_runs`."""
+        sums = np.bincount(index_of_run, weights=y_runs, minlength=self.levels.size)
+        n = np.bincount(index_of_run, minlength=self.levels.size).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, sums / np.maximum(n, 1), np.nan), n
+
+    def vertex(self, means: np.ndarray, n: np.ndarray) -> float:
+        ok = ~self.bad & np.isfinite(means)
+        return _local_quadratic_min(self.u[ok], means[ok], n[ok], self.window)
+
+
+def _bootstrap_vertex(curve: _Levels, y: np.ndarray, seed_of, n_boot: int, rng) -> tuple[np.ndarray, float, bool]:
+    """(bootstrap vertices, residual degrees of freedom, whether seeds were resampled as blocks): runs resampled
+    within each level (inflated to unbias the spread) when most levels have two or more runs, all runs together
+    otherwise; seeds as blocks when they repeat across levels."""
+    inverse, counts = curve.inverse, curve.counts
     stratified = np.median(counts[counts > 0]) >= 2
-    groups = [np.flatnonzero(inverse == j) for j in range(levels.size) if counts[j] > 0]
+    groups = [np.flatnonzero(inverse == j) for j in range(curve.levels.size) if counts[j] > 0]
     y_boot = y.copy()
     if stratified:
         for g in groups:
@@ -539,23 +569,12 @@ def curve_minimum(x, y, log_x: bool = True, n_boot: int = N_BOOT, level: float =
             idx = np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
         else:
             idx = rng.integers(0, y.size, y.size)
-        samples[r] = vertex(*level_means(inverse[idx], y_boot[idx]))
+        samples[r] = curve.vertex(*curve.means(inverse[idx], y_boot[idx]))
     # Residual degrees of freedom behind the local fit: the spread within each level of the window when
     # seeds repeat, else the spread around the quadratic.
-    width = min(max(window, 3), levels.size)
+    width = min(max(curve.window, 3), curve.levels.size)
     df = float(width * (np.median(counts[counts > 0]) - 1)) if stratified else float(y.size - 3)
-    b_lo, b_hi = percentile_ci(samples, level, df=df)
-    lo = min(back(b_lo), float(levels[first - 1]))
-    hi = max(back(b_hi), float(levels[last + 1]))
-    # Far: the vertex lies nearer to the neighbouring tested value on its side than to the best run, or
-    # more than a factor 2 from it (log axis) / a tenth of the searched range (linear axis).
-    side = best + (1 if u_star > u[best] else -1)
-    far = math.log(2.0) if log_x else 0.1 * (u[-1] - u[0])
-    distance = abs(u_star - u[best])
-    vertex_far = bool(distance > 0.5 * abs(u[side] - u[best]) or distance > far)
-    value = back(u_star)
-    return CurveMinimum(value, lo, hi, np.array([back(v) for v in samples]), df, int(y.size), False, best_x=best_x,
-                        bound=TWO_SIDED, vertex_far=vertex_far, tied=tied, seed_blocked=blocks is not None, **base)
+    return samples, df, blocks is not None
 
 
 def _plateau(levels, inverse, y, means, candidates, best: int, margin: float) -> float:

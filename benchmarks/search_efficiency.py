@@ -40,7 +40,8 @@ import yaml
 
 from ict_core.config import preset_overrides
 from ict_core.records import COMPLETED, PRUNED, SEARCH_FINISHED, TRIALS_FILE
-from tune.space import budget_preset, load_space
+from tune.space import load_space
+from tune.space_schema import budget_preset
 
 PROBLEMS = {"c": "c_scaling", "lognormal": "lognormal"}  # problem -> shipped space it is derived from
 METHODS = ("grid", "tpe_asha", "random")

@@ -36,29 +36,36 @@ SEARCH_FAILED = "failed"
 # How a run ended, as trials.parquet's status column says, best first (analysis/load.py keeps the best of repeats).
 STATUSES = (COMPLETED, PRUNED, DIVERGED, ERRORED)
 
-# What one evaluation measures (ict_core/evaluate.py). fd: one-step FD of the evaluation EMA (what searches act on);
-# fd_student: the same for the raw student, with the same noise; fd_se: bootstrap standard error of fd.
-EVALUATOR_METRICS = ("fd", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref", "fd_student",
-                     "fd_se")
-# What the trainer puts in every report (and summary.json): its own counters plus the last evaluation's metrics.
-REPORT_KEYS = ("step", "total_steps", "num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout",
-               "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s", "status", "fd_student", "fd_se")
-# Evaluation metrics a searcher may optimise (`metric:` of a space file; each is what a trial reports).
-SEARCH_METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist")
-# Columns of evals.parquet after (experiment, trial_id, config_id, step), as the trainer's evals.jsonl names them.
-EVAL_METRICS = ("num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout", "nn_dist",
-                "nn_dist_ref", "images_seen", "elapsed_s", "fd_student", "fd_se")
+# Every value a run measures, each named once here, in the order trials.parquet's final_<key> columns keep; the
+# other metric lists below are derived from it. fd: one-step FD of the evaluation EMA (what searches act on);
+# loss: the training loss, which the trainer measures itself (an evaluation, ict_core/evaluate.py, measures the
+# rest); nn_dist_ref: the nearest-neighbour distance of held-out data, a yardstick for nn_dist; fd_student: fd for
+# the raw student, with the same noise; fd_se: bootstrap standard error of fd.
+TRAINING_LOSS = "loss"
+_YARDSTICK = "nn_dist_ref"
+_LATER_METRICS = ("fd_student", "fd_se")  # added later: the tables keep them last, so column order stays as it was
+FINAL_METRICS = ("fd", "fd_2step", "kid", TRAINING_LOSS, "loss_train", "loss_heldout", "nn_dist",
+                 _YARDSTICK) + _LATER_METRICS
+# What one evaluation measures: everything but the training loss.
+EVALUATOR_METRICS = tuple(m for m in FINAL_METRICS if m != TRAINING_LOSS)
+# Evaluation metrics a searcher may optimise (`metric:` of a space file; each is what a trial reports): not the
+# yardstick, the raw student's diagnostic or an error bar.
+SEARCH_METRICS = tuple(m for m in FINAL_METRICS if m != _YARDSTICK and m not in _LATER_METRICS)
+_FIRST_METRICS = tuple(m for m in FINAL_METRICS if m not in _LATER_METRICS)
 _INT_METRICS = ("num_points", "images_seen")
-# final_<key> columns of trials.parquet, read from a run's summary.json (or its last evaluation).
-FINAL_METRICS = ("fd", "fd_2step", "kid", "loss", "loss_train", "loss_heldout", "nn_dist", "nn_dist_ref",
-                 "fd_student", "fd_se")
+# Columns of evals.parquet after (experiment, trial_id, config_id, step), as the trainer's evals.jsonl names them:
+# the counters and every measured value (the training loss first).
+EVAL_METRICS = (_INT_METRICS[:1] + tuple(sorted(_FIRST_METRICS, key=lambda m: m != TRAINING_LOSS))
+                + _INT_METRICS[1:] + ("elapsed_s",) + _LATER_METRICS)
+# What the trainer puts in every report (and summary.json): its own counters plus the last evaluation's metrics.
+REPORT_KEYS = ("step", "total_steps") + EVAL_METRICS[:-len(_LATER_METRICS)] + ("status",) + _LATER_METRICS
 
 
 def report_row(step: int, total_steps: int, num_points: int, loss: float, evaluation: dict, images_seen: int,
                elapsed_s: float, status: str) -> dict:
     """What the trainer reports, logs to evals.jsonl and ends summary.json with: its counters (REPORT_KEYS) and the
     last evaluation's EVALUATOR_METRICS (NaN where it has none)."""
-    return {"step": step, "total_steps": total_steps, "num_points": num_points, "loss": loss,
+    return {"step": step, "total_steps": total_steps, "num_points": num_points, TRAINING_LOSS: loss,
             **{k: evaluation.get(k, float("nan")) for k in EVALUATOR_METRICS},
             "images_seen": images_seen, "elapsed_s": elapsed_s, "status": status}
 
@@ -87,18 +94,17 @@ _TRIAL_HEAD = [
     ("experiment", pa.string()), ("space", pa.string()), ("stratum", pa.string()), ("trial_id", pa.string()),
     ("config_id", pa.string()), ("seed", pa.int64()), ("status", pa.string()), ("error", pa.string()),
 ]
-_TRIAL_TAIL = [
-    ("dataset", pa.string()), ("dim", pa.int64()), ("final_fd", pa.float64()), ("best_fd", pa.float64()),
-    ("final_fd_2step", pa.float64()), ("final_kid", pa.float64()), ("final_loss", pa.float64()),
-    ("final_loss_train", pa.float64()), ("final_loss_heldout", pa.float64()), ("final_nn_dist", pa.float64()),
-    ("final_nn_dist_ref", pa.float64()), ("steps", pa.int64()), ("images_seen", pa.int64()),
-    ("wall_s", pa.float64()), ("device", pa.string()), ("world_size", pa.int64()), ("git_commit", pa.string()),
-    ("versions", VERSIONS_TYPE), ("node_id", pa.string()), ("run_key", pa.string()),
+_TRIAL_TAIL = (
+    [("dataset", pa.string()), ("dim", pa.int64()), ("final_fd", pa.float64()), ("best_fd", pa.float64())]
+    + [(f"final_{m}", pa.float64()) for m in _FIRST_METRICS[1:]]
+    + [("steps", pa.int64()), ("images_seen", pa.int64()), ("wall_s", pa.float64()), ("device", pa.string()),
+       ("world_size", pa.int64()), ("git_commit", pa.string()), ("versions", VERSIONS_TYPE),
+       ("node_id", pa.string()), ("run_key", pa.string())]
     # Added later: nullable, so tables written before them still load.
-    ("final_fd_student", pa.float64()), ("final_fd_se", pa.float64()), ("run_dir", pa.string()),
+    + [(f"final_{m}", pa.float64()) for m in _LATER_METRICS] + [("run_dir", pa.string())]
     # reused: the run was copied from another experiment (reused_from: "<experiment>/<run_dir>"), not trained here
-    ("reused", pa.bool_()), ("reused_from", pa.string()),
-]
+    + [("reused", pa.bool_()), ("reused_from", pa.string())]
+)
 TRIALS_SCHEMA = pa.schema(_TRIAL_HEAD + [(k, CONFIG_TYPES[k]) for k in all_keys()] + _TRIAL_TAIL)
 EVALS_SCHEMA = pa.schema(
     [("experiment", pa.string()), ("trial_id", pa.string()), ("config_id", pa.string()), ("step", pa.int64())]
@@ -125,8 +131,8 @@ META_DIRECTION = "ict.direction"
 
 # Columns a reader requires (analysis/load.py); the others were added later, or are bookkeeping a reader may
 # lack in tables written by hand, and the config columns are checked by each analysis that needs them.
-_OPTIONAL_TRIAL = ("device", "world_size", "git_commit", "versions", "node_id", "run_key", "final_fd_student",
-                   "final_fd_se", "run_dir", "reused", "reused_from")
+_OPTIONAL_TRIAL = (("device", "world_size", "git_commit", "versions", "node_id", "run_key", "run_dir", "reused",
+                    "reused_from") + tuple(f"final_{m}" for m in _LATER_METRICS))
 REQUIRED_TRIAL_COLUMNS = tuple(name for name, _ in _TRIAL_HEAD + _TRIAL_TAIL if name not in _OPTIONAL_TRIAL)
 REQUIRED_EVAL_COLUMNS = tuple(name for name in EVALS_SCHEMA.names
-                              if name not in ("fd_student", "fd_se", "stratum", "seed"))
+                              if name not in _LATER_METRICS + ("stratum", "seed"))

@@ -14,7 +14,7 @@ import synthetic
 from analysis.ablations import ABLATIONS, INCONCLUSIVE, REPRODUCED, analyze_ablations, claims
 from analysis.curriculum import final_ranking, rank_curricula
 from analysis.dropout import run_trends
-from analysis.report import _optimum_text
+from analysis.report_parts import optimum_text
 from analysis.stats import (blocked_anova, curve_minimum, design_correlation, detectable_effect, difference_stats, holm,
                             pairing_threshold, t_interval, t_pvalue)
 
@@ -232,9 +232,9 @@ def test_c_on_a_plateau_is_the_largest_c_within_its_standard_error():
 
 
 def test_dropout_best_at_zero_is_an_answer_not_a_bound():
-    text = _optimum_text("below range", 0.0, math.nan, -math.inf, 0.1, False, "dropout", floor=0.0)
+    text = optimum_text("below range", 0.0, math.nan, -math.inf, 0.1, False, "dropout", floor=0.0)
     assert text.startswith("dropout 0 is best at this budget") and "may lie below" not in text
-    c_text = _optimum_text("below range", 1e-4, math.nan, 0.0, 2e-4, False, "c")
+    c_text = optimum_text("below range", 1e-4, math.nan, 0.0, 2e-4, False, "c")
     assert "may lie below the range" in c_text
 
 
@@ -325,7 +325,7 @@ def test_measurement_doc_names_the_samples_each_budget_evaluates():
     from pathlib import Path
 
     from ict_core.config import preset_overrides
-    from tune.space import BUDGETS, budget_preset
+    from tune.space_schema import BUDGETS, budget_preset
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "MEASUREMENT.md").read_text()
     sentence = re.search(r"budgets in `tune/budgets/` evaluate (.*?) samples", text.replace("\n", " ")).group(1)

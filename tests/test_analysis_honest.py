@@ -272,6 +272,28 @@ def test_equal_compute_evidence_is_read_at_the_common_budget():
     assert view["fd_at_compute"].tolist() == pytest.approx([9.0, 9.0])
 
 
+def test_the_equal_compute_view_keeps_a_question_it_leaves_open_too(tmp_path):
+    # c* of one data set: the completed runs stop at c = 0.01, the optimum, so there it is a one-sided bound; the
+    # pruned runs at larger c bracket it in the equal-compute view. Neither view can fit b (one data set), and
+    # their reasons differ in a number ("found 0" against "found 1"). Before, the report matched the views' parts
+    # by re-reading its own sentences, took the view's Q1 answer for an answer to b and dropped the open question.
+    grid = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    trials, evals = [], []
+    for i, c in enumerate(grid):
+        fd = 10 + 4 * math.log(c / 1e-2) ** 2
+        for seed in range(3):
+            status = "completed" if c <= 1e-2 else "pruned"
+            row = synthetic.trial_row("cs", f"t{i}-{seed}", seed, final_fd=fd if status == "completed" else math.nan,
+                                      status=status, space="c_scaling", config={"loss.huber_c": c})
+            trials.append(row)
+            evals += _evals_for(row, (100, 200) if status == "completed" else (100,), lambda s, fd=fd: fd + seed / 10)
+    synthetic.write_experiment(tmp_path / "cs", trials, evals)
+    first = _first(write_report([tmp_path], n_boot=20, journal=False))  # no interval is asserted
+    assert "c* > 0.003" in first  # the completed runs: a one-sided bound
+    assert "At equal compute with the 6 pruned runs included (3200 images): Q1, the best Pseudo-Huber c: " in first
+    assert "The tables cannot answer: Q1, exponent b of c* = a d^b:" in first
+
+
 def test_loader_drops_a_run_written_twice(tmp_path):
     rows = synthetic.planted_ablations(np.random.default_rng(41), {"loss.teacher": ("ema", -3.0)}, seeds=3)
     again = dict(rows[0], trial_id="restarted-elsewhere", final_fd=0.0)

@@ -69,7 +69,7 @@ def test_resolve_config_fills_derived_values_and_keeps_set_ones():
 
 
 def test_search_and_trial_rows_use_the_same_rule():
-    from tune.space import dataset_dim
+    from tune.space_schema import dataset_dim
     from tune.trial import resolved_flat
 
     cfg = load_config(overrides={"data.name": "patches", "data.resolution": 32})

@@ -159,7 +159,8 @@ import yaml  # noqa: E402
 
 from tune.pilot import UNKNOWN, claim_spread, load_pilot, power_lines  # noqa: E402
 from tune.search import main as search_main  # noqa: E402
-from tune.space import SPACE_DIR, SpaceError, load_space  # noqa: E402
+from tune.space import load_space  # noqa: E402
+from tune.space_schema import SPACE_DIR, SpaceError  # noqa: E402
 
 
 def _space(tmp_path, **edit):

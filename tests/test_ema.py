@@ -11,7 +11,7 @@ from ict_core import trainer
 from ict_core.config import MAX_INITIAL_EMA_SHARE, ConfigError, list_presets, load_config, load_preset
 from ict_core.ema import ema_beta, ema_update, frozen_copy, half_life, initial_weight_share
 from tune.search import resolve_plan
-from tune.space import BUDGETS, list_spaces
+from tune.space_schema import BUDGETS, list_spaces
 
 
 def test_beta_follows_the_half_life_ramp_by_hand():

@@ -18,7 +18,8 @@ from PIL import Image
 from ict_core.cli import sample, score
 from ict_core.cli import train as cli
 from tune import search
-from tune.space import SpaceError, load_space
+from tune.space import load_space
+from tune.space_schema import SpaceError
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

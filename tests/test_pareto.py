@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.pareto import on_front, pareto_table
-from tune.space import SpaceError, load_space
+from tune.space import load_space
+from tune.space_schema import SpaceError
 
 SPACE = """name: {name}
 fixed: {{data.name: digits, network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,

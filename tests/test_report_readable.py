@@ -228,7 +228,7 @@ def test_curriculum_labels_name_adaptive_keys_only_for_the_adaptive_shape():
 
 
 def test_compute_table_counts_what_each_stratum_rests_on():
-    from analysis.report import compute_table
+    from analysis.report_sections import compute_table
 
     rows = [trial_row("exp", f"a{s}", s, config={"loss.huber_c": 0.01}, wall_s=1800.0) for s in range(3)]
     rows += [trial_row("exp", f"b{s}", s, config={"loss.huber_c": 0.1}, wall_s=1800.0) for s in range(2)]

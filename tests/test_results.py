@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ict_core.config import Config, all_keys, load_config
-from tune.results import (EVALS_SCHEMA, TRIALS_SCHEMA, ResultTables, run_key, table_metadata, to_table, trial_rows,
-                          write_atomic)
+from ict_core.records import EVALS_SCHEMA, TRIALS_SCHEMA
+from tune.results import ResultTables, run_key, table_metadata, to_table, trial_rows, write_atomic
 from tune.store import Store, seed_folder
 from tune.trial import resolved_flat
 
@@ -192,16 +192,49 @@ def test_status_words_are_the_file_format():
     assert records.STATUSES == ("completed", "pruned", "diverged", "errored")  # best first: analysis/load.py
 
 
+def test_each_metric_name_is_written_once_and_read_from_records():
+    """ict_core/records.py spells each measured value once, in one hand-written list (FINAL_METRICS; the evaluator's,
+    the searchers', the tables' and the report's lists are derived from it), the derived lists keep the file
+    format's column order, and no module keeps a second name for a records list (an alias drifts or outlives it)."""
+    import ast
+    import collections
+    from pathlib import Path
+
+    import analysis
+    import ict_core
+    import tune
+    from ict_core import records
+
+    tree = ast.parse(Path(records.__file__).read_text())
+    spelled = collections.Counter(node.value for node in ast.walk(tree) if isinstance(node, ast.Constant))
+    assert {m: spelled[m] for m in records.FINAL_METRICS} == dict.fromkeys(records.FINAL_METRICS, 1)
+    # Derived, but in the order tables written before hold (a changed order would reorder Parquet columns).
+    assert records.EVAL_METRICS == ("num_points", "loss", "fd", "fd_2step", "kid", "loss_train", "loss_heldout",
+                                    "nn_dist", "nn_dist_ref", "images_seen", "elapsed_s", "fd_student", "fd_se")
+    assert records.REPORT_KEYS == ("step", "total_steps", *records.EVAL_METRICS[:-2], "status", "fd_student", "fd_se")
+    assert set(records.SEARCH_METRICS) == set(records.FINAL_METRICS) - {"nn_dist_ref", "fd_student", "fd_se"}
+    assert [n for n in records.TRIALS_SCHEMA.names if n.startswith("final_")] == [
+        f"final_{m}" for m in records.FINAL_METRICS]
+
+    aliases = []
+    for package in (ict_core, tune, analysis):
+        for path in Path(package.__file__).parent.rglob("*.py"):
+            module = ast.parse(path.read_text())
+            from_records = {a.asname or a.name for node in module.body if isinstance(node, ast.ImportFrom)
+                            and (node.module or "").endswith("records") for a in node.names}
+            aliases += [f"{path.name}: {t.id} = {node.value.id}" for node in module.body
+                        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name)
+                        and node.value.id in from_records for t in node.targets if isinstance(t, ast.Name)]
+    assert aliases == []
+
+
 def test_the_tables_tune_writes_are_the_ones_analysis_reads(tmp_path, real_run):
     """One module (ict_core.records) owns the schemas: rows built by tune/ from a real run folder, written by
     ResultTables and loaded by analysis/ come back with every column and value; a table that breaks the
     shared schema or statuses is refused by analysis naming what is wrong."""
     from analysis.load import SchemaError, load_results
     from ict_core import records
-    from tune import results, space
 
-    assert results.TRIALS_SCHEMA is records.TRIALS_SCHEMA and results.EVALS_SCHEMA is records.EVALS_SCHEMA
-    assert results.STATUSES is records.STATUSES and space.METRICS is records.SEARCH_METRICS
     assert set(records.REQUIRED_TRIAL_COLUMNS) <= set(records.TRIALS_SCHEMA.names)
     assert set(records.REQUIRED_EVAL_COLUMNS) <= set(records.EVALS_SCHEMA.names)
 
@@ -361,3 +394,41 @@ def test_an_evaluation_written_twice_by_a_lost_node_and_its_retry_counts_once(tm
     trials, evals = trial_rows(store, config_id="t1", experiment="e", space="s", stratum="digits", seeds=[0],
                                known_config=flat)
     assert len(trials) == 1 and [e["step"] for e in evals] == [20, 40]
+
+
+def test_an_errored_trial_is_recorded_with_the_config_it_was_sent(tmp_path, monkeypatch):
+    """A trial's config is built in one place (tune/trial.trial_config): the driver's row of a trial that died
+    before its run folder held anything is exactly the config the trial trains (stratum, searched values and a
+    grid variant, huber_c resolved); a trial whose values the config refuses is recorded with the values asked;
+    any other error while building it is a bug, raised rather than hidden behind a made-up row."""
+    from types import SimpleNamespace
+
+    import tune.trial
+    from tune.progress import ParquetCallback
+    from tune.trial import trial_config
+
+    stratum = {"name": "digits", "fixed": {"data.name": "digits", "train.total_steps": 7, "network.dropout": 0.2}}
+    callback = ParquetCallback(str(tmp_path), "e", "s", stratum, seeds=1, runs_root=str(tmp_path / "runs"))
+    callback.setup()
+
+    def errored(trial_id: str, config: dict):
+        trial = SimpleNamespace(trial_id=trial_id, config=config, error_file=None, get_error=lambda: "boom")
+        callback.on_trial_error(0, [], trial)
+        return pq.read_table(tmp_path / "trials.parquet").to_pandas().set_index("trial_id").loc[f"{trial_id}-seed0"]
+
+    asked = {"optim.lr": 3e-4, "variant": {"network.dropout": 0.3}}
+    row, sent = errored("t1", asked), resolved_flat(trial_config(stratum["fixed"], asked))
+    assert (sent["optim.lr"], sent["network.dropout"], sent["train.total_steps"]) == (3e-4, 0.3, 7)
+    assert row["status"] == "errored" and sent["loss.huber_c"] is not None
+    differ = [k for k, v in sent.items() if not isinstance(v, (list, tuple)) and not (
+        row[k] == v or (v is None and pd.isna(row[k])))]
+    assert differ == []
+    refused = errored("t2", {"network.dropout": 1.5})  # dropout must be in [0, 1)
+    assert refused["network.dropout"] == 1.5 and refused["train.total_steps"] == 7
+
+    def broken(**_):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(tune.trial, "load_config", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        errored("t3", {})

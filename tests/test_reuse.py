@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from analysis.report import compute_table
+from analysis.report_sections import compute_table
 from tune import campaign
 from tune.reuse import REUSED_FILE, ReuseError
 from tune.search import main as search_main
@@ -90,7 +90,7 @@ def test_design_rounds_add_seeds_to_the_open_claim_and_resume(tmp_path, local_ra
     round one), and a resume trains nothing more."""
     import yaml
 
-    from tune.space import SPACE_DIR
+    from tune.space_schema import SPACE_DIR
 
     tree = yaml.safe_load((SPACE_DIR / "weighting.yaml").read_text())
     tree["strata"] = tree["strata"][:1]

@@ -14,8 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ict_core.records import evals_schema
-from tune.results import TRIALS_SCHEMA
+from ict_core.records import TRIALS_SCHEMA, evals_schema
 from tune.search import ray_env, run_search
 
 REPO = Path(__file__).resolve().parent.parent

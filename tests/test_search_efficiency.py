@@ -118,7 +118,7 @@ def test_derived_spaces_keep_the_shipped_smoke_settings_that_make_short_runs_com
     """The smoke budget's evaluation EMA (and network) carry over: with the default EMA rate every 60-step run
     scores its initial weights, and every configuration gets the same FD."""
     from ict_core.config import preset_overrides
-    from tune.space import budget_preset
+    from tune.space_schema import budget_preset
 
     smoke = preset_overrides(str(budget_preset("smoke")))  # the smoke budget, shared by every space
     tree = se.derived_space("c", "grid", {**se.QUICK, "cache_dir": ""}, 0, "cpu", 3)

@@ -11,7 +11,7 @@ from ray import tune as rt
 
 from tune.search import main as search_main
 from tune.searcher import DIVERGED_ATTR, RetryAwareLimiter, SeedMeanOptuna, make_sampler
-from tune.space import describe_search, startup_trials
+from tune.startup import describe_search, startup_trials
 
 State = optuna.trial.TrialState
 
@@ -93,7 +93,8 @@ def test_every_shipped_asha_rung_lies_within_the_first_seed():
     """trial_step is the first seed's step (tune/trial.py), so a rung beyond train.total_steps would judge nothing
     and one at or below it compares first seeds at the same step; no budget may place a rung in a later seed."""
     from tune.search import _scheduler
-    from tune.space import BUDGETS, list_spaces, load_space
+    from tune.space import load_space
+    from tune.space_schema import BUDGETS, list_spaces
     from tune.trial import tune_result
 
     checked = 0

@@ -10,7 +10,8 @@ import pytest
 
 from ict_core.config import load_config
 from tune import search
-from tune.space import BUDGETS, SpaceError, list_spaces, load_space
+from tune.space import load_space
+from tune.space_schema import BUDGETS, SpaceError, list_spaces
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -196,12 +197,12 @@ def test_paper_anywhere_in_a_huber_c_choice_is_the_stratum_value(tmp_path, where
 # ---- budgets are presets (tune/budgets/*.yaml) -------------------------------------------------------------------
 def _space_keys(raw: dict, budget: str, stratum_name: str) -> dict:
     """The overrides a space file itself writes for one stratum and budget, read straight from its YAML."""
-    from tune.space import _expand
+    from tune.space_schema import expand_env
 
     stratum = next(s for s in raw.get("strata") or [{"name": "all"}] if s["name"] == stratum_name)
     keys = {**(raw.get("fixed") or {}), **((raw.get("budgets") or {}).get(budget, {}).get("fixed") or {}),
             **(stratum.get("fixed") or {})}
-    return {k: _expand(v) for k, v in keys.items()}
+    return {k: expand_env(v) for k, v in keys.items()}
 
 
 def _trial_configs(plan, stratum) -> list[dict]:
@@ -219,9 +220,9 @@ def test_every_trial_config_is_the_budget_preset_with_the_space_keys_on_top(name
     """A trial's config equals `--preset tune/budgets/<budget>.yaml --set <the space's keys> <the params>`."""
     import yaml
 
-    from tune.space import budget_preset, space_path
+    from tune.space_schema import budget_preset, space_path
     from tune.store import INPUT_KEYS, absolute_input
-    from tune.trial import trial_overrides
+    from tune.trial import trial_config
 
     monkeypatch.setenv("ICT_CIFAR10_PATH", str(tmp_path))
     monkeypatch.setenv("ICT_IMAGENET64_PATH", str(tmp_path))
@@ -230,7 +231,7 @@ def test_every_trial_config_is_the_budget_preset_with_the_space_keys_on_top(name
     for stratum in plan.strata:
         keys = _space_keys(raw, budget, stratum.name)
         for params in _trial_configs(plan, stratum):
-            trial = load_config(overrides=trial_overrides(stratum.fixed, params, 1, in_process=False))
+            trial = trial_config(stratum.fixed, params)
             cli = load_config(str(budget_preset(budget)), {**keys, **params})
             # ... with its input paths made absolute on the driver, where the plan is made (tune/store.py)
             cli = cli.with_overrides({k: absolute_input(v) for k, v in cli.flat().items() if k in INPUT_KEYS and v})
@@ -238,7 +239,7 @@ def test_every_trial_config_is_the_budget_preset_with_the_space_keys_on_top(name
 
 
 def test_paper_budget_is_the_cifar10_preset(monkeypatch, tmp_path):
-    from tune.space import budget_preset
+    from tune.space_schema import budget_preset
 
     assert load_config(str(budget_preset("paper"))) == load_config("cifar10")
     monkeypatch.setenv("ICT_CIFAR10_PATH", str(tmp_path))
@@ -260,7 +261,7 @@ def test_a_budget_trial_config_equals_the_training_cli_dry_run(monkeypatch, tmp_
     import subprocess
     import sys
 
-    from tune.space import budget_preset
+    from tune.space_schema import budget_preset
 
     plan = load_space("dropout").plan("cpu")
     stratum = next(s for s in plan.strata if s.name == "diffusion-digits")

@@ -31,7 +31,7 @@ from ict_core.errors import BadInput
 from ict_core.config import ConfigError, load_config, parse_overrides
 from tune.findings import ExportError, export_findings, hours_text
 from tune.search import check_max_failures, check_plan_paths, format_plan, resolve_plan, resources, run_search
-from tune.space import BUDGETS, SpaceError, list_spaces
+from tune.space_schema import BUDGETS, SpaceError, list_spaces
 from tune.store import ExperimentFolder, check_storage_option, is_uri, join, report_copy
 
 STATE_FILE = "campaign.json"
@@ -321,42 +321,53 @@ def run_campaign(budget: str, spaces=None, storage=DEFAULT_STORAGE, name=None, r
          **git_commit(), "pending": [n for n in names if state["searches"][n]["state"] != "done"]})
     _write_state(state_path, state, camp)
     family = sum(len(plan.claims) for _, plan in plans)  # the error rate is held over the campaign's claims
-    for space, plan in plans:
-        entry = state["searches"][plan.space]
-        exp = ExperimentFolder(join(camp.location, plan.space))
-        if entry["state"] == "done":
-            say(f"[campaign] {plan.space}: done ({hours_text(entry['wall_s'])}), skipped")
-            continue
-        again = exp.exists("experiment.json")
-        say(f"[campaign] {plan.space}: {'resuming' if again else 'starting'} ({budget})")
-        entry.update(state="running", started=entry.get("started") or _now())
-        _write_state(state_path, state, camp)
-        t0 = time.time()
-        try:
-            run_search(space, budget, num_samples, storage=camp.location, name=plan.space, resume=again,
-                       extra=extra, address=address, quiet=quiet, reuse=reuse, reuse_optional=[campaign_dir],
+    search_args = dict(extra=extra, address=address, quiet=quiet, reuse=reuse, reuse_optional=[campaign_dir],
                        family=family, max_failures=max_failures)
-        finally:
-            entry["wall_s"] = float(entry.get("wall_s", 0.0)) + (time.time() - t0)
-            _write_state(state_path, state, camp)
-        if not _experiment_finished(exp.dir):
-            raise CampaignError(f"search {plan.space} stopped before its end; continue with --resume")
-        entry.update(state="done", finished=_now())
-        _write_state(state_path, state, camp)
-
+    for space, plan in plans:
+        _run_space(space, plan, budget, num_samples, camp, state, say, search_args)
     if report:
-        from analysis.report import main as report_main
-
-        code = report_main([join(camp.location, n) for n in names] + ["--out", join(camp.location, "report")])
-        if code != 0:
-            raise CampaignError(f"analysis/report.py exited with {code}; the searches are done, rerun with --resume "
-                                f"to retry the report")
+        _campaign_report(camp, names)
         state["report"] = str(Path("report") / "report.md")
     state["finished"] = _now()
     _write_state(state_path, state, camp)
     say("[campaign] wall time per search: " + ", ".join(
         f"{n} {hours_text(state['searches'][n]['wall_s'])}" for n in names))
     return campaign_dir
+
+
+def _run_space(space, plan, budget: str, num_samples, camp, state: dict, say, search_args: dict) -> None:
+    """One search of the campaign, skipped when done, resumed when its experiment exists; its state and wall
+    time go to campaign.json before and after it runs. Raises CampaignError when it stopped before its end."""
+    state_path = camp.dir / STATE_FILE
+    entry = state["searches"][plan.space]
+    exp = ExperimentFolder(join(camp.location, plan.space))
+    if entry["state"] == "done":
+        say(f"[campaign] {plan.space}: done ({hours_text(entry['wall_s'])}), skipped")
+        return
+    again = exp.exists("experiment.json")
+    say(f"[campaign] {plan.space}: {'resuming' if again else 'starting'} ({budget})")
+    entry.update(state="running", started=entry.get("started") or _now())
+    _write_state(state_path, state, camp)
+    t0 = time.time()
+    try:
+        run_search(space, budget, num_samples, storage=camp.location, name=plan.space, resume=again, **search_args)
+    finally:
+        entry["wall_s"] = float(entry.get("wall_s", 0.0)) + (time.time() - t0)
+        _write_state(state_path, state, camp)
+    if not _experiment_finished(exp.dir):
+        raise CampaignError(f"search {plan.space} stopped before its end; continue with --resume")
+    entry.update(state="done", finished=_now())
+    _write_state(state_path, state, camp)
+
+
+def _campaign_report(camp, names: list[str]) -> None:
+    """analysis/report.py over every search of the campaign, into its report folder."""
+    from analysis.report import main as report_main
+
+    code = report_main([join(camp.location, n) for n in names] + ["--out", join(camp.location, "report")])
+    if code != 0:
+        raise CampaignError(f"analysis/report.py exited with {code}; the searches are done, rerun with --resume "
+                            f"to retry the report")
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------------

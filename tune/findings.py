@@ -138,7 +138,7 @@ def readme(state: dict, budget_text: str) -> str:
 def export_findings(campaign_dir: Path, dest: Path) -> Path:
     """Copy the campaign's tables, journals, report and state into `dest` (replacing what an earlier export
     left there) and write dest/README.md. The campaign must be finished with its report written."""
-    from tune.space import budget_preset
+    from tune.space_schema import budget_preset
 
     campaign_dir = Path(campaign_dir).absolute()
     dest = Path(dest).absolute()

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from ict_core.config import Config
+from ict_core.config import Config, ConfigError
 from ict_core.records import COMPLETED, ERRORED, FINAL_METRICS, PRUNED, RUNNING
 from tune.results import ResultTables, write_json_atomic
 from tune.results import trial_rows as rows_of_trial
-from tune.trial import resolved_flat, trial_params
+from tune.trial import resolved_flat, trial_config, trial_params
 
 
 def _fmt(value) -> str:
@@ -70,14 +70,12 @@ class ParquetCallback(Callback):
         self._ledger_update({})
 
     def _known(self, trial) -> dict:
-        from ict_core.config import load_config
-
-        overrides = {**self.stratum["fixed"], **trial_params(trial.config)}
+        """The config the trial was sent (tune/trial.trial_config), for rows of seeds that wrote none. A trial
+        whose values the config refuses failed on them: its row still records what was asked."""
         try:
-            cfg = load_config(overrides=overrides)
-            return resolved_flat(cfg)
-        except Exception:  # noqa: BLE001 - the row must still be written, with what is known
-            return {**Config().flat(), **overrides}
+            return resolved_flat(trial_config(self.stratum["fixed"], trial.config))
+        except ConfigError:
+            return {**Config().flat(), **self.stratum["fixed"], **trial_params(trial.config)}
 
     def _record(self, trial, error: str | None) -> None:
         from tune.store import Store

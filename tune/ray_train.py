@@ -114,6 +114,42 @@ def plan_launch(
     run_uri: str | None = None,
 ) -> LaunchPlan:
     """Check a launch request without starting Ray; raise LaunchError/ConfigError naming what is wrong."""
+    _check_request(cfg, workers, gpus_per_worker, cpus_per_worker, max_failures, resume)
+    cluster = _cluster_kind()
+    if gpus_per_worker > 0 and cluster == "local":
+        _check_local_gpus(workers, gpus_per_worker)
+    storage = _storage(storage, cluster)
+    if name is None:
+        if resume is True:
+            raise LaunchError("resume=True needs the name of the run to continue (--name)")
+        name = default_name(cfg)
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise LaunchError(f"name must be a plain folder name (no '/'), got {name!r}")
+    resume = _resumes(storage, name, resume)
+    run_dir, run_uri = _run_folders(storage, name, run_dir, run_uri)
+    if ship_code is None:
+        ship_code = cluster == "address" and os.environ.get(CODE_ON_NODES_ENV) != "1" and not job_ships_code()
+
+    return LaunchPlan(
+        workers=workers,
+        gpus_per_worker=float(gpus_per_worker),
+        cpus_per_worker=None if cpus_per_worker is None else float(cpus_per_worker),
+        storage=storage,
+        name=name,
+        run_dir=run_dir,
+        run_uri=run_uri,
+        max_failures=max_failures,
+        resume=resume,
+        # NCCL only where ranks talk GPU to GPU; a one-worker run needs no collective (and then also runs on a
+        # node whose torch has no CUDA).
+        backend="nccl" if gpus_per_worker > 0 and workers > 1 else "gloo",
+        cluster=cluster,
+        ship_code=bool(ship_code),
+    )
+
+
+def _check_request(cfg, workers, gpus_per_worker, cpus_per_worker, max_failures, resume) -> None:
+    """The launch arguments' types and ranges, and the ones that contradict each other or the config."""
     if not isinstance(cfg, Config):
         raise ConfigError(f"run_ray_train needs an ict_core.config.Config, got {type(cfg).__name__}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -145,18 +181,23 @@ def plan_launch(
             "train.device=cuda needs gpus_per_worker > 0: Ray hides the GPUs from workers that did not ask for one"
         )
 
-    cluster = _cluster_kind()
-    if gpus_per_worker > 0 and cluster == "local":
-        import torch
 
-        needed = math.ceil(workers * gpus_per_worker)
-        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if found < needed:
-            raise LaunchError(
-                f"{workers} workers x gpus_per_worker={gpus_per_worker} need {needed} GPU(s) but this machine has "
-                f"{found}; use gpus_per_worker=0 (CPU, gloo) or set RAY_ADDRESS to a cluster with GPUs"
-            )
+def _check_local_gpus(workers: int, gpus_per_worker: float) -> None:
+    """On a local Ray, the GPUs the workers ask for must be on this machine."""
+    import torch
 
+    needed = math.ceil(workers * gpus_per_worker)
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found < needed:
+        raise LaunchError(
+            f"{workers} workers x gpus_per_worker={gpus_per_worker} need {needed} GPU(s) but this machine has "
+            f"{found}; use gpus_per_worker=0 (CPU, gloo) or set RAY_ADDRESS to a cluster with GPUs"
+        )
+
+
+def _storage(storage: str | None, cluster: str) -> str:
+    """Where Ray keeps the run: the given storage, else ICT_STORAGE, else the default folder (not on a cluster,
+    whose nodes need shared storage); a local path made absolute."""
     if storage is None:
         storage = os.environ.get(STORAGE_ENV) or (DEFAULT_STORAGE if cluster != "address" else None)
         if storage is None:
@@ -165,16 +206,11 @@ def plan_launch(
                 f"--storage s3://BUCKET/PREFIX (or an NFS path mounted on every node), or set {STORAGE_ENV}"
             )
     storage = str(storage)
-    if not is_uri(storage):
-        storage = str(Path(storage).expanduser().resolve())
+    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
 
-    if name is None:
-        if resume is True:
-            raise LaunchError("resume=True needs the name of the run to continue (--name)")
-        name = default_name(cfg)
-    if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise LaunchError(f"name must be a plain folder name (no '/'), got {name!r}")
 
+def _resumes(storage: str, name: str, resume: bool | str) -> bool:
+    """Whether the launch continues a run: `resume` (True, False or "auto") against whether the run exists."""
     exists = experiment_exists(storage, name)
     if resume is True and not exists:
         raise LaunchError(f"resume=True but no run named {name!r} exists in storage {storage}")
@@ -183,9 +219,12 @@ def plan_launch(
             f"a run named {name!r} already exists in storage {storage}; pass resume=True (--resume) to continue it, "
             "or choose another name"
         )
-    resume = bool(exists)
+    return bool(exists)
 
-    # With URI storage rank 0 writes to local scratch (or the given run_dir) and mirrors it to the URI.
+
+def _run_folders(storage: str, name: str, run_dir: str | None, run_uri: str | None) -> tuple[str, str | None]:
+    """(run_dir, run_uri): with URI storage rank 0 writes to local scratch (or the given run_dir) and mirrors it
+    to the URI; otherwise the run folder is in the storage."""
     if run_uri is not None and not is_uri(run_uri):
         raise LaunchError(f"run_uri must be a URI such as s3://BUCKET/PATH (a local folder goes in run_dir), got {run_uri!r}")
     if run_uri is None:
@@ -196,27 +235,7 @@ def plan_launch(
             run_dir = str(Path(tempfile.gettempdir()) / "ict_runs" / f"{name}-{uuid.uuid4().hex[:8]}" / RUN_SUBDIR)
         else:
             run_dir = _join(storage, name, RUN_SUBDIR)
-    run_dir = str(Path(run_dir).expanduser().resolve())
-
-    if ship_code is None:
-        ship_code = cluster == "address" and os.environ.get(CODE_ON_NODES_ENV) != "1" and not job_ships_code()
-
-    return LaunchPlan(
-        workers=workers,
-        gpus_per_worker=float(gpus_per_worker),
-        cpus_per_worker=None if cpus_per_worker is None else float(cpus_per_worker),
-        storage=storage,
-        name=name,
-        run_dir=run_dir,
-        run_uri=run_uri,
-        max_failures=max_failures,
-        resume=resume,
-        # NCCL only where ranks talk GPU to GPU; a one-worker run needs no collective (and then also runs on a
-        # node whose torch has no CUDA).
-        backend="nccl" if gpus_per_worker > 0 and workers > 1 else "gloo",
-        cluster=cluster,
-        ship_code=bool(ship_code),
-    )
+    return str(Path(run_dir).expanduser().resolve()), run_uri
 
 
 def cpu_share(workers: int, gpus_per_worker: float, free_cpus: float, max_node_cpus: float) -> float:
@@ -370,6 +389,38 @@ def _read_summary(plan: LaunchPlan) -> dict:
     return {}
 
 
+def _torch_trainer(cfg: Config, plan: LaunchPlan, cpus: float, callbacks: Iterable[Any]):
+    """The TorchTrainer of a launch: `plan.workers` ranks of worker_loop with `cpus` CPUs (and the plan's GPUs)
+    each, Ray's checkpoints and restarts as the config and the plan say."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": cpus}
+    if plan.gpus_per_worker > 0:
+        resources["GPU"] = plan.gpus_per_worker
+    return TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "run_dir": plan.run_dir,
+            "run_uri": plan.run_uri,
+            "cpus_per_worker": cpus,
+            "gpus_per_worker": plan.gpus_per_worker,
+        },
+        torch_config=TorchConfig(backend=plan.backend),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=plan.workers, use_gpu=plan.gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=plan.name,
+            storage_path=plan.storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=plan.max_failures),
+            callbacks=list(callbacks) or None,
+        ),
+    )
+
+
 def run_ray_train(
     cfg: Config,
     *,
@@ -405,37 +456,12 @@ def run_ray_train(
             run_uri=run_uri,
         )
     import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     started = _connect(plan)
     try:
         cpus = _resolve_resources(plan)
         _storage_note(plan)
-        resources = {"CPU": cpus}
-        if plan.gpus_per_worker > 0:
-            resources["GPU"] = plan.gpus_per_worker
-        trainer = TorchTrainer(
-            worker_loop,
-            train_loop_config={
-                "config": cfg.to_dict(),
-                "run_dir": plan.run_dir,
-                "run_uri": plan.run_uri,
-                "cpus_per_worker": cpus,
-                "gpus_per_worker": plan.gpus_per_worker,
-            },
-            torch_config=TorchConfig(backend=plan.backend),
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=plan.workers, use_gpu=plan.gpus_per_worker > 0, resources_per_worker=resources
-            ),
-            run_config=ray.train.RunConfig(
-                name=plan.name,
-                storage_path=plan.storage,
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                failure_config=ray.train.FailureConfig(max_failures=plan.max_failures),
-                callbacks=list(callbacks) or None,
-            ),
-        )
+        trainer = _torch_trainer(cfg, plan, cpus, callbacks)
         print(f"[ray_train] {'resuming' if plan.resume else 'starting'} {plan.name}: {plan.workers} worker(s) x "
               f"{cpus:g} CPU{f' + {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''} ({plan.backend}), "
               f"run folder {plan.run_uri or plan.run_dir}", flush=True)

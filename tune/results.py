@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from ict_core import datasets
 from ict_core import rundir
 from ict_core.fileio import atomic_path, atomic_write_text
-from ict_core.records import (COMPLETED, CONFIG_TYPES, DIVERGED, ERRORED, EVAL_METRICS, EVALS_FILE,  # noqa: F401
-                              EVALS_SCHEMA, FINAL_METRICS, META_DIRECTION, META_EXPERIMENT, META_METRIC,
+from ict_core.records import (COMPLETED, CONFIG_TYPES, DIVERGED, ERRORED, EVAL_METRICS, EVALS_FILE,
+                              FINAL_METRICS, META_DIRECTION, META_EXPERIMENT, META_METRIC,
                               META_SEARCHED, META_SPACE, PRUNED, STATUSES, TRIALS_FILE, TRIALS_SCHEMA, evals_schema)
 
 def _cell(value: Any, dtype: pa.DataType) -> Any:
@@ -260,14 +260,7 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
         row.update(steps=last.get("step"), images_seen=last.get("images_seen"),
                    wall_s=_num(summary.get("wall_s", last.get("elapsed_s"))),
                    world_size=summary.get("world_size"))
-        row.update({k: v for k, v in _provenance(store.read_json(f"{rel}/{rundir.PROVENANCE}")).items() if v is not None})
-        node = store.read_json(f"{rel}.node.json") or next(iter(store.read_jsonl(f"{rel}/workers.jsonl")), {})
-        row["node_id"] = node.get("node_id") or node_id
-        if summary.get("device") and not row.get("device"):
-            row["device"] = summary["device"]
-        source = store.read_json(f"{rel}/reused.json")  # tune/reuse.REUSED_FILE: copied, not trained here
-        row["reused"] = source is not None
-        row["reused_from"] = f"{source.get('experiment')}/{source.get('run_dir')}" if source else None
+        row.update(_run_facts(store, rel, summary, node_id))
         trial_rows.append(row)
         for e in evals:
             eval_rows.append({"experiment": experiment, "trial_id": trial_id, "config_id": config_id,
@@ -277,6 +270,20 @@ def trial_rows(store, *, experiment: str, space: str, stratum: str, config_id: s
         # Every seed finished, then the trial failed (e.g. in its final report): keep the runs, note the error.
         trial_rows[-1]["error"] = error
     return trial_rows, eval_rows
+
+
+def _run_facts(store, rel: str, summary: dict, node_id: str | None) -> dict:
+    """A run folder's bookkeeping columns: provenance (device, versions, commit), the node it ran on, and
+    whether it was copied from another experiment (reused, reused_from) rather than trained here."""
+    facts = {k: v for k, v in _provenance(store.read_json(f"{rel}/{rundir.PROVENANCE}")).items() if v is not None}
+    node = store.read_json(f"{rel}.node.json") or next(iter(store.read_jsonl(f"{rel}/workers.jsonl")), {})
+    facts["node_id"] = node.get("node_id") or node_id
+    if summary.get("device") and not facts.get("device"):
+        facts["device"] = summary["device"]
+    source = store.read_json(f"{rel}/reused.json")  # tune/reuse.REUSED_FILE: copied, not trained here
+    facts["reused"] = source is not None
+    facts["reused_from"] = f"{source.get('experiment')}/{source.get('run_dir')}" if source else None
+    return facts
 
 
 def _flat_config(tree: dict) -> dict:

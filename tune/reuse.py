@@ -7,7 +7,7 @@ index copies the run's record instead (`copy_run`: config, provenance, summary, 
 not its checkpoints) and writes `reused.json` beside it naming the source. The seed's row in this experiment's
 trials.parquet is then built from the copy like any other row, with `reused` = True and `reused_from` =
 "<source experiment>/<run_dir>", so the run appears in every experiment that asked for it, and the report's
-compute table counts it once (analysis/report.compute_table). Run folders on a URI store (s3://) are not indexed:
+compute table counts it once (analysis/report_sections.compute_table). Run folders on a URI store (s3://) are not indexed:
 only local experiment folders are read.
 """
 from __future__ import annotations

@@ -37,7 +37,9 @@ from ict_core.records import (COMPLETED, ERRORED, EVALS_FILE, INTERRUPTED, RUNNI
                               TRIALS_FILE)
 from tune import REPO_ROOT
 from tune.cluster import ClusterShape, connect, pythonpath_env, resolve_address, trial_resources
-from tune.space import BUDGETS, Plan, SpaceError, describe_search, list_spaces, load_space
+from tune.space import load_space
+from tune.space_schema import BUDGETS, Plan, SpaceError, list_spaces
+from tune.startup import describe_search
 from tune.store import (RUNS_DIR, ExperimentFolder, StoreError, check_storage, check_storage_option, input_problem,
                         is_uri, join)
 

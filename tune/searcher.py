@@ -25,7 +25,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from ict_core.records import DIVERGED
-from tune.space import startup_trials
+from tune.startup import startup_trials
 
 DIVERGED_ATTR = "diverged"
 ORPHANED_ATTR = "orphaned"

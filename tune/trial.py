@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from ict_core.config import load_config, resolve_config
+from ict_core.config import Config, load_config, resolve_config
 from ict_core import rundir
 from ict_core.records import COMPLETED, DIVERGED, INTERRUPTED, RUNNING
 from ict_core.stop import StopRequest
@@ -60,11 +60,15 @@ def resolved_flat(cfg) -> dict:
     return flat
 
 
-def trial_overrides(stratum_fixed: dict, config: dict, cpus_per_trial: float, in_process: bool) -> dict:
+def trial_config(stratum_fixed: dict, config: dict, threads: int | None = None) -> Config:
+    """The Config one trial of a stratum trains, built here only: the stratum's fixed settings, then Tune's
+    config of the trial (trial_params). `threads`: train.num_threads where the trial leaves it unset (a trial
+    that trains in its own process takes its CPUs). The driver's ParquetCallback (tune/progress.py) rebuilds a
+    trial's config with it for the trial's rows. Raises ConfigError for a value the config refuses."""
     overrides = {**stratum_fixed, **trial_params(config)}
-    if in_process and not overrides.get("train.num_threads"):
-        overrides["train.num_threads"] = max(1, int(cpus_per_trial))
-    return overrides
+    if threads and not overrides.get("train.num_threads"):
+        overrides["train.num_threads"] = threads
+    return load_config(overrides=overrides)
 
 
 def tune_result(metrics: dict, *, seed_index: int, seed: int, total_steps: int, metric: str,
@@ -139,7 +143,7 @@ def ict_trial(config: dict, stratum: dict, seeds: int, metric: str, runs_root: s
     ray_train = ray_train or workers > 1
     trial_id = rt.get_context().get_trial_id()
     store = Store(runs_root)
-    base_cfg = load_config(overrides=trial_overrides(stratum["fixed"], config, cpus_per_trial, not ray_train))
+    base_cfg = trial_config(stratum["fixed"], config, threads=None if ray_train else max(1, int(cpus_per_trial)))
     seed_list = [base_cfg.train.seed + i for i in range(seeds)]
 
     folder = trial_folder(stratum["name"], trial_id)
