@@ -38,23 +38,33 @@ def _intervals(exp_dir: Path, trials: pd.DataFrame) -> list[tuple[str, float, fl
     return out
 
 
-@pytest.mark.slow
-def test_two_strata_train_at_the_same_time_within_what_fits(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray with room for two trials for the module (run_search leaves a Ray it did not start running)."""
     import ray
 
-    from tune.search import ray_env, run_search
+    from tune.search import ray_env
 
-    for key, value in ray_env().items():  # Ray's workers import tune.*
-        monkeypatch.setenv(key, value)
+    saved = {key: os.environ.get(key) for key in ray_env()}
+    os.environ.update(ray_env())  # Ray's workers import tune.*
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.mark.slow
+def test_two_strata_train_at_the_same_time_within_what_fits(tmp_path, local_ray):
+    from tune.search import run_search
+
     space = tmp_path / "together.yaml"
     space.write_text(SPACE.format(name="together", cache=tmp_path.parent / "featnet-cache"))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        exp_dir = run_search(space, budget="smoke", storage=tmp_path / "results", name="s", quiet=True)
-        # The two strata shared the 2 CPUs: each trial took its share, as one stratum alone would.
-        info = json.loads((exp_dir / "experiment.json").read_text())
-    finally:
-        ray.shutdown()
+    exp_dir = run_search(space, budget="smoke", storage=tmp_path / "results", name="s", quiet=True)
+    info = json.loads((exp_dir / "experiment.json").read_text())
     assert info["status"] == "finished" and sorted(info["done_strata"]) == ["first", "second"]
     assert info["resources"]["max_concurrent_trials"] == 2
     trials = pd.read_parquet(exp_dir / "trials.parquet")
@@ -87,3 +97,35 @@ def test_strata_on_a_growing_cluster_share_the_plans_concurrency():
     assert shared_concurrency({"max_concurrent_trials": 8, "queue": True}, 3) == 3  # 9 asked, never fewer than 8
     assert shared_concurrency({"max_concurrent_trials": 8, "queue": True}, 1) == 8
     assert shared_concurrency({"max_concurrent_trials": 2, "queue": True}, 4) == 1
+
+
+@pytest.mark.slow
+def test_a_stratum_started_before_strata_ran_at_once_is_restored_under_its_old_trainable_name(tmp_path, local_ray):
+    """Experiment folders written before hold Ray experiments whose trainable was registered as `ict_trial`;
+    Tune restores only under the same name, so such a stratum is restored under it and fitted on its own (two
+    of them under one name at once would run each other's trainable); a stratum started now is restored under its
+    own name."""
+    from ray import tune as rt
+
+    from tune.plan import resolve_plan, resources
+    from tune.tuners import Launch, StratumJob, build_tuner, trainable_name
+
+    def ict_trial(config):  # the name the previous code registered every stratum's trainable under
+        rt.report({"fd": 1.0})
+
+    def made_now(config):
+        rt.report({"fd": 1.0})
+
+    made_now._name = trainable_name("second")
+    ray_dir = tmp_path / "ray"
+    for trainable, name in ((ict_trial, "first"), (made_now, "second")):
+        rt.Tuner(trainable, run_config=rt.RunConfig(name=name, storage_path=str(ray_dir), verbose=0)).fit()
+    space = tmp_path / "old.yaml"
+    space.write_text(SPACE.format(name="old", cache=tmp_path / "featnet-cache"))
+    plan = resolve_plan(space)
+    res = {**resources(plan, 1, 0, {"CPU": 2, "GPU": 0}), "max_failures": 0}
+    ctx = Launch(plan=plan, name="old", exp_dir=tmp_path, experiment_uri=None, res=res,
+                 runs_root=str(tmp_path / "runs"), ray_dir=str(ray_dir))
+    first, second = (StratumJob(s, s.name, 1) for s in plan.strata)
+    assert build_tuner(ctx, first) is not None and first.legacy
+    assert build_tuner(ctx, second) is not None and not second.legacy

@@ -214,7 +214,7 @@ def build_tuner(ctx: Launch, job: StratumJob):
             return rt.Tuner.restore(path, trainable=_trainable(ctx, job, trainable_name(job.tune_name)),
                                     resume_errored=True)
         except ValueError as err:
-            if TRAINABLE not in str(err):
+            if f"expected '{TRAINABLE}'" not in str(err):  # Tune: "... but expected 'ict_trial'."
                 raise
             job.legacy = True
             return rt.Tuner.restore(path, trainable=_trainable(ctx, job, TRAINABLE), resume_errored=True)
