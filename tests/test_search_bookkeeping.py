@@ -1,4 +1,4 @@
-"""Search bookkeeping end to end, through the CLI in real subprocesses: Ctrl-C stops the strata loop and --resume
+"""Search bookkeeping end to end, through the CLI in real subprocesses: Ctrl-C stops the strata and --resume
 continues exactly what was unfinished; nothing a trial wrote is lost with actor reuse; both trial paths (in the
 trial process and through Ray Train) survive an error in the second seed and a driver restart with every row
 built from the run folders; a search whose every trial errored exits non-zero with the error."""
@@ -84,7 +84,7 @@ def test_ctrl_c_stops_the_strata_and_resume_finishes_exactly_what_was_left(tmp_p
     info = json.loads((exp_dir / "experiment.json").read_text())
     assert info["status"] == "interrupted" and info["done_strata"] == [] and "finished" not in info
     before = pd.read_parquet(exp_dir / "trials.parquet") if (exp_dir / "trials.parquet").exists() else None
-    assert before is None or (len(before) < 3 and set(before["stratum"]) <= {"first"})
+    assert before is None or len(before) < 6  # the strata train at the same time: some runs of either may be done
 
     # A changed plan is refused on resume unless --extend says so.
     changed = _run(args + ["--resume", "--set", "train.batch_size=16"], timeout=120)

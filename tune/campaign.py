@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +28,10 @@ from ict_core.cli import bad_input, check_writable_folder, command
 from ict_core.errors import BadInput
 from ict_core.config import ConfigError, load_config, parse_overrides
 from tune.findings import ExportError, export_findings, hours_text
-from tune.search import check_max_failures, check_plan_paths, format_plan, resolve_plan, resources, run_search
+from tune.launch import run_search
+from tune.plan import (COST_KEYS, EVAL_PROBE_IMAGES, check_max_failures, check_plan_paths, compute_lines,  # noqa: F401
+                       estimate_seconds, format_plan, load_note, measure_step_seconds, plan_compute, plan_power,
+                       resolve_plan, resources, total_line)
 from tune.space_schema import BUDGETS, SpaceError, list_spaces
 from tune.store import ExperimentFolder, check_storage_option, is_uri, join, report_copy
 
@@ -39,11 +40,6 @@ DEFAULT_STORAGE = "results"
 # The issue's order: the paper's open questions first, then the ablation grids.
 ORDER = ("c_scaling", "lognormal", "dropout", "curriculum", "ema_teacher", "metric", "noise_schedule", "weighting",
          "fourier_scale")
-# Keys that decide what a training step costs; configurations equal in these share one timing.
-COST_KEYS = ("data.name", "data.resolution", "network.channels", "network.channel_mult", "network.num_blocks",
-             "network.attn_resolutions", "train.batch_size", "loss.objective", "loss.teacher", "train.precision",
-             "train.device")
-EVAL_PROBE_IMAGES = 2 * 256  # the Evaluator's train and held-out loss probes (two forwards per image each)
 
 
 class CampaignError(BadInput):
@@ -92,125 +88,9 @@ def plan_campaign(spaces, budget: str, num_samples=None, extra=None) -> list:
     return plans
 
 
-# ---- compute estimate ------------------------------------------------------------------------------------------
-def plan_compute(plan) -> list[dict]:
-    """Per stratum: runs, training steps, images and evaluations the search trains at most (no early stopping)."""
-    rows = []
-    for stratum in plan.strata:
-        cfg = load_config(overrides=stratum.first_config(plan.params))
-        runs = stratum.num_samples * plan.seeds
-        steps = cfg.train.total_steps
-        every = cfg.eval.every
-        evals = steps // every + (1 if steps % every else 0) if every else 1  # every `every` steps and the last
-        rows.append({"space": plan.space, "stratum": stratum.name, "runs": runs, "steps_per_run": steps,
-                     "images": runs * steps * cfg.train.batch_size, "evals_per_run": evals, "cfg": cfg})
-    return rows
-
-
-def _cost_key(cfg) -> str:
-    flat = cfg.flat()
-    return json.dumps({k: flat[k] for k in COST_KEYS}, sort_keys=True)
-
-
-def measure_step_seconds(cfg, threads: int, steps: int = 4, warmup: int = 2) -> float:
-    """Median seconds of one real training step of `cfg` on this machine with `threads` torch threads.
-
-    Uses the trainer's own step (data, noise, teacher and student passes, optimizer, EMA), like
-    benchmarks/step_cost.py, without its evaluation."""
-    import statistics
-
-    import torch
-
-    from ict_core.trainer import Run as _Run
-
-    before = torch.get_num_threads()
-    cfg = cfg.with_overrides({"train.num_threads": max(1, int(threads)), "eval.grid": False})
-    try:
-        with tempfile.TemporaryDirectory(prefix="campaign-timing-") as run_dir:
-            run = _Run(cfg, None, run_dir, None)
-            run.student.train()
-            times = []
-            for i in range(warmup + steps):
-                t0 = time.perf_counter()
-                run.train_step()
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-            return statistics.median(times)
-    finally:
-        torch.set_num_threads(before)
-
-
-def estimate_seconds(row: dict, step_s: float, concurrent: int) -> float:
-    """Wall seconds of one stratum: training steps plus evaluations (sampling, one- and two-step, and the loss
-    probes, counted as forward passes at a third of a training step per batch) spread over the concurrent
-    trials. Feature-network training and Ray start-up are left out."""
-    cfg = row["cfg"]
-    batch = cfg.train.batch_size
-    forwards_per_eval = 3 * cfg.eval.num_samples + 2 * EVAL_PROBE_IMAGES
-    eval_s = forwards_per_eval / batch * step_s / 3
-    per_run = row["steps_per_run"] * step_s + row["evals_per_run"] * eval_s
-    return row["runs"] * per_run / max(1, concurrent)
-
-
-def load_note() -> str:
-    """The load a step time was measured under: a measurement on a busy machine is slower than on an idle one."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return "under a load that could not be read"
-    return f"under a 1-min load average of {load:.2f} on {os.cpu_count()} CPU(s); it scales with the load"
-
-
-def compute_lines(plan, res: dict, timings: dict, measure: bool = True) -> tuple[list[str], dict]:
-    """The compute lines of one search's plan (per stratum: runs, steps, images, and the measured step time with the
-    load it was measured under and the hours it gives, or "not measured"), and its totals {runs, images,
-    seconds, timed, untimed}. `timings` caches step times by cost key across searches."""
-    lines, total = [], {"runs": 0, "images": 0, "seconds": 0.0, "timed": 0, "untimed": 0}
-    asha = plan.scheduler.get("type") == "asha"
-    for row in plan_compute(plan):
-        line = (f"compute {row['stratum']}: {row['runs']} run(s) x {row['steps_per_run']} steps = "
-                f"{row['images']:,} images" + (" at most (ASHA stops some runs early)" if asha else ""))
-        if measure:
-            key = _cost_key(row["cfg"])
-            if key not in timings:
-                note = load_note()
-                try:
-                    timings[key] = (measure_step_seconds(row["cfg"], res["cpus_per_trial"]), note)
-                except BadInput as err:  # e.g. train.device=cuda without a GPU, or data under a storage URI
-                    timings[key] = (float("nan"), f"not timed here ({err})")
-            step_s, note = timings[key]
-            if math.isfinite(step_s):
-                seconds = estimate_seconds(row, step_s, res["max_concurrent_trials"])
-                line += (f"; {1e3 * step_s:.1f} ms/step measured here ({res['cpus_per_trial']} thread(s), {note}), "
-                         f"{res['max_concurrent_trials']} concurrent -> about {hours_text(seconds)}")
-                total["seconds"] += seconds
-                total["timed"] += 1
-            else:
-                line += f"; {note}"
-                total["untimed"] += 1
-        else:
-            line += "; time not measured (--no-timing)"
-            total["skipped"] = total.get("skipped", 0) + 1
-        lines.append(line)
-        total["runs"] += row["runs"]
-        total["images"] += row["images"]
-    return lines, total
-
-
-def total_line(what: str, total: dict) -> str:
-    """The last line of a dry run: runs, images and the estimated time (or why there is none)."""
-    timed = (f", about {hours_text(total['seconds'])} on this machine (training and evaluation; Ray start-up and "
-             f"feature-network training not counted)" if total.get("timed") else "")
-    skipped = ", time not measured" if total.get("skipped") and not total.get("timed") else ""
-    untimed = f"; {total['untimed']} stratum(s) could not be timed here" if total.get("untimed") else ""
-    return f"{what}, {total['runs']} runs, {total['images']:,} images{timed}{skipped}{untimed}"
-
-
 def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print, pilot=None) -> dict:
     """Print each search's plan, its compute and each claim's detectable effect (from `pilot` folders, or the
     campaign's own experiments; tune/pilot.py); returns the totals {runs, images, seconds}."""
-    from tune.search import plan_power
-
     family = sum(len(plan.claims) for _, plan in plans)  # Holm runs over every claim of the campaign
     timings: dict[str, tuple[float, str]] = {}
     total = {"runs": 0, "images": 0, "seconds": 0.0, "timed": 0, "untimed": 0, "skipped": 0}

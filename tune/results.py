@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -129,6 +130,16 @@ def run_key(config_flat: dict, seed: int) -> str:
     return hashlib.sha1(body.encode()).hexdigest()[:16]
 
 
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.Lock:
+    """One lock per table pair in this process: the callbacks of strata fitted at the same time write in turn."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(str(path), threading.Lock())
+
+
 class ResultTables:
     """The experiment's trials/evals tables, kept in memory and rewritten whole after each finished trial.
 
@@ -173,6 +184,26 @@ class ResultTables:
         return added
 
     def write(self) -> None:
+        with _write_lock(self.trials_path):
+            self._merge_written()
+            self._write()
+
+    def _merge_written(self) -> None:
+        """Take in the runs another writer of the same tables wrote since these were read: the strata of one
+        search run at the same time, each with its own tables, into one table pair (tune/tuners.py)."""
+        if not self.trials_path.exists():
+            return
+        ids, keys = {r["trial_id"] for r in self.trials}, {r["run_key"] for r in self.trials}
+        theirs = [r for r in pq.read_table(self.trials_path).to_pylist()
+                  if r["trial_id"] not in ids and r["run_key"] not in keys]
+        if not theirs:
+            return
+        self.trials.extend(theirs)
+        new = {r["trial_id"] for r in theirs} - {e["trial_id"] for e in self.evals}
+        if new and self.evals_path.exists():
+            self.evals.extend(e for e in pq.read_table(self.evals_path).to_pylist() if e["trial_id"] in new)
+
+    def _write(self) -> None:
         # Evaluations first: a run in trials.parquet always has its evaluations, even when the driver is killed
         # between the two files (a resume records that run again and replaces its orphaned evaluation rows).
         by_trial = {r["trial_id"]: r for r in self.trials}
