@@ -80,7 +80,7 @@ def test_dry_run_states_the_compute_at_the_designs_cap():
     timings = {campaign._cost_key(r["cfg"]): (step_s, "planted") for r in rows}
     lines, total = campaign.compute_lines(plan, campaign.resources(plan, 1, 0, None), timings)
     first = sum(campaign.estimate_seconds(r, step_s, 2) for r in rows)
-    assert total["runs"] == sum(r["runs"] for r in rows) == 6 * 5 * plan.design.seeds_min
+    assert total["runs"] == sum(r["runs"] for r in rows) == len(plan.strata) * 5 * plan.design.seeds_min
     assert total["cap_runs"] == plan.design.max_runs
     assert total["cap_seconds"] == pytest.approx(first * plan.design.max_runs / total["runs"])
     assert f"at most {plan.design.max_runs} run(s)" in lines[-1] and "about" in lines[-1]
@@ -144,6 +144,9 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     with pytest.raises(ExportError, match="not finished.*fourier_scale.*--resume"):
         export_findings(cdir, findings)
     assert not findings.exists()
+    # The budget pilot's curves live beside the export (tune/budget_pilot.py) and survive it.
+    (findings / "pilot").mkdir(parents=True)
+    (findings / "pilot" / "curves.csv").write_text("dataset,steps\nplanted,4\n")
 
     done = subprocess.run(cmd + ["--resume", "--export", str(findings)], capture_output=True, text=True,
                           timeout=600)
@@ -163,6 +166,7 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     report = (cdir / "report" / "report.md").read_text()
     assert "weighting" in report and "fourier_scale" in report
 
+    assert (findings / "pilot" / "curves.csv").read_text() == "dataset,steps\nplanted,4\n"
     # --export: the evidence, with no path of this machine, and a README naming both sessions' commands.
     for name, before in (("weighting", first_after), ("fourier_scale", second_after)):
         exported = pd.read_parquet(findings / name / "trials.parquet")
