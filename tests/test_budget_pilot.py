@@ -49,6 +49,13 @@ def test_pilot_trains_real_runs_writes_curves_and_resumes(tmp_path, capsys):
     assert budget_pilot.main(argv) == 0
     assert "seed=" not in capsys.readouterr().out
     assert len((out / "pilot.csv").read_text().splitlines()) == 5
+    assert "not yet trained" not in (out / "README.md").read_text()
+    # --no-train with a longer plan: outputs from the runs at hand, the missing ones listed, nothing trained.
+    assert budget_pilot.main(argv[:5] + ["2,4,8"] + argv[6:] + ["--no-train"]) == 0
+    assert "seed=" not in capsys.readouterr().out
+    text = (out / "README.md").read_text()
+    assert "not yet trained" in text and "digits 8 steps seed 1" in text
+    assert len((out / "pilot.csv").read_text().splitlines()) == 5
 
 
 @pytest.mark.parametrize("args, message", [

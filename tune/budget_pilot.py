@@ -9,7 +9,8 @@ in a search at that budget) and one evaluation at its end. It writes OUT/pilot.c
 fd_student, wall seconds), OUT/curves.csv (per data set and step count: mean fd over seeds, its standard error,
 and the gain of the last doubling), OUT/curves.png (the curves) and OUT/README.md (the command and commit that
 made them, the table, and per data set whether the curve has flattened). Runs already in pilot.csv are skipped,
-so an interrupted pilot continues where it stopped.
+so an interrupted pilot continues where it stopped; --no-train only rewrites the outputs from the runs already in
+pilot.csv and lists the planned runs still missing.
 
 "Flattened" (issue 22): going from the second-largest to the largest step count improves the mean final FD by
 less than the standard error of that difference, or by less than 10%.
@@ -125,7 +126,7 @@ def commit_text() -> str:
     return f"`{head}`" + (" with local changes" if dirty else "")
 
 
-def write_outputs(out: Path, rows: list[dict], command: str) -> list[dict]:
+def write_outputs(out: Path, rows: list[dict], command: str, missing=()) -> list[dict]:
     table = curves(rows)
     with open(out / "curves.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(table[0]) if table else ["dataset"])
@@ -144,6 +145,9 @@ def write_outputs(out: Path, rows: list[dict], command: str) -> list[dict]:
                      f"| {gain} | {share} | {r['flat']} |")
     lines += ["", "flat: the doubling to this step count gained less than its standard error or less than "
               f"{FLAT_RELATIVE:.0%} of FD (issue 22's rule). ![curves](curves.png)", ""]
+    if missing:
+        lines += ["Planned runs not yet trained (run the command without --no-train to add them): "
+                  + ", ".join(f"{k} {s} steps seed {seed}" for k, s, seed in missing) + ".", ""]
     (out / "README.md").write_text("\n".join(lines))
     return table
 
@@ -156,6 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="runs per data set and step count (train.seed 0..N-1)")
     p.add_argument("--out", required=True, help="folder for pilot.csv, curves.csv, curves.png, README.md")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-train", action="store_true",
+                   help="only rewrite curves.csv, curves.png and README.md from the runs in pilot.csv")
     args = p.parse_args(argv)
     try:
         if not (BUDGET_DIR / f"{args.budget}.yaml").is_file():
@@ -182,7 +188,7 @@ def main(argv=None) -> int:
     done = {(r["dataset"], int(r["steps"]), int(r["seed"])) for r in rows}
     command = "python tune/budget_pilot.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for key, s, seed, cfg in plans:
-        if (key, s, seed) in done:
+        if (key, s, seed) in done or args.no_train:
             continue
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="budget-pilot-") as run_dir:
@@ -199,7 +205,9 @@ def main(argv=None) -> int:
         print(f"{key} steps={s} seed={seed}: fd={row['fd']:.2f} +- {row['fd_se']:.2f} ({row['wall_s']:.0f} s)",
               flush=True)
     wanted = {(k, s) for k in keys for s in steps}
-    table = write_outputs(out, [r for r in rows if (r["dataset"], int(r["steps"])) in wanted], command)
+    missing = [(k, s, seed) for k, s, seed, _ in plans
+               if (k, s, seed) not in {(r["dataset"], int(r["steps"]), int(r["seed"])) for r in rows}]
+    table = write_outputs(out, [r for r in rows if (r["dataset"], int(r["steps"])) in wanted], command, missing)
     for r in table:
         print(f"{r['dataset']} {r['steps']}: fd {r['fd_mean']:.1f} +- {r['fd_se_seeds']:.1f}"
               + (f", flat={r['flat']}" if r["flat"] != "" else ""))
