@@ -74,8 +74,9 @@ def main(argv=None) -> int:
             share = row["runs"] / max(1, sum(r["runs"] for r in plan_compute(plan)))
             cap_runs = cap["runs"] * share if cap else row["runs"]
             cap_s = seconds * cap_runs / row["runs"]
-            rows.append({"space": space, "stratum": row["stratum"], "dim": stratum.dim, "ms_per_step": 1e3 * timings[key],
-                         "runs": row["runs"], "hours": seconds / 3600, "cap_runs": cap_runs, "cap_hours": cap_s / 3600})
+            rows.append({"space": space, "stratum": row["stratum"], "dim": stratum.dim,
+                         "ms_per_step": 1e3 * timings[key], "runs": row["runs"], "hours": seconds / 3600,
+                         "cap_runs": cap_runs, "cap_hours": cap_s / 3600})
             print(f"| {space} | {row['stratum']} | {stratum.dim} | {1e3 * timings[key]:.1f} | {row['runs']} | "
                   f"{seconds / 3600:.2f} | {cap_runs:.0f} | {cap_s / 3600:.2f} |", flush=True)
             first["runs"] += row["runs"]
