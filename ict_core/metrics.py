@@ -3,7 +3,8 @@ and the feature networks they are computed in.
 
 Feature networks ("eval.features"):
   dataset    a small CNN classifier trained on the data set's own labels (digits: the digit; patches: the source
-             photo; cifar10/imagenet64: the class, on a capped subset); features = its 128-d penultimate layer.
+             photo; cifar10/imagenet64: the class, on a capped subset); features = its pooled penultimate layer
+             (64-d; 128-d for patches: FEATNET_RECIPES).
              It trains on the data set's `featnet` part, which the generator never trains on (ict_core.data), and
              FD's reference statistics are that part's features, so copying training images earns nothing over
              drawing new real ones (docs/MEASUREMENT.md). Training is deterministic (fixed seed, fixed CPU thread
