@@ -71,3 +71,23 @@ def test_bad_input_is_one_line_naming_the_value(args, message, tmp_path, capsys)
     import re
     assert re.search(message, err), err
     assert not (tmp_path / "pilot.csv").exists()
+
+
+def test_an_export_replaces_the_old_one_but_keeps_the_pilot(tmp_path):
+    import json
+
+    from tune.findings import export_findings
+
+    camp = tmp_path / "camp"
+    (camp / "report").mkdir(parents=True)
+    (camp / "report" / "report.md").write_text("# report\n")
+    (camp / "campaign.json").write_text(json.dumps({"budget": "smoke", "report": "report/report.md",
+                                                   "searches": {"weighting": {"state": "done", "wall_s": 1.0}}}))
+    dest = tmp_path / "findings"
+    (dest / "pilot").mkdir(parents=True)
+    (dest / "pilot" / "curves.csv").write_text("dataset,steps\nplanted,4\n")
+    (dest / "stale.txt").write_text("from the old export")
+    export_findings(camp, dest)
+    assert (dest / "pilot" / "curves.csv").read_text() == "dataset,steps\nplanted,4\n"
+    assert not (dest / "stale.txt").exists()
+    assert (dest / "report" / "report.md").exists() and (dest / "README.md").exists()

@@ -50,8 +50,9 @@ def test_planted_sets_copies_do_not_beat_unseen_images_and_blur_is_worse(overrid
     # ... while blur costs more than sampling noise against both.
     assert scores["blur"][0] > scores["unseen"][0] + 2 * noise("blur", "unseen")
     assert scores["blur"][0] > scores["copies"][0] + 1.5 * noise("blur", "copies")
-    # A yardstick that separates (issue 22): blur lies at least 5 of the unseen set's standard errors above it.
-    assert scores["blur"][0] - scores["unseen"][0] >= 5 * scores["unseen"][1]
+    # A yardstick that separates (issue 22 asks for at least 5 of the unseen set's standard errors between unseen
+    # and blurred; featnet-v2 managed about 6 on patches, featnet-v3 15-20, so 10 keeps a margin both ways).
+    assert scores["blur"][0] - scores["unseen"][0] >= 10 * scores["unseen"][1]
 
 
 @pytest.mark.parametrize("resolution", [8, 32])
