@@ -8,6 +8,8 @@ patches     RGB crops of the photographs bundled with scikit-image, at 8, 16, 32
             network, a tenth the held-out set (data.featnet_fraction, data.holdout_fraction), the rest training,
             and every crop lies inside cells of one part, so no held-out or feature-network crop shares a pixel
             with a training crop.
+patches_grey  the very crops of `patches` (same photos, positions and split) turned to grey by ITU-R BT.601 luma,
+            1 channel: with both, one image family gives d = 64, 192, 256, 768, 1024, 3072 (8, 16, 32 px).
 cifar10     the python version of CIFAR-10 (cifar-10-batches-py); held-out set = the official test batch.
 imagenet64  downsampled ImageNet 64x64 (.npz batches); held-out set = val_data.npz.
 
@@ -398,6 +400,23 @@ def _load_patches(data_cfg: DataConfig, seed: int) -> Dataset:
                    heldout_labels=out["heldout"][1], num_classes=len(PATCH_SOURCES), label_kind="source_image",
                    featnet=out["featnet"][0].contiguous(), featnet_labels=out["featnet"][1],
                    crop_boxes={name: values[2] for name, values in out.items()})
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B
+
+
+def _grey(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> (N, 1, H, W) luma, still in [-1, 1] (the weights sum to 1)."""
+    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True).clamp_(-1.0, 1.0).contiguous()
+
+
+def _load_patches_grey(data_cfg: DataConfig, seed: int) -> Dataset:
+    rgb = _load_patches(data_cfg, seed)
+    return Dataset(train=_grey(rgb.train), heldout=_grey(rgb.heldout), name="patches_grey", channels=1,
+                   resolution=rgb.resolution, allows_flip=True, train_labels=rgb.train_labels,
+                   heldout_labels=rgb.heldout_labels, num_classes=rgb.num_classes, label_kind=rgb.label_kind,
+                   featnet=_grey(rgb.featnet), featnet_labels=rgb.featnet_labels, crop_boxes=rgb.crop_boxes)
 
 
 # ---- cifar10 ------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_unknown_space_or_budget_is_a_clear_error_before_ray(capsys):
 
 def test_default_spaces_put_the_open_questions_first():
     spaces = campaign.shipped_spaces()
-    assert spaces[:4] == ["c_scaling", "lognormal", "dropout", "curriculum"]
+    assert spaces[:5] == ["c_scaling", "c_ladder", "lognormal", "dropout", "curriculum"]
     assert set(spaces) >= {"ema_teacher", "metric", "noise_schedule", "weighting", "fourier_scale"}
 
 
@@ -71,6 +71,21 @@ def test_estimate_seconds_is_steps_plus_evaluations_over_concurrency():
     expected = row["runs"] * (100 * step_s + 2 * eval_s) / 2
     assert campaign.estimate_seconds(row, step_s, concurrent=2) == pytest.approx(expected)
     assert campaign.estimate_seconds(row, 2 * step_s, concurrent=2) == pytest.approx(2 * expected)
+
+
+def test_dry_run_states_the_compute_at_the_designs_cap():
+    plan = resolve_plan("c_ladder", "cpu")
+    rows = campaign.plan_compute(plan)
+    step_s = 0.01
+    timings = {campaign._cost_key(r["cfg"]): (step_s, "planted") for r in rows}
+    lines, total = campaign.compute_lines(plan, campaign.resources(plan, 1, 0, None), timings)
+    first = sum(campaign.estimate_seconds(r, step_s, 2) for r in rows)
+    assert total["runs"] == sum(r["runs"] for r in rows) == len(plan.strata) * 5 * plan.design.seeds_min
+    assert total["cap_runs"] == plan.design.max_runs
+    assert total["cap_seconds"] == pytest.approx(first * plan.design.max_runs / total["runs"])
+    assert f"at most {plan.design.max_runs} run(s)" in lines[-1] and "about" in lines[-1]
+    last = campaign.total_line("campaign", total)
+    assert f"at most {plan.design.max_runs} runs at the designs' caps" in last
 
 
 def test_dry_run_prints_every_plan_and_a_measured_estimate(tmp_path, capsys):

@@ -303,6 +303,11 @@ def test_campaign_dry_run_shows_every_shipped_claims_detectable_effect(tmp_path,
     assert len(claims) >= 8
     family = f"alpha {0.05 / len(claims):.4g} (Holm's strictest share of {len(claims)} claim(s))"
     assert out.count(family) == sum(1 for _, p in campaign.plan_campaign(None, "cpu") if p.claims)
-    for name in claims:
-        line = next(x for x in out.splitlines() if x.strip().startswith(name + " "))
-        assert " FD (spread " in line, line
+    piloted = {p.name for p in (repo / "docs" / "findings" / "cpu").iterdir() if (p / "trials.parquet").exists()}
+    for space, plan in campaign.plan_campaign(None, "cpu"):
+        for claim in plan.claims:
+            line = next(x for x in out.splitlines() if x.strip().startswith(claim.name + " "))
+            if plan.space in piloted:
+                assert " FD (spread " in line, line
+            else:  # a space the pilot never ran (c_ladder, new in issue 22) says so instead of guessing
+                assert "unknown until a pilot" in line, line

@@ -26,11 +26,12 @@ def _blur(images: torch.Tensor) -> torch.Tensor:
                                        ["data.name=patches", "data.resolution=32"]],
                          ids=["digits", "patches-8", "patches-16", "patches-32"])
 def test_planted_sets_copies_do_not_beat_unseen_images_and_blur_is_worse(overrides, tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp("planted"))
-    cfg = load_config(None, overrides + ["eval.features=dataset", f"eval.cache_dir={cache}"])
+    # The default cache: the feature network is trained once per machine (keyed by its recipe and its training
+    # images' content), as runs get it; the reference statistics are recomputed here.
+    cfg = load_config(None, overrides + ["eval.features=dataset"])
     dataset = load_dataset(cfg.data)
     extractor = metrics.get_feature_extractor(dataset, cfg.eval)
-    mu, sigma = metrics.reference_stats(dataset, extractor, cache)
+    mu, sigma = metrics.reference_stats(dataset, extractor, str(tmp_path_factory.mktemp("planted")))
     count = dataset.heldout.shape[0]
     pick = torch.randperm(dataset.train.shape[0], generator=torch.Generator().manual_seed(0))[:count]
     scores = {}
@@ -38,7 +39,8 @@ def test_planted_sets_copies_do_not_beat_unseen_images_and_blur_is_worse(overrid
         feats = extractor(images)
         scores[name] = (metrics.frechet_distance(*metrics.feature_stats(feats), mu, sigma),
                         metrics.frechet_distance_se(feats, mu, sigma))
-    print(dataset.key, {k: f"{v[0]:.1f} +- {v[1]:.1f}" for k, v in scores.items()})
+    print(dataset.key, f"accuracy {extractor.info.get('heldout_accuracy'):.3f}",
+          {k: f"{v[0]:.1f} +- {v[1]:.1f}" for k, v in scores.items()})
 
     def noise(a, b):
         return math.hypot(scores[a][1], scores[b][1])
@@ -48,6 +50,9 @@ def test_planted_sets_copies_do_not_beat_unseen_images_and_blur_is_worse(overrid
     # ... while blur costs more than sampling noise against both.
     assert scores["blur"][0] > scores["unseen"][0] + 2 * noise("blur", "unseen")
     assert scores["blur"][0] > scores["copies"][0] + 1.5 * noise("blur", "copies")
+    # A yardstick that separates (issue 22 asks for at least 5 of the unseen set's standard errors between unseen
+    # and blurred; featnet-v2 managed about 6 on patches, featnet-v3 15-20, so 10 keeps a margin both ways).
+    assert scores["blur"][0] - scores["unseen"][0] >= 10 * scores["unseen"][1]
 
 
 @pytest.mark.parametrize("resolution", [8, 32])

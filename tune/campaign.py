@@ -38,8 +38,8 @@ from tune.store import ExperimentFolder, check_storage_option, is_uri, join, rep
 STATE_FILE = "campaign.json"
 DEFAULT_STORAGE = "results"
 # The issue's order: the paper's open questions first, then the ablation grids.
-ORDER = ("c_scaling", "lognormal", "dropout", "curriculum", "ema_teacher", "metric", "noise_schedule", "weighting",
-         "fourier_scale")
+ORDER = ("c_scaling", "c_ladder", "lognormal", "dropout", "curriculum", "ema_teacher", "metric", "noise_schedule",
+         "weighting", "fourier_scale")
 
 
 class CampaignError(BadInput):
@@ -93,7 +93,8 @@ def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print, pilot=No
     campaign's own experiments; tune/pilot.py); returns the totals {runs, images, seconds}."""
     family = sum(len(plan.claims) for _, plan in plans)  # Holm runs over every claim of the campaign
     timings: dict[str, tuple[float, str]] = {}
-    total = {"runs": 0, "images": 0, "seconds": 0.0, "timed": 0, "untimed": 0, "skipped": 0}
+    total = {"runs": 0, "images": 0, "seconds": 0.0, "timed": 0, "untimed": 0, "skipped": 0, "cap_runs": 0,
+             "cap_seconds": 0.0}
     for space, plan in plans:
         res = resources(plan, 1, 0, None)
         out(f"==== {plan.space} ({plan.budget}) ====")
@@ -102,7 +103,10 @@ def dry_run(plans, campaign_dir: Path, measure: bool = True, out=print, pilot=No
         for line in lines:
             out(line)
         for key in total:
-            total[key] += sub.get(key, 0)
+            if key.startswith("cap_"):  # a search without a design trains its first round only
+                total[key] += sub.get(key, sub["runs"] if key == "cap_runs" else sub.get("seconds", 0.0))
+            else:
+                total[key] += sub.get(key, 0)
         own = None if is_uri(campaign_dir) else Path(campaign_dir) / plan.space  # a bucket's tables: use --pilot
         for line in plan_power(plan, pilot, own, family):
             out(line)

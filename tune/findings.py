@@ -135,9 +135,13 @@ def readme(state: dict, budget_text: str) -> str:
     return "\n".join(lines)
 
 
+PILOT_DIR = "pilot"  # kept across exports: the budget pilot's curves that chose the budget (tune/budget_pilot.py)
+
+
 def export_findings(campaign_dir: Path, dest: Path) -> Path:
     """Copy the campaign's tables, journals, report and state into `dest` (replacing what an earlier export
-    left there) and write dest/README.md. The campaign must be finished with its report written."""
+    left there, except its pilot/ folder) and write dest/README.md. The campaign must be finished with its
+    report written."""
     from tune.space_schema import budget_preset
 
     campaign_dir = Path(campaign_dir).absolute()
@@ -169,6 +173,8 @@ def export_findings(campaign_dir: Path, dest: Path) -> Path:
         if path.is_file():
             _copy(path, staging / "report" / path.relative_to(report_dir), pairs)
     _copy(state_path, staging / "campaign.json", pairs)
+    if (dest / PILOT_DIR).is_dir():  # the budget pilot's curves (tune/budget_pilot.py) are not the campaign's
+        shutil.copytree(dest / PILOT_DIR, staging / PILOT_DIR)
     budget_text = Path(budget_preset(state["budget"])).read_text()
     atomic_write_text(staging / "README.md", _scrub_text(readme(state, budget_text), pairs))
     leaks = _leaks(staging, pairs)

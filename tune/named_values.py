@@ -8,7 +8,12 @@ from typing import Any
 
 from ict_core.config import default_huber_c
 
+# loss.huber_c "paper" = default_huber_c(d), and "paper*2", "paper/4", ... that times or over a power of two (up to
+# 16): a factor-2 grid centred on the paper's c at every d (the c_ladder space).
 NAMED_VALUES = {("loss.huber_c", "paper"): default_huber_c}
+NAMED_VALUES.update({("loss.huber_c", f"paper{op}{2 ** k}"): (lambda dim, f=(2.0 ** k if op == "*" else 0.5 ** k):
+                                                               f * default_huber_c(dim))
+                     for k in range(1, 5) for op in "*/"})
 
 
 def is_named_value(key: str, value: Any) -> bool:

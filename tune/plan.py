@@ -272,13 +272,38 @@ def compute_lines(plan, res: dict, timings: dict, measure: bool = True) -> tuple
         lines.append(line)
         total["runs"] += row["runs"]
         total["images"] += row["images"]
+    cap = design_cap(plan, total)
+    if cap:
+        lines.append(cap["line"])
+        total["cap_runs"], total["cap_seconds"] = cap["runs"], cap["seconds"]
     return lines, total
 
 
+def design_cap(plan, first: dict) -> dict | None:
+    """The compute of a sequential design at its cap (the space budget's max_runs): the first round's runs above
+    are what every search trains; open claims then add seeds up to max_runs runs in all, each costing the first
+    round's mean per run. None without a design."""
+    design = getattr(plan, "design", None)
+    if design is None or not getattr(design, "max_runs", None) or not first["runs"]:
+        return None
+    runs = max(int(design.max_runs), first["runs"])
+    seconds = first["seconds"] * runs / first["runs"] if first.get("timed") and not first.get("untimed") else math.nan
+    when = f" -> about {hours_text(seconds)}" if math.isfinite(seconds) else ""
+    return {"runs": runs, "seconds": seconds,
+            "line": f"compute at the design's cap: at most {runs} run(s) (max_runs; seeds_min {design.seeds_min} "
+                    f"to seeds_max {design.seeds_max}){when}"}
+
+
 def total_line(what: str, total: dict) -> str:
-    """The last line of a dry run: runs, images and the estimated time (or why there is none)."""
+    """The last line of a dry run: runs, images and the estimated time (or why there is none), and the runs and
+    time at the designs' caps (every open claim taken to seeds_max within max_runs)."""
     timed = (f", about {hours_text(total['seconds'])} on this machine (training and evaluation; Ray start-up and "
              f"feature-network training not counted)" if total.get("timed") else "")
     skipped = ", time not measured" if total.get("skipped") and not total.get("timed") else ""
     untimed = f"; {total['untimed']} stratum(s) could not be timed here" if total.get("untimed") else ""
-    return f"{what}, {total['runs']} runs, {total['images']:,} images{timed}{skipped}{untimed}"
+    cap = ""
+    if total.get("cap_runs"):
+        cap_s = total.get("cap_seconds", math.nan)
+        cap = (f"; at most {total['cap_runs']} runs at the designs' caps (max_runs, first rounds included)"
+               + (f", about {hours_text(cap_s)}" if total.get("timed") and math.isfinite(cap_s) else ""))
+    return f"{what}, {total['runs']} runs, {total['images']:,} images{timed}{skipped}{untimed}{cap}"
