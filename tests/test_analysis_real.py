@@ -35,7 +35,7 @@ max_concurrent: 2
 
 
 @pytest.fixture(scope="module")
-def real_experiment(tmp_path_factory) -> Path:
+def real_experiment(tmp_path_factory, shared_ray) -> Path:
     from tune.search import run_search
 
     root = tmp_path_factory.mktemp("real_search")

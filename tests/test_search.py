@@ -164,7 +164,7 @@ def test_killed_driver_resumes_and_writes_every_trial_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_asha_prunes_a_hopeless_trial_and_records_it(tmp_path):
+def test_asha_prunes_a_hopeless_trial_and_records_it(tmp_path, shared_ray):
     """Trials run one at a time: the first learns, the second's learning rate (1e-9) keeps it at its
     initialisation (zero output layer: samples collapse to the mean), so its FD at the first rung is far worse
     and ASHA (reduction factor 2) must stop it there; the table records it as pruned with the steps it ran."""
