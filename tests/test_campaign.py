@@ -99,6 +99,17 @@ def test_resume_refuses_a_changed_campaign(tmp_path):
         campaign.run_campaign("smoke", ["weighting"], storage=tmp_path, resume=True, extra={"train.total_steps": 5})
 
 
+def _in_process(main, args: list[str]) -> subprocess.CompletedProcess:
+    """A command line's main(args) in this process, run to its end: what the finished subprocess would give."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 @pytest.mark.slow
 def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     storage = tmp_path / "results"
@@ -130,8 +141,7 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
         export_findings(cdir, findings)
     assert not findings.exists()
 
-    done = subprocess.run(cmd + ["--resume", "--export", str(findings)], capture_output=True, text=True,
-                          timeout=600)
+    done = _in_process(campaign.main, cmd[2:] + ["--resume", "--export", str(findings)])  # the restarted driver
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "weighting: done" in done.stdout and "skipped" in done.stdout
     assert "fourier_scale: resuming" in done.stdout

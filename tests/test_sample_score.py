@@ -1,5 +1,4 @@
-"""`python -m ict_core.sample` and `python -m ict_core.score` (their main(), in this process) on a run folder made by a
-real short training."""
+"""`python -m ict_core.sample` and `python -m ict_core.score` on a run folder made by a real short training."""
 from __future__ import annotations
 
 import json

@@ -257,8 +257,9 @@ def test_a_budget_trial_config_equals_the_training_cli_dry_run(monkeypatch, tmp_
     """One real `python -m ict_core.train --preset <budget> --set ... --dry-run` (its main(), in this process)
     against the planned trial."""
     import json
+    import subprocess
+    import sys
 
-    from ict_core import train as train_cli
     from tune.space import budget_preset
 
     plan = load_space("dropout").plan("cpu")
@@ -267,6 +268,8 @@ def test_a_budget_trial_config_equals_the_training_cli_dry_run(monkeypatch, tmp_
     sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in
             {"loss.objective": "diffusion", "loss.p_mean": -1.2, "loss.p_std": 1.2, "data.name": "digits",
              "network.attn_resolutions": [], **params}.items()]
+    from ict_core import train as train_cli
+
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     code = train_cli.main(["--preset", str(budget_preset("cpu")), *sum((["--set", s] for s in sets), []), "--dry-run",
