@@ -2,7 +2,7 @@
 
 Tiers: `pytest -m "not slow"` is the everyday tier (under 3 minutes on 2 cores); CI runs every test. A test is
 `slow` when it runs a search or a cluster on real Ray, drives a subprocess that is interrupted or killed, or trains
-for long; see pyproject.toml.
+or measures for long (over ~5 s on 2 idle cores); see pyproject.toml.
 
 Shared fixtures, so the suite pays each cost once:
 - `cache_dir`: one feature-network cache for the session (the digits classifier and the reference statistics are

@@ -52,6 +52,7 @@ def test_n_doubles_where_the_loss_stalls_and_stays_where_it_falls(cache_dir, tmp
         assert row["num_points"] == 10 * 2**stage + 1, row
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["doublings", "window"])
 def test_adaptive_resume_is_bitwise(cache_dir, tmp_path, variant):
     """120 steps == 50 + crash + resume + 70. The checkpoint at step 50 falls between two observations

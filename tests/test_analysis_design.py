@@ -77,6 +77,7 @@ def _holm_verdicts(rng, effects, seeds, extra=0):
     return int((adj <= 0.05).sum()), int((np.minimum(1, len(p) * np.asarray(p[:len(effects)])) <= 0.05).sum())
 
 
+@pytest.mark.slow
 def test_holm_over_five_null_claims_keeps_the_family_wise_rate_and_finds_planted_effects():
     """Calibration: five null claims at 3 vs 3 seeds, any spurious verdict in at most 5% of reports (Holm
     controls the family-wise rate); with planted effects of 3 seed-SDs in three claims at 5 seeds, Holm over

@@ -66,6 +66,7 @@ def test_paired_and_unpaired_differences_hold_95_percent(seeds):
     assert np.median(widths) < np.median(welch_widths) / 2  # pairing: the shared offset (sd 3) does not enter
 
 
+@pytest.mark.slow
 def test_null_comparisons_give_a_spurious_verdict_at_most_5_percent_of_reports():
     # Before: a 3 vs 3 null gave a verdict 5.5% of the time each; five in one report 33% (any).
     # Five null 3-vs-3 paired comparisons per report, each at the Bonferroni level 1 - 0.05/5.
