@@ -106,6 +106,7 @@ def test_pairing_threshold_matches_equal_interval_widths():
     assert t4 * math.sqrt(1 - r) == pytest.approx(t8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rho", [0.0, 0.6, 0.95])
 def test_pairing_chosen_by_the_designs_correlation_keeps_95_percent_coverage(rho):
     """Four arms on the same 3 seeds (a baseline and three alternatives); the seed correlation pooled over the
