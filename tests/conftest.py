@@ -8,7 +8,7 @@ Shared fixtures, so the suite pays each cost once:
 - `cache_dir`: one feature-network cache for the session (the digits classifier and the reference statistics are
   trained and computed once, not once per module).
 - `tiny_run`: one run folder of the `tiny` preset after 40 real training steps with evaluations, for tests that
-  only read a finished run (sample, score, hints). Tests must not write into it.
+  only read a finished run (ict-sample, ict-score). Tests must not write into it.
 - `shared_ray`: one local Ray (2 CPUs, with the dashboard Ray Train needs) for tests that only need a Ray to run
   a search on. Those tests run last, one after the other, so Ray starts once; any other test first shuts it down,
   so a test that starts its own Ray or cluster never finds one running. Tests that set environment variables the
