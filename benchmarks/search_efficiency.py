@@ -2,7 +2,7 @@
 
 Two problems: the Pseudo-Huber c (one dimension, log scale, the c_scaling space's range) and the lognormal
 (p_mean, p_std) (two dimensions, the lognormal space's ranges). Every method is a search through the project's
-own machinery (tune.search.run_search), on a space derived from the shipped one: its params, its searcher and,
+own machinery (tune.launch.run_search), on a space derived from the shipped one: its params, its searcher and,
 for TPE + ASHA, the ASHA settings of one of its budgets (--from-budget) with the grace period scaled to this
 benchmark's run length. The comparison is fair by construction:
 - every method gets the same given points: none (the shipped spaces hand TPE and random search the paper's
@@ -142,7 +142,7 @@ def rescore_space(problem: str, chosen: dict, setting: dict, from_budget: str) -
 def _run(tree: dict, storage: Path, quiet: bool) -> tuple[Path, float]:
     """Run (or resume, or read back) the search of `tree` under `storage`; its path and the wall seconds spent
     now."""
-    from tune.search import run_search
+    from tune.launch import run_search
 
     path = storage / "spaces" / f"{tree['name']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def rescored_fd(exp_dir: Path) -> float:
 
 
 def run_benchmark(setting: dict, problems, storage: Path, from_budget: str, quiet: bool = True) -> list[dict]:
-    from tune.search import start_ray
+    from tune.tuners import start_ray
 
     rows = []
     walls_path = storage / "wall_s.json"  # wall seconds per search, summed over the invocations that ran it

@@ -3,7 +3,7 @@
     python benchmarks/tune_overhead.py [--trials 8] [--steps 400] [--noop-trials 200]
 
 1. A small real search (grid over loss.huber_c on digits, tiny U-Net, 2 concurrent trials) through
-   tune.search.run_search on a local Ray started beforehand. Utilization = sum of in-trial training seconds
+   tune.launch.run_search on a local Ray started beforehand. Utilization = sum of in-trial training seconds
    (trials.parquet wall_s, which includes the trainer's evaluations) / (search wall x concurrent slots); aim >= 0.85.
 2. 200 no-op trials through the same Tuner settings and the same driver callbacks (Parquet after every trial,
    progress lines): driver overhead per trial = wall x slots / trials; aim <= 0.5 s.
@@ -56,7 +56,7 @@ def noop_trial(config, runs_root):
 def real_search(tmp: Path, trials: int, steps: int) -> dict:
     import pandas as pd
 
-    from tune.search import run_search
+    from tune.launch import run_search
 
     values = [round(0.002 * 2 ** i, 6) for i in range(trials)]
     space = tmp / "overhead.yaml"
@@ -104,7 +104,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
 
-    from tune.search import start_ray
+    from tune.tuners import start_ray
 
     with tempfile.TemporaryDirectory(prefix="tune-overhead-") as tmp:
         t0 = time.time()

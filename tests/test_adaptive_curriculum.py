@@ -16,11 +16,6 @@ ADAPTIVE = ("curriculum.shape=adaptive", "curriculum.adaptive_every=7", "curricu
             "curriculum.adaptive_patience=2")
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("ict_cache"))
-
-
 def tiny(cache_dir: str, *overrides: str):
     return load_config("tiny", [f"eval.cache_dir={cache_dir}", "train.num_threads=1", "eval.num_samples=100",
                                 *overrides])
@@ -34,6 +29,7 @@ def _state(run_dir: Path) -> dict:
     return torch.load(trainer.latest_checkpoint(run_dir) / "state.pt", weights_only=False)
 
 
+@pytest.mark.slow
 def test_n_doubles_where_the_loss_stalls_and_stays_where_it_falls(cache_dir, tmp_path):
     """threshold 1.0: no window of ln(loss) drops by 1.0, so every test stalls and N doubles every
     (window + patience - 1) x every = 28 steps; threshold -1.0: nothing counts as stalled, N stays s0 + 1.
@@ -56,6 +52,7 @@ def test_n_doubles_where_the_loss_stalls_and_stays_where_it_falls(cache_dir, tmp
         assert row["num_points"] == 10 * 2**stage + 1, row
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["doublings", "window"])
 def test_adaptive_resume_is_bitwise(cache_dir, tmp_path, variant):
     """120 steps == 50 + crash + resume + 70. The checkpoint at step 50 falls between two observations

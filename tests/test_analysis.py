@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -277,12 +275,15 @@ def synthetic_results(tmp_path_factory) -> Path:
     return root
 
 
-def test_report_end_to_end(synthetic_results):
-    proc = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), str(synthetic_results),
-                           "--n-boot", str(N_BOOT)], capture_output=True, text=True, cwd=synthetic_results)
-    assert proc.returncode == 0, proc.stderr
+def test_report_end_to_end(synthetic_results, capsys, monkeypatch):
+    from analysis import report
+
+    monkeypatch.chdir(synthetic_results)
+    code = report.main([str(synthetic_results), "--n-boot", str(N_BOOT)])  # analysis/report.py's main, in-process
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
     out = synthetic_results / "report"
-    assert str(out / "report.md") in proc.stdout
+    assert str(out / "report.md") in printed.out
     text = (out / "report.md").read_text()
     first = synthetic.first_prose(text)
     # Q1: the exponent with its interval, and the seeds behind it.
@@ -342,8 +343,8 @@ def test_report_says_which_questions_the_tables_cannot_answer(synthetic_results,
     assert "EMA teacher vs none" in first
 
 
-def test_report_cli_fails_clearly_on_a_folder_without_tables(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), str(tmp_path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert f"no trials.parquet found in {tmp_path}" in proc.stderr
+def test_report_cli_fails_clearly_on_a_folder_without_tables(tmp_path, capsys):
+    from analysis import report
+
+    assert report.main([str(tmp_path)]) == 2
+    assert f"no trials.parquet found in {tmp_path}" in capsys.readouterr().err

@@ -77,6 +77,7 @@ def _holm_verdicts(rng, effects, seeds, extra=0):
     return int((adj <= 0.05).sum()), int((np.minimum(1, len(p) * np.asarray(p[:len(effects)])) <= 0.05).sum())
 
 
+@pytest.mark.slow
 def test_holm_over_five_null_claims_keeps_the_family_wise_rate_and_finds_planted_effects():
     """Calibration: five null claims at 3 vs 3 seeds, any spurious verdict in at most 5% of reports (Holm
     controls the family-wise rate); with planted effects of 3 seed-SDs in three claims at 5 seeds, Holm over
@@ -105,6 +106,7 @@ def test_pairing_threshold_matches_equal_interval_widths():
     assert t4 * math.sqrt(1 - r) == pytest.approx(t8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rho", [0.0, 0.6, 0.95])
 def test_pairing_chosen_by_the_designs_correlation_keeps_95_percent_coverage(rho):
     """Four arms on the same 3 seeds (a baseline and three alternatives); the seed correlation pooled over the

@@ -66,6 +66,7 @@ def test_paired_and_unpaired_differences_hold_95_percent(seeds):
     assert np.median(widths) < np.median(welch_widths) / 2  # pairing: the shared offset (sd 3) does not enter
 
 
+@pytest.mark.slow
 def test_null_comparisons_give_a_spurious_verdict_at_most_5_percent_of_reports():
     # Before: a 3 vs 3 null gave a verdict 5.5% of the time each; five in one report 33% (any).
     # Five null 3-vs-3 paired comparisons per report, each at the Bonferroni level 1 - 0.05/5.
@@ -179,6 +180,7 @@ def test_paper_in_ci_compares_exact_searched_values():
     assert row["c_hi"] == other and row["c_paper"] == other and row["paper_in_ci"]
 
 
+@pytest.mark.slow
 def test_b_interval_covers_the_law_when_data_sets_scatter_about_it():
     # Before: resampling seeds only covered b in 4/40 draws with a scatter of 0.3 in log c*.
     rng = np.random.default_rng(32)

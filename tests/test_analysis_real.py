@@ -1,4 +1,4 @@
-"""analysis/ on the tables of a real search: tune.search.run_search trains tiny models under Ray and writes
+"""analysis/ on the tables of a real search: tune.launch.run_search trains tiny models under Ray and writes
 trials.parquet / evals.parquet; the analysis and the report must read them as they are."""
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ max_concurrent: 2
 
 
 @pytest.fixture(scope="module")
-def real_experiment(tmp_path_factory) -> Path:
-    from tune.search import run_search
+def real_experiment(tmp_path_factory, shared_ray) -> Path:
+    from tune.launch import run_search
 
     root = tmp_path_factory.mktemp("real_search")
     # Same folder as the search tests use, so the digits feature net trains once per test session.

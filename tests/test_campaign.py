@@ -15,7 +15,8 @@ import pytest
 
 from tune import campaign
 from tune.findings import ExportError, export_findings
-from tune.search import resolve_plan
+from tune import plan as planning
+from tune.plan import resolve_plan
 
 REPO = Path(__file__).resolve().parent.parent
 # Shrinks every trial of the shipped smoke budgets to seconds (real training on the bundled digits).
@@ -51,40 +52,40 @@ def test_default_spaces_put_the_open_questions_first():
 
 def test_plan_compute_counts_runs_images_and_evaluations():
     plan = resolve_plan("weighting", "smoke", extra={"train.total_steps": 300, "eval.every": 150})
-    (row,) = campaign.plan_compute(plan)
+    (row,) = planning.plan_compute(plan)
     variants = len(plan.strata[0].variants)
     assert row["runs"] == variants * plan.seeds
     assert row["images"] == row["runs"] * 300 * row["cfg"].train.batch_size
     assert row["evals_per_run"] == 2  # steps 150 and 300
     plan = resolve_plan("weighting", "smoke", extra={"train.total_steps": 300, "eval.every": 200})
-    assert campaign.plan_compute(plan)[0]["evals_per_run"] == 2  # 200 and the final 300
+    assert planning.plan_compute(plan)[0]["evals_per_run"] == 2  # 200 and the final 300
     plan = resolve_plan("weighting", "smoke", extra={"train.total_steps": 300, "eval.every": 0})
-    assert campaign.plan_compute(plan)[0]["evals_per_run"] == 1  # only the final one
+    assert planning.plan_compute(plan)[0]["evals_per_run"] == 1  # only the final one
 
 
 def test_estimate_seconds_is_steps_plus_evaluations_over_concurrency():
     plan = resolve_plan("weighting", "smoke", extra={"train.total_steps": 100, "eval.every": 50,
                                                       "eval.num_samples": 200, "train.batch_size": 32})
-    (row,) = campaign.plan_compute(plan)
+    (row,) = planning.plan_compute(plan)
     step_s = 0.1
     eval_s = (3 * 200 + 2 * 512) / 32 * step_s / 3
     expected = row["runs"] * (100 * step_s + 2 * eval_s) / 2
-    assert campaign.estimate_seconds(row, step_s, concurrent=2) == pytest.approx(expected)
-    assert campaign.estimate_seconds(row, 2 * step_s, concurrent=2) == pytest.approx(2 * expected)
+    assert planning.estimate_seconds(row, step_s, concurrent=2) == pytest.approx(expected)
+    assert planning.estimate_seconds(row, 2 * step_s, concurrent=2) == pytest.approx(2 * expected)
 
 
 def test_dry_run_states_the_compute_at_the_designs_cap():
     plan = resolve_plan("c_ladder", "cpu")
-    rows = campaign.plan_compute(plan)
+    rows = planning.plan_compute(plan)
     step_s = 0.01
-    timings = {campaign._cost_key(r["cfg"]): (step_s, "planted") for r in rows}
-    lines, total = campaign.compute_lines(plan, campaign.resources(plan, 1, 0, None), timings)
-    first = sum(campaign.estimate_seconds(r, step_s, 2) for r in rows)
+    timings = {planning._cost_key(r["cfg"]): (step_s, "planted") for r in rows}
+    lines, total = planning.compute_lines(plan, planning.resources(plan, 1, 0, None), timings)
+    first = sum(planning.estimate_seconds(r, step_s, 2) for r in rows)
     assert total["runs"] == sum(r["runs"] for r in rows) == len(plan.strata) * 5 * plan.design.seeds_min
     assert total["cap_runs"] == plan.design.max_runs
     assert total["cap_seconds"] == pytest.approx(first * plan.design.max_runs / total["runs"])
     assert f"at most {plan.design.max_runs} run(s)" in lines[-1] and "about" in lines[-1]
-    last = campaign.total_line("campaign", total)
+    last = planning.total_line("campaign", total)
     assert f"at most {plan.design.max_runs} runs at the designs' caps" in last
 
 
@@ -95,7 +96,7 @@ def test_dry_run_prints_every_plan_and_a_measured_estimate(tmp_path, capsys):
     assert code == 0, out
     assert "==== weighting (smoke) ====" in out and "==== noise_schedule (smoke) ====" in out
     assert out.count("ms/step measured here") == 2
-    runs = sum(campaign.plan_compute(resolve_plan(s, "smoke", extra=dict(x.split("=", 1) for x in TINY_SET)))[0]["runs"]
+    runs = sum(planning.plan_compute(resolve_plan(s, "smoke", extra=dict(x.split("=", 1) for x in TINY_SET)))[0]["runs"]
                for s in ("weighting", "noise_schedule"))
     assert f"campaign: 2 search(es), {runs} runs, {runs * 40 * 16:,} images, about" in out
     assert not (tmp_path / "campaign-smoke").exists()  # a dry run writes nothing
@@ -112,6 +113,17 @@ def test_resume_refuses_a_changed_campaign(tmp_path):
         campaign.run_campaign("smoke", ["weighting", "metric"], storage=tmp_path, resume=True)
     with pytest.raises(campaign.CampaignError, match="extra="):
         campaign.run_campaign("smoke", ["weighting"], storage=tmp_path, resume=True, extra={"train.total_steps": 5})
+
+
+def _in_process(main, args: list[str]) -> subprocess.CompletedProcess:
+    """A command line's main(args) in this process, run to its end: what the finished subprocess would give."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.slow
@@ -145,8 +157,7 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
         export_findings(cdir, findings)
     assert not findings.exists()
 
-    done = subprocess.run(cmd + ["--resume", "--export", str(findings)], capture_output=True, text=True,
-                          timeout=600)
+    done = _in_process(campaign.main, cmd[2:] + ["--resume", "--export", str(findings)])  # the restarted driver
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "weighting: done" in done.stdout and "skipped" in done.stdout
     assert "fourier_scale: resuming" in done.stdout
@@ -188,6 +199,6 @@ def test_dry_run_of_a_gpu_budget_on_a_cpu_machine_counts_but_does_not_time(capsy
     assert campaign.main(["--budget", "gpu", "--spaces", "weighting", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "not timed here" in out and "no CUDA device" in out
-    (row,) = campaign.plan_compute(resolve_plan("weighting", "gpu"))
+    (row,) = planning.plan_compute(resolve_plan("weighting", "gpu"))
     assert (f"campaign: 1 search(es), {row['runs']} runs, {row['images']:,} images; 1 stratum(s) could not be "
             f"timed here") in out

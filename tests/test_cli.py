@@ -1,4 +1,5 @@
-"""`python -m ict_core.train`: dry runs, preset listing, and exit code 2 with a clear message for bad input."""
+"""`python -m ict_core.train`: dry runs, preset listing, and exit code 2 with a clear message for bad input (one test
+in a real `python -m` process for the exit code; the rest call main() in this process)."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,15 @@ def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
                           timeout=120, cwd=cwd, env=env)
 
 
+def _main(capsys, monkeypatch, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """cli.main(args) in this process, from the folder `cwd`, with what a subprocess would give back."""
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 def _cifar10_files(root: Path) -> Path:
     """The files the cifar10 preset names (relative to the working directory), which --dry-run checks exist."""
     cfg = load_config("cifar10")
@@ -29,8 +39,8 @@ def _cifar10_files(root: Path) -> Path:
     return root
 
 
-def test_dry_run_prints_the_resolved_config_as_yaml(tmp_path):
-    result = _run("--preset", "cifar10", "--set", "loss.huber_c=0.03", "--set", "train.total_steps=10", "--dry-run",
+def test_dry_run_prints_the_resolved_config_as_yaml(tmp_path, capsys, monkeypatch):
+    result = _main(capsys, monkeypatch, "--preset", "cifar10", "--set", "loss.huber_c=0.03", "--set", "train.total_steps=10", "--dry-run",
                   cwd=_cifar10_files(tmp_path))
     assert result.returncode == 0, result.stderr
     printed = from_dict(yaml.safe_load(result.stdout))
@@ -92,14 +102,14 @@ def test_script_folders_hold_no_module_that_could_shadow_an_import():
                 assert not is_module, f"{path} shadows the module {path.stem} ({spec.origin})"
 
 
-def test_dry_run_exits_2_naming_a_data_path_that_does_not_exist(tmp_path):
-    result = _run("--preset", "cifar10", "--dry-run", cwd=tmp_path)
+def test_dry_run_exits_2_naming_a_data_path_that_does_not_exist(tmp_path, capsys, monkeypatch):
+    result = _main(capsys, monkeypatch, "--preset", "cifar10", "--dry-run", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "data.path='data/cifar-10-batches-py' does not exist" in result.stderr
     (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
-    result = _run("--preset", "cifar10", "--dry-run", cwd=tmp_path)
+    result = _main(capsys, monkeypatch, "--preset", "cifar10", "--dry-run", cwd=tmp_path)
     assert result.returncode == 2 and "eval.inception_path=" in result.stderr and "is not a file" in result.stderr
-    assert _run("--preset", "digits", "--dry-run", cwd=tmp_path).returncode == 0
+    assert _main(capsys, monkeypatch, "--preset", "digits", "--dry-run", cwd=tmp_path).returncode == 0
 
 
 def test_search_campaign_and_ray_train_refuse_an_unwritable_storage_with_exit_2(tmp_path, capsys):

@@ -2,8 +2,6 @@
 sizing on fixed and growing clusters (the end-to-end proof on a real autoscaling cluster: test_autoscaling.py)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -105,14 +103,23 @@ def test_node_types_come_from_the_autoscaler_config(tmp_path):
     (["tune/campaign.py", "--budget", "smoke", "--spaces", "c_scaling", "--max-failures", "-3"],
      "--max-failures must be an integer >= 0 (or -1: retry without limit), got -3"),
 ])
-def test_bad_cluster_options_are_one_line_errors(argv, message):
-    proc = subprocess.run([sys.executable, *argv, "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
+def test_bad_cluster_options_are_one_line_errors(argv, message, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code = _main(argv[0])([*argv[1:], "--dry-run"])  # the script's main() in this process
+    err = capsys.readouterr().err
+    assert code == 2 and message in err.strip().splitlines()[-1], err
 
 
-def test_dry_run_says_which_ray_it_would_use(tmp_path):
-    proc = subprocess.run([sys.executable, "tune/search.py", "--space", "c_scaling", "--dry-run", "--address",
-                           "10.1.2.3:6379", "--storage", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "ray        would use cluster at 10.1.2.3:6379 (from --address)" in proc.stdout
+def _main(script: str):
+    from tune import campaign, search
+
+    return {"tune/search.py": search.main, "tune/campaign.py": campaign.main}[script]
+
+
+def test_dry_run_says_which_ray_it_would_use(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code = _main("tune/search.py")(["--space", "c_scaling", "--dry-run", "--address", "10.1.2.3:6379", "--storage",
+                                    str(tmp_path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "ray        would use cluster at 10.1.2.3:6379 (from --address)" in out.out

@@ -57,6 +57,7 @@ def _naive_rate(design, reps, rng):
     return bad / reps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("looks", [2, 3, 5])
 def test_null_family_error_rate_holds_over_rounds(looks):
     """No claim true: the chance that any claim is decided, over all rounds, stays <= 5% (+ 3 simulation SEs)."""

@@ -10,7 +10,7 @@ import torch
 from ict_core import trainer
 from ict_core.config import MAX_INITIAL_EMA_SHARE, ConfigError, list_presets, load_config, load_preset
 from ict_core.ema import ema_beta, ema_update, frozen_copy, half_life, initial_weight_share
-from tune.search import resolve_plan
+from tune.plan import resolve_plan
 from tune.space_schema import BUDGETS, list_spaces
 
 

@@ -46,6 +46,7 @@ def _hint(out: str, name: str) -> str:
     return next(l for l in out.splitlines() if l.strip().startswith(name)).strip()[len(name):].strip()
 
 
+@pytest.mark.slow
 def test_every_printed_command_of_a_run_works_from_the_users_folder(trained):
     home, run, out = trained
     env = {**os.environ, "PATH": "/usr/bin:/bin"}
@@ -61,6 +62,7 @@ def test_every_printed_command_of_a_run_works_from_the_users_folder(trained):
     assert json.loads((run / "summary.json").read_text())["step"] == 8
 
 
+@pytest.mark.slow
 def test_ict_score_takes_a_run_folder_and_ict_sample_writes_a_labelled_upscaled_grid(trained, tmp_path, capsys):
     _, run, _ = trained
     assert sample.main([str(run), "--num", "16", "--out", str(tmp_path / "x.npz"), "--grid",

@@ -9,7 +9,7 @@ import pytest
 from ict_core.config import load_config
 from tune.progress import hparam_keys, write_run_hparams
 from tune.results import trial_rows
-from tune.search import resolve_plan
+from tune.plan import resolve_plan
 from tune.store import Store, seed_folder
 from tune.trial import resolved_flat
 

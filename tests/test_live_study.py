@@ -44,6 +44,17 @@ def _by_params(study) -> dict:
     return {t.params["loss.huber_c"]: t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
 
 
+def _in_process(main, args: list[str]) -> subprocess.CompletedProcess:
+    """A command line's main(args) in this process, run to its end: what the finished subprocess would give."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 @pytest.mark.slow
 def test_the_journal_holds_finished_trials_while_the_search_runs_and_resume_tells_none_twice(tmp_path):
     space = tmp_path / "live.yaml"
@@ -73,7 +84,9 @@ def test_the_journal_holds_finished_trials_while_the_search_runs_and_resume_tell
         proc.wait()
     assert json.loads((exp_dir / "experiment.json").read_text())["live_journal"] is True
 
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=400)
+    from tune import search
+
+    done = _in_process(search.main, cmd[2:] + ["--resume"])  # the restarted driver, in this process
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = pd.read_parquet(trials_path)
     assert len(trials) == 3 and (trials["status"] == "completed").all()
@@ -96,8 +109,9 @@ def test_the_journal_holds_finished_trials_while_the_search_runs_and_resume_tell
 
     # The report keeps the live study (it writes rebuilt ones only for folders without one).
     before = journal.read_bytes()
-    report = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), str(exp_dir), "--out",
-                             str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+    from analysis import report as report_cli
+
+    report = _in_process(report_cli.main, [str(exp_dir), "--out", str(tmp_path / "report")])
     assert report.returncode == 0, report.stderr[-3000:]
     assert journal.read_bytes() == before
     assert "live studies" in (tmp_path / "report" / "report.md").read_text()

@@ -21,6 +21,7 @@ def _blur(images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(F.avg_pool2d(images, factor), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [["data.name=digits"], ["data.name=patches", "data.resolution=8"],
                                        ["data.name=patches", "data.resolution=16"],
                                        ["data.name=patches", "data.resolution=32"]],

@@ -175,6 +175,7 @@ def test_channels_last_matches():
     assert torch.allclose(out, ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_forward_traces_as_one_graph():
     """No data-dependent Python control flow: dynamo captures the whole forward without graph breaks."""
     import torch._dynamo

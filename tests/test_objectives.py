@@ -20,8 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _net(cfg, in_channels, resolution):
     """The network of a whole config, built as the trainer builds it (its objective's preconditioning)."""
-    from ict_core.objectives import objective_class
-
     return build_network(cfg.network, cfg.precond, objective_class(cfg.loss.objective).precond, in_channels,
                          resolution)
 

@@ -77,18 +77,12 @@ def test_bad_multi_objective_spaces_are_refused_naming_the_value(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_two_objective_search_tells_optuna_both_means_and_the_report_shows_the_front(tmp_path):
-    import ray
-
+def test_a_two_objective_search_tells_optuna_both_means_and_the_report_shows_the_front(tmp_path, shared_ray):
     from analysis.report import write_report
     from tune.searcher import journal_storage
-    from tune.search import run_search
+    from tune.launch import run_search
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        exp_dir = run_search(_space(tmp_path), storage=tmp_path / "results", quiet=True)
-    finally:
-        ray.shutdown()
+    exp_dir = run_search(_space(tmp_path), storage=tmp_path / "results", quiet=True)  # on the shared Ray
     trials = pd.read_parquet(exp_dir / "trials.parquet")
     assert len(trials) == 4 and (trials["status"] == "completed").all()
     meta = pq.read_schema(exp_dir / "trials.parquet").metadata

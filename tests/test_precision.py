@@ -23,6 +23,7 @@ def trained(tmp_path_factory):
     return run.cfg, run.model.eval()
 
 
+@pytest.mark.slow
 def test_every_presets_precision_keeps_the_teacher_student_difference(trained):
     cfg, net = trained
     images = load_dataset(cfg.data).heldout[:2]
@@ -40,6 +41,7 @@ def test_every_presets_precision_keeps_the_teacher_student_difference(trained):
     assert float(relative_errors(net, images, sigmas[:40], "fp32").max()) == 0.0
 
 
+@pytest.mark.slow
 def test_bf16_stem_keeps_embedding_and_first_conv_in_fp32_under_autocast(trained):
     cfg, net = trained
     seen = {}

@@ -18,11 +18,6 @@ TINY = ["train.num_threads=1", "eval.num_samples=20", "train.batch_size=8", "tra
         "train.keep_checkpoints=5"]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("ict_cache"))
-
-
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

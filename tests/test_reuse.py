@@ -13,21 +13,13 @@ from analysis.report_sections import compute_table
 from tune import campaign
 from tune.reuse import REUSED_FILE, ReuseError
 from tune.search import main as search_main
-from tune.search import run_search
+from tune.launch import run_search
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the module's searches (run_search leaves a Ray it did not start running)."""
-    import os
-
-    import ray
-
-    from tune.search import ray_env
-
-    os.environ.update(ray_env())
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+def local_ray(shared_ray):
+    """The session's local Ray (tests/conftest.py) for the module's searches (run_search leaves a Ray it did not
+    start running)."""
+    yield shared_ray
 
 
 TINY = {"network.channels": 8, "network.channel_mult": [1], "train.total_steps": 20, "train.batch_size": 16,

@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ict_core import trainer
 from ict_core.cli import sample, score
 from ict_core.config import load_config
 from ict_core.data import load_dataset
@@ -18,37 +14,34 @@ from ict_core.data import load_dataset
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp("cache"))
-    run_dir = tmp_path_factory.mktemp("run")
-    cfg = load_config("tiny", ["train.total_steps=40", "train.num_threads=1", f"eval.cache_dir={cache}",
-                               "eval.num_samples=100"])
-    trainer.train(cfg, run_dir=run_dir)
-    return run_dir, cache
+@pytest.fixture
+def run(tiny_run):
+    """The session's tiny run folder (tests/conftest.py) and its feature-network cache."""
+    return tiny_run
 
 
-def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env=env)
+def _cli(capsys, main, *args: str) -> tuple[int, str]:
+    """A command line's main() in this process: (exit code, stdout)."""
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().out
 
 
-def test_sample_writes_images_in_range_and_score_reads_them(run, tmp_path):
+def test_sample_writes_images_in_range_and_score_reads_them(run, tmp_path, capsys):
     run_dir, cache = run
     out, grid = tmp_path / "s.npz", tmp_path / "s.png"
-    done = _cli("ict_core.cli.sample", str(run_dir), "--num", "300", "--steps", "2", "--seed", "3", "--out", str(out),
-                "--grid", str(grid))
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1])["num"] == 300
+    code, stdout = _cli(capsys, sample.main, str(run_dir), "--num", "300", "--steps", "2", "--seed", "3", "--out",
+                        str(out), "--grid", str(grid))
+    assert code == 0
+    assert json.loads(stdout.splitlines()[-1])["num"] == 300
     with np.load(out) as archive:
         images = archive["images"]
     assert images.shape == (300, 1, 8, 8) and images.dtype == np.float32
     assert images.min() >= -1.0 and images.max() <= 1.0 and images.std() > 0
     assert grid.stat().st_size > 0
-    scored = _cli("ict_core.cli.score", str(out), "--preset", "tiny", "--set", f"eval.cache_dir={cache}")
-    assert scored.returncode == 0, scored.stderr
-    result = json.loads(scored.stdout.strip().splitlines()[-1])
+    code, stdout = _cli(capsys, score.main, str(out), "--preset", "tiny", "--set", f"eval.cache_dir={cache}")
+    assert code == 0
+    result = json.loads(stdout.strip().splitlines()[-1])
     assert {"fd", "fd_se", "kid", "nn_dist"} <= result.keys()
     assert result["fd"] > 0 and 0 < result["fd_se"] < result["fd"] and result["nn_dist"] > 0
 

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ict_core.records import TRIALS_SCHEMA, evals_schema
-from tune.search import ray_env, run_search
+from tune.cluster import pythonpath_env
+from tune.launch import run_search
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,7 +56,7 @@ def _two_node_search(tmp_path: Path) -> Path:
         "{optim.lr: 1.0e+6}",  # the loss becomes NaN within a few steps
         "{data.name: cifar10, data.path: /nonexistent/cifar-10-batches-py}",  # load_dataset raises DataError
     ])
-    for key, value in ray_env().items():  # the raylets' workers must import tune.*
+    for key, value in pythonpath_env().items():  # the raylets' workers must import tune.*
         os.environ[key] = value
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
@@ -113,6 +114,19 @@ def test_two_node_search_spreads_trials_and_records_errors_and_divergence(tmp_pa
     assert info["status"] == "failed" and "cifar" in info["first_error"] and info["provenance"]["git_commit"]
 
 
+def _driver(args: list[str]) -> subprocess.CompletedProcess:
+    """tune/search.py's main(args) in this process, run to its end: what the finished subprocess would give."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+
+    from tune import search
+
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = search.main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 @pytest.mark.slow
 def test_killed_driver_resumes_and_writes_every_trial_once(tmp_path):
     values = [0.005, 0.01, 0.02, 0.05]
@@ -139,13 +153,12 @@ def test_killed_driver_resumes_and_writes_every_trial_once(tmp_path):
     assert 1 <= len(before) < len(values)
     # A copy elsewhere is refused (its Ray state names this folder), before Ray starts; this folder is untouched.
     shutil.copytree(storage / "kr", tmp_path / "moved" / "kr", symlinks=True)
-    moved = subprocess.run([*cmd[:-4], "--storage", str(tmp_path / "moved"), "--name", "kr", "--resume"],
-                           capture_output=True, text=True, timeout=120)
+    moved = _driver([*cmd[2:-4], "--storage", str(tmp_path / "moved"), "--name", "kr", "--resume"])
     assert moved.returncode == 2 and "moved or copied" in moved.stderr and str(storage / "kr") in moved.stderr, \
         moved.stdout[-2000:] + moved.stderr[-2000:]
     assert pd.read_parquet(trials_path)["run_key"].tolist() == before["run_key"].tolist()
 
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=400)
+    done = _driver(cmd[2:] + ["--resume"])  # the restarted driver, in this process
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = pd.read_parquet(trials_path)
     evals = pd.read_parquet(storage / "kr" / "evals.parquet")
@@ -163,7 +176,7 @@ def test_killed_driver_resumes_and_writes_every_trial_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_asha_prunes_a_hopeless_trial_and_records_it(tmp_path):
+def test_asha_prunes_a_hopeless_trial_and_records_it(tmp_path, shared_ray):
     """Trials run one at a time: the first learns, the second's learning rate (1e-9) keeps it at its
     initialisation (zero output layer: samples collapse to the mean), so its FD at the first rung is far worse
     and ASHA (reduction factor 2) must stop it there; the table records it as pruned with the steps it ran."""

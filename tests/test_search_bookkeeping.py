@@ -1,4 +1,5 @@
-"""Search bookkeeping end to end, through the CLI in real subprocesses: Ctrl-C stops the strata and --resume
+"""Search bookkeeping end to end, through the CLI (the driver that gets Ctrl-C in a real subprocess, the others
+in this process, each a new driver): Ctrl-C stops the strata and --resume
 continues exactly what was unfinished; nothing a trial wrote is lost with actor reuse; both trial paths (in the
 trial process and through Ray Train) survive an error in the second seed and a driver restart with every row
 built from the run folders; a search whose every trial errored exits non-zero with the error."""
@@ -45,7 +46,18 @@ def _space(tmp_path: Path, name: str, steps=60, every=20, seeds=1, values="0.003
 
 
 def _run(args, timeout=600):
-    return subprocess.run(SEARCH + args, capture_output=True, text=True, timeout=timeout)
+    """A new driver that runs to its end: tune/search.py's main() in this process (no subprocess's torch and Ray
+    import), giving back what the finished subprocess would (exit code, stdout, stderr). The Ctrl-C test's
+    interrupted driver stays a real subprocess."""
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+
+    from tune import search
+
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = search.main(list(args))
+    return subprocess.CompletedProcess(SEARCH + args, code, out.getvalue(), err.getvalue())
 
 
 def _check_every_row_has_its_run_folder(exp_dir: Path, trials: pd.DataFrame) -> None:

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 import yaml
 
-from tune.search import resolve_plan
+from tune.plan import resolve_plan
 
 
 def _load_benchmark(name: str):
@@ -129,7 +129,9 @@ def test_derived_spaces_keep_the_shipped_smoke_settings_that_make_short_runs_com
     assert tree["fixed"]["train.total_steps"] == se.QUICK["steps"]
 
 
-def test_with_storage_a_second_run_reads_the_finished_searches_instead_of_training_again(tmp_path, capsys):
+@pytest.mark.slow
+def test_with_storage_a_second_run_reads_the_finished_searches_instead_of_training_again(tmp_path, capsys,
+                                                                                          shared_ray):
     import pandas as pd
 
     args = ["--quick", "--problems", "c", "--search-seeds", "1", "--grid-points", "2", "--num-samples", "2",

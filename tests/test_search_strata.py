@@ -43,10 +43,10 @@ def local_ray():
     """One local Ray with room for two trials for the module (run_search leaves a Ray it did not start running)."""
     import ray
 
-    from tune.search import ray_env
+    from tune.cluster import pythonpath_env
 
-    saved = {key: os.environ.get(key) for key in ray_env()}
-    os.environ.update(ray_env())  # Ray's workers import tune.*
+    saved = {key: os.environ.get(key) for key in pythonpath_env()}
+    os.environ.update(pythonpath_env())  # Ray's workers import tune.*
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -59,7 +59,7 @@ def local_ray():
 
 @pytest.mark.slow
 def test_two_strata_train_at_the_same_time_within_what_fits(tmp_path, local_ray):
-    from tune.search import run_search
+    from tune.launch import run_search
 
     space = tmp_path / "together.yaml"
     space.write_text(SPACE.format(name="together", cache=tmp_path.parent / "featnet-cache"))

@@ -92,7 +92,7 @@ def test_a_trial_retried_after_an_error_reaches_optuna():
 def test_every_shipped_asha_rung_lies_within_the_first_seed():
     """trial_step is the first seed's step (tune/trial.py), so a rung beyond train.total_steps would judge nothing
     and one at or below it compares first seeds at the same step; no budget may place a rung in a later seed."""
-    from tune.search import _scheduler
+    from tune.tuners import scheduler as stratum_scheduler
     from tune.space import load_space
     from tune.space_schema import BUDGETS, list_spaces
     from tune.trial import tune_result
@@ -102,7 +102,7 @@ def test_every_shipped_asha_rung_lies_within_the_first_seed():
         for budget in BUDGETS:
             plan = load_space(name).plan(budget)
             for stratum in plan.strata:
-                scheduler = _scheduler(plan, stratum)
+                scheduler = stratum_scheduler(plan, stratum)
                 if scheduler is None:
                     continue
                 total = stratum.fixed["train.total_steps"]

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from ict_core.config import load_config
-from tune import search
+from tune import search, tuners
 from tune.space import load_space
 from tune.space_schema import BUDGETS, SpaceError, list_spaces
 
@@ -151,17 +150,17 @@ def test_cli_errors_exit_2_without_traceback_and_dry_run_starts_no_ray(tmp_path,
 
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
-    proc = subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--space", str(good), "--dry-run",
-                           "--no-timing", "--storage", str(tmp_path), "--set", "train.batch_size=16"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "loss.huber_c" in proc.stdout and "train.batch_size=16" in proc.stdout
-    assert str(tmp_path / "tmp_space-smoke") in proc.stdout
-    assert "ray" not in proc.stderr.lower()
+    assert search.main(["--space", str(good), "--dry-run", "--no-timing", "--storage", str(tmp_path), "--set",
+                        "train.batch_size=16"]) == 0
+    out = capsys.readouterr()
+    assert "loss.huber_c" in out.out and "train.batch_size=16" in out.out
+    assert str(tmp_path / "tmp_space-smoke") in out.out
+    assert "ray" not in out.err.lower()
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
-    proc = subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--space", str(good), "--dry-run",
-                           "--budget", "huge"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown budget" in proc.stderr
+    assert search.main(["--space", str(good), "--dry-run", "--budget", "huge"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unknown budget" in err
 
 
 @pytest.mark.parametrize("name", list_spaces())
@@ -190,7 +189,7 @@ def test_paper_anywhere_in_a_huber_c_choice_is_the_stratum_value(tmp_path, where
         assert [v for i, v in enumerate(choices) if i != where] == [0.01, 0.1]
         assert isinstance(stratum.first_config(plan.params)["loss.huber_c"], float)
         # What the searcher draws from is this stratum's list: numbers only.
-        dist = search._distribution(plan.params["loss.huber_c"], stratum.choices["loss.huber_c"])
+        dist = tuners._distribution(plan.params["loss.huber_c"], stratum.choices["loss.huber_c"])
         assert all(isinstance(v, float) for v in dist.categories)
 
 
@@ -255,11 +254,10 @@ def test_paper_budget_is_the_cifar10_preset(monkeypatch, tmp_path):
     assert trial["eval.every"] == 25000 and trial["train.precision"] == preset["train.precision"]
 
 
-def test_a_budget_trial_config_equals_the_training_cli_dry_run(monkeypatch, tmp_path):
-    """One real `python -m ict_core.train --preset <budget> --set ... --dry-run` against the planned trial."""
+def test_a_budget_trial_config_equals_the_training_cli_dry_run(monkeypatch, tmp_path, capsys):
+    """One real `python -m ict_core.train --preset <budget> --set ... --dry-run` (its main(), in this process)
+    against the planned trial."""
     import json
-    import subprocess
-    import sys
 
     from tune.space_schema import budget_preset
 
@@ -269,11 +267,15 @@ def test_a_budget_trial_config_equals_the_training_cli_dry_run(monkeypatch, tmp_
     sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in
             {"loss.objective": "diffusion", "loss.p_mean": -1.2, "loss.p_std": 1.2, "data.name": "digits",
              "network.attn_resolutions": [], **params}.items()]
-    proc = subprocess.run([sys.executable, "-m", "ict_core.train", "--preset", str(budget_preset("cpu")),
-                           *sum((["--set", s] for s in sets), []), "--dry-run", "--format", "json"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == load_config(overrides={**stratum.fixed, **params}).to_dict()
+    from ict_core import train as train_cli
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    code = train_cli.main(["--preset", str(budget_preset("cpu")), *sum((["--set", s] for s in sets), []), "--dry-run",
+                           "--format", "json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert json.loads(out.out) == load_config(overrides={**stratum.fixed, **params}).to_dict()
 
 
 def test_preset_base_inherits_overrides_and_fails_on_a_circle_or_an_unknown_key(tmp_path):

@@ -116,7 +116,7 @@ def test_fetch_input_caches_a_folder_and_a_file_once(tmp_path, monkeypatch):
 
 def test_plan_resolves_input_paths_on_the_driver(tmp_path, monkeypatch):
     """A relative data.path names the driver's folder, not each trial's working directory."""
-    from tune.search import resolve_plan
+    from tune.plan import resolve_plan
 
     monkeypatch.chdir(tmp_path)
     plan = resolve_plan("dropout", "smoke", extra={"data.path": "data/cifar-10-batches-py",
@@ -231,11 +231,11 @@ def local_ray(s3_server, tmp_path_factory):
     and with the node cache (ICT_CACHE) in a temporary folder; yields that folder."""
     import ray
 
-    from tune.search import ray_env
+    from tune.cluster import pythonpath_env
 
     cache = tmp_path_factory.mktemp("node-cache")
     old = os.environ.get("ICT_CACHE")
-    os.environ.update({**ray_env(), "ICT_CACHE": str(cache)})
+    os.environ.update({**pythonpath_env(), "ICT_CACHE": str(cache)})
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield cache
     ray.shutdown()

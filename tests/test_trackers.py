@@ -97,7 +97,7 @@ def test_every_evaluation_of_every_seed_reaches_mlflow_and_wandb_from_both_trial
     import ray
     from mlflow.tracking import MlflowClient
 
-    from tune.search import run_search
+    from tune.launch import run_search
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -25,12 +25,6 @@ from ict_core.rundir import FAULT_MARKER, latest_checkpoint
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """One feature-network cache for the module, so the digits classifier is trained once."""
-    return str(tmp_path_factory.mktemp("ict_cache"))
-
-
 def tiny(cache_dir: str, *overrides: str):
     return load_config("tiny", [f"eval.cache_dir={cache_dir}", "train.num_threads=1", "eval.num_samples=100", *overrides])
 
@@ -60,6 +54,7 @@ def _assert_same_tensors(a, b, where=""):
         assert a == b, where
 
 
+@pytest.mark.slow
 def test_training_on_digits_lowers_feature_fd(cache_dir, tmp_path):
     cfg = tiny(cache_dir, "train.total_steps=200", "network.channels=16", "network.channel_mult=[1,2]",
                "optim.lr=1e-3", "eval.num_samples=200", "eval.every=0", "eval.grid=true")
@@ -98,6 +93,7 @@ class _Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_continues_bitwise(cache_dir, tmp_path):
     """2000 steps == 1000 + crash + resume + 1000, bitwise on the CPU, with dropout on so its RNG must be restored.
 
@@ -169,6 +165,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd=REPO, env=env)
 
 
+@pytest.mark.slow
 def test_fault_marker_kills_once_and_a_restart_completes(cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--preset", "tiny", "--out", str(run_dir), "--set", f"eval.cache_dir={cache_dir}",

@@ -4,7 +4,7 @@
     python tune/campaign.py --budget cpu --spaces c_scaling,dropout --dry-run
     python tune/campaign.py --budget cpu --resume                          # after a crash, a kill or Ctrl-C
 
-Each space is one search (tune.search.run_search) into CAMPAIGN_DIR/<space>; CAMPAIGN_DIR/campaign.json records
+Each space is one search (tune.launch.run_search) into CAMPAIGN_DIR/<space>; CAMPAIGN_DIR/campaign.json records
 the campaign's settings and each space's state (pending, running, done) and wall time. --resume skips the spaces
 that are done and resumes the unfinished one where its search stopped (searches resume trial by trial). When every
 space is done, analysis/report.py writes CAMPAIGN_DIR/report/report.md over all of them. --export DIR then
@@ -24,14 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from ict_core.cli import bad_input, check_writable_folder, command
+from ict_core.cli import bad_input, check_writable_folder
 from ict_core.errors import BadInput
-from ict_core.config import ConfigError, load_config, parse_overrides
+from ict_core.config import parse_overrides
 from tune.findings import ExportError, export_findings, hours_text
 from tune.launch import run_search
-from tune.plan import (COST_KEYS, EVAL_PROBE_IMAGES, check_max_failures, check_plan_paths, compute_lines,  # noqa: F401
-                       estimate_seconds, format_plan, load_note, measure_step_seconds, plan_compute, plan_power,
-                       resolve_plan, resources, total_line)
+from tune.plan import (check_max_failures, check_plan_paths, compute_lines, format_plan, plan_power, resolve_plan, resources, total_line)
 from tune.space_schema import BUDGETS, SpaceError, list_spaces
 from tune.store import ExperimentFolder, check_storage_option, is_uri, join, report_copy
 
@@ -129,7 +127,7 @@ def _write_state(path: Path, state: dict, camp=None) -> None:
 
 
 def _experiment_finished(exp_dir: Path) -> bool:
-    """A search that ran to its end marks its experiment.json "finished" (tune.search.run_search)."""
+    """A search that ran to its end marks its experiment.json "finished" (tune.launch.run_search)."""
     try:
         return bool(json.loads((exp_dir / "experiment.json").read_text()).get("finished"))
     except (OSError, ValueError):

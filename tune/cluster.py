@@ -23,7 +23,6 @@ from pathlib import Path
 
 from ict_core.errors import BadInput
 from tune import REPO_ROOT  # noqa: F401 - the one definition, re-exported for tune's modules
-from tune.store import is_uri  # noqa: F401 - the one definition (storage URIs), used here and re-exported
 LOCAL = "local"
 JOIN_ENV = "ICT_JOIN_RUNNING_CLUSTER"  # "0": never join a running cluster found on this node (the test suite)
 # Set by cluster.yaml on every node (~/ict_env.sh): the package is installed there, so the repository need not

@@ -34,7 +34,7 @@ from typing import Any, Iterable
 from ict_core.errors import BadInput
 from ict_core import rundir
 from ict_core.config import Config, ConfigError, from_dict
-from tune.cluster import (CODE_ON_NODES_ENV, LOCAL, REPO_ROOT, WORKING_DIR_EXCLUDES, ClusterError, code_runtime_env,  # noqa: F401
+from tune.cluster import (CODE_ON_NODES_ENV, LOCAL, REPO_ROOT, ClusterError, code_runtime_env,  # noqa: F401
                           connect, job_ships_code, resolve_address)
 from tune import cluster as _cluster
 from tune.store import Store, is_uri, join as _join, localize_inputs, tee_output

@@ -39,23 +39,6 @@ from tune.space import load_space
 from tune.space_schema import BUDGETS, list_spaces
 from tune.store import check_storage_option, is_uri, join
 
-# Names other modules and tests import from here (planning: tune/plan.py; running: tune/launch.py, tune/tuners.py).
-__all__ = ["SearchError", "check_max_failures", "check_plan_paths", "format_plan", "main", "plan_power",
-           "resolve_plan", "resources", "run_search", "search_command", "start_ray", "ray_env"]
-
-
-def __getattr__(name: str):
-    """Ray's side (tune/tuners.py: start_ray, ray_env, the searchers and schedulers), imported when first asked
-    for, so that the command line's --dry-run and --list-spaces do not load Ray."""
-    from tune import tuners
-
-    aliases = {"_scheduler": "scheduler", "_search": "search_algorithm"}
-    try:
-        return getattr(tuners, aliases.get(name, name))
-    except AttributeError:
-        raise AttributeError(f"module 'tune.search' has no attribute {name!r}") from None
-
-
 def print_summary(exp_dir: Path, metric: str, mode: str, location: str | None = None) -> None:
     """The end of a search: where its tables are (`location`: the URI of an experiment in storage) and the best
     configuration per stratum."""

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ict_core.records import ERRORED
-from tune.cluster import connect, pythonpath_env
+from tune.cluster import connect
 from tune.space_schema import Plan
 from tune.trial import StopTrialsOnInterrupt
 
 # ---- Ray --------------------------------------------------------------------------------------
-ray_env = pythonpath_env  # the environment Ray's workers need to import this repository's packages
 
 
 def start_ray(address: str | None = None) -> bool:
