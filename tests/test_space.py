@@ -267,7 +267,7 @@ def test_a_budget_trial_config_equals_the_training_cli_dry_run(monkeypatch, tmp_
     sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in
             {"loss.objective": "diffusion", "loss.p_mean": -1.2, "loss.p_std": 1.2, "data.name": "digits",
              "network.attn_resolutions": [], **params}.items()]
-    from ict_core import train as train_cli
+    from ict_core.cli import train as train_cli
 
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()

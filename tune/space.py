@@ -5,13 +5,13 @@ A space is a YAML mapping; every config knob in it is an ict_core.config dotted 
     name, description, question      what the search is for (which open question or ablation claim)
     fixed        {dotted key: value}  overrides for every trial
     params       {dotted key: {type: loguniform|uniform|int|choice|grid, low, high, values, log}}
-    strata       [{name, fixed, optional}]  searched one after the other, each with its own searcher and budget
+    strata       [{name, fixed, optional}]  searched at the same time, each with its own searcher and budget
     points       [{dotted key: value}]  trials evaluated first; loss.huber_c: paper = 0.00054*sqrt(d) of the stratum
     search       {algorithm: optuna_tpe|grid|random, seed}
     metric, mode the reported metric the searcher optimises (e.g. fd, min)
     scheduler    {type: asha|none, grace_period, reduction_factor}  (time attribute: training steps of the trial)
     seeds        runs per configuration (train.seed, train.seed+1, ...)
-    max_concurrent  concurrent trials per stratum
+    max_concurrent  trials in flight at once (on a cluster that can grow, shared by the search's strata)
     budgets      {smoke|cpu|gpu|paper: {num_samples, seeds, max_concurrent, scheduler, fixed, strata,
                   seeds_min, seeds_max, looks, max_runs}}
                  (a budget's `strata` lists the strata it runs, e.g. the cpu budget leaves out the data sets
