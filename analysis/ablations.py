@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.c_scaling import paper_c
-from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, context_key, detectable_effect, difference_stats,
-                            experiment_correlation, holm,
-                            pool_cells, t_interval, t_pvalue, typical_se, usable, value_token)
+from analysis.selection import context_key, typical_se, usable, value_token
+from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, detectable_effect, difference_stats, experiment_correlation, holm,
+                            pool_cells, t_interval, t_pvalue)
 from ict_core.records import COMPLETED, DIVERGED
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "reproduced", "contradicted", "inconclusive", "not run"

@@ -22,8 +22,9 @@ import scipy.stats
 from ict_core.config import HUBER_C_PER_SQRT_DIM
 from ict_core.records import COMPLETED, DIVERGED
 
-from analysis.stats import (LEVEL, N_BOOT, TWO_SIDED, context_key, curve_minimum, default_window, describe_context,
-                            left_out, mean_ci, typical_se, usable)
+from analysis.curve_minimum import TWO_SIDED, curve_minimum, default_window
+from analysis.selection import context_key, describe_context, left_out, typical_se, usable
+from analysis.stats import LEVEL, N_BOOT, mean_ci
 
 PAPER_A = HUBER_C_PER_SQRT_DIM
 PAPER_B = 0.5

@@ -20,9 +20,9 @@ from analysis.load import require_columns
 from ict_core.records import COMPLETED, PRUNED
 import scipy.stats
 
-from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, blocked_anova, blocked_mean_draws, context_key, describe_context,
-                            detectable_effect, difference_stats, mean_ci, percentile_ci, t_pvalue, value_at,
-                            value_token)
+from analysis.selection import context_key, describe_context, value_at, value_token
+from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, blocked_anova, blocked_mean_draws, detectable_effect,
+                            difference_stats, mean_ci, percentile_ci, t_pvalue)
 
 SHAPE_KEY = "curriculum.shape"
 PAPER_SHAPE = "exponential"

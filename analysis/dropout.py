@@ -21,8 +21,9 @@ import pandas as pd
 
 from analysis.load import require_columns
 from ict_core.records import COMPLETED, DIVERGED
-from analysis.stats import (LEVEL, N_BOOT, TWO_SIDED, config_columns, context_key, curve_minimum, describe_context,
-                            mean_ci, percentile_ci, t_interval, typical_se, usable, value_token)
+from analysis.curve_minimum import TWO_SIDED, curve_minimum
+from analysis.selection import config_columns, context_key, describe_context, typical_se, usable, value_token
+from analysis.stats import LEVEL, N_BOOT, mean_ci, percentile_ci, t_interval
 
 P_KEY = "network.dropout"
 OBJECTIVE_KEY = "loss.objective"

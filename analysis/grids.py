@@ -53,7 +53,7 @@ def best_and_worst(trials: pd.DataFrame, metric: str = "final_fd") -> pd.DataFra
     config keys that vary within the stratum. Strata with fewer than two ranked configurations give only
     "best". Columns: experiment_dir, experiment, stratum, which, config_id, seed, mean, num_seeds,
     searched, run_dir (NaN without the column)."""
-    from analysis.stats import varying_columns
+    from analysis.selection import varying_columns
 
     require_columns(trials, ["experiment", "stratum", "config_id", "seed", "status", metric], "trials")
     folder = "experiment_dir" if "experiment_dir" in trials.columns else "experiment"

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import EXPERIMENT_FILE, require_columns
-from analysis.stats import config_columns, value_token
+from analysis.selection import config_columns, value_token
 from ict_core.records import COMPLETED, DIVERGED, ERRORED, PRUNED
 from ict_core.fileio import atomic_path
 

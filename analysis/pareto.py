@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import EXPERIMENT_FILE
-from analysis.stats import config_columns, value_token
+from analysis.selection import config_columns, value_token
 from ict_core.records import COMPLETED
 
 

@@ -34,7 +34,8 @@ from analysis.report_parts import Report, md_table
 from analysis.report_questions import ablation_section, c_scaling_section, curriculum_section, dropout_section
 from analysis.report_sections import (answer_rows, budget_line, compute_section, grids_section, importance_section,
                                       pareto_section, searched_section)
-from analysis.stats import LEVEL, MIN_SEEDS, N_BOOT, at_common_compute
+from analysis.selection import at_common_compute
+from analysis.stats import LEVEL, MIN_SEEDS, N_BOOT
 from ict_core.cli import bad_input
 from ict_core.errors import BadInput
 from ict_core.fileio import atomic_write_text

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.stats import BELOW, MIN_SEEDS, TWO_SIDED, UNLOCATED, fmt, fmt_ci
+from analysis.curve_minimum import BELOW, TWO_SIDED, UNLOCATED
+from analysis.stats import MIN_SEEDS, fmt, fmt_ci
 
 SMOKE = "smoke"
 

@@ -20,7 +20,8 @@ from analysis.dropout import analyze_dropout
 from analysis.load import SchemaError
 from analysis.report_parts import (ABLATIONS, ABLATIONS_NOT_RUN, Q1, Q1_LAW, Q2, Q2_DIFFERENCE, Q3, SMOKE, Report,
                                    caveats, detectable_text, joined, labelled, md_table, optimum_text, runs_text)
-from analysis.stats import MIN_SEEDS, TWO_SIDED, fmt, fmt_ci
+from analysis.curve_minimum import TWO_SIDED
+from analysis.stats import MIN_SEEDS, fmt, fmt_ci
 from ict_core.records import COMPLETED
 
 

@@ -17,7 +17,8 @@ from analysis.importance import JOURNAL_FILE, MIN_COMPLETED, export_journal, imp
     rebuild_studies
 from analysis.report_parts import SMOKE, Report, caveats, md_table
 from analysis.searched import best_runs, metric_by_key
-from analysis.stats import ABOVE, BELOW, TWO_SIDED, fmt
+from analysis.curve_minimum import ABOVE, BELOW, TWO_SIDED
+from analysis.stats import fmt
 from ict_core.records import COMPLETED
 
 

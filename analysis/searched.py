@@ -14,7 +14,8 @@ import pandas as pd
 
 from analysis.load import require_columns
 from ict_core.records import COMPLETED, DIVERGED
-from analysis.stats import LEVEL, N_BOOT, mean_ci, value_token, varying_columns
+from analysis.selection import value_token, varying_columns
+from analysis.stats import LEVEL, N_BOOT, mean_ci
 
 COLUMNS = ["experiment", "stratum", "dataset", "key", "value", "num_runs", "num_diverged", "num_other", "mean", "lo", "hi",
            "best"]

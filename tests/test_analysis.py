@@ -16,7 +16,7 @@ from analysis.c_scaling import estimate_c_star
 from analysis.curriculum import final_ranking, rank_curricula
 from analysis.dropout import analyze_dropout, evidence_trend
 from analysis.load import SchemaError, find_experiments, load_results, load_trials
-from analysis.stats import curve_minimum
+from analysis.curve_minimum import curve_minimum
 
 N_BOOT = 400
 

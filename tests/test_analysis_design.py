@@ -15,7 +15,8 @@ from analysis.ablations import ABLATIONS, INCONCLUSIVE, REPRODUCED, analyze_abla
 from analysis.curriculum import final_ranking, rank_curricula
 from analysis.dropout import run_trends
 from analysis.report_parts import optimum_text
-from analysis.stats import (blocked_anova, curve_minimum, design_correlation, detectable_effect, difference_stats, holm,
+from analysis.curve_minimum import curve_minimum
+from analysis.stats import (blocked_anova, design_correlation, detectable_effect, difference_stats, holm,
                             pairing_threshold, t_interval, t_pvalue)
 
 

@@ -16,7 +16,9 @@ from analysis.curriculum import final_ranking, rank_curricula
 from analysis.dropout import analyze_dropout
 from analysis.load import load_results, load_trials
 from analysis.report import write_report
-from analysis.stats import at_common_compute, curve_minimum, difference_stats, mean_ci, t_interval
+from analysis.curve_minimum import curve_minimum
+from analysis.selection import at_common_compute
+from analysis.stats import difference_stats, mean_ci, t_interval
 from tests import synthetic
 
 N_BOOT = 200
