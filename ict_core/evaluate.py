@@ -27,19 +27,19 @@ class Evaluator:
 
     def __init__(self, settings: EvalConfig, seed: int, dataset, device: torch.device, objective,
                  total_steps: int = 0):
-        from . import metrics
+        from . import featnet, image_grids, metrics
 
         self.settings, self.seed, self.total_steps = settings, seed, total_steps
         self.dataset = dataset
         self.device = device
         self.objective = objective
-        self.metrics = metrics
+        self.metrics, self.image_grids = metrics, image_grids
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            self.extractor = metrics.get_feature_extractor(dataset, settings, device)
-            self.ref_mu, self.ref_sigma = metrics.reference_stats(dataset, self.extractor, settings.cache_dir)
+            self.extractor = featnet.get_feature_extractor(dataset, settings, device)
+            self.ref_mu, self.ref_sigma = featnet.reference_stats(dataset, self.extractor, settings.cache_dir)
             g = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
             train = dataset.train
-            reference = metrics.reference_images(dataset, self.extractor)  # KID's reference is FD's
+            reference = featnet.reference_images(dataset, self.extractor)  # KID's reference is FD's
             num_ref = min(len(reference), max(2 * settings.num_samples, 1000), 10_000)
             ref_idx = torch.randperm(len(reference), generator=g)[:num_ref]
             self.ref_images = reference[ref_idx]
@@ -115,7 +115,7 @@ class Evaluator:
                     panels = {self.objective.sampler_label(one): samples[:64].cpu()}
                     if two is not None:
                         panels[self.objective.sampler_label(2)] = two[:64].cpu()
-                    self.metrics.save_sample_grid(panels, sample_path,
+                    self.image_grids.save_sample_grid(panels, sample_path,
                                                   title=f"step {step}/{self.total_steps}, EMA network")
         finally:
             for m, mode in zip(nets, was_training):

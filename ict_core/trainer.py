@@ -44,7 +44,7 @@ class Run:
 
     def __init__(self, cfg: Config, report: Report | None, run_dir, resume_from, stop: StopRequest | None = None):
         from .data import GlobalBatches, load_dataset
-        from .metrics import check_feature_weights
+        from .featnet import check_feature_weights
 
         self.stop = stop or StopRequest()
         self.t_start = time.time()

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ict_core import metrics
+from ict_core import featnet, metrics
 from ict_core.config import ConfigError, load_config, load_preset
 from ict_core.data import PATCH_REGION, load_dataset
 
@@ -31,8 +31,8 @@ def test_planted_sets_copies_do_not_beat_unseen_images_and_blur_is_worse(overrid
     # images' content), as runs get it; the reference statistics are recomputed here.
     cfg = load_config(None, overrides + ["eval.features=dataset"])
     dataset = load_dataset(cfg.data)
-    extractor = metrics.get_feature_extractor(dataset, cfg.eval)
-    mu, sigma = metrics.reference_stats(dataset, extractor, str(tmp_path_factory.mktemp("planted")))
+    extractor = featnet.get_feature_extractor(dataset, cfg.eval)
+    mu, sigma = featnet.reference_stats(dataset, extractor, str(tmp_path_factory.mktemp("planted")))
     count = dataset.heldout.shape[0]
     pick = torch.randperm(dataset.train.shape[0], generator=torch.Generator().manual_seed(0))[:count]
     scores = {}
@@ -102,18 +102,18 @@ def test_fid_presets_need_inception_weights_and_quantize_their_inputs(tmp_path):
     digits = load_dataset(load_config().data)
     missing = load_config(None, ["eval.features=inception", f"eval.inception_path={tmp_path / 'none.pth'}"]).eval
     with pytest.raises(ConfigError, match="none.pth.*is not a file.*pt_inception"):
-        metrics.check_feature_weights(digits, missing)
-    metrics.check_feature_weights(digits, load_config().eval)  # dataset features need no file
+        featnet.check_feature_weights(digits, missing)
+    featnet.check_feature_weights(digits, load_config().eval)  # dataset features need no file
     # samples are scored as the 8-bit images they would be saved as
     x = torch.linspace(-1.2, 1.2, 1001)
-    q = metrics.quantize_uint8(x)
+    q = featnet.quantize_uint8(x)
     assert torch.allclose((q + 1) * 127.5, ((q + 1) * 127.5).round(), atol=1e-4)
     assert q.min() == -1.0 and q.max() == 1.0 and (q - x.clamp(-1, 1)).abs().max() <= 1 / 255 + 1e-6
     seen = []
-    extractor = metrics.FeatureExtractor(lambda b: seen.append(b) or b.flatten(1), "inception", "k", 4, "cpu", 8,
+    extractor = featnet.FeatureExtractor(lambda b: seen.append(b) or b.flatten(1), "inception", "k", 4, "cpu", 8,
                                          quantize=True)
     extractor(torch.full((2, 1, 2, 2), 0.3))
-    assert torch.equal(seen[0], metrics.quantize_uint8(torch.full((2, 1, 2, 2), 0.3)))
+    assert torch.equal(seen[0], featnet.quantize_uint8(torch.full((2, 1, 2, 2), 0.3)))
 
 
 def test_diffusion_uses_edms_noise_distribution_unless_set():

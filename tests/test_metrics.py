@@ -10,16 +10,9 @@ from PIL import Image
 from ict_core.config import load_config
 from ict_core.data import load_dataset
 from ict_core.inception import FEATURE_DIM, InceptionV3FID, load_inception
-from ict_core.metrics import (
-    feature_stats,
-    frechet_distance,
-    get_feature_extractor,
-    kid,
-    nearest_neighbor_distance,
-    reference_stats,
-    save_grid,
-    use_inception,
-)
+from ict_core.featnet import get_feature_extractor, reference_stats, use_inception
+from ict_core.image_grids import save_grid
+from ict_core.metrics import feature_stats, frechet_distance, kid, nearest_neighbor_distance
 
 
 def eval_cfg(**overrides):

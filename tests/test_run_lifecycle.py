@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ict_core import metrics, rundir, trainer
+from ict_core import image_grids, metrics, rundir, trainer
 from ict_core.cli import train as cli
 from ict_core.cli import command
 from ict_core.config import load_config
@@ -176,22 +176,22 @@ def test_tensorboard_events_track_the_logged_and_evaluated_values(cache_dir, tmp
 def test_sample_grid_is_upscaled_padded_and_shows_labelled_panels_side_by_side(tmp_path):
     one = -torch.ones(64, 1, 8, 8)  # black
     two = torch.ones(64, 1, 8, 8)  # white
-    path = metrics.save_sample_grid({"1 step": one, "2 steps": two}, tmp_path / "grid.png", title="step 5")
+    path = image_grids.save_sample_grid({"1 step": one, "2 steps": two}, tmp_path / "grid.png", title="step 5")
     with Image.open(path) as png:
         array = np.asarray(png)
     assert array.ndim == 3 and array.shape[2] == 3
     # 8 images of 8 px per row, upscaled 4x to 32 px: each panel is 8*32 + 7*2 = 270 px wide.
-    scale, side = 4, 8 * 32 + 7 * metrics.GRID_PAD
-    assert array.shape[1] == 2 * side + 3 * metrics.GRID_MARGIN and side >= metrics.GRID_MIN_SIDE
-    top = metrics.GRID_MARGIN + 2 * metrics.GRID_LABEL_HEIGHT
-    left1, left2 = metrics.GRID_MARGIN, 2 * metrics.GRID_MARGIN + side
+    scale, side = 4, 8 * 32 + 7 * image_grids.GRID_PAD
+    assert array.shape[1] == 2 * side + 3 * image_grids.GRID_MARGIN and side >= image_grids.GRID_MIN_SIDE
+    top = image_grids.GRID_MARGIN + 2 * image_grids.GRID_LABEL_HEIGHT
+    left1, left2 = image_grids.GRID_MARGIN, 2 * image_grids.GRID_MARGIN + side
     assert np.all(array[top:top + 8 * scale, left1:left1 + 8 * scale] == 0)  # first image of panel 1
     assert np.all(array[top:top + 8 * scale, left2:left2 + 8 * scale] == 255)  # first image of panel 2
-    pad_column = array[top:top + side, left1 + 8 * scale:left1 + 8 * scale + metrics.GRID_PAD]
-    assert np.all(pad_column == metrics.GRID_PAD_VALUE)  # light padding between black digits
+    pad_column = array[top:top + side, left1 + 8 * scale:left1 + 8 * scale + image_grids.GRID_PAD]
+    assert np.all(pad_column == image_grids.GRID_PAD_VALUE)  # light padding between black digits
     assert (array[:top] < 128).any()  # the labels are drawn
     with pytest.raises(ValueError, match="panel 'x'"):
-        metrics.save_sample_grid({"x": torch.zeros(3, 8, 8)}, tmp_path / "bad.png")
+        image_grids.save_sample_grid({"x": torch.zeros(3, 8, 8)}, tmp_path / "bad.png")
 
 
 # ---- KID's reported scale ---------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     atomic_write(out, lambda handle: np.savez(handle, images=images.numpy().astype(np.float32)))
     if args.grid:  # upscaled and labelled like the grids a run writes at each evaluation
-        from ..metrics import save_sample_grid
+        from ..image_grids import save_sample_grid
         from ..objectives import build_objective
 
         label = build_objective(cfg, shape_cr[0] * shape_cr[1] ** 2).sampler_label(steps)

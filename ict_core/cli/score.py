@@ -69,7 +69,7 @@ def load_images(path: str | Path) -> torch.Tensor:
 @torch.no_grad()
 def score_images(images: torch.Tensor, cfg, device: torch.device | str = "cpu") -> dict:
     """fd, fd_se, kid, nn_dist, nn_dist_ref of `images` against cfg's data set (see the module docstring)."""
-    from .. import metrics
+    from .. import featnet, metrics
     from ..data import load_dataset
 
     dataset = load_dataset(cfg.data, seed=cfg.data.seed)
@@ -77,10 +77,10 @@ def score_images(images: torch.Tensor, cfg, device: torch.device | str = "cpu") 
     if tuple(images.shape[1:]) != expected:
         raise ConfigError(f"images are {tuple(images.shape[1:])} (C, H, W) but {dataset.key} has {expected}; "
                           f"pick the preset (or --set data.resolution=...) that the images were trained on")
-    metrics.check_feature_weights(dataset, cfg.eval)
-    extractor = metrics.get_feature_extractor(dataset, cfg.eval, device)
-    ref_mu, ref_sigma = metrics.reference_stats(dataset, extractor, cfg.eval.cache_dir)
-    reference = metrics.reference_images(dataset, extractor)
+    featnet.check_feature_weights(dataset, cfg.eval)
+    extractor = featnet.get_feature_extractor(dataset, cfg.eval, device)
+    ref_mu, ref_sigma = featnet.reference_stats(dataset, extractor, cfg.eval.cache_dir)
+    reference = featnet.reference_images(dataset, extractor)
     pick = torch.randperm(len(reference), generator=torch.Generator().manual_seed(0))[:MAX_REFERENCE]
     feats = extractor(images)
     ref_feats = extractor(reference[pick])
