@@ -23,15 +23,14 @@ whole training set.
 A data.resolution other than the native one (digits 8, cifar10 32, imagenet64 64) resizes bilinearly
 (antialiased when shrinking). Nothing is downloaded and nothing is cached on disk.
 
-GlobalBatches draws the training batches of a run, the same global batch on every rank of a DDP group.
+The Dataset a loader returns is in ict_core.data_types, the cutting of crops out of the photos in
+ict_core.photo_patches, and GlobalBatches (the training batches of a run) in ict_core.batches.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from ict_core import datasets
-from ict_core.errors import BadInput
 from ict_core.config import DataConfig
+from ict_core.data_types import DataError, Dataset
+from ict_core.photo_patches import (PATCH_REGION, _grey, _patch_regions, _source_photo, _split_cells, _window_inside,
+                                    _window_std)
 
 PATCH_RESOLUTIONS = datasets.DATASETS["patches"].resolutions
 # Photographs that ship inside the scikit-image wheel (no download); gray ones are repeated to RGB.
@@ -49,16 +50,6 @@ PATCH_SOURCES = (
     "coins", "immunohistochemistry", "retina", "hubble_deep_field", "moon",
 )
 PATCHES_PER_SOURCE = 300
-# Each photo is resized so its shorter side has this many pixels; a crop is PATCH_REGION px of it (20 % of
-# the short side), large enough to hold an object part (an eye, a cup handle) rather than flat texture, and
-# small enough that each photo holds a grid of >= 16 split cells (PATCH_CELL), so that the held-out and
-# featnet cells are scattered over the photo and their crops show the same kinds of content as training's.
-PATCH_SHORT_SIDE = 320
-PATCH_REGION = 64
-# Crops whose pixel std (in [0, 1] units) is below this are near-uniform (black retina border, empty sky).
-PATCH_MIN_STD = 0.04
-# Cells of the per-photo split grid have sides of at least this many pixels (> PATCH_REGION, so a crop fits).
-PATCH_CELL = 80
 FEATNET_SPLIT_SEED = 0
 # Official held-out splits are capped: they serve held-out losses and metrics, not training.
 MAX_OFFICIAL_HELDOUT = 10000
@@ -72,73 +63,6 @@ IMAGENET_URL_HINT = (
     "from https://image-net.org/download-images, 'Downsampled ImageNet'), unzip them into one folder holding "
     "train_data_batch_1..10.npz and val_data.npz, and set data.path to that folder"
 )
-
-
-class DataError(BadInput):
-    """Missing or malformed local data files; the message names the path and how to get the files."""
-
-
-@dataclass(eq=False)
-class Dataset:
-    """Images as float32 tensors (N, C, H, W) in [-1, 1], plus integer labels for the feature network.
-
-    `hflip` is the effective flip setting: the data set allows flips and data.hflip is on.
-    """
-
-    train: torch.Tensor
-    heldout: torch.Tensor
-    name: str
-    channels: int
-    resolution: int
-    allows_flip: bool
-    hflip: bool = False
-    train_labels: torch.Tensor | None = None
-    heldout_labels: torch.Tensor | None = None
-    num_classes: int = 0
-    label_kind: str = "class"  # "class", or "source_image" for patches
-    # Images the generator never trains on, for the feature network and FD's reference (see module docstring).
-    featnet: torch.Tensor | None = None
-    featnet_labels: torch.Tensor | None = None
-    # patches: (photo index, top, left) of each crop in the downscaled photo, per part ("train", "heldout", ...).
-    crop_boxes: dict | None = None
-    seed: int = 0
-    data_cfg: DataConfig | None = None  # what load_dataset was given (None for hand-built data sets)
-    _fingerprint: str | None = field(default=None, repr=False)
-
-    @property
-    def dim(self) -> int:
-        return self.channels * self.resolution * self.resolution
-
-    @property
-    def key(self) -> str:
-        """data.name plus resolution, e.g. "patches-16" (the `dataset` column of the result tables)."""
-        return f"{self.name}-{self.resolution}"
-
-    def fingerprint(self) -> str:
-        """Content hash of images and labels; keys the feature-network and reference-statistics caches."""
-        if self._fingerprint is None:
-            digest = hashlib.blake2b(digest_size=16)
-            for tensor in (self.train, self.heldout, self.train_labels, self.heldout_labels, self.featnet,
-                           self.featnet_labels):
-                if tensor is not None:
-                    digest.update(str(tuple(tensor.shape)).encode())
-                    digest.update(tensor.contiguous().cpu().numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
-
-    def augment(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Random horizontal flips when this data set uses them; otherwise `images` unchanged."""
-        return random_hflip(images, generator) if self.hflip else images
-
-
-def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:
-    """Flip each image of a (B, C, H, W) batch left-right with probability p, drawing from `generator`."""
-    if images.ndim != 4:
-        raise ValueError(f"random_hflip expects a (B, C, H, W) batch, got shape {tuple(images.shape)}")
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    flip = torch.rand(images.shape[0], generator=generator, device=gen_device) < p
-    flip = flip.to(images.device).view(-1, 1, 1, 1)
-    return torch.where(flip, images.flip(-1), images)
 
 
 def load_dataset(data_cfg: DataConfig, seed: int = 0) -> Dataset:
@@ -156,49 +80,6 @@ def load_dataset(data_cfg: DataConfig, seed: int = 0) -> Dataset:
     dataset.seed = seed
     dataset.data_cfg = data_cfg
     return dataset
-
-
-class GlobalBatches:
-    """The training batches of one run. The indices and flips of the GLOBAL batch (train.batch_size images) come
-    from one generator seeded alike on every rank and each rank keeps its rows, so 2 ranks x b images equal 1 rank
-    x 2b (dropout aside). `noise_generator` is for the objective's noise of the global batch: the same generator
-    on the CPU, its own one on a GPU. Both are in every checkpoint (state_dict)."""
-
-    def __init__(self, dataset: Dataset, batch_size: int, rank: int, world_size: int, seed: int,
-                 device: torch.device, channels_last: bool = False):
-        self.generator = torch.Generator().manual_seed(seed)
-        self.noise_generator = (
-            torch.Generator(device=device).manual_seed(seed + 1) if device.type == "cuda" else self.generator
-        )
-        train = dataset.train
-        on_device = device.type == "cuda" and train.numel() * train.element_size() < 4 * 2**30
-        self.images = train.to(device) if on_device else train
-        self.flip = dataset.hflip
-        self.batch_size, self.device, self.channels_last = batch_size, device, channels_last
-        local = batch_size // world_size
-        self.rows = (rank * local, (rank + 1) * local)  # this rank's [lo, hi) of the global batch
-
-    def draw(self) -> torch.Tensor:
-        """This rank's images of the next global batch, flipped where the data set uses flips."""
-        lo, hi = self.rows
-        idx = torch.randint(len(self.images), (self.batch_size,), generator=self.generator)[lo:hi]
-        x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
-        if self.flip:
-            flip = (torch.rand(self.batch_size, generator=self.generator) < 0.5)[lo:hi].to(self.device)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def state_dict(self) -> dict:
-        shared = self.noise_generator is self.generator
-        return {"batch_generator": self.generator.get_state(),
-                "noise_generator": None if shared else self.noise_generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["batch_generator"])
-        if state.get("noise_generator") is not None and self.noise_generator is not self.generator:
-            self.noise_generator.set_state(state["noise_generator"].cpu())
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -278,91 +159,6 @@ def _load_digits(data_cfg: DataConfig, seed: int) -> Dataset:
 
 # ---- patches ------------------------------------------------------------------------------------
 
-def _source_photo(name: str) -> torch.Tensor:
-    """A bundled photograph as float32 (3, H, W) in [0, 1], downscaled so its short side is PATCH_SHORT_SIDE."""
-    import skimage.data
-
-    try:
-        image = np.asarray(getattr(skimage.data, name)())
-    except Exception as err:  # e.g. a scikit-image build that moved the file out of the wheel
-        raise DataError(f"scikit-image photo {name!r} is not available offline ({err}); the patches data set "
-                        f"needs scikit-image >= 0.22 with its bundled data files") from None
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    image = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float().div_(255.0)
-    height, width = image.shape[-2:]
-    scale = PATCH_SHORT_SIDE / min(height, width)
-    size = (max(PATCH_REGION, round(height * scale)), max(PATCH_REGION, round(width * scale)))
-    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-
-
-def _window_std(photo: torch.Tensor) -> torch.Tensor:
-    """Pixel std of every PATCH_REGION x PATCH_REGION window (all channels), from summed-area tables."""
-    size = PATCH_REGION
-
-    def window_sums(plane):
-        table = F.pad(plane.cumsum(0).cumsum(1), (1, 0, 1, 0))
-        return table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
-
-    pixels = photo.double()
-    count = photo.shape[0] * size * size
-    mean = window_sums(pixels.sum(0)) / count
-    return (window_sums(pixels.square().sum(0)) / count - mean.square()).clamp_(min=0.0).sqrt_()
-
-
-def _split_cells(height: int, width: int, data_cfg: DataConfig, fixed_rng: np.random.Generator,
-                 rng: np.random.Generator) -> torch.Tensor:
-    """(H, W) map of each pixel's part (0 train, 1 heldout, 2 featnet): a grid of cells of >= PATCH_CELL px;
-    data.featnet_fraction of the cells (at least one) go to featnet, drawn by fixed_rng, and
-    data.holdout_fraction of them (at least one unless 0) to heldout, drawn by rng; the rest train."""
-    rows, cols = max(1, height // PATCH_CELL), max(1, width // PATCH_CELL)
-    cells = rows * cols
-    num_featnet = max(1, int(round(cells * data_cfg.featnet_fraction)))
-    num_heldout = max(1, int(round(cells * data_cfg.holdout_fraction))) if data_cfg.holdout_fraction > 0 else 0
-    if num_featnet + num_heldout >= cells:
-        raise DataError(f"a patches photo of {height}x{width} px has {cells} cells of {PATCH_CELL} px; "
-                        f"{num_featnet} featnet + {num_heldout} held-out cells leave none for training")
-    featnet_cells = fixed_rng.permutation(cells)[:num_featnet]
-    others = np.setdiff1d(np.arange(cells), featnet_cells)
-    heldout_cells = others[rng.permutation(others.shape[0])[:num_heldout]]
-    row_edges = np.linspace(0, height, rows + 1).round().astype(int)
-    col_edges = np.linspace(0, width, cols + 1).round().astype(int)
-    parts = torch.zeros(height, width, dtype=torch.int64)
-    for chosen, part in ((featnet_cells, 2), (heldout_cells, 1)):
-        for cell in chosen.tolist():
-            r, c = divmod(cell, cols)
-            parts[row_edges[r]:row_edges[r + 1], col_edges[c]:col_edges[c + 1]] = part
-    return parts
-
-
-def _window_inside(mask: torch.Tensor) -> torch.Tensor:
-    """(H', W') bool: the PATCH_REGION window at (top, left) lies wholly inside `mask`."""
-    size = PATCH_REGION
-    table = F.pad(mask.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
-    sums = table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
-    return sums >= size * size - 0.5
-
-
-def _patch_regions(photo: torch.Tensor, count: int, rng: np.random.Generator, allowed: torch.Tensor,
-                   window_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` crops of PATCH_REGION px at random positions among the `allowed` windows, skipping near-uniform
-    ones; returns (crops, (count, 2) top-left positions)."""
-    positions = torch.nonzero(allowed)
-    if count == 0:
-        return photo.new_zeros(0, 3, PATCH_REGION, PATCH_REGION), positions[:0]
-    if positions.shape[0] == 0:
-        raise DataError("a patches split cell holds no whole crop; PATCH_CELL must exceed PATCH_REGION")
-    picks = positions[torch.from_numpy(rng.integers(0, positions.shape[0], size=4 * count))]
-    tops, lefts = picks[:, 0], picks[:, 1]
-    textured = window_std[tops, lefts] >= PATCH_MIN_STD
-    keep = torch.nonzero(textured).flatten()
-    if keep.numel() < count:  # a nearly flat region: fill up with the flat crops, in drawn order
-        keep = torch.cat([keep, torch.nonzero(~textured).flatten()])
-    keep = keep[:count]
-    windows = photo.unfold(1, PATCH_REGION, 1).unfold(2, PATCH_REGION, 1)  # a view: (3, H', W', R, R)
-    crops = windows[:, tops[keep], lefts[keep]].permute(1, 0, 2, 3).contiguous()
-    return crops, torch.stack([tops[keep], lefts[keep]], dim=1)
-
 
 def _load_patches(data_cfg: DataConfig, seed: int) -> Dataset:
     resolution = data_cfg.resolution
@@ -400,15 +196,6 @@ def _load_patches(data_cfg: DataConfig, seed: int) -> Dataset:
                    heldout_labels=out["heldout"][1], num_classes=len(PATCH_SOURCES), label_kind="source_image",
                    featnet=out["featnet"][0].contiguous(), featnet_labels=out["featnet"][1],
                    crop_boxes={name: values[2] for name, values in out.items()})
-
-
-LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B
-
-
-def _grey(images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) in [-1, 1] -> (N, 1, H, W) luma, still in [-1, 1] (the weights sum to 1)."""
-    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
-    return (images * weights).sum(1, keepdim=True).clamp_(-1.0, 1.0).contiguous()
 
 
 def _load_patches_grey(data_cfg: DataConfig, seed: int) -> Dataset:

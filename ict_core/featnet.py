@@ -55,7 +55,7 @@ class FeatnetRecipe:
     blur_factors: tuple = (2,)
 
 
-# Per label kind (ict_core.data.Dataset.label_kind). Patches (source photo as label) get a wider network trained
+# Per label kind (ict_core.data_types.Dataset.label_kind). Patches (source photo as label) get a wider network trained
 # longer, with symmetries and two blur levels: featnet-v2 told the photos apart 50-60% of the time and separated
 # unseen from blurred patches by about 6 of the unseen set's fd_se; featnet-v3's figures are in
 # docs/MEASUREMENT.md. Digits keep featnet-v2 (it already separated them by hundreds of fd_se).
@@ -179,7 +179,7 @@ def degrade(images: torch.Tensor, labels: torch.Tensor, degraded_label: int, gen
 def dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each image flipped left-right, up-down and transposed, each with probability 1/2: a uniformly random one
     of the square's eight symmetries."""
-    from ict_core.data import random_hflip
+    from ict_core.data_types import random_hflip
 
     images = random_hflip(images, generator)
     flip = torch.rand(images.shape[0], generator=generator) < 0.5
@@ -190,7 +190,7 @@ def dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train_feature_net(dataset) -> tuple[FeatureNet, dict]:
     """Train the data set's classifier on the CPU, deterministically; returns (net, info with accuracy)."""
-    from ict_core.data import random_hflip
+    from ict_core.data_types import random_hflip
 
     recipe = featnet_recipe(dataset)
     images, labels = _featnet_training_set(dataset)

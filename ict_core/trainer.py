@@ -3,7 +3,7 @@
 `train(cfg, report)` runs on one CPU under pytest, on one GPU, or on every rank of a torch.distributed
 group that someone else initialised (Ray Train, torchrun). It owns the evaluation EMA, the optional CT
 EMA teacher, the state of its checkpoints (every RNG stream: exact resume) and the NaN guard. The parts it runs
-live by job: what differs between objectives (objectives.py), the global batches (data.py), how the forward runs
+live by job: what differs between objectives (objectives.py), the global batches (batches.py), how the forward runs
 (precision.py), the EMA update (ema.py), the adaptive curriculum's feed (schedule.py), evaluation (evaluate.py),
 the run folder and checkpoint files (rundir.py), what rank 0 prints and logs (runlog.py), the collectives and
 the process's RNG state (dist.py) and the stop signals (stop.py).
@@ -43,7 +43,8 @@ class Run:
     point; train_step() alone (benchmarks, timing) runs one optimizer step without evaluation or bookkeeping."""
 
     def __init__(self, cfg: Config, report: Report | None, run_dir, resume_from, stop: StopRequest | None = None):
-        from .data import GlobalBatches, load_dataset
+        from .batches import GlobalBatches
+        from .data import load_dataset
         from .featnet import check_feature_weights
 
         self.stop = stop or StopRequest()
@@ -128,7 +129,7 @@ class Run:
 
     # -- one optimizer step --
     def draw_batch(self) -> tuple[torch.Tensor, dict]:
-        """This rank's images and objective noise of the global batch at self.step (ict_core/data.py GlobalBatches)."""
+        """This rank's images and objective noise of the global batch at self.step (ict_core/batches.py GlobalBatches)."""
         x = self.batches.draw()
         noise = self.objective.draw(self.step, self.cfg.train.batch_size, x.shape[1:], self.batches.noise_generator)
         return x, slice_noise(noise, *self.batches.rows)

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from ict_core.config import ConfigError, DataConfig, load_config
-from ict_core.data import DataError, Dataset, GlobalBatches, load_dataset, random_hflip
+from ict_core.batches import GlobalBatches
+from ict_core.data import load_dataset
+from ict_core.data_types import DataError, Dataset, random_hflip
 
 
 def data_cfg(**overrides) -> DataConfig:

@@ -11,7 +11,8 @@ import torch
 
 from ict_core import datasets
 from ict_core.config import load_config
-from ict_core.data import LUMA, load_dataset
+from ict_core.data import load_dataset
+from ict_core.photo_patches import LUMA
 from synthetic import trial_row
 
 LADDER = {"patches_grey-8": 64, "patches-8": 192, "patches_grey-16": 256, "patches-16": 768,

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from ict_core import featnet, metrics
 from ict_core.config import ConfigError, load_config, load_preset
-from ict_core.data import PATCH_REGION, load_dataset
+from ict_core.data import load_dataset
+from ict_core.photo_patches import PATCH_REGION
 
 
 def _blur(images: torch.Tensor) -> torch.Tensor:
