@@ -1,6 +1,6 @@
-"""The experiment designer's error rate, power and seeds spent, by simulation through tune/designer.py.
+"""The experiment designer's error rate, power and seeds spent, by simulation through tune/designer.py and tune/design_plan.py.
 
-No training: each run is drawn from a known distribution (tune.designer.gaussian_trial: a seed effect shared by
+No training: each run is drawn from a known distribution (tune.design_plan.gaussian_trial: a seed effect shared by
 every arm of a seed, arms correlated 0.5, each arm's seed-to-seed SD 1, so an effect of 1 is one seed-SD). The
 family of claims mirrors the shipped spaces' declared claims: five ablation contrasts that share the paper's
 baseline arm, Q2's dropout optimum for two objectives, Q3's ranking over seven curricula and c* for two data sets.
@@ -23,7 +23,8 @@ import time
 
 import numpy as np
 
-from tune.designer import DECIDED, ClaimSpec, Design, gaussian_trial, run_design
+from tune.design_plan import ClaimSpec, Design, gaussian_trial, run_design
+from tune.designer import DECIDED
 
 
 def family() -> list[ClaimSpec]:

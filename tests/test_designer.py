@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from tune.designer import (DECIDED, INCONCLUSIVE, OPEN, ClaimSpec, Design, DesignError, _boundaries, claim_test,
-                           detectable_effect, gaussian_trial, next_round, nominal_levels, planned_looks, run_design,
-                           spent)
+from tune.design_plan import ClaimSpec, Design, detectable_effect, gaussian_trial, next_round, run_design
+from tune.designer import (DECIDED, INCONCLUSIVE, OPEN, DesignError, _boundaries, claim_test, nominal_levels,
+                           planned_looks, spent)
 
 
 @pytest.mark.parametrize("fractions,spending", [((1 / 3, 2 / 3, 1.0), "obf"), ((0.3, 0.6, 1.0), "pocock"),
@@ -37,7 +37,7 @@ def _family():
 
 def _naive_rate(design, reps, rng):
     """The same rounds, but every look tested at the full 0.05 with no correction: the error the design avoids."""
-    from tune.designer import claim_values
+    from tune.design_plan import claim_values
 
     bad = 0
     for _ in range(reps):

@@ -47,7 +47,8 @@ def _next_round(plan: Plan, exp_dir: Path, state: dict, share: float, say) -> di
     each to its next look's seeds), or None when no claim gets more seeds."""
     import pandas as pd
 
-    from tune.designer import DECIDED, holm_verdicts, next_round
+    from tune.design_plan import next_round
+    from tune.designer import DECIDED, holm_verdicts
     from tune.rounds import UNTESTABLE, claim_arms, claim_data, signatures, verdict_record
 
     design, metric = plan.design, f"final_{plan.metric}"

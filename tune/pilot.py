@@ -6,7 +6,7 @@ difference between the two arms' configurations in the pilot (the configuration 
 completed seeds, same stratum, seeds in common). For a claim whose arm is "the best tested value" (optimum, c*)
 or a ranking, and for a contrast whose arms the pilot did not run on common seeds, it is sqrt(2) x the pooled
 within-configuration seed SD of the stratum: the SD of a difference of two independent runs (pairing on seeds
-only narrows it, so this is the cautious figure). The detectable effect is tune.designer.detectable_effect at the
+only narrows it, so this is the cautious figure). The detectable effect is tune.design_plan.detectable_effect at the
 design's seeds_max and looks, at the claim's strictest Holm level alpha / (number of claims in the family).
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pandas as pd
 
 from ict_core.errors import BadInput
 from ict_core.records import COMPLETED, TRIALS_FILE
-from tune.designer import ALPHA, POWER, detectable_effect
+from tune.design_plan import POWER, detectable_effect
+from tune.designer import ALPHA
 
 UNKNOWN = "unknown until a pilot (--pilot DIR: an earlier experiment of this space)"
 

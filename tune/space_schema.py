@@ -193,7 +193,7 @@ class Plan:
     strata: list[Stratum]
     skipped_strata: list[str]
     claims: list = field(default_factory=list)  # PlannedClaim, one per stratum (and alternative)
-    design: Optional[Any] = None  # tune.designer.Design of the budget, None for a fixed number of seeds
+    design: Optional[Any] = None  # tune.design_plan.Design of the budget, None for a fixed number of seeds
     metrics: list = field(default_factory=list)  # every objective, `metric` first (several: multi-objective)
     modes: list = field(default_factory=list)
 

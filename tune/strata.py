@@ -134,13 +134,14 @@ def _grid_variants(space, points: list, dim: int) -> list:
 
 
 def _design(space, spec: BudgetSpec, where: str, seeds: int):
-    """The budget's sequential design (tune.designer.Design), or None when it sets none."""
+    """The budget's sequential design (tune.design_plan.Design), or None when it sets none."""
     if spec.seeds_min is None and spec.seeds_max is None:
         for key in ("looks", "max_runs"):
             if getattr(spec, key) is not None:
                 raise space.error(f"{where}.{key}", "needs seeds_min and seeds_max in the same budget")
         return None
-    from tune.designer import Design, DesignError
+    from tune.design_plan import Design
+    from tune.designer import DesignError
 
     lo = spec.seeds_min if spec.seeds_min is not None else seeds
     hi = spec.seeds_max if spec.seeds_max is not None else lo
