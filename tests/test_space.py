@@ -220,7 +220,7 @@ def test_every_trial_config_is_the_budget_preset_with_the_space_keys_on_top(name
     import yaml
 
     from tune.space_schema import budget_preset, space_path
-    from tune.store import INPUT_KEYS, absolute_input
+    from tune.inputs import INPUT_KEYS, absolute_input
     from tune.trial import trial_config
 
     monkeypatch.setenv("ICT_CIFAR10_PATH", str(tmp_path))
@@ -232,7 +232,7 @@ def test_every_trial_config_is_the_budget_preset_with_the_space_keys_on_top(name
         for params in _trial_configs(plan, stratum):
             trial = trial_config(stratum.fixed, params)
             cli = load_config(str(budget_preset(budget)), {**keys, **params})
-            # ... with its input paths made absolute on the driver, where the plan is made (tune/store.py)
+            # ... with its input paths made absolute on the driver, where the plan is made (tune/inputs.py)
             cli = cli.with_overrides({k: absolute_input(v) for k, v in cli.flat().items() if k in INPUT_KEYS and v})
             assert trial == cli, (name, budget, stratum.name, params)
 
@@ -247,7 +247,7 @@ def test_paper_budget_is_the_cifar10_preset(monkeypatch, tmp_path):
     trial = load_config(overrides=cifar.first_config(plan.params)).flat()
     preset = load_config("cifar10", {"data.path": str(tmp_path)}).flat()
     own = {"data.path", "loss.metric", *plan.params}  # the stratum's path, the space's fixed key, the searched c
-    # the preset's relative weights path, made absolute where the plan is made (tune/store.py)
+    # the preset's relative weights path, made absolute where the plan is made (tune/inputs.py)
     assert trial["eval.inception_path"] == str(Path(preset["eval.inception_path"]).resolve())
     own.add("eval.inception_path")
     assert {k: v for k, v in trial.items() if k not in own} == {k: v for k, v in preset.items() if k not in own}

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tune.store import FolderSync, Store, StoreError, fetch_input, localize_inputs
+from tune.inputs import fetch_input, localize_inputs
+from tune.store import FolderSync, Store, StoreError
 
 BUCKET = "ict-test"
 

@@ -31,7 +31,8 @@ from tune.findings import ExportError, export_findings, hours_text
 from tune.launch import run_search
 from tune.plan import (check_max_failures, check_plan_paths, compute_lines, format_plan, plan_power, resolve_plan, resources, total_line)
 from tune.space_schema import BUDGETS, SpaceError, list_spaces
-from tune.store import ExperimentFolder, check_storage_option, is_uri, join, report_copy
+from tune.experiment_folder import ExperimentFolder
+from tune.store import check_storage_option, is_uri, join, report_copy
 
 STATE_FILE = "campaign.json"
 DEFAULT_STORAGE = "results"

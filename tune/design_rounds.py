@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ict_core.records import ERRORED, INTERRUPTED, TRIALS_FILE
 from tune.space_schema import Plan
-from tune.store import ExperimentFolder
+from tune.experiment_folder import ExperimentFolder
 
 
 def design_rounds(ctx, exp: ExperimentFolder, info: dict, say, share: float, fresh_index, write) -> str:

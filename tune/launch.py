@@ -16,7 +16,8 @@ from tune.cluster import connect
 from tune.design_rounds import design_rounds
 from tune.plan import SearchError, check_max_failures, format_plan, plan_changes, plan_hashes, resolve_plan, resources
 from tune.space_schema import Plan
-from tune.store import RUNS_DIR, ExperimentFolder, StoreError, check_storage, is_uri, join
+from tune.experiment_folder import ExperimentFolder
+from tune.store import RUNS_DIR, StoreError, check_storage, is_uri, join
 
 DEFAULT_STORAGE = "results"
 # Tune snapshots its experiment state at most this often; a resume starts from the last snapshot.
@@ -123,8 +124,8 @@ def run_search(space, budget="smoke", num_samples=None, storage=None, name=None,
     Ray's state to its `ray/`. Default: the experiment folder, or $ICT_STORAGE/NAME when that is set (cluster.yaml
     sets it to s3). `storage` may be a URI (s3://...): then the experiment folder, its shared storage included, is
     STORAGE/NAME there; the driver writes the tables, ledgers and experiment.json into a local copy and pushes each
-    write to it (tune/store.ExperimentFolder), and a resume reads them back from it. The returned folder is the
-    local copy; experiment.json's `experiment_dir` names the URI.
+    write to it (tune/experiment_folder.ExperimentFolder), and a resume reads them back from it. The returned
+    folder is the local copy; experiment.json's `experiment_dir` names the URI.
     A resumed search refuses a changed plan unless `extend`: then changed strata run again under a new
     searcher that is told what the stratum already measured, up to the new number of configurations.
     `ray_train` sends one-worker CPU trials through Ray Train too. A run whose run_key is already finished in

@@ -20,7 +20,7 @@ from tune.findings import hours_text
 from tune.space import load_space
 from tune.space_schema import Plan, SpaceError
 from tune.startup import describe_search
-from tune.store import input_problem
+from tune.inputs import input_problem
 
 # Keys that decide what a training step costs; configurations equal in these share one timing.
 COST_KEYS = ("data.name", "data.resolution", "network.channels", "network.channel_mult", "network.num_blocks",

@@ -50,11 +50,11 @@ class ParquetCallback(Callback):
         self.runs_root = runs_root
         self.ledger = ledger or stratum["name"]  # the Tune experiment's name
         self.planned = planned
-        # An experiment in storage (tune/store.ExperimentFolder): every write is copied there at once.
+        # An experiment in storage (tune/experiment_folder.ExperimentFolder): every write is copied there at once.
         self.experiment_uri = experiment_uri
 
     def setup(self, **info):
-        from tune.store import ExperimentFolder
+        from tune.experiment_folder import ExperimentFolder
 
         uri = getattr(self, "experiment_uri", None)  # None in a callback pickled before it existed
         self._exp = ExperimentFolder(uri) if uri else None

@@ -37,7 +37,9 @@ from ict_core.config import Config, ConfigError, from_dict
 from tune.cluster import (CODE_ON_NODES_ENV, LOCAL, REPO_ROOT, ClusterError, code_runtime_env,  # noqa: F401
                           connect, job_ships_code, resolve_address)
 from tune import cluster as _cluster
-from tune.store import Store, is_uri, join as _join, localize_inputs, tee_output
+from tune.inputs import localize_inputs
+from tune.store import Store, is_uri, join as _join
+from tune.tee import tee_output
 
 DEFAULT_STORAGE = "runs"  # relative to the working directory, like `python -m ict_core.train`
 RUN_SUBDIR = "run"

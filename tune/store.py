@@ -11,6 +11,8 @@ tune/ray_train.py) and for the driver (tune/search.py, analysis/report.py):
                               and deletes the checkpoint folders (`checkpoints/step_*`) the trainer pruned locally,
                               so storage keeps the same `train.keep_checkpoints` newest ones
   fetch_input(uri)            a data set folder or a weights file under a URI, copied once into a node-local cache
+                              (tune/inputs.py, with the checks of input paths)
+  ExperimentFolder(location)  the driver's experiment folder, local or a copy of a URI (tune/experiment_folder.py)
 
 Every node reaches the storage on its own (credentials from the node's environment or instance profile). For an
 S3-compatible server other than AWS, set AWS_ENDPOINT_URL=http://HOST:PORT (pyarrow, so Ray and pandas, and boto
@@ -18,18 +20,17 @@ read it) in the environment of the driver and of every node.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from ict_core import rundir
 from ict_core.records import COMPLETED, DIVERGED
+from tune.tee import tee_output
 
 RUNS_DIR = "runs"  # under the experiment's shared storage
 FINISHED = (COMPLETED, DIVERGED)  # a seed whose summary.json says this is not trained again
@@ -318,163 +319,15 @@ class FolderSync:
                 self._sent = {k: v for k, v in self._sent.items() if not k.startswith(prefix)}
 
 
-# ---- inputs: data sets and weights under a URI ---------------------------------------------------
-def fetch_input(uri: str, cache: Path | None = None) -> str:
-    """A data set folder or a weights file under a storage URI, copied once into this node's cache; returns the
-    local path. Concurrent callers on one node (several ranks, several trials) copy into their own temp folder
-    and the first rename wins, so nobody reads a half-copied input."""
-    cache = Path(cache) if cache is not None else cache_root() / "inputs"
-    key = hashlib.sha1(uri.encode()).hexdigest()[:12]
-    name = safe_name(uri.rstrip("/").rsplit("/", 1)[-1]) or "input"
-    target = cache / f"{key}-{name}"
-    if target.exists():
-        return str(target)
-    store = Store(uri)
-    if not store.exists():
-        raise StoreError(f"{uri} does not exist in storage")
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache))
-    try:
-        if store.is_file(""):
-            store.get_file("", tmp / name)
-            source = tmp / name
-        else:
-            source = tmp / name
-            for rel in store.files():
-                store.get_file(rel, source / rel)
-            source.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(source, target)
-        except OSError:
-            if not target.exists():  # not another caller's copy that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
-
-
-INPUT_KEYS = ("data.path", "eval.inception_path")
-
-
-def localize_inputs(cfg):
-    """The config with data.path / eval.inception_path under a URI replaced by this node's cached copy."""
-    overrides = {}
-    for key in INPUT_KEYS:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value and is_uri(value):
-            overrides[key] = fetch_input(value)
-    return cfg.with_overrides(overrides) if overrides else cfg
-
-
-def input_problem(key: str, value) -> str | None:
-    """Why an input a trial reads is missing (None when it is there): a URI is looked up in storage, a path
-    on this machine."""
-    if not value:
-        return None
-    if is_uri(value):
-        try:
-            store = Store(value)
-            found = store.is_file("") if key == "eval.inception_path" else store.exists()
-        except OSError as err:
-            return f"{key}={value!r} cannot be read from storage: {err}"
-        return None if found else f"{key}={value!r} does not exist in storage"
-    path = Path(value).expanduser()
-    ok = path.is_file() if key == "eval.inception_path" else path.exists()
-    return None if ok else f"{key}={value!r} does not exist on this machine"
-
-
-def absolute_input(value):
-    """A relative input path made absolute against this process's working directory (URIs unchanged)."""
-    if not value or not isinstance(value, str) or is_uri(value):
-        return value
-    return str(Path(value).expanduser().resolve())
-
-
-# ---- output ----------------------------------------------------------------------------------
-@contextmanager
-def tee_output(stdout_path, stderr_path):
-    """Copy this process's stdout/stderr (Python level) into two files while inside."""
-    out_fh = open(stdout_path, "a", buffering=1)
-    err_fh = open(stderr_path, "a", buffering=1)
-    old = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _Tee(old[0], out_fh), _Tee(old[1], err_fh)
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = old
-        out_fh.close()
-        err_fh.close()
-
-
-class _Tee:
-    def __init__(self, stream, copy):
-        self._stream, self._copy = stream, copy
-
-    def write(self, text):
-        self._copy.write(text)
-        return self._stream.write(text)
-
-    def flush(self):
-        self._copy.flush()
-        self._stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
 def scratch_dir(root: str, rel: str) -> Path:
     """A node-local folder for the local copy of STORE(root)/rel."""
     return Path(tempfile.gettempdir()) / "ict_runs" / safe_name(root) / rel
-
-
-
-# ---- the driver's experiment folder ---------------------------------------------------------------
-EXPERIMENT_SKIP = (RUNS_DIR, "ray")  # the trials' run folders and Ray's state: written there by others
 
 
 def experiment_cache(uri: str) -> Path:
     """The driver's local copy of an experiment folder under a URI (the same on every start, so a resume on
     another machine finds its own copy by the URI alone)."""
     return cache_root() / "experiments" / safe_name(uri.rstrip("/"))
-
-
-class ExperimentFolder:
-    """Where the driver writes an experiment's tables, experiment.json, ledgers and reports.
-
-    `location` is a local folder or a URI. For a URI the driver writes into a local copy (`dir`, fetched from
-    storage by `pull()`) and `push()` copies what changed to the URI after every write, so a driver whose disk is
-    lost (`ray down`) loses nothing but its last unfinished write. Run folders (`runs/`) and Ray's state (`ray/`)
-    are written into storage by the trials and by Ray and are not copied here."""
-
-    def __init__(self, location, skip=EXPERIMENT_SKIP):
-        location = str(location)
-        self.is_uri = is_uri(location)
-        if self.is_uri:
-            self.location = location.rstrip("/")
-            self.dir = experiment_cache(self.location)
-            self._sync = FolderSync(Store(self.location), "", self.dir, skip=skip)
-        else:
-            self.dir = Path(location).expanduser().resolve()
-            self.location = str(self.dir)
-            self._sync = None
-
-    def exists(self, rel: str) -> bool:
-        if self.is_uri:
-            return Store(self.location).is_file(rel)
-        return (self.dir / rel).exists()
-
-    def pull(self) -> None:
-        """Make the local copy what storage holds (nothing to do for a local folder)."""
-        if self._sync is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self._sync.pull()
-
-    def push(self) -> list[str]:
-        return self._sync.push() if self._sync is not None else []
-
-    def __str__(self) -> str:
-        return self.location
 
 
 def check_storage(location: str, flag: str) -> None:

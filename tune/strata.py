@@ -14,7 +14,7 @@ from ict_core.config import ConfigError, coerce, load_config, preset_overrides
 from tune.named_values import resolve_named_value
 from tune.space_schema import (BUDGETS, NEEDS_PATH, BudgetSpec, Plan, PlannedClaim, SpaceError, Stratum,
                                budget_preset, dataset_dim)
-from tune.store import INPUT_KEYS, absolute_input
+from tune.inputs import INPUT_KEYS, absolute_input
 
 
 def plan_space(space, budget: str = "smoke", num_samples: int | None = None, extra: dict | None = None) -> Plan:

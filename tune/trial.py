@@ -33,7 +33,8 @@ from ict_core.config import Config, load_config, resolve_config
 from ict_core import rundir
 from ict_core.records import COMPLETED, DIVERGED, INTERRUPTED, RUNNING
 from ict_core.stop import StopRequest
-from tune.store import FINISHED, Store, localize_inputs, seed_folder, trial_folder
+from tune.inputs import localize_inputs
+from tune.store import FINISHED, Store, seed_folder, trial_folder
 
 
 def _num(value):
