@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from ict_core.config import load_config
-from tune.ray_train import WORKERS_FILE, run_ray_train
+from tune.ray_train import run_ray_train
+from tune.train_worker import WORKERS_FILE
 
 
 def _rows(path: Path) -> list[dict]:

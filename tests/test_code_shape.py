@@ -18,7 +18,8 @@ SPLIT_BY_JOB = ["tune/space.py", "tune/space_schema.py", "tune/strata.py", "tune
                 "analysis/selection.py", "analysis/stats.py", "analysis/curve_minimum.py", "ict_core/metrics.py",
                 "ict_core/featnet.py", "ict_core/image_grids.py", "ict_core/data.py",
                 "ict_core/data_types.py", "ict_core/batches.py", "ict_core/photo_patches.py", "tune/designer.py",
-                "tune/design_plan.py", "tune/store.py", "tune/inputs.py", "tune/experiment_folder.py", "tune/tee.py"]
+                "tune/design_plan.py", "tune/store.py", "tune/inputs.py", "tune/experiment_folder.py", "tune/tee.py",
+                "tune/ray_train.py", "tune/launch_plan.py", "tune/train_worker.py"]
 CHECKED = sorted({*(str(p.relative_to(ROOT)) for p in (ROOT / "analysis").glob("*.py")), *SPLIT_BY_JOB,
                   *(f"tune/{name}.py" for name in ("trial", "progress", "campaign", "designer", "store", "ray_train",
                                                    "results", "rounds", "findings", "searcher"))})

@@ -16,13 +16,9 @@ import torch
 
 from ict_core.config import load_config
 from tune import train as train_cli
-from tune.ray_train import (
-    LaunchError,
-    WORKERS_FILE,
-    cpu_share,
-    plan_launch,
-    run_ray_train,
-)
+from tune.launch_plan import LaunchError, cpu_share, plan_launch
+from tune.ray_train import run_ray_train
+from tune.train_worker import WORKERS_FILE
 
 # Small enough that the evaluation at the end costs little; the feature net is cached across tests.
 FAST = {

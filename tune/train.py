@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(args: argparse.Namespace):
-    from tune.ray_train import load_run_config, plan_launch
+    from tune.launch_plan import plan_launch
+    from tune.ray_train import load_run_config
 
     ship_code = {"auto": None, "yes": True, "no": False}[args.ship_code]
     name = args.name
