@@ -29,10 +29,9 @@ import pandas as pd
 
 from analysis.load import EXPERIMENT_FILE, require_columns
 from analysis.selection import config_columns, value_token
-from ict_core.records import COMPLETED, DIVERGED, ERRORED, PRUNED
+from ict_core.records import COMPLETED, DIVERGED, ERRORED, JOURNAL_FILE, PRUNED
 from ict_core.fileio import atomic_path
 
-JOURNAL_FILE = "optuna_journal.log"
 # fANOVA fits a random forest on the completed trials; below this many it ranks noise.
 MIN_COMPLETED = 6
 FAILED = (DIVERGED, ERRORED)

@@ -28,7 +28,6 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.ablations import analyze_ablations, apply_correction, eligible
-from analysis.importance import JOURNAL_FILE
 from analysis.load import SchemaError, load_results, status_counts
 from analysis.report_parts import Report, md_table
 from analysis.report_questions import ablation_section, c_scaling_section, curriculum_section, dropout_section
@@ -39,7 +38,7 @@ from analysis.stats import LEVEL, MIN_SEEDS, N_BOOT
 from ict_core.cli import bad_input
 from ict_core.errors import BadInput
 from ict_core.fileio import atomic_write_text
-from ict_core.records import PRUNED
+from ict_core.records import JOURNAL_FILE, PRUNED
 
 EQUAL_COMPUTE_TITLE = "Equal compute, pruned runs included - "
 

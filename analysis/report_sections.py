@@ -13,13 +13,12 @@ import pandas as pd
 from analysis import plots
 from analysis.ablations import NOT_RUN
 from analysis.grids import RUN_DIR, best_and_worst, copy_grids
-from analysis.importance import JOURNAL_FILE, MIN_COMPLETED, export_journal, importance_table, live_journal, \
-    rebuild_studies
+from analysis.importance import MIN_COMPLETED, export_journal, importance_table, live_journal, rebuild_studies
 from analysis.report_parts import SMOKE, Report, caveats, md_table
 from analysis.searched import best_runs, metric_by_key
 from analysis.curve_minimum import ABOVE, BELOW, TWO_SIDED
 from analysis.stats import fmt
-from ict_core.records import COMPLETED
+from ict_core.records import COMPLETED, JOURNAL_FILE
 
 
 def searched_section(rep: Report, trials, metric, n_boot, level, seed) -> None:

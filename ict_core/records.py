@@ -1,4 +1,5 @@
-"""What a search records, named once: metric names, run statuses, and the two Parquet tables' files and schemas.
+"""What a search records, named once: metric names, run statuses, the experiment folder's files (the two Parquet
+tables, the Optuna journal) and the tables' schemas.
 
 tune/ writes the tables (tune/results.py) and analysis/ reads them (analysis/load.py); both take the names from
 here, so a column cannot be renamed on one side only. No Ray import: analysis runs without it. The columns are
@@ -19,6 +20,8 @@ from ict_core.config import Config, all_keys
 
 TRIALS_FILE = "trials.parquet"
 EVALS_FILE = "evals.parquet"
+# The Optuna journal of a search's studies: tune/ writes it live, analysis/importance.py rebuilds it from the tables.
+JOURNAL_FILE = "optuna_journal.log"
 
 # A run's status. The trainer (ict_core/trainer.py) reports RUNNING at each evaluation before the last and ends
 # COMPLETED, DIVERGED (a non-finite loss) or INTERRUPTED (a stop signal; only the command line installs one), which

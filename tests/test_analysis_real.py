@@ -98,7 +98,8 @@ def test_report_on_a_real_search(real_experiment, tmp_path):
         assert "No sample grids are available" in text
     # The rebuilt study reaches the journal: two completed configurations (too few to rank) and the one
     # whose runs diverged as FAIL.
-    from analysis.importance import JOURNAL_FILE, load_journal
+    from analysis.importance import load_journal
+    from ict_core.records import JOURNAL_FILE
     (study,) = load_journal(real_experiment / JOURNAL_FILE).values()
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]

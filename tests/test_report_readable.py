@@ -15,6 +15,7 @@ from analysis import importance as imp
 from analysis import plots
 from analysis.c_scaling import estimate_c_star
 from analysis.report import write_report
+from ict_core.records import JOURNAL_FILE
 from synthetic import planted_c_scaling, trial_row, write_experiment
 
 PLAN = {"params": {"loss.huber_c": {"type": "loguniform", "low": 1e-3, "high": 1.0, "values": [], "log": True},
@@ -102,7 +103,7 @@ def test_journal_file_reloads_into_studies_with_the_same_trials(tmp_path):
     rows.append(trial_row("two_keys", "bad", 0, status="diverged", stratum="patches-16",
                           config={"loss.huber_c": 0.2, "optim.lr": 1e-3}))
     studies = imp.rebuild_studies(pd.DataFrame(rows))
-    path = imp.export_journal(studies, tmp_path / imp.JOURNAL_FILE)
+    path = imp.export_journal(studies, tmp_path / JOURNAL_FILE)
     # Writing again replaces the file instead of appending a second copy of each study.
     path = imp.export_journal(studies, path)
     loaded = imp.load_journal(path)
@@ -176,10 +177,10 @@ def test_report_embeds_the_final_grids_of_best_and_worst_with_relative_links(tmp
     moved = shutil.move(str(out), str(tmp_path / "elsewhere"))
     assert all((tmp_path / "elsewhere" / link).exists() for link in links) and moved
     # The journal of the rebuilt study lands in the experiment folder, named relative to the report.
-    assert (folder / imp.JOURNAL_FILE).exists()
-    assert f"`../grid_exp/{imp.JOURNAL_FILE}`" in text
+    assert (folder / JOURNAL_FILE).exists()
+    assert f"`../grid_exp/{JOURNAL_FILE}`" in text
     assert "optuna-dashboard" in text
-    assert list(imp.load_journal(folder / imp.JOURNAL_FILE)) == ["grid_exp/digits-8"]
+    assert list(imp.load_journal(folder / JOURNAL_FILE)) == ["grid_exp/digits-8"]
     # Four completed configurations: too few to rank, and the report says so.
     assert "importances need at least" in text
 
@@ -188,7 +189,7 @@ def test_report_without_run_dir_says_no_grids_are_available(tmp_path):
     folder = _grid_experiment(tmp_path, with_run_dir=False)
     text = write_report(folder, tmp_path / "rep", n_boot=50, journal=False).read_text()
     assert "No sample grids are available" in text and "run_dir" in text
-    assert not (folder / imp.JOURNAL_FILE).exists()
+    assert not (folder / JOURNAL_FILE).exists()
     assert not (tmp_path / "rep" / "grids").exists()
 
 

@@ -23,9 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from analysis.importance import JOURNAL_FILE
 from ict_core.fileio import atomic_write_text
-from ict_core.records import EVALS_FILE, TRIALS_FILE
+from ict_core.records import EVALS_FILE, JOURNAL_FILE, TRIALS_FILE
 from tune import REPO_ROOT
 
 EXPERIMENT_FILES = (TRIALS_FILE, EVALS_FILE, JOURNAL_FILE, "experiment.json")

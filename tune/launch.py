@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.importance import JOURNAL_FILE
-from ict_core.records import (COMPLETED, ERRORED, INTERRUPTED, RUNNING, SEARCH_FAILED, SEARCH_FINISHED,
-                              TRIALS_FILE)
+from ict_core.records import (COMPLETED, ERRORED, INTERRUPTED, JOURNAL_FILE, RUNNING, SEARCH_FAILED,
+                              SEARCH_FINISHED, TRIALS_FILE)
 from tune.cluster import connect
 from tune.design_rounds import design_rounds
 from tune.plan import SearchError, check_max_failures, format_plan, plan_changes, plan_hashes, resolve_plan, resources
