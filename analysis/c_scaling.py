@@ -3,7 +3,7 @@
 The paper's heuristic is c = 0.00054 * sqrt(d) (Song & Dhariwal 2023, Sec. 3.3), checked on two data
 sets. Here, per data set, the best c is located on the tested grid (tested values on both sides of the
 best, a value where runs diverged never the best) and refined by a local quadratic in log c (see
-stats.curve_minimum); an optimum at the edge of the searched range is a one-sided bound and stays out
+curve_minimum.curve_minimum); an optimum at the edge of the searched range is a one-sided bound and stays out
 of the fit. Then b and a are fitted jointly from every run near each data set's optimum (one curve per data
 set, its vertex shifted by b ln d; fit_joint), so two data sets already give b an interval; with
 three or more, the interval is never narrower than the one from the scatter of the data sets' c*

@@ -131,7 +131,7 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     trials: one row per run with dataset, seed, status, network.dropout, loss.objective, `metric`,
     final_loss_train, final_loss_heldout, final_nn_dist, final_nn_dist_ref and dotted config columns.
     An objective needs runs at `min_values` or more distinct rates to get a best rate; diverged runs
-    count per rate (see stats.curve_minimum). best columns: BEST_COLUMNS (best_tested: the tested rate
+    count per rate (see curve_minimum.curve_minimum). best columns: BEST_COLUMNS (best_tested: the tested rate
     with the lowest mean; best_dropout: the fitted vertex, NaN unless bound is "two-sided"; own_keys:
     the objective's own settings, see objective_keys).
     """

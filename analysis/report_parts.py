@@ -146,7 +146,7 @@ def optimum_text(bound: str, best: float, value: float, lo: float, hi: float, fa
                   floor: float | None = None, plateau: float = math.nan) -> str:
     """"best tested c 0.03; fitted c* 0.028 [0.015, 0.06]" or a one-sided bound. floor: the smallest value
     `what` can take (0 for dropout): a best tested value there is an answer, not a bound. plateau: the largest
-    tested value within the plateau's standard error of the minimum (stats.curve_minimum), when it is flat."""
+    tested value within the plateau's standard error of the minimum (curve_minimum.curve_minimum), when it is flat."""
     text = _optimum_core(bound, best, value, lo, hi, far, what, floor)
     if plateau is not None and np.isfinite(plateau):
         text += (f"; the curve is flat around its minimum: the largest {what} within the plateau's standard error "
