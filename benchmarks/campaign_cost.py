@@ -14,36 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
 from tune.campaign import shipped_spaces  # noqa: E402
-from tune.plan import _cost_key, design_cap, estimate_seconds, plan_compute  # noqa: E402
+from tune.plan import _cost_key, design_cap, estimate_seconds, measure_step_seconds, plan_compute  # noqa: E402
 from tune.plan import resolve_plan  # noqa: E402
-
-
-def cpu_seconds_per_step(cfg, steps: int, warmup: int = 2) -> float:
-    from ict_core.trainer import Run
-
-    cfg = cfg.with_overrides({"train.num_threads": 1, "eval.grid": False})
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory(prefix="campaign-cost-") as run_dir:
-        run = Run(cfg, None, run_dir, None)
-        run.student.train()
-        times = []
-        for i in range(warmup + steps):
-            t0 = time.process_time()
-            run.train_step()
-            if i >= warmup:
-                times.append(time.process_time() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -68,7 +48,7 @@ def main(argv=None) -> int:
         for row in plan_compute(plan):
             key = _cost_key(row["cfg"])
             if key not in timings:
-                timings[key] = cpu_seconds_per_step(row["cfg"], args.steps)
+                timings[key] = measure_step_seconds(row["cfg"], 1, args.steps, clock=time.process_time)
             seconds = estimate_seconds(row, timings[key], args.cores)
             stratum = next(s for s in plan.strata if s.name == row["stratum"])
             cap = design_cap(plan, {"runs": row["runs"], "seconds": seconds, "timed": 1, "untimed": 0})

@@ -31,6 +31,7 @@ def test_flattening_rule_tracks_the_gain_of_the_last_doubling(curve, spread, fla
     assert last["gain_se"] == pytest.approx(spread * (2 / 3) ** 0.5)
 
 
+@pytest.mark.slow  # trains real runs
 def test_pilot_trains_real_runs_writes_curves_and_resumes(tmp_path, capsys):
     out = tmp_path / "pilot"
     argv = ["--budget", "smoke", "--datasets", "digits", "--steps", "2,4", "--seeds", "2", "--out", str(out),

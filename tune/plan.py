@@ -190,8 +190,9 @@ def _cost_key(cfg) -> str:
     return json.dumps({k: flat[k] for k in COST_KEYS}, sort_keys=True)
 
 
-def measure_step_seconds(cfg, threads: int, steps: int = 4, warmup: int = 2) -> float:
-    """Median seconds of one real training step of `cfg` on this machine with `threads` torch threads.
+def measure_step_seconds(cfg, threads: int, steps: int = 4, warmup: int = 2, clock=time.perf_counter) -> float:
+    """Median seconds of one real training step of `cfg` on this machine with `threads` torch threads, by `clock`
+    (wall time by default; benchmarks/campaign_cost.py passes time.process_time for CPU time).
 
     Uses the trainer's own step (data, noise, teacher and student passes, optimizer, EMA), like
     benchmarks/step_cost.py, without its evaluation."""
@@ -209,10 +210,10 @@ def measure_step_seconds(cfg, threads: int, steps: int = 4, warmup: int = 2) -> 
             run.student.train()
             times = []
             for i in range(warmup + steps):
-                t0 = time.perf_counter()
+                t0 = clock()
                 run.train_step()
                 if i >= warmup:
-                    times.append(time.perf_counter() - t0)
+                    times.append(clock() - t0)
             return statistics.median(times)
     finally:
         torch.set_num_threads(before)
