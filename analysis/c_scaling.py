@@ -20,6 +20,7 @@ import pandas as pd
 from analysis.load import require_columns
 import scipy.stats
 from ict_core.config import HUBER_C_PER_SQRT_DIM
+from ict_core.datasets import dataset_family
 from ict_core.records import COMPLETED, DIVERGED
 
 from analysis.curve_minimum import TWO_SIDED, curve_minimum, default_window
@@ -73,6 +74,9 @@ class CScaling:
     fit: PowerLaw | None
     metric: str
     samples: dict = field(repr=False, default_factory=dict)
+    # The power law within each image family (ict_core.datasets.dataset_family) that has c* located at two or
+    # more dimensions, when the tables hold other data sets too (else `fit` is that family's law).
+    family_fits: dict = field(default_factory=dict)
 
 
 def select_runs(trials: pd.DataFrame, metric: str = "final_fd", statuses=(COMPLETED,)) -> pd.DataFrame:
@@ -206,7 +210,27 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     per_dataset = pd.DataFrame(rows, columns=PER_DATASET_COLUMNS)
     curves_df = pd.DataFrame(curves, columns=["dataset", "dim", C_KEY, "num_runs", "num_diverged", "mean", "lo", "hi"])
     fit = _law(per_dataset, samples, variances, near_best, level)
-    return CScaling(per_dataset, curves_df, fit, metric, samples)
+    family_fits = _family_laws(per_dataset, samples, variances, near_best, level, fit)
+    return CScaling(per_dataset, curves_df, fit, metric, samples, family_fits)
+
+
+def _family_laws(per_dataset: pd.DataFrame, samples: dict, variances: dict, near_best: dict, level: float,
+                 pooled) -> dict:
+    """{family: PowerLaw} within each image family of the tables' data sets, when they hold more than one family
+    (Q1's ladder: the same photographs at several sizes and channel counts, apart from digits' plateau). A family
+    whose law rests on the same data sets as the pooled one (the others' c* one-sided) adds nothing and is left out."""
+    families = per_dataset["dataset"].map(dataset_family)
+    laws = {}
+    if families.nunique() < 2:
+        return laws
+    for family, sub in per_dataset.groupby(families, sort=True):
+        keys = set(sub["dataset"])
+        law = _law(sub.reset_index(drop=True), {k: v for k, v in samples.items() if k in keys},
+                   {k: v for k, v in variances.items() if k in keys},
+                   {k: v for k, v in near_best.items() if k in keys}, level)
+        if law is not None and (pooled is None or law.num_datasets < pooled.num_datasets):
+            laws[family] = law
+    return laws
 
 
 def bracket_hull(per_dataset: pd.DataFrame) -> tuple[float, float] | None:

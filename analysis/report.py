@@ -31,7 +31,8 @@ from analysis.ablations import analyze_ablations, apply_correction, eligible
 from analysis.load import SchemaError, load_results, status_counts
 from analysis.report_parts import Report, md_table
 from analysis.report_questions import ablation_section, c_scaling_section, curriculum_section, dropout_section
-from analysis.report_sections import (answer_rows, budget_line, compute_section, grids_section, importance_section,
+from analysis.report_answers import answer_rows, decided_line
+from analysis.report_sections import (budget_line, compute_section, compute_table, grids_section, importance_section,
                                       pareto_section, searched_section)
 from analysis.selection import at_common_compute
 from analysis.stats import LEVEL, MIN_SEEDS, N_BOOT
@@ -88,7 +89,8 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
 
     text = [
         "# iCT experiment report\n",
-        *([md_table(pd.DataFrame(answers))] if (answers := answer_rows(rep, tables[0], metric)) else []),
+        *([md_table(pd.DataFrame(answers)), decided_line(answers, compute_table(trials))]
+          if (answers := answer_rows(rep, tables[0], metric, level)) else []),
         first_paragraph(rep, trials, metric, min_seeds, tables[0]) + "\n",
         _method_paragraph(trials, metric, n_boot, level, counts, len(results.experiments), view is not None),
         md_table(pd.DataFrame([{"status": k, "runs": v} for k, v in counts.items()])),

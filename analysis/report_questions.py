@@ -3,7 +3,7 @@ consistency and the diffusion objective), Q3 (curricula at equal compute) and th
 
 Each takes the tables (or a view of them), runs its analysis and adds to a `Report` (analysis/report_parts.py): an
 answer tagged with the questions it answers, or a gap saying why the tables cannot answer, and its section; what
-it computed goes to `rep.results` for the table of answers (analysis/report_sections.answer_rows).
+it computed goes to `rep.results` for the table of answers (analysis/report_answers.answer_rows).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from analysis.report_parts import (ABLATIONS, ABLATIONS_NOT_RUN, Q1, Q1_LAW, Q2,
                                    caveats, detectable_text, joined, labelled, md_table, optimum_text, runs_text)
 from analysis.curve_minimum import TWO_SIDED
 from analysis.stats import MIN_SEEDS, fmt, fmt_ci
+from ict_core.datasets import dataset_family
 from ict_core.records import COMPLETED
 
 
@@ -39,9 +40,13 @@ def c_scaling_section(rep: Report, trials, metric, n_boot, level, seed) -> None:
     rep.results["c_scaling"] = cs
     sentence = "Q1, the best Pseudo-Huber c: " + joined([_c_dataset_text(r) for _, r in per.iterrows()])
     if cs.fit is not None:
-        sentence += "; " + _law_text(cs.fit, int(per["num_seeds"].min()), _budgets(per["budgets"])) + "."
-    else:
-        sentence += "."
+        sentence += "; " + _law_text(cs.fit, int(per["num_seeds"].min()), _budgets(per["budgets"]))
+    for family, law in cs.family_fits.items():
+        members = per[per["dataset"].map(dataset_family) == family]
+        sentence += (f"; within one image family, the {family} ({', '.join(members['dataset'])}): "
+                     + _law_text(law, int(members["num_seeds"].min()), _budgets(members["budgets"])))
+    sentence += "."
+    if cs.fit is None:
         located = int((per["bound"] == TWO_SIDED).sum())
         rep.gap(Q1_LAW, "Q1, exponent b of c* = a d^b: needs c* located on both sides on two or more data sets "
                         f"of different dimension; found {located}")
@@ -93,11 +98,12 @@ def _law_text(f, seeds: int, budgets: str) -> str:
 def _c_scaling_tables(rep: Report, cs, metric: str, n_boot: int, level: float) -> None:
     """Q1's tables, plot and section."""
     per = cs.per_dataset
-    fit_df = pd.DataFrame([] if cs.fit is None else [{
-        "a": cs.fit.a, "a_lo": cs.fit.a_lo, "a_hi": cs.fit.a_hi, "b": cs.fit.b, "b_lo": cs.fit.b_lo,
-        "b_hi": cs.fit.b_hi, "df": cs.fit.df, "residual_sd": cs.fit.residual_sd, "num_datasets": cs.fit.num_datasets,
-        "method": cs.fit.method, "num_runs": cs.fit.num_runs,
-        "excluded": ", ".join(cs.fit.excluded), "b_contains_0.5": cs.fit.b_contains_paper}])
+    laws = ([("all data sets", cs.fit)] if cs.fit is not None else []) + list(cs.family_fits.items())
+    fit_df = pd.DataFrame([{
+        "family": family, "a": f.a, "a_lo": f.a_lo, "a_hi": f.a_hi, "b": f.b, "b_lo": f.b_lo,
+        "b_hi": f.b_hi, "df": f.df, "residual_sd": f.residual_sd, "num_datasets": f.num_datasets,
+        "method": f.method, "num_runs": f.num_runs,
+        "excluded": ", ".join(f.excluded), "b_contains_0.5": f.b_contains_paper} for family, f in laws])
     files = [rep.csv(per, "c_scaling_per_dataset.csv"), rep.csv(cs.curves, "c_scaling_curves.csv"),
              rep.csv(fit_df, "c_scaling_fit.csv")]
     png = rep.png(plots.plot_c_scaling(cs, level=level), "c_scaling.png")
@@ -110,7 +116,9 @@ def _c_scaling_tables(rep: Report, cs, metric: str, n_boot: int, level: float) -
         "of any curve with one minimum). b and a are fitted jointly from every run in those local windows (one curve "
         "per data set, its vertex at ln a + b ln d, a height per seed; column `method`), with Student's t over the "
         "runs' residual degrees of freedom; with three or more data sets the interval is widened to the one from "
-        "their c*'s scatter about the line when that is wider.\n\n"
+        "their c*'s scatter about the line when that is wider. When the tables hold several image families (data sets "
+        "cut from the same images: ict_core/datasets.py), b is also fitted within each family that has c* located "
+        "at two or more dimensions (column `family`), which is how Q1's ladder separates dimension from data set.\n\n"
         + md_table(per) + "\n" + ("" if fit_df.empty else md_table(fit_df) + "\n")
         + f"![c scaling]({png})\n\nTables: " + ", ".join(files) + "\n")
 

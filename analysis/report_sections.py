@@ -1,22 +1,19 @@
 """The report's other sections and its opening: the metric against each searched key, parameter importances,
-Pareto fronts, sample grids, the compute behind each answer, the line on whether the budgets can give a verdict,
-and the table of answers built from what the question sections computed (analysis/report_questions.py).
+Pareto fronts, sample grids, the compute behind each answer and the line on whether the budgets can give a verdict.
+The table of answers that opens the report is analysis/report_answers.py.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.ablations import NOT_RUN
 from analysis.grids import RUN_DIR, best_and_worst, copy_grids
 from analysis.importance import MIN_COMPLETED, export_journal, importance_table, live_journal, rebuild_studies
-from analysis.report_parts import SMOKE, Report, caveats, md_table
+from analysis.report_parts import SMOKE, Report, md_table
 from analysis.searched import best_runs, metric_by_key
-from analysis.curve_minimum import ABOVE, BELOW, TWO_SIDED
 from analysis.stats import fmt
 from ict_core.records import COMPLETED, JOURNAL_FILE
 
@@ -220,79 +217,6 @@ def budget_line(trials: pd.DataFrame, min_seeds: int) -> str:
             parts.append(f"Experiment{'s' if len(smoke) > 1 else ''} {', '.join(str(names[e]) for e in smoke)} ran "
                          "the smoke budget, a pipeline check whose runs are too short to rank models")
     return ". ".join(parts) + ("." if parts else "")
-
-
-def _optimum_cells(bound: str, best: float, value: float, lo: float, hi: float, what: str) -> tuple[str, str]:
-    """(answer, interval) cells of a located optimum or a one-sided bound."""
-    if bound == BELOW:
-        return f"{what}* < {fmt(hi)} (below the searched range)", f"(-, {fmt(hi)}]"
-    if bound == ABOVE:
-        return f"{what}* > {fmt(lo)} (above the searched range)", f"[{fmt(lo)}, -)"
-    if bound == TWO_SIDED:
-        return f"{what}* {fmt(value)} (best tested {fmt(best)})", f"[{fmt(lo)}, {fmt(hi)}]"
-    return f"no {what}* located (best tested {fmt(best)})", "-"
-
-
-def _verdict(answer: str, row, low: str, high: str, lo: str, hi: str) -> str:
-    """`answer` prefixed "inconclusive: " for the sections' reasons (caveats): few seeds, a smoke budget, a
-    one-sided bound, an interval spanning the searched range."""
-    spans = row["bound"] == TWO_SIDED and row[lo] <= row[low] and row[hi] >= row[high]
-    reasons = caveats(int(row["num_seeds"]), row.get("budgets", ""), spans,
-                      [row["bound"] != TWO_SIDED and "not bracketed"])
-    return f"inconclusive: {answer}" if reasons else answer
-
-
-def answer_rows(rep: Report, ablations: pd.DataFrame, metric: str) -> list[dict]:
-    """The table that opens the report, one row per answer, built from what the sections computed (not from
-    their prose): question or claim, answer or verdict, interval, seeds. A space that asks none of the
-    project's questions gets its best run per experiment and stratum."""
-    rows = []
-    cs = rep.results.get("c_scaling")
-    if cs is not None:
-        for _, r in cs.per_dataset.iterrows():
-            answer, interval = _optimum_cells(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], "c")
-            answer = _verdict(answer, r, "c_min", "c_max", "c_lo", "c_hi")
-            rows.append({"question or claim": f"Q1 best Pseudo-Huber c, {r['dataset']} (d={int(r['dim'])})",
-                         "answer or verdict": answer, "interval": interval, "seeds": int(r["num_seeds"])})
-        fit = cs.fit
-        if fit is not None:
-            n = int(getattr(fit, "num_datasets", 0) or 0)
-            has = np.isfinite(fit.b_lo) and np.isfinite(fit.b_hi)
-            rows.append({"question or claim": "Q1 c* = a d^b across data sets (paper: b = 0.5)",
-                         "answer or verdict": (f"b = {fmt(fit.b)}" if has else
-                                               f"no answer: {n} data set(s), a 2-parameter fit needs 3"),
-                         "interval": f"[{fmt(fit.b_lo)}, {fmt(fit.b_hi)}]" if has else "-",
-                         "seeds": f"{n} data sets"})
-    dr = rep.results.get("dropout")
-    if dr is not None:
-        for _, r in dr.best.iterrows():
-            answer, interval = _optimum_cells(r["bound"], r["best_tested"], r["best_dropout"], r["lo"], r["hi"],
-                                              "dropout")
-            answer = _verdict(answer, r, "p_min", "p_max", "lo", "hi")
-            rows.append({"question or claim": f"Q2 best dropout, {r['objective']} objective, {r['dataset']}",
-                         "answer or verdict": answer, "interval": interval, "seeds": int(r["num_seeds"])})
-    final = rep.results.get("curriculum")
-    if final is not None:
-        for (dataset, _), table in final.groupby(["dataset", "context"], sort=True):
-            top = table.iloc[0]
-            tied = int(table["tied_best"].sum()) if "tied_best" in table else 1
-            rows.append({"question or claim": f"Q3 best curriculum at equal compute, {dataset}",
-                         "answer or verdict": f"{top['curriculum']} ({metric_name('fd')} {fmt(top['mean'])})"
-                         + (f", tied with {tied - 1} other(s)" if tied > 1 else ""),
-                         "interval": f"[{fmt(top['lo'])}, {fmt(top['hi'])}]", "seeds": int(top["num_seeds"])})
-    if ablations is not None and not ablations.empty:
-        for _, r in ablations[ablations["verdict"] != NOT_RUN].iterrows():
-            level = f" ({100 * r['level']:.3g}%)" if "level" in r and np.isfinite(r["level"]) else ""
-            rows.append({"question or claim": f"{r['ablation']}: {r['paper']} - {r['alternative']}",
-                         "answer or verdict": f"{r['verdict']}, FD difference {fmt(r['effect'])}",
-                         "interval": f"[{fmt(r['lo'])}, {fmt(r['hi'])}]{level}",
-                         "seeds": f"{int(r['num_paper'])} vs {int(r['num_alt'])}"})
-    if not rows and not rep.best.empty:
-        for _, r in rep.best.iterrows():
-            rows.append({"question or claim": f"best run of {r['experiment']} / {r['stratum']}",
-                         "answer or verdict": f"{r['searched'] or 'its config'}: {metric} {fmt(r[metric])}",
-                         "interval": "-", "seeds": f"1 (seed {r['seed']})"})
-    return rows
 
 
 def metric_name(metric: str) -> str:

@@ -22,6 +22,9 @@ class DatasetSpec:
     needs_path: bool = False  # True: the files are not bundled; data.path must name a local folder
     loader: str = ""  # name of the function in ict_core.data that loads it: loader(data_cfg, seed) -> Dataset
     summary: str = ""
+    # Data sets cut from the same images share a family (Q1's dimension ladder fits c* = a d^b within one);
+    # empty = a family of its own.
+    family: str = ""
 
     def resolution(self, requested: int = 0) -> int:
         """The side length a run trains at: `requested`, or the native size when it is 0."""
@@ -41,9 +44,9 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("digits", channels=1, native_resolution=8, loader="_load_digits",
                 summary="scikit-learn's 8x8 handwritten digits (bundled)"),
     DatasetSpec("patches", channels=3, native_resolution=0, resolutions=(8, 16, 32, 64), loader="_load_patches",
-                summary="crops of the photographs bundled with scikit-image"),
+                summary="crops of the photographs bundled with scikit-image", family="photographs"),
     DatasetSpec("patches_grey", channels=1, native_resolution=0, resolutions=(8, 16, 32, 64),
-                loader="_load_patches_grey",
+                loader="_load_patches_grey", family="photographs",
                 summary="the same crops as patches, in grey (luma): a third of the dimension at each size"),
     DatasetSpec("cifar10", channels=3, native_resolution=32, needs_path=True, loader="_load_cifar10",
                 summary="CIFAR-10, python version (cifar-10-batches-py)"),
@@ -67,3 +70,11 @@ def dataset_dim(name: str, resolution: int = 0) -> tuple[str, int]:
     """("patches-16", C*H*W) of a data set at a data.resolution (0 = native), known without loading it."""
     entry = spec(name)
     return entry.key(resolution), entry.dim(resolution)
+
+
+def dataset_family(key: str) -> str:
+    """The image family of a `dataset` column value ("patches_grey-16" -> "photographs"): its entry's family, else
+    its name (a family of its own; a name this registry does not know is its own family too)."""
+    name = str(key).rsplit("-", 1)[0]
+    entry = DATASETS.get(name)
+    return (entry.family or entry.name) if entry is not None else name

@@ -155,6 +155,7 @@ def planted_ablations(rng: np.random.Generator, alternatives: dict, seeds: int =
 
 
 def first_prose(report_text: str) -> str:
-    """The report's first prose paragraph: the block after the title and the table of answers that opens it."""
+    """The report's first prose paragraph: the block after the title, the table of answers that opens it and the
+    line under that table on what was decided."""
     blocks = report_text.split("\n\n")[1:]
-    return next(b for b in blocks if not b.lstrip().startswith("|"))
+    return next(b for b in blocks if not b.lstrip().startswith(("|", "Decided: ")))

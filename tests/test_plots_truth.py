@@ -114,6 +114,10 @@ def test_the_report_opens_with_a_table_of_answers_built_from_the_estimates(tmp_p
     fit = pd.read_csv(tmp_path / "report" / "c_scaling_fit.csv").iloc[0]
     (row,) = [r for r in table if "Q1 c* = a d^b" in r]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == f"b = {fmt(fit['b'])}" and cells[2] == f"[{fmt(fit['b_lo'])}, {fmt(fit['b_hi'])}]"
-    assert cells[3] == "2 data sets"
-    assert blocks[2].startswith("Q1, the best Pseudo-Huber c")  # the prose follows the table
+    decided = not fit["b_contains_0.5"] or fit["b_hi"] - fit["b_lo"] <= 0.3
+    assert cells[1] == ("" if decided else "inconclusive: ") + f"b = {fmt(fit['b'])}" + (
+        "" if decided else " (its interval holds 0.5 and is wider than +-0.15)")
+    assert cells[2] == f"[{fmt(fit['b_lo'])}, {fmt(fit['b_hi'])}]" and cells[3] == "2 data sets"
+    assert cells[4] == ("yes" if decided else "no")
+    assert blocks[2].startswith("Decided: ")  # what the compute decided follows the table, then the prose
+    assert blocks[3].startswith("Q1, the best Pseudo-Huber c")

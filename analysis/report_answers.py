@@ -1,0 +1,150 @@
+"""The table that opens a report: one row per question or claim, built from what the question sections computed
+(rep.results, never their prose), and the line under it on what the compute decided.
+
+Columns: the question or claim, the answer or verdict, its interval, the seeds behind it, whether it is decided,
+and, where it stayed open, the smallest effect the runs could have detected. Decided means:
+- an ablation claim: reproduced or contradicted (analysis/ablations.py's corrected verdict);
+- Q1 or Q2 per data set: an optimum located on both sides, with an interval inside the searched range, at three or
+  more seeds on a budget that can rank models (report_parts.caveats);
+- Q1's exponent b: an interval that excludes the paper's 0.5, or is within +-0.15 (issue 22's target precision);
+- Q3: the curricula differ (global F test) and the lowest mean beats the runner-up, both at the report's level.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.ablations import CONTRADICTED, NOT_RUN, REPRODUCED
+from analysis.c_scaling import PAPER_B
+from analysis.curve_minimum import ABOVE, BELOW, TWO_SIDED
+from analysis.report_parts import Report, caveats
+from analysis.stats import LEVEL, fmt
+
+B_PRECISION = 0.15  # Q1's b counts as estimated when its interval is within +-0.15 (issue 22)
+
+
+def _optimum_cells(bound: str, best: float, value: float, lo: float, hi: float, what: str) -> tuple[str, str]:
+    """(answer, interval) cells of a located optimum or a one-sided bound."""
+    if bound == BELOW:
+        return f"{what}* < {fmt(hi)} (below the searched range)", f"(-, {fmt(hi)}]"
+    if bound == ABOVE:
+        return f"{what}* > {fmt(lo)} (above the searched range)", f"[{fmt(lo)}, -)"
+    if bound == TWO_SIDED:
+        return f"{what}* {fmt(value)} (best tested {fmt(best)})", f"[{fmt(lo)}, {fmt(hi)}]"
+    return f"no {what}* located (best tested {fmt(best)})", "-"
+
+
+def _verdict(answer: str, row, low: str, high: str, lo: str, hi: str) -> tuple[str, bool]:
+    """(`answer` prefixed "inconclusive: " for the sections' reasons (caveats: few seeds, a smoke budget, a
+    one-sided bound, an interval spanning the searched range), decided)."""
+    spans = row["bound"] == TWO_SIDED and row[lo] <= row[low] and row[hi] >= row[high]
+    reasons = caveats(int(row["num_seeds"]), row.get("budgets", ""), spans,
+                      [row["bound"] != TWO_SIDED and "not bracketed"])
+    return (f"inconclusive: {answer}", False) if reasons else (answer, True)
+
+
+def _row(question: str, answer: str, interval: str, seeds, decided: bool, detectable: float = math.nan) -> dict:
+    return {"question or claim": question, "answer or verdict": answer, "interval": interval, "seeds": seeds,
+            "decided": "yes" if decided else "no",
+            "detectable": f"{fmt(detectable)} FD" if not decided and np.isfinite(detectable) else "-"}
+
+
+def _law_row(label: str, fit) -> dict:
+    n = int(getattr(fit, "num_datasets", 0) or 0)
+    has = np.isfinite(fit.b_lo) and np.isfinite(fit.b_hi)
+    decided = has and (not fit.b_contains_paper or (fit.b_hi - fit.b_lo) <= 2 * B_PRECISION)
+    answer = (f"b = {fmt(fit.b)}" if decided else
+              f"inconclusive: b = {fmt(fit.b)} (its interval holds {PAPER_B} and is wider than +-{B_PRECISION})"
+              if has else f"no answer: {n} data set(s), a 2-parameter fit needs 3")
+    return _row(f"Q1 c* = a d^b {label} (paper: b = {PAPER_B})", answer,
+                f"[{fmt(fit.b_lo)}, {fmt(fit.b_hi)}]" if has else "-", f"{n} data sets", decided)
+
+
+def _q1_rows(cs) -> list[dict]:
+    rows = []
+    for _, r in cs.per_dataset.iterrows():
+        answer, interval = _optimum_cells(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], "c")
+        answer, decided = _verdict(answer, r, "c_min", "c_max", "c_lo", "c_hi")
+        rows.append(_row(f"Q1 best Pseudo-Huber c, {r['dataset']} (d={int(r['dim'])})", answer, interval,
+                         int(r["num_seeds"]), decided))
+    if cs.fit is not None:
+        rows.append(_law_row("across data sets", cs.fit))
+    for family, fit in cs.family_fits.items():
+        rows.append(_law_row(f"within the {family} family", fit))
+    return rows
+
+
+def _q2_rows(dr) -> list[dict]:
+    rows = []
+    for _, r in dr.best.iterrows():
+        answer, interval = _optimum_cells(r["bound"], r["best_tested"], r["best_dropout"], r["lo"], r["hi"],
+                                          "dropout")
+        answer, decided = _verdict(answer, r, "p_min", "p_max", "lo", "hi")
+        rows.append(_row(f"Q2 best dropout, {r['objective']} objective, {r['dataset']}", answer, interval,
+                         int(r["num_seeds"]), decided))
+    return rows
+
+
+def _q3_rows(final: pd.DataFrame, level: float) -> list[dict]:
+    rows = []
+    for (dataset, _), table in final.groupby(["dataset", "context"], sort=True):
+        top = table.iloc[0]
+        gp, rp = top.get("global_p", math.nan), top.get("runner_up_p", math.nan)
+        decided = bool(np.isfinite(gp) and gp < 1 - level and np.isfinite(rp) and rp < 1 - level)
+        tied = int(table["tied_best"].sum()) if "tied_best" in table else 1
+        answer = (f"{top['curriculum']} (FD {fmt(top['mean'])})" if decided else
+                  f"inconclusive: no best named; lowest mean {top['curriculum']} (FD {fmt(top['mean'])})")
+        rows.append(_row(f"Q3 best curriculum at equal compute, {dataset}",
+                         answer + (f", tied with {tied - 1} other(s)" if tied > 1 else ""),
+                         f"[{fmt(top['lo'])}, {fmt(top['hi'])}]", int(top["num_seeds"]), decided,
+                         top.get("detectable", math.nan)))
+    return rows
+
+
+def _ablation_rows(ablations: pd.DataFrame) -> list[dict]:
+    rows = []
+    for _, r in ablations[ablations["verdict"] != NOT_RUN].iterrows():
+        level = f" ({100 * r['level']:.3g}%)" if "level" in r and np.isfinite(r["level"]) else ""
+        rows.append(_row(f"{r['ablation']}: {r['paper']} - {r['alternative']}",
+                         f"{r['verdict']}, FD difference {fmt(r['effect'])}", f"[{fmt(r['lo'])}, {fmt(r['hi'])}]{level}",
+                         f"{int(r['num_paper'])} vs {int(r['num_alt'])}", r["verdict"] in (REPRODUCED, CONTRADICTED),
+                         r.get("detectable", math.nan)))
+    return rows
+
+
+def answer_rows(rep: Report, ablations: pd.DataFrame, metric: str, level: float = LEVEL) -> list[dict]:
+    """One row per answer: question or claim, answer or verdict, interval, seeds, decided, detectable. A space
+    that asks none of the project's questions gets its best run per experiment and stratum."""
+    rows = []
+    if (cs := rep.results.get("c_scaling")) is not None:
+        rows += _q1_rows(cs)
+    if (dr := rep.results.get("dropout")) is not None:
+        rows += _q2_rows(dr)
+    if (final := rep.results.get("curriculum")) is not None:
+        rows += _q3_rows(final, level)
+    if ablations is not None and not ablations.empty:
+        rows += _ablation_rows(ablations)
+    if not rows and not rep.best.empty:
+        for _, r in rep.best.iterrows():
+            rows.append({"question or claim": f"best run of {r['experiment']} / {r['stratum']}",
+                         "answer or verdict": f"{r['searched'] or 'its config'}: {metric} {fmt(r[metric])}",
+                         "interval": "-", "seeds": f"1 (seed {r['seed']})"})
+    return rows
+
+
+def decided_line(rows: list[dict], compute: pd.DataFrame) -> str:
+    """The sentence under the table: how many answers are decided and the run hours per decided answer."""
+    graded = [r for r in rows if "decided" in r]
+    if not graded:
+        return ""
+    decided = [r["question or claim"] for r in graded if r["decided"] == "yes"]
+    hours = float(compute["run hours"].sum()) if "run hours" in compute else math.nan
+    runs = int(compute["runs"].sum() - compute.get("reused runs", pd.Series(0)).sum()) if "runs" in compute else 0
+    text = (f"Decided: {len(decided)} of {len(graded)} answers"
+            + (f" ({'; '.join(decided)})" if decided else "")
+            + f". Compute: {fmt(hours)} run hours over {runs} runs trained")
+    if decided and np.isfinite(hours):
+        text += f", {fmt(hours / len(decided))} run hours per decided answer"
+    return text + " (run hours: the runs' own training wall time, summed; see \"Compute behind each answer\").\n"

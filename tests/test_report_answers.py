@@ -1,0 +1,94 @@
+"""The table of answers that opens a report (analysis/report_answers.py) and Q1's fit within one image family:
+planted tables whose truth is known, so each column is shown to track what it names."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.ablations import analyze_ablations
+from analysis.c_scaling import estimate_c_star
+from analysis.report import write_report
+from ict_core.datasets import dataset_family
+from tests import synthetic
+from tests.test_dimension_ladder import LADDER, _planted_ladder
+
+
+def test_data_sets_cut_from_the_same_photographs_share_a_family():
+    assert {dataset_family(k) for k in LADDER} == {"photographs"}
+    assert dataset_family("digits-8") == "digits" and dataset_family("cifar10-32") == "cifar10"
+    assert dataset_family("my_own-16") == "my_own"  # a data set the registry does not know is its own family
+
+
+def _digits_rows(rng, c_star: float, seeds: int = 3) -> list[dict]:
+    """A digits-8 c search whose optimum sits far off the photographs' law: another data set at d = 64."""
+    rows = []
+    for c in c_star * 2.0 ** np.arange(-2, 3):
+        for seed in range(seeds):
+            fd = 10 + 4 * math.log(c / c_star) ** 2 + rng.normal(0, 0.3)
+            rows.append(synthetic.trial_row("c_scaling", f"d-{c:.5g}-{seed}", seed, "digits-8", final_fd=fd,
+                                            space="c_scaling", config={"loss.huber_c": float(c)}))
+    return rows
+
+
+def test_the_ladders_exponent_is_fitted_within_its_family_when_another_data_set_is_present():
+    rng = np.random.default_rng(7)
+    ladder = _planted_ladder(rng, b=0.9, seeds=3, noise=0.5, miss=1.4)
+    # The ladder's own law puts c* near 0.002 * 64^0.9 = 0.09 at d = 64; digits' optimum is 40 times lower.
+    mixed = estimate_c_star(pd.DataFrame(ladder + _digits_rows(rng, 0.09 / 40)), n_boot=20)
+    assert mixed.fit is not None and mixed.fit.num_datasets == len(LADDER) + 1
+    family = mixed.family_fits["photographs"]
+    assert family.num_datasets == len(LADDER) and family.b_lo <= 0.9 <= family.b_hi
+    assert not family.b_contains_paper
+    # The data set from another family scatters far off the law: the pooled interval widens to that scatter, the
+    # family's stays as narrow as the ladder alone makes it.
+    assert (mixed.fit.b_hi - mixed.fit.b_lo) > 2 * (family.b_hi - family.b_lo)
+    # One family alone: its law is the fit, and no separate family fit is made.
+    alone = estimate_c_star(pd.DataFrame(ladder), n_boot=20)
+    assert alone.family_fits == {} and alone.fit.num_datasets == len(LADDER)
+
+
+def _answers(path) -> tuple[pd.DataFrame, str]:
+    """The report's opening table as a frame, and the line under it."""
+    blocks = path.read_text().split("\n\n")
+    table = next(b for b in blocks if b.startswith("| question or claim"))
+    lines = [line.strip("|").split(" | ") for line in table.strip().splitlines()]
+    frame = pd.DataFrame([[cell.strip() for cell in line] for line in lines[2:]],
+                         columns=[c.strip() for c in lines[0]])
+    return frame, next(b for b in blocks if b.startswith("Decided: "))
+
+
+def test_the_table_of_answers_says_which_claims_are_decided_and_what_an_open_one_could_detect(tmp_path):
+    rng = np.random.default_rng(11)
+    rows = synthetic.planted_ablations(rng, {"loss.teacher": ("ema", -6.0), "loss.weighting": ("uniform", 0.0)},
+                                       seeds=3, noise=0.4)
+    for row in rows:
+        row["wall_s"] = 360.0  # a tenth of an hour per run
+    synthetic.write_experiment(tmp_path / "ablations", rows)
+    frame, line = _answers(write_report([tmp_path], n_boot=50))
+    frame = frame.set_index("question or claim")
+    ema = frame.loc["EMA teacher vs none: none - ema"]
+    weighting = frame.loc["iCT weighting vs uniform: ict - uniform"]
+    assert ema["decided"] == "yes" and ema["answer or verdict"].startswith("reproduced")
+    assert ema["detectable"] == "-"  # a decided claim needs no detectable effect
+    assert weighting["decided"] == "no" and weighting["answer or verdict"].startswith("inconclusive")
+    detectable = float(weighting["detectable"].split()[0])
+    # No true effect: what the design could have detected is several times the seed noise, far below the
+    # planted effect that was found.
+    assert 0.4 < detectable < 6.0
+    # 9 runs (3 default, 3 ema, 3 uniform) of 0.1 h; one decided answer.
+    assert line.startswith("Decided: 1 of 2 answers (EMA teacher vs none: none - ema)")
+    assert "0.9 run hours over 9 runs trained, 0.9 run hours per decided answer" in line
+
+
+def test_more_seeds_shrink_the_detectable_effect_of_an_open_claim():
+    # The number the table shows for an open claim is the ablation line's `detectable`: it falls like the
+    # standard error, about 1/sqrt(seeds) (and faster at few seeds, where Student's t is wide).
+    widths = []
+    for seeds in (3, 8):
+        rows = synthetic.planted_ablations(np.random.default_rng(seeds), {"loss.weighting": ("uniform", 0.0)},
+                                           seeds=seeds, noise=0.4)
+        table = analyze_ablations(pd.DataFrame(rows)).set_index("key")
+        widths.append(float(table.loc["loss.weighting", "detectable"]))
+    assert widths[1] < widths[0] / 2, widths
