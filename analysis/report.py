@@ -32,7 +32,7 @@ from analysis.load import SchemaError, load_results, status_counts
 from analysis.report_parts import Report, md_table
 from analysis.report_questions import ablation_section, c_scaling_section, curriculum_section, dropout_section
 from analysis.report_answers import answer_rows, decided_line
-from analysis.report_sections import (budget_line, compute_section, compute_table, grids_section, importance_section,
+from analysis.report_sections import (budget_line, compute_section, grids_section, importance_section,
                                       pareto_section, searched_section)
 from analysis.selection import at_common_compute
 from analysis.stats import LEVEL, MIN_SEEDS, N_BOOT
@@ -89,8 +89,9 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
 
     text = [
         "# iCT experiment report\n",
-        *([md_table(pd.DataFrame(answers)), decided_line(answers, compute_table(trials))]
-          if (answers := answer_rows(rep, tables[0], metric, level)) else []),
+        *([md_table(pd.DataFrame(answers))] if (answers := answer_rows(rep, tables[0], metric, level, min_seeds,
+                                                                          _budgets_by_dataset(trials))) else []),
+        *([line] if (line := decided_line(answers, trials)) else []),
         first_paragraph(rep, trials, metric, min_seeds, tables[0]) + "\n",
         _method_paragraph(trials, metric, n_boot, level, counts, len(results.experiments), view is not None),
         md_table(pd.DataFrame([{"status": k, "runs": v} for k, v in counts.items()])),
@@ -103,6 +104,13 @@ def write_report(paths, out=None, metric: str = "final_fd", n_boot: int = N_BOOT
     for sync in syncs:
         sync.push()  # the report folder and the journals, back into storage
     return path
+
+
+def _budgets_by_dataset(trials: pd.DataFrame) -> dict:
+    """{dataset: the comma-joined budgets its runs ran at}, for the table of answers' smoke-budget check."""
+    if "budget" not in trials.columns:
+        return {}
+    return {d: ",".join(sorted(set(g.dropna().astype(str)))) for d, g in trials.groupby("dataset")["budget"]}
 
 
 def _local_folders(paths, out) -> tuple[list[Path], "Path | None", list]:

@@ -147,13 +147,10 @@ def grids_section(rep: Report, trials, metric) -> None:
         "seed, not of its best seed.\n\n" + "\n".join(blocks) + "\nTables: " + ", ".join(files) + "\n")
 
 
-def compute_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per experiment and stratum: what its answers rest on (configurations, runs, seeds per configuration, steps
-    per run, images trained, and the runs' own training wall time, summed over runs). A run is trained once:
-    rows marked `reused` (copied from another experiment, tune/reuse.py) and later rows repeating a run_key
-    already listed count under "reused runs", not in the images and hours trained."""
-    if trials.empty:
-        return pd.DataFrame()
+def trained(trials: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `trials` with what each row trained: _reused (copied from another experiment, tune/reuse.py, or a
+    later row repeating a run_key already listed: trained once, counted once), _images and _wall (images seen and
+    the run's own wall seconds, 0 for a reused row)."""
     t = trials.copy()
     reused = t["reused"].fillna(False).astype(bool) if "reused" in t.columns else pd.Series(False, index=t.index)
     if "run_key" in t.columns:
@@ -163,6 +160,17 @@ def compute_table(trials: pd.DataFrame) -> pd.DataFrame:
     t.loc[reused, ["images_seen", "wall_s"]] = 0
     t["_images"] = pd.to_numeric(t.get("images_seen"), errors="coerce").fillna(0)
     t["_wall"] = pd.to_numeric(t.get("wall_s"), errors="coerce").fillna(0)
+    return t
+
+
+def compute_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment and stratum: what its answers rest on (configurations, runs, seeds per configuration, steps
+    per run, images trained, and the runs' own training wall time, summed over runs). A run is trained once:
+    rows marked `reused` (copied from another experiment, tune/reuse.py) and later rows repeating a run_key
+    already listed count under "reused runs", not in the images and hours trained."""
+    if trials.empty:
+        return pd.DataFrame()
+    t = trained(trials)
     t["_steps"] = pd.to_numeric(t.get("steps"), errors="coerce")
     t["_done"] = t["status"].astype(str) == COMPLETED
     rows = []

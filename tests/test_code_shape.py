@@ -14,7 +14,7 @@ MAX_LINES = 400
 MAX_FUNCTION = 60
 REASON = "Long because"
 SPLIT_BY_JOB = ["tune/space.py", "tune/space_schema.py", "tune/strata.py", "tune/startup.py", "analysis/report.py",
-                "analysis/report_parts.py", "analysis/report_questions.py", "analysis/report_sections.py",
+                "analysis/report_parts.py", "analysis/report_questions.py", "analysis/report_sections.py", "analysis/report_answers.py",
                 "analysis/selection.py", "analysis/stats.py", "analysis/curve_minimum.py", "ict_core/metrics.py",
                 "ict_core/featnet.py", "ict_core/image_grids.py", "ict_core/data.py",
                 "ict_core/data_types.py", "ict_core/batches.py", "ict_core/photo_patches.py", "tune/designer.py",

@@ -3,6 +3,7 @@ planted tables whose truth is known, so each column is shown to track what it na
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,8 @@ import pandas as pd
 from analysis.ablations import analyze_ablations
 from analysis.c_scaling import estimate_c_star
 from analysis.report import write_report
+from analysis.report_answers import answer_rows, decided_line
+from analysis.report_parts import Report
 from ict_core.datasets import dataset_family
 from tests import synthetic
 from tests.test_dimension_ladder import LADDER, _planted_ladder
@@ -79,7 +82,7 @@ def test_the_table_of_answers_says_which_claims_are_decided_and_what_an_open_one
     assert 0.4 < detectable < 6.0
     # 9 runs (3 default, 3 ema, 3 uniform) of 0.1 h; one decided answer.
     assert line.startswith("Decided: 1 of 2 answers (EMA teacher vs none: none - ema)")
-    assert "0.9 run hours over 9 runs trained, 0.9 run hours per decided answer" in line
+    assert "0.9 run hours, 9 runs trained, 0.9 run hours per decided answer" in line
 
 
 def test_more_seeds_shrink_the_detectable_effect_of_an_open_claim():
@@ -92,3 +95,58 @@ def test_more_seeds_shrink_the_detectable_effect_of_an_open_claim():
         table = analyze_ablations(pd.DataFrame(rows)).set_index("key")
         widths.append(float(table.loc["loss.weighting", "detectable"]))
     assert widths[1] < widths[0] / 2, widths
+
+
+def _ladder_answers(rows: list[dict], min_seeds: int = 3) -> pd.DataFrame:
+    rep = Report(Path("unused"))
+    rep.results["c_scaling"] = estimate_c_star(pd.DataFrame(rows), n_boot=20)
+    return pd.DataFrame(answer_rows(rep, pd.DataFrame(), "final_fd", min_seeds=min_seeds)).set_index(
+        "question or claim")
+
+
+def test_b_is_graded_once_within_its_family_and_needs_seeds_and_a_real_budget():
+    rng = np.random.default_rng(7)
+    ladder = _planted_ladder(rng, b=0.9, seeds=3, noise=0.5, miss=1.4)
+    table = _ladder_answers(ladder + _digits_rows(rng, 0.09 / 40))
+    family = table.loc["Q1 c* = a d^b within the photographs family (paper: b = 0.5)"]
+    pooled = table.loc["Q1 c* = a d^b across data sets (paper: b = 0.5)"]
+    assert family["decided"] == "yes" and family["answer or verdict"].startswith("b = 0.")
+    assert pooled["decided"] == "-"  # shown, not counted a second time
+    assert (table["decided"] == "yes").sum() == 1 + len(LADDER) + 1  # b, each ladder c*, digits' c*
+    # The same planted truth on a smoke budget, or at the same seeds with a report that asks for more, decides
+    # nothing.
+    smoke = _ladder_answers([{**row, "budget": "smoke"} for row in ladder])
+    assert set(smoke["decided"]) == {"no"}
+    assert smoke.loc["Q1 c* = a d^b across data sets (paper: b = 0.5)", "answer or verdict"].startswith("inconclusive")
+    assert set(_ladder_answers(ladder, min_seeds=4)["decided"]) == {"no"}
+
+
+def _q3(tied: list[bool], global_p: float, runner_up_p: float) -> pd.Series:
+    final = pd.DataFrame({"dataset": "digits-8", "context": "all", "curriculum": ["exponential", "cosine", "sqrt"],
+                          "mean": [10.0, 11.0, 14.0], "lo": [9.0, 10.0, 13.0], "hi": [11.0, 12.0, 15.0],
+                          "num_seeds": 4, "tied_best": tied, "global_p": global_p, "runner_up_p": runner_up_p,
+                          "detectable": 1.5})
+    rep = Report(Path("unused"))
+    rep.results["curriculum"] = final
+    return pd.DataFrame(answer_rows(rep, pd.DataFrame(), "final_fd")).iloc[0]
+
+
+def test_a_best_curriculum_is_decided_only_when_it_beats_the_runner_up_and_ties_with_none():
+    assert _q3([True, False, False], 0.001, 0.01)["decided"] == "yes"
+    tied = _q3([True, True, False], 0.001, 0.01)  # beats the runner-up by its seeds, but within the FD's se
+    assert tied["decided"] == "no" and tied["detectable"] == "1.5 FD" and "tied with 1 other" in tied["answer or verdict"]
+    assert _q3([True, False, False], 0.001, 0.2)["decided"] == "no"  # the runner-up is not beaten
+    assert _q3([True, False, False], 0.3, 0.01)["decided"] == "no"  # the curricula do not differ
+
+
+def test_the_decided_line_counts_each_trained_run_once_and_is_absent_without_graded_answers():
+    rows = [synthetic.trial_row("a", f"t{i}", i, final_fd=1.0, wall_s=1800.0, run_key=f"k{i}") for i in range(4)]
+    rows.append(synthetic.trial_row("b", "copy", 0, final_fd=1.0, wall_s=1800.0, run_key="k0"))  # the same run
+    rows.append(synthetic.trial_row("a", "bad", 9, status="errored", wall_s=360.0))
+    answers = [{"question or claim": "claim A", "decided": "yes"}, {"question or claim": "claim B", "decided": "no"},
+               {"question or claim": "pooled", "decided": "-"}]
+    line = decided_line(answers, pd.DataFrame(rows))
+    # 4 runs of half an hour, the copy not again, the errored run's 0.1 h counted as cost but not as a run.
+    assert line.startswith("Decided: 1 of 2 answers (claim A). Compute: 2.1 run hours, 4 runs trained, "
+                           "2.1 run hours per decided answer"), line
+    assert decided_line([{"question or claim": "best run of x / y"}], pd.DataFrame(rows)) == ""
