@@ -92,3 +92,25 @@ def test_an_export_replaces_the_old_one_but_keeps_the_pilot(tmp_path):
     assert (dest / "pilot" / "curves.csv").read_text() == "dataset,steps\nplanted,4\n"
     assert not (dest / "stale.txt").exists()
     assert (dest / "report" / "report.md").exists() and (dest / "README.md").exists()
+
+
+def test_a_rewritten_readme_names_the_commits_that_trained_the_runs_not_only_its_own(tmp_path):
+    # A pilot.csv from before runs recorded their commit, then one run trained later at a known commit: rewriting
+    # the outputs (a resumed pilot, or --no-train) must not pass the old runs off as the current commit's.
+    out = tmp_path / "pilot"
+    out.mkdir()
+    old = [{"dataset": "digits", "steps": s, "seed": seed, "fd": 10.0 / s + seed, "fd_se": 0.1, "fd_student": 1.0,
+            "wall_s": 1.0} for s in (2, 4) for seed in (0, 1)]
+    with open(out / "pilot.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(old[0]))  # the old header: no commit column
+        writer.writeheader()
+        writer.writerows(old)
+    rows = budget_pilot.read_rows(out / "pilot.csv")
+    assert {r["commit"] for r in rows} == {budget_pilot.NOT_RECORDED}
+    rows.append({**rows[0], "steps": 8.0, "commit": "abc123"})
+    budget_pilot.write_rows(out / "pilot.csv", rows)
+    assert budget_pilot.read_rows(out / "pilot.csv")[-1]["commit"] == "abc123"  # the column is added, old rows kept
+    budget_pilot.write_outputs(out, rows, "python tune/budget_pilot.py --no-train")
+    text = (out / "README.md").read_text()
+    assert "4 runs whose commit was not recorded; 1 run at commit `abc123`" in text
+    assert f"Written by `python tune/budget_pilot.py --no-train` at commit `{budget_pilot.commit_text()}`" in text

@@ -6,11 +6,11 @@
 For every data set, step count and seed it trains one run of the budget's preset (tune/budgets/<budget>.yaml)
 with train.total_steps set to that count (so the curriculum and the EMA ramp follow that run length, as they would
 in a search at that budget) and one evaluation at its end. It writes OUT/pilot.csv (one row per run: fd, fd_se,
-fd_student, wall seconds), OUT/curves.csv (per data set and step count: mean fd over seeds, its standard error,
-and the gain of the last doubling), OUT/curves.png (the curves) and OUT/README.md (the command and commit that
-made them, the table, and per data set whether the curve has flattened). Runs already in pilot.csv are skipped,
-so an interrupted pilot continues where it stopped; --no-train only rewrites the outputs from the runs already in
-pilot.csv and lists the planned runs still missing.
+fd_student, wall seconds, the commit that trained it), OUT/curves.csv (per data set and step count: mean fd over
+seeds, its standard error, and the gain of the last doubling), OUT/curves.png (the curves) and OUT/README.md (the
+command and commit that wrote them, the commits that trained their runs, the table, and per data set whether the
+curve has flattened). Runs already in pilot.csv are skipped, so an interrupted pilot continues where it stopped;
+--no-train only rewrites the outputs from the runs already in pilot.csv and lists the planned runs still missing.
 
 "Flattened" (issue 22): going from the second-largest to the largest step count improves the mean final FD by
 less than the standard error of that difference, or by less than 10%.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import subprocess
 import sys
@@ -33,9 +34,11 @@ from ict_core.cli import bad_input  # noqa: E402
 from ict_core.errors import BadInput  # noqa: E402
 from ict_core.config import ConfigError, load_config  # noqa: E402
 from ict_core import datasets  # noqa: E402
+from ict_core.fileio import atomic_write_text  # noqa: E402
 
 BUDGET_DIR = Path(__file__).parent / "budgets"
-FIELDS = ("dataset", "steps", "seed", "fd", "fd_se", "fd_student", "wall_s")
+FIELDS = ("dataset", "steps", "seed", "fd", "fd_se", "fd_student", "wall_s", "commit")
+NOT_RECORDED = "not recorded"  # the commit of a run from a pilot.csv written before runs recorded theirs
 FLAT_RELATIVE = 0.10  # a last doubling that gains less than this share of FD counts as flat
 
 
@@ -67,7 +70,17 @@ def read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
-        return [{k: (r[k] if k == "dataset" else float(r[k])) for k in FIELDS} for r in csv.DictReader(handle)]
+        return [{k: (r.get(k) or NOT_RECORDED if k == "commit" else r[k] if k == "dataset" else float(r[k]))
+                 for k in FIELDS} for r in csv.DictReader(handle)]
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """pilot.csv from `rows`, replaced in one step (an interrupted write leaves the old file)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def curves(rows: list[dict]) -> list[dict]:
@@ -116,6 +129,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def commit_text() -> str:
+    """The checkout's commit, "<sha> with local changes" when tracked files differ from it."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -124,7 +138,17 @@ def commit_text() -> str:
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
-    return f"`{head}`" + (" with local changes" if dirty else "")
+    return head + (" with local changes" if dirty else "")
+
+
+def provenance(rows: list[dict]) -> str:
+    """Which commits trained the runs: a resumed pilot (or --no-train) reuses runs an earlier commit trained, so
+    the README names each run's own commit, not only the one that wrote it."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.get("commit") or NOT_RECORDED] = counts.get(r.get("commit") or NOT_RECORDED, 0) + 1
+    return "; ".join(f"{n} run{'s' if n != 1 else ''} at commit `{c}`" if c != NOT_RECORDED
+                     else f"{n} run{'s' if n != 1 else ''} whose commit was not recorded" for c, n in counts.items())
 
 
 def write_outputs(out: Path, rows: list[dict], command: str, missing=()) -> list[dict]:
@@ -136,7 +160,8 @@ def write_outputs(out: Path, rows: list[dict], command: str, missing=()) -> list
     if table:
         plot(table, out / "curves.png")
     lines = ["# Budget pilot: final FD against training steps", "",
-             f"Made by `{command}` at commit {commit_text()} (tune/budget_pilot.py).", "",
+             f"Written by `{command}` at commit `{commit_text()}` (tune/budget_pilot.py). Trained: {provenance(rows)}"
+             " (a pilot resumes from pilot.csv, so its runs may come from earlier commits).", "",
              "| data set | steps | seeds | mean FD | se (seeds) | gain of the last doubling | share | flat |",
              "|---|---|---|---|---|---|---|---|"]
     for r in table:
@@ -195,14 +220,10 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="budget-pilot-") as run_dir:
             summary = train(cfg, run_dir=run_dir)
         row = {"dataset": key, "steps": s, "seed": seed, "fd": summary["fd"], "fd_se": summary["fd_se"],
-               "fd_student": summary.get("fd_student", float("nan")), "wall_s": time.perf_counter() - started}
-        new = not path.is_file()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+               "fd_student": summary.get("fd_student", float("nan")), "wall_s": time.perf_counter() - started,
+               "commit": commit_text()}
         rows.append(row)
+        write_rows(path, rows)  # whole, so a pilot.csv from before the commit column gets that column too
         print(f"{key} steps={s} seed={seed}: fd={row['fd']:.2f} +- {row['fd_se']:.2f} ({row['wall_s']:.0f} s)",
               flush=True)
     wanted = {(k, s) for k in keys for s in steps}
