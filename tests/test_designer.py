@@ -291,6 +291,25 @@ def test_optimum_arm_is_the_best_tested_value_against_the_reference():
     assert d.kind == "ranking" and d.values.shape == (3, 3)
 
 
+def test_the_best_arm_chosen_at_the_first_look_is_kept_when_its_later_seeds_regress():
+    """What the cpu campaign's c_scaling search hit: round 1 picks 0.3 as the best dropout (3 seeds) and grows it
+    and the reference to 6; its later seeds are worse, so re-picking by mean chose 0.1 (3 seeds), the claim's
+    common seeds fell back to 3 and its look never grew. The first look's arms are kept."""
+    plan = load_space("dropout").plan("cpu")
+    claim = plan.claims[0]  # consistency-digits: best dropout vs 0
+    first = _rows({0.0: [20, 21, 22], 0.1: [16, 16.5, 16], 0.3: [15, 16, 14]}, 3, stratum="consistency-digits",
+                  key="network.dropout")
+    found = claim_arms(claim, first, "final_fd")
+    grown = pd.concat([first, _rows({0.0: [20, 21, 22, 21, 20, 22], 0.3: [15, 16, 14, 19, 18, 18]}, 6,
+                                    stratum="consistency-digits", key="network.dropout").query("seed >= 3")])
+    repicked = claim_data(claim, claim_arms(claim, grown, "final_fd"), [3], 6)
+    assert repicked.looks == [3]  # 0.1 now has the lowest mean, with 3 seeds: the round's seeds are wasted
+    kept = claim_data(claim, claim_arms(claim, grown, "final_fd", fixed=found["arms"]), [3], 6)
+    assert kept.looks == [3, 6] and list(kept.values) == [-5, -5, -8, -2, -2, -4]
+    # An arm that no longer has runs (all errored, say) is not forced: the arms are chosen again.
+    assert claim_arms(claim, first, "final_fd", fixed=["gone"])["arms"] == found["arms"]
+
+
 def test_campaign_dry_run_shows_every_shipped_claims_detectable_effect(tmp_path, capsys):
     """The shipped spaces at the cpu budget, with the CPU findings as the pilot: every declared claim gets a
     detectable effect, at Holm's share of the campaign's whole family."""

@@ -54,8 +54,11 @@ def _next_round(plan: Plan, exp_dir: Path, state: dict, share: float, say) -> di
     design, metric = plan.design, f"final_{plan.metric}"
     trials = pd.read_parquet(exp_dir / TRIALS_FILE)
     arms, data = {}, []
+    chosen = state.setdefault("arms", {})  # each claim's arms as its first look chose them (claim_arms)
     for claim in plan.claims:
-        found = claim_arms(claim, trials, metric, plan.mode)
+        found = claim_arms(claim, trials, metric, plan.mode, fixed=chosen.get(claim.name))
+        if found:
+            chosen[claim.name] = list(found["arms"])
         d = claim_data(claim, found, state["looks"].get(claim.name, []), design.seeds_max,
                        plan.mode) if found else None
         if d is not None:

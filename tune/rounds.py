@@ -50,13 +50,21 @@ def _per_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
     return rows.groupby("seed")[metric].mean().sort_index()
 
 
-def claim_arms(claim, trials: pd.DataFrame, metric: str, mode: str = "min") -> dict | None:
-    """{"arms": [signature, ...], "values": {signature: Series seed -> metric}} of a planned claim, or None."""
+def claim_arms(claim, trials: pd.DataFrame, metric: str, mode: str = "min", fixed=None) -> dict | None:
+    """{"arms": [signature, ...], "values": {signature: Series seed -> metric}} of a planned claim, or None.
+
+    fixed: the arms an earlier look chose (experiment.json's design.arms). An arm picked by the data, the best
+    configuration of a claim like c_star's "best tested c against the paper's", is chosen once, at the first look,
+    and kept: re-picking it from means over unequal seed counts would swap in an arm with fewer seeds after each
+    round (the one that grew regresses toward its mean), so the claim's common seeds, and its look, never grow."""
     rows = trials[(trials["stratum"].astype(str) == claim.stratum) & (trials["status"].astype(str) == COMPLETED)]
     if rows.empty or claim.key not in rows.columns:
         return None
     rows = rows.assign(_sig=signatures(rows))
     groups = {sig: _per_seed(g, metric) for sig, g in rows.groupby("_sig", sort=True)}
+    if fixed and all(sig in groups for sig in fixed):
+        return {"arms": list(fixed), "values": {s: groups[s] for s in fixed},
+                "overrides": {s: rows[rows["_sig"] == s].iloc[0] for s in fixed}}
     values_of = {sig: g[claim.key].iloc[0] for sig, g in rows.groupby("_sig", sort=True)}
 
     def most_seeds(sigs):
