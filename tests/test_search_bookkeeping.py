@@ -124,7 +124,12 @@ def test_ctrl_c_stops_the_strata_and_resume_finishes_exactly_what_was_left(tmp_p
     best = trials[trials["stratum"] == "second"]["final_fd"].min()
     last = [l for l in done.stdout.splitlines() if l.startswith("[second] 3/3 trials done")]
     assert last and "elapsed" in last[0] and "ETA 0:00" in last[0] and f"best fd {best:.4g} (" in last[0], last
-    assert "[second] 1/3 trials done" in done.stdout
+    # Every trial trained after the resume reports once, the count rising to 3. How many were done before Ctrl-C
+    # depends on the machine's load (the strata train at the same time), so the first count is not fixed.
+    counts = [int(line.split()[1].split("/")[0]) for line in done.stdout.splitlines()
+              if line.startswith("[second] ") and "trials done" in line]
+    trained_before = 0 if before is None else int((before["stratum"] == "second").sum())
+    assert counts == sorted(counts) and counts[-1] == 3 and len(counts) >= 3 - trained_before, counts
 
     # A second resume finds nothing to do.
     again = _run(args + ["--resume"], timeout=300)
