@@ -23,6 +23,7 @@ import io
 import math
 import subprocess
 import sys
+from collections import Counter
 import tempfile
 import time
 from pathlib import Path
@@ -144,9 +145,7 @@ def commit_text() -> str:
 def provenance(rows: list[dict]) -> str:
     """Which commits trained the runs: a resumed pilot (or --no-train) reuses runs an earlier commit trained, so
     the README names each run's own commit, not only the one that wrote it."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.get("commit") or NOT_RECORDED] = counts.get(r.get("commit") or NOT_RECORDED, 0) + 1
+    counts = Counter(r.get("commit") or NOT_RECORDED for r in rows)
     return "; ".join(f"{n} run{'s' if n != 1 else ''} at commit `{c}`" if c != NOT_RECORDED
                      else f"{n} run{'s' if n != 1 else ''} whose commit was not recorded" for c, n in counts.items())
 
