@@ -62,9 +62,17 @@ def claim_arms(claim, trials: pd.DataFrame, metric: str, mode: str = "min", fixe
         return None
     rows = rows.assign(_sig=signatures(rows))
     groups = {sig: _per_seed(g, metric) for sig, g in rows.groupby("_sig", sort=True)}
-    if fixed and all(sig in groups for sig in fixed):
-        return {"arms": list(fixed), "values": {s: groups[s] for s in fixed},
-                "overrides": {s: rows[rows["_sig"] == s].iloc[0] for s in fixed}}
+    kept = fixed and all(sig in groups for sig in fixed)
+    arms = list(fixed) if kept else _pick_arms(claim, rows, groups, mode)
+    if arms is None:
+        return None
+    return {"arms": arms, "values": {s: groups[s] for s in arms},
+            "overrides": {s: rows[rows["_sig"] == s].iloc[0] for s in arms}}
+
+
+def _pick_arms(claim, rows: pd.DataFrame, groups: dict, mode: str) -> list | None:
+    """The arms' signatures chosen from the runs: per ranked value its best configuration, or the claim's a
+    (its best configuration when the data pick it) and b (the one with the most seeds); None when one is missing."""
     values_of = {sig: g[claim.key].iloc[0] for sig, g in rows.groupby("_sig", sort=True)}
 
     def most_seeds(sigs):
@@ -78,22 +86,12 @@ def claim_arms(claim, trials: pd.DataFrame, metric: str, mode: str = "min", fixe
         return [s for s in groups if bool(_match(pd.Series([values_of[s]]), value).iloc[0])]
 
     if claim.kind == "ranking":
-        arms = [best(at(v)) for v in claim.arms["values"]]
-        arms = [a for a in arms if a is not None]
-        if len(arms) < 2:
-            return None
-    else:
-        b_sigs = at(claim.arms["b"])
-        if claim.arms.get("a") is None:
-            a = best([s for s in groups if s not in b_sigs])
-        else:
-            a = most_seeds(at(claim.arms["a"]))
-        b = most_seeds(b_sigs)
-        if a is None or b is None:
-            return None
-        arms = [a, b]
-    return {"arms": arms, "values": {s: groups[s] for s in arms},
-            "overrides": {s: rows[rows["_sig"] == s].iloc[0] for s in arms}}
+        arms = [a for a in (best(at(v)) for v in claim.arms["values"]) if a is not None]
+        return arms if len(arms) >= 2 else None
+    b_sigs = at(claim.arms["b"])
+    a = best([s for s in groups if s not in b_sigs]) if claim.arms.get("a") is None else most_seeds(at(claim.arms["a"]))
+    b = most_seeds(b_sigs)
+    return None if a is None or b is None else [a, b]
 
 
 def claim_data(claim, arms: dict, looks: list[int], seeds_max: int, mode: str = "min") -> ClaimData | None:
