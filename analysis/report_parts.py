@@ -143,28 +143,39 @@ def runs_text(num_runs: int, num_values: int, num_seeds: int, what: str) -> str:
 
 
 def optimum_text(bound: str, best: float, value: float, lo: float, hi: float, far: bool, what: str,
-                  floor: float | None = None, plateau: float = math.nan) -> str:
+                  floor: float | None = None, plateau: float = math.nan, edges: tuple | None = None) -> str:
     """"best tested c 0.03; fitted c* 0.028 [0.015, 0.06]" or a one-sided bound. floor: the smallest value
     `what` can take (0 for dropout): a best tested value there is an answer, not a bound. plateau: the largest
-    tested value within the plateau's standard error of the minimum (curve_minimum.curve_minimum), when it is flat."""
-    text = _optimum_core(bound, best, value, lo, hi, far, what, floor)
+    tested value within the plateau's standard error of the minimum (curve_minimum.curve_minimum), when it is flat.
+    edges: the smallest and largest searched values; a one-sided bound whose best tested value is not the edge
+    itself (it ties with it) says so."""
+    text = _optimum_core(bound, best, value, lo, hi, far, what, floor, edges)
     if plateau is not None and np.isfinite(plateau):
         text += (f"; the curve is flat around its minimum: the largest {what} within the plateau's standard error "
                  f"of the lowest mean is {fmt(plateau)}")
     return text
 
 
-def _optimum_core(bound, best, value, lo, hi, far, what, floor) -> str:
+def _at_edge(best: float, edge: float | None, side: str, what: str) -> str:
+    """"is the smallest searched value" or, when the best is elsewhere but ties with the edge, says that."""
+    if edge is None or not np.isfinite(edge) or math.isclose(best, edge, rel_tol=1e-6):
+        return f"the best tested {what} ({fmt(best)}) is the {side} searched value"
+    return (f"the best tested {what} ({fmt(best)}) ties within the standard error with the {side} searched value "
+            f"({fmt(edge)})")
+
+
+def _optimum_core(bound, best, value, lo, hi, far, what, floor, edges=None) -> str:
+    low, high = edges if edges is not None else (None, None)
     if bound == BELOW and floor is not None and best == floor:
         return (f"{what} {fmt(best)} is best at this budget (it is the smallest possible {what}, so the optimum "
                 f"cannot lie below it; the next tested value is {fmt(hi)})")
     if bound == BELOW:
-        return (f"{what}* < {fmt(hi)}: the best tested {what} ({fmt(best)}) is the smallest searched value, so "
+        return (f"{what}* < {fmt(hi)}: {_at_edge(best, low, 'smallest', what)}, so "
                 "the optimum may lie below the range (a one-sided bound)")
     if bound == UNLOCATED:
         return f"no {what}* located: values at both ends of the range tie with the best ({fmt(best)})"
     if bound != TWO_SIDED:
-        return (f"{what}* > {fmt(lo)}: the best tested {what} ({fmt(best)}) is the largest searched value, so the "
+        return (f"{what}* > {fmt(lo)}: {_at_edge(best, high, 'largest', what)}, so the "
                 "optimum may lie above the range (a one-sided bound)")
     text = f"best tested {what} {fmt(best)}, fitted {what}* {fmt_ci(value, lo, hi)}"
     if far:

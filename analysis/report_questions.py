@@ -65,7 +65,7 @@ def _c_dataset_text(r) -> tuple[str, list[str]]:
     extra = [] if r["bound"] == TWO_SIDED else ["the optimum is not bracketed by tested values"]
     text = (f"on {r['dataset']} (d={int(r['dim'])}, {runs_text(r['num_runs'], r['num_c'], r['num_seeds'], 'c')}) "
             + optimum_text(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], r["vertex_far"], "c",
-                           plateau=r.get("c_plateau", math.nan)))
+                           plateau=r.get("c_plateau", math.nan), edges=(r["c_min"], r["c_max"])))
     if r["diverged_levels"]:
         text += f"; diverged: {r['diverged_levels']}"
     if r["left_out"]:
@@ -173,7 +173,7 @@ def _dropout_text(r) -> tuple[str, list[str]]:
     text = (f"for the {r['objective']} objective{own} on {r['dataset']} "
             f"({runs_text(r['num_runs'], r['num_rates'], r['num_seeds'], 'dropout')}) "
             + optimum_text(r["bound"], r["best_tested"], r["best_dropout"], r["lo"], r["hi"], r["vertex_far"],
-                           "dropout", floor=0.0))
+                           "dropout", floor=0.0, edges=(r["p_min"], r["p_max"])))
     if r["diverged_levels"]:
         text += f"; diverged: {r['diverged_levels']}"
     return text, caveats(int(r["num_seeds"]), r["budgets"], spans, extra)

@@ -241,6 +241,24 @@ def test_dropout_best_at_zero_is_an_answer_not_a_bound():
     assert "may lie below the range" in c_text
 
 
+
+def test_a_best_value_that_only_ties_with_the_edge_is_not_called_the_edge():
+    # The cpu campaign's patches-8 ladder: the second-smallest c had the lowest mean by 0.4 FD, tied within the
+    # standard error with the smallest, so the optimum is a one-sided bound; the text had called that best value
+    # "the smallest searched value".
+    grid = [1e-4, 2e-4, 4e-4, 8e-4]
+    x = [c for c in grid for _ in range(3)]
+    y = [{1e-4: 117.0, 2e-4: 116.6, 4e-4: 140.0, 8e-4: 200.0}[c] + d for c, d in zip(x, [-1.0, 0.0, 1.0] * 4)]
+    est = curve_minimum(x, y, n_boot=50, rng=np.random.default_rng(0), tie=2.0)
+    assert est.bound == "below range" and est.best_x == 2e-4
+    text = optimum_text(est.bound, est.best_x, est.value, est.lo, est.hi, False, "c", edges=(min(grid), max(grid)))
+    assert "ties within the standard error with the smallest searched value (0.0001)" in text
+    assert "(0.0002) is the smallest" not in text
+    at_edge = optimum_text("below range", 1e-4, math.nan, 0.0, 2e-4, False, "c", edges=(1e-4, 8e-4))
+    assert "the best tested c (0.0001) is the smallest searched value" in at_edge
+    above = optimum_text("above range", 4e-4, math.nan, 2e-4, math.inf, False, "c", edges=(1e-4, 8e-4))
+    assert "ties within the standard error with the largest searched value (0.0008)" in above
+
 # ---- curricula: a global seed-blocked test before a best is named ----------------------------------
 
 def test_seed_blocked_f_test_holds_its_level_under_strong_seed_effects():
