@@ -36,9 +36,9 @@ UNGRADED = "-"
 def _optimum_cells(bound: str, best: float, value: float, lo: float, hi: float, what: str) -> tuple[str, str]:
     """(answer, interval) cells of a located optimum or a one-sided bound."""
     if bound == BELOW:
-        return f"{what}* < {fmt(hi)} (below the searched range)", f"(-, {fmt(hi)}]"
+        return f"{what}* < {fmt(hi)} (at the low end of the searched range)", f"(-, {fmt(hi)}]"
     if bound == ABOVE:
-        return f"{what}* > {fmt(lo)} (above the searched range)", f"[{fmt(lo)}, -)"
+        return f"{what}* > {fmt(lo)} (at the high end of the searched range)", f"[{fmt(lo)}, -)"
     if bound == TWO_SIDED:
         return f"{what}* {fmt(value)} (best tested {fmt(best)})", f"[{fmt(lo)}, {fmt(hi)}]"
     return f"no {what}* located (best tested {fmt(best)})", "-"

@@ -169,6 +169,9 @@ def _optimum_core(bound, best, value, lo, hi, far, what, floor, edges=None) -> s
     if bound == BELOW and floor is not None and best == floor:
         return (f"{what} {fmt(best)} is best at this budget (it is the smallest possible {what}, so the optimum "
                 f"cannot lie below it; the next tested value is {fmt(hi)})")
+    if bound == BELOW and floor is not None and low is not None and low == floor:
+        return (f"{what} {fmt(best)} is best at this budget and ties within the standard error with {fmt(floor)}, "
+                f"the smallest possible {what}, so the optimum lies in [{fmt(floor)}, {fmt(hi)})")
     if bound == BELOW:
         return (f"{what}* < {fmt(hi)}: {_at_edge(best, low, 'smallest', what)}, so "
                 "the optimum may lie below the range (a one-sided bound)")

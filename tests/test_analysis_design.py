@@ -241,7 +241,6 @@ def test_dropout_best_at_zero_is_an_answer_not_a_bound():
     assert "may lie below the range" in c_text
 
 
-
 def test_a_best_value_that_only_ties_with_the_edge_is_not_called_the_edge():
     # The cpu campaign's patches-8 ladder: the second-smallest c had the lowest mean by 0.4 FD, tied within the
     # standard error with the smallest, so the optimum is a one-sided bound; the text had called that best value
@@ -258,6 +257,22 @@ def test_a_best_value_that_only_ties_with_the_edge_is_not_called_the_edge():
     assert "the best tested c (0.0001) is the smallest searched value" in at_edge
     above = optimum_text("above range", 4e-4, math.nan, 2e-4, math.inf, False, "c", edges=(1e-4, 8e-4))
     assert "ties within the standard error with the largest searched value (0.0008)" in above
+    # Through the report's own path: estimate_c_star's row for a data set, then its Q1 text.
+    from analysis.c_scaling import estimate_c_star
+    from analysis.report_questions import _c_dataset_text
+
+    rows = [synthetic.trial_row("ladder", f"{c}-{seed}", seed, "patches-8", final_fd=fd, final_fd_se=2.0,
+                                config={"loss.huber_c": c}) for seed, (c, fd) in enumerate(zip(x, y))]
+    for row, seed in zip(rows, [0, 1, 2] * 4):
+        row["train.seed"] = row["seed"] = seed
+    per_dataset = estimate_c_star(pd.DataFrame(rows), n_boot=20).per_dataset
+    answer, _ = _c_dataset_text(per_dataset.iloc[0])
+    assert "the best tested c (0.0002) ties within the standard error with the smallest searched value (0.0001)" \
+        in answer, answer
+    # dropout: a best rate that ties with 0, the smallest possible one, is an interval from 0, not a bound below it
+    tied_zero = optimum_text("below range", 0.1, math.nan, -math.inf, 0.2, False, "dropout", floor=0.0,
+                             edges=(0.0, 0.3))
+    assert "optimum lies in [0, 0.2)" in tied_zero and "below the range" not in tied_zero
 
 # ---- curricula: a global seed-blocked test before a best is named ----------------------------------
 
