@@ -9,7 +9,7 @@ from typing import Any
 from ict_core.config import default_huber_c
 
 # loss.huber_c "paper" = default_huber_c(d), and "paper*2", "paper/4", ... that times or over a power of two (up to
-# 16): a factor-2 grid centred on the paper's c at every d (the c_ladder space).
+# 16): factor-2 grids that follow the paper's c at every d (the c_ladder space: paper/16 ... paper).
 NAMED_VALUES = {("loss.huber_c", "paper"): default_huber_c}
 NAMED_VALUES.update({("loss.huber_c", f"paper{op}{2 ** k}"): (lambda dim, f=(2.0 ** k if op == "*" else 0.5 ** k):
                                                                f * default_huber_c(dim))
