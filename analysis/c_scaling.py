@@ -23,7 +23,7 @@ from ict_core.config import HUBER_C_PER_SQRT_DIM
 from ict_core.datasets import dataset_family
 from ict_core.records import COMPLETED, DIVERGED
 
-from analysis.curve_minimum import TWO_SIDED, curve_minimum, default_window
+from analysis.curve_minimum import TWO_SIDED, curve_minimum, default_window, level_detectable
 from analysis.selection import context_key, describe_context, left_out, typical_se, usable
 from analysis.stats import LEVEL, N_BOOT, mean_ci
 
@@ -91,7 +91,7 @@ def select_runs(trials: pd.DataFrame, metric: str = "final_fd", statuses=(COMPLE
 
 PER_DATASET_COLUMNS = ["dataset", "dim", "context", "num_runs", "num_seeds", "num_c", "best_c", "c_star", "c_lo",
                        "c_hi", "bound", "at_edge", "vertex_far", "tied_c", "c_plateau", "diverged_levels", "c_min",
-                       "c_max",
+                       "c_max", "detectable",
                        "c_paper", "paper_in_ci", "left_out", "budgets"]
 
 
@@ -161,7 +161,8 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
     tested c with the lowest mean), c_star (fitted vertex; NaN unless bound is "two-sided"), c_lo, c_hi,
     bound, at_edge, vertex_far (vertex in an untested gap far from best_c), tied_c, c_plateau (the largest
     tested c within the plateau's standard error of the lowest mean, NaN when no other c is), diverged_levels
-    ("c=1e-05: 2/3 diverged"), c_min, c_max (searched range), c_paper, paper_in_ci, left_out.
+    ("c=1e-05: 2/3 diverged"), c_min, c_max (searched range), detectable (the smallest difference between two
+    tested c its seeds detect with 80% power: curve_minimum.level_detectable), c_paper, paper_in_ci, left_out.
     """
     rng = np.random.default_rng(seed)
     runs = select_runs(trials, metric)
@@ -202,6 +203,7 @@ def estimate_c_star(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
             "tied_c": ", ".join(f"{t:.3g}" for t in est.tied), "c_plateau": est.plateau_x,
             "diverged_levels": "; ".join(per_level),
             "c_min": float(all_c.min()), "c_max": float(all_c.max()),
+            "detectable": level_detectable(cell[C_KEY], cell[metric], cell["seed"], level),
             # Ends are exact tested values or interior vertices: a plain comparison is exact.
             "c_paper": c_ref, "paper_in_ci": bool(est.lo <= c_ref <= est.hi),
             "left_out": left_out(trials[same], metric),

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.stats import LEVEL, N_BOOT, Estimate, inflate, percentile_ci, seed_blocks
+from analysis.stats import (LEVEL, N_BOOT, Estimate, blocked_anova, detectable_effect, inflate, percentile_ci,
+                           seed_blocks)
 
 def _local_quadratic_min(u: np.ndarray, m: np.ndarray, w: np.ndarray, window: int) -> float:
     """Vertex of a weighted quadratic fitted to `window` points around the smallest mean.
@@ -207,3 +208,19 @@ def _plateau(levels, inverse, y, means, candidates, best: int, margin: float) ->
     if width <= 0 or within.size < 2:
         return math.nan
     return float(levels[int(within.max())])
+
+
+def level_detectable(x, y, seeds, level: float = LEVEL) -> float:
+    """The smallest difference in mean y between two tested values of x that the runs detect with 80% power: the
+    seed-blocked contrast (analysis.stats.blocked_anova over the seeds every value ran; a seed's effect, shared by
+    every value, cancels) at `level`. What an optimum left open could have told apart: a difference between tested
+    values smaller than this (the best against the edge value it ties with, a dip between neighbours) goes
+    unseen. NaN without three common seeds (a random search with one run per value)."""
+    table: dict = {}
+    for xi, yi, si in zip(np.asarray(x, float), np.asarray(y, float), list(seeds)):
+        if np.isfinite(xi) and np.isfinite(yi):
+            table.setdefault(float(xi), {}).setdefault(str(si), []).append(float(yi))
+    test = blocked_anova({k: {s: float(np.mean(v)) for s, v in per.items()} for k, per in table.items()})
+    if test is None or test.df_resid < 1:
+        return math.nan
+    return detectable_effect(math.sqrt(2.0 * test.resid_var / len(test.seeds)), test.df_resid, level)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis.load import require_columns
 from ict_core.records import COMPLETED, DIVERGED
-from analysis.curve_minimum import TWO_SIDED, curve_minimum
+from analysis.curve_minimum import TWO_SIDED, curve_minimum, level_detectable
 from analysis.selection import config_columns, context_key, describe_context, typical_se, usable, value_token
 from analysis.stats import LEVEL, N_BOOT, mean_ci, percentile_ci, t_interval
 
@@ -86,11 +86,11 @@ def _pick_experiment_context(group: pd.DataFrame):
 
 
 BEST_COLUMNS = ["dataset", "objective", "context", "own_keys", "num_runs", "num_seeds", "num_rates", "best_tested",
-                "best_dropout", "lo", "hi", "bound", "at_edge", "vertex_far", "diverged_levels", "p_min", "p_max", "budgets"]
+                "best_dropout", "lo", "hi", "bound", "at_edge", "vertex_far", "diverged_levels", "p_min", "p_max", "detectable", "budgets"]
 
 
 def _best_row(est, arm: pd.DataFrame, fail: pd.DataFrame, dataset: str, objective: str, context: str,
-              own) -> dict:
+              own, metric: str, level: float) -> dict:
     """One row of BEST_COLUMNS: the best rate of one objective (curve_minimum's `est` over its completed runs
     `arm`; `fail`: its diverged runs)."""
     counts = fail[P_KEY].value_counts()
@@ -105,6 +105,7 @@ def _best_row(est, arm: pd.DataFrame, fail: pd.DataFrame, dataset: str, objectiv
             "at_edge": est.at_edge, "vertex_far": est.vertex_far,
             "diverged_levels": "; ".join(per_level), "p_min": float(all_p.min()),
             "p_max": float(all_p.max()),
+            "detectable": level_detectable(arm[P_KEY], arm[metric], arm["seed"], level),
             "budgets": ",".join(sorted(set(arm["budget"].dropna().astype(str)))) if "budget" in arm else ""}
 
 
@@ -163,7 +164,8 @@ def analyze_dropout(trials: pd.DataFrame, metric: str = "final_fd", n_boot: int 
                                     window=window, rng=rng, failed_x=fail[P_KEY], tie=typical_se(arm, metric),
                                     seeds=arm["seed"])
                 estimates[objective] = est
-                best_rows.append(_best_row(est, arm, fail, dataset, objective, describe_context(key), own))
+                best_rows.append(_best_row(est, arm, fail, dataset, objective, describe_context(key), own,
+                                           metric, level))
             evidence_rows += _evidence_rows(arm, fail, dataset, objective, metric, n_boot, level, rng)
         a, b = estimates.get("consistency"), estimates.get("diffusion")
         if a is not None and b is not None and a.bound == TWO_SIDED and b.bound == TWO_SIDED:

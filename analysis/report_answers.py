@@ -6,7 +6,10 @@ and, where it stayed open, the smallest effect the runs could have detected. Eve
 min_seeds (3 by default) per configuration and a budget other than smoke to be decided, and then:
 - an ablation claim: reproduced or contradicted (analysis/ablations.py's corrected verdict);
 - Q1 or Q2 per data set: an optimum located on both sides with an interval inside the searched range (as the
-  prose says; its width is in the interval column: "decided" means located, not pinned down);
+  prose says; its width is in the interval column: "decided" means located, not pinned down). An open one's
+  detectable effect is the smallest FD difference between two tested values its seeds tell apart with 80% power
+  (curve_minimum.level_detectable): a difference between tested values smaller than that (the best against the
+  edge value it ties with, a dip between neighbours) goes unseen;
 - Q1's exponent b: an interval that excludes the paper's 0.5, or is within +-0.15 (issue 22's target precision).
   When b is also fitted within image families, the family rows are graded and the pooled row is shown ungraded
   ("-"), so one question is not counted twice;
@@ -91,7 +94,7 @@ def _q1_rows(cs, min_seeds: int) -> list[dict]:
         answer, interval = _optimum_cells(r["bound"], r["best_c"], r["c_star"], r["c_lo"], r["c_hi"], "c")
         answer, decided = _verdict(answer, r, "c_min", "c_max", "c_lo", "c_hi", min_seeds)
         rows.append(_row(f"Q1 best Pseudo-Huber c, {r['dataset']} (d={int(r['dim'])})", answer, interval,
-                         int(r["num_seeds"]), decided))
+                         int(r["num_seeds"]), decided, r.get("detectable", math.nan)))
     located = per[per["bound"] == TWO_SIDED]
     if cs.fit is not None:
         rows.append(_law_row("across data sets", cs.fit, located, min_seeds, graded=not cs.family_fits))
@@ -108,7 +111,7 @@ def _q2_rows(dr, min_seeds: int) -> list[dict]:
                                           "dropout")
         answer, decided = _verdict(answer, r, "p_min", "p_max", "lo", "hi", min_seeds)
         rows.append(_row(f"Q2 best dropout, {r['objective']} objective, {r['dataset']}", answer, interval,
-                         int(r["num_seeds"]), decided))
+                         int(r["num_seeds"]), decided, r.get("detectable", math.nan)))
     return rows
 
 

@@ -274,6 +274,35 @@ def test_a_best_value_that_only_ties_with_the_edge_is_not_called_the_edge():
                              edges=(0.0, 0.3))
     assert "optimum lies in [0, 0.2)" in tied_zero and "below the range" not in tied_zero
 
+
+def test_the_detectable_difference_between_tested_values_tracks_the_noise_not_the_seeds():
+    from analysis.curve_minimum import level_detectable
+
+    grid = [1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3]
+    curve = {c: 100 + 40 * math.log2(c / 1e-4) for c in grid}  # monotone: an optimum below the range
+
+    def detectable(noise: float, seed_sd: float, seeds: int, rng) -> float:
+        offsets, z = rng.normal(0, 1, seeds), rng.normal(0, 1, (len(grid), seeds))
+        x = [c for c in grid for _ in range(seeds)]
+        y = [curve[c] + seed_sd * offsets[s] + noise * z[i, s] for i, c in enumerate(grid) for s in range(seeds)]
+        return level_detectable(x, y, [s for _ in grid for s in range(seeds)])
+
+    # The same draws at 4x the noise give 4x the detectable difference; seed offsets of 50 FD (shared by every c,
+    # as a bad seed is) change nothing: the contrast is blocked by seed.
+    base = detectable(2.0, 0.0, 3, np.random.default_rng(1))
+    assert detectable(8.0, 0.0, 3, np.random.default_rng(1)) == pytest.approx(4 * base)
+    assert detectable(2.0, 50.0, 3, np.random.default_rng(1)) == pytest.approx(base)
+    # On average it is the two-sided 5% / 80% power difference at the planted noise, and more seeds shrink it.
+    rng = np.random.default_rng(2)
+    at3 = np.median([detectable(2.0, 10.0, 3, rng) for _ in range(400)])
+    at8 = np.median([detectable(2.0, 10.0, 8, rng) for _ in range(400)])
+    df3 = (len(grid) - 1) * 2
+    expected3 = (scipy.stats.t.ppf(0.975, df3) + scipy.stats.t.ppf(0.8, df3)) * 2.0 * math.sqrt(2 / 3)
+    assert 0.8 * expected3 < at3 < 1.1 * expected3
+    assert at8 < 0.6 * at3
+    # One run per value (a random search) cannot say: no number rather than a made-up one.
+    assert math.isnan(level_detectable(grid, [curve[c] for c in grid], range(len(grid))))
+
 # ---- curricula: a global seed-blocked test before a best is named ----------------------------------
 
 def test_seed_blocked_f_test_holds_its_level_under_strong_seed_effects():

@@ -121,6 +121,28 @@ def test_b_is_graded_once_within_its_family_and_needs_seeds_and_a_real_budget():
     assert set(_ladder_answers(ladder, min_seeds=4)["decided"]) == {"no"}
 
 
+def test_an_optimum_below_the_range_is_open_and_says_what_its_seeds_could_tell_apart():
+    # FD still falling at the smallest c (the cpu ladder's patches): a one-sided bound, not decided, and its
+    # detectable difference grows with the planted noise.
+    def table(noise: float) -> pd.Series:
+        rng = np.random.default_rng(3)
+        offsets = rng.normal(0, 20, 3)
+        rows = []
+        for c in [4.7e-4 * 2.0 ** k for k in range(5)]:
+            for seed in range(3):
+                row = synthetic.trial_row("ladder", f"{c:.3g}-{seed}", seed, "patches-8", space="c_ladder",
+                                          final_fd=100 + 15 * math.log2(c / 4.7e-4) + offsets[seed]
+                                          + noise * rng.normal(), config={"loss.huber_c": c})
+                row["dim"] = 192
+                rows.append(row)
+        return _ladder_answers(rows).loc["Q1 best Pseudo-Huber c, patches-8 (d=192)"]
+
+    quiet, loud = table(1.0), table(5.0)
+    assert quiet["decided"] == loud["decided"] == "no"
+    assert "low end of the searched range" in quiet["answer or verdict"]
+    assert quiet["detectable"].endswith(" FD") and loud["detectable"].endswith(" FD")
+    assert float(loud["detectable"].split()[0]) > 3 * float(quiet["detectable"].split()[0])
+
 def _q3(tied: list[bool], global_p: float, runner_up_p: float) -> pd.Series:
     final = pd.DataFrame({"dataset": "digits-8", "context": "all", "curriculum": ["exponential", "cosine", "sqrt"],
                           "mean": [10.0, 11.0, 14.0], "lo": [9.0, 10.0, 13.0], "hi": [11.0, 12.0, 15.0],
