@@ -25,8 +25,10 @@ def _blur(images: torch.Tensor) -> torch.Tensor:
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [["data.name=digits"], ["data.name=patches", "data.resolution=8"],
                                        ["data.name=patches", "data.resolution=16"],
-                                       ["data.name=patches", "data.resolution=32"]],
-                         ids=["digits", "patches-8", "patches-16", "patches-32"])
+                                       ["data.name=patches", "data.resolution=32"],
+                                       ["data.name=patches_grey", "data.resolution=8"],
+                                       ["data.name=patches_grey", "data.resolution=16"]],
+                         ids=["digits", "patches-8", "patches-16", "patches-32", "patches_grey-8", "patches_grey-16"])
 def test_planted_sets_copies_do_not_beat_unseen_images_and_blur_is_worse(overrides, tmp_path_factory):
     # The default cache: the feature network is trained once per machine (keyed by its recipe and its training
     # images' content), as runs get it; the reference statistics are recomputed here.
