@@ -7,8 +7,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
-from analysis.stats import (LEVEL, N_BOOT, Estimate, blocked_anova, detectable_effect, inflate, percentile_ci,
+from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, Estimate, detectable_effect, inflate, percentile_ci,
                            seed_blocks)
 
 def _local_quadratic_min(u: np.ndarray, m: np.ndarray, w: np.ndarray, window: int) -> float:
@@ -211,16 +212,38 @@ def _plateau(levels, inverse, y, means, candidates, best: int, margin: float) ->
 
 
 def level_detectable(x, y, seeds, level: float = LEVEL) -> float:
-    """The smallest difference in mean y between two tested values of x that the runs detect with 80% power: the
-    seed-blocked contrast (analysis.stats.blocked_anova over the seeds every value ran; a seed's effect, shared by
-    every value, cancels) at `level`. What an optimum left open could have told apart: a difference between tested
-    values smaller than this (the best against the edge value it ties with, a dip between neighbours) goes
-    unseen. NaN without three common seeds (a random search with one run per value)."""
-    table: dict = {}
-    for xi, yi, si in zip(np.asarray(x, float), np.asarray(y, float), list(seeds)):
-        if np.isfinite(xi) and np.isfinite(yi):
-            table.setdefault(float(xi), {}).setdefault(str(si), []).append(float(yi))
-    test = blocked_anova({k: {s: float(np.mean(v)) for s, v in per.items()} for k, per in table.items()})
-    if test is None or test.df_resid < 1:
+    """The smallest difference in mean y between two tested values of x that the runs detect with 80% power, at
+    `level` (two-sided): from the additive model y = value + seed + noise fitted by least squares to every run at
+    a value with at least MIN_SEEDS seeds (a seed's effect, shared by every value, cancels; with every value at the
+    same seeds this is analysis.stats.blocked_anova), for two values at the median number of seeds per value. What
+    an optimum left open could have told apart: a difference between tested values smaller than this (the best
+    against the edge value it ties with, a dip between neighbours) goes unseen. NaN when fewer than two values
+    have MIN_SEEDS seeds or the model leaves no residual degrees of freedom (a random search, one run per value)."""
+    frame = pd.DataFrame({"x": np.asarray(x, float), "y": np.asarray(y, float), "seed": [_seed_token(v) for v in seeds]})
+    frame = frame[np.isfinite(frame["x"]) & np.isfinite(frame["y"])]
+    per_value = frame.groupby("x")["seed"].nunique()
+    frame = frame[frame["x"].isin(per_value.index[per_value >= MIN_SEEDS])]
+    if frame["x"].nunique() < 2:
         return math.nan
-    return detectable_effect(math.sqrt(2.0 * test.resid_var / len(test.seeds)), test.df_resid, level)
+    values, seeds_ = pd.factorize(frame["x"])[0], pd.factorize(frame["seed"])[0]
+    design = np.zeros((len(frame), values.max() + 1 + seeds_.max()))
+    design[np.arange(len(frame)), values] = 1.0
+    rest = seeds_ > 0  # the first seed is the baseline of the seed effects
+    design[np.flatnonzero(rest), values.max() + seeds_[rest]] = 1.0
+    target = frame["y"].to_numpy(float)
+    coef, _, rank, _ = np.linalg.lstsq(design, target, rcond=None)
+    df = len(frame) - int(rank)
+    if df < 1:
+        return math.nan
+    resid_var = float(((target - design @ coef) ** 2).sum()) / df
+    per = float(np.median(frame.groupby("x")["seed"].nunique()))
+    return detectable_effect(math.sqrt(2.0 * resid_var / per), df, level)
+
+
+def _seed_token(seed) -> str:
+    """A seed as text, 0 and 0.0 alike (a seed column may mix ints and floats)."""
+    try:
+        number = float(seed)
+    except (TypeError, ValueError):
+        return str(seed)
+    return str(int(number)) if np.isfinite(number) and number.is_integer() else str(seed)

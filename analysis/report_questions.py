@@ -118,7 +118,9 @@ def _c_scaling_tables(rep: Report, cs, metric: str, n_boot: int, level: float) -
         "runs' residual degrees of freedom; with three or more data sets the interval is widened to the one from "
         "their c*'s scatter about the line when that is wider. When the tables hold several image families (data sets "
         "cut from the same images: ict_core/datasets.py), b is also fitted within each family that has c* located "
-        "at two or more dimensions (column `family`), which is how Q1's ladder separates dimension from data set.\n\n"
+        "at two or more dimensions (column `family`), which is how Q1's ladder separates dimension from data set. "
+        "Column `detectable`: the smallest difference between two tested values of c that the runs tell apart with "
+        f"80% power at the {100 * level:.3g}% level (seed-blocked, no multiplicity correction).\n\n"
         + md_table(per) + "\n" + ("" if fit_df.empty else md_table(fit_df) + "\n")
         + f"![c scaling]({png})\n\nTables: " + ", ".join(files) + "\n")
 
@@ -207,7 +209,9 @@ def _dropout_tables(rep: Report, dr, level: float) -> None:
         "of a local quadratic, interval = hull of the vertex's bootstrap interval and the tested neighbours). Keys "
         "that take one value per objective (own_keys, e.g. the diffusion strata's loss.p_mean/p_std) travel with "
         "the objective. Gap = final_loss_heldout - final_loss_train; NN ratio = final_nn_dist / "
-        "final_nn_dist_ref (< 1: samples sit closer to training images than held-out images do).\n\n"
+        "final_nn_dist_ref (< 1: samples sit closer to training images than held-out images do). Column "
+        "`detectable`: the smallest difference between two tested rates that the runs tell apart with 80% power "
+        f"at the {100 * level:.3g}% level (seed-blocked, no multiplicity correction).\n\n"
         + md_table(dr.best) + "\n" + md_table(dr.difference) + "\n" + md_table(dr.trends) + "\n"
         + md_table(ev) + "\n"
         + f"![dropout]({png})\n\nTables: " + ", ".join(files) + "\n")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis.ablations import analyze_ablations
 from analysis.c_scaling import estimate_c_star
@@ -142,6 +143,22 @@ def test_an_optimum_below_the_range_is_open_and_says_what_its_seeds_could_tell_a
     assert "low end of the searched range" in quiet["answer or verdict"]
     assert quiet["detectable"].endswith(" FD") and loud["detectable"].endswith(" FD")
     assert float(loud["detectable"].split()[0]) > 3 * float(quiet["detectable"].split()[0])
+
+def test_an_open_dropout_optimum_states_its_detectable_difference_too():
+    from analysis.dropout import analyze_dropout
+
+    # Best dropout at 0.5, the top of the searched grid: open, with a detectable difference that grows with noise.
+    def best(noise: float) -> pd.Series:
+        rows = synthetic.planted_dropout(np.random.default_rng(6), best={"consistency": 0.7}, seeds=3, noise=noise)
+        result = analyze_dropout(pd.DataFrame(rows), n_boot=20)
+        rep = Report(Path("unused"))
+        rep.results["dropout"] = result
+        table = pd.DataFrame(answer_rows(rep, pd.DataFrame(), "final_fd")).set_index("question or claim")
+        return table.iloc[0], result.best.iloc[0]
+
+    (quiet_row, quiet), (loud_row, loud) = best(0.3), best(3.0)
+    assert quiet_row["decided"] == "no" and quiet_row["detectable"].endswith(" FD")
+    assert loud["detectable"] == pytest.approx(10 * quiet["detectable"], rel=0.01)  # the same draws, 10x the noise
 
 def _q3(tied: list[bool], global_p: float, runner_up_p: float) -> pd.Series:
     final = pd.DataFrame({"dataset": "digits-8", "context": "all", "curriculum": ["exponential", "cosine", "sqrt"],
