@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from analysis.ablations import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED
 from analysis.c_scaling import C_KEY, PAPER_A, PAPER_B, CScaling
@@ -79,9 +80,9 @@ def _robust_limits(lo: np.ndarray, hi: np.ndarray, points: np.ndarray, factor: f
 
 def plot_c_scaling(result: CScaling, level: float = 0.95) -> Figure:
     """One panel per data set: metric against c with the estimated c* (each data set on its own metric
-    scale: FD values of different data sets are not comparable); last panel: c* against d, log-log, with
-    the fitted power law (drawn only through at least 3 data sets: two points always lie on a line) and the
-    paper's 0.00054 sqrt(d). Metric intervals are clipped at 0, the Frechet distance's floor, and say so."""
+    scale: FD values of different data sets are not comparable; a grid's tested values label the c axis); last
+    panel: c* against d, log-log, with the fitted power law (drawn only through at least 3 data sets: two points
+    always lie on a line), one-sided bounds as arrows into their open side, and the paper's 0.00054 sqrt(d). Metric intervals are clipped at 0, the Frechet distance's floor, and say so."""
     datasets = sorted(result.curves["dataset"].unique()) if not result.curves.empty else []
     panels = len(datasets) + 1
     ncols = min(3, panels)
@@ -105,18 +106,42 @@ def plot_c_scaling(result: CScaling, level: float = 0.95) -> Figure:
             hi = row["c_hi"] if np.isfinite(row["c_hi"]) else row["c_max"]
             ax.axvspan(lo, hi, color=colour, alpha=0.12, label=f"c* {_pct(level)} interval ({row['bound']})")
         ax.set_xscale("log")
+        _tested_ticks(ax, g[C_KEY].to_numpy(float))
         ax.set_xlabel("Pseudo-Huber c (whole-sample L2 units)")
         ax.set_ylabel(FD_LABEL.format(metric=result.metric))
         ax.set_title(f"{dataset} (d={int(g['dim'].iloc[0])}): metric against c", fontsize=10)
         ax.legend(fontsize=7)
+    _dimension_panel(ax2, result, level)
+    return fig
+
+
+def _dimension_panel(ax2, result: CScaling, level: float) -> None:
+    """The last panel of plot_c_scaling: c* against d (log-log) with intervals, one-sided bounds as arrows, the
+    paper's line and the fitted law (drawn through 3 or more located data sets only)."""
     per = result.per_dataset
+    bounds = per[per["bound"].isin(["below range", "above range"])] if "bound" in per.columns else per.iloc[:0]
     if "bound" in per.columns:
         per = per[per["bound"] == "two-sided"]
+    if not bounds.empty:
+        # A one-sided bound is still an answer about c*: an arrow from the bound into the open side.
+        for bound, marker, side in (("below range", "v", "c_hi"), ("above range", "^", "c_lo")):
+            rows = bounds[bounds["bound"] == bound]
+            if rows.empty:
+                continue
+            ax2.errorbar(rows["dim"], rows[side], yerr=0.4 * rows[side].to_numpy(float), fmt=marker,
+                         uplims=bound == "below range", lolims=bound == "above range", capsize=3,
+                         color="tab:grey", label=f"c* {'<' if bound == 'below range' else '>'} bound per data set "
+                                                 f"(best at the range's {'low' if bound == 'below range' else 'high'} end)")
+            for _, row in rows.iterrows():
+                ax2.annotate(row["dataset"], (row["dim"], row[side]), textcoords="offset points", xytext=(5, 4),
+                             fontsize=7, color="tab:grey")
+    dims = pd.concat([per["dim"], bounds["dim"]]) if "dim" in per.columns else pd.Series(dtype=float)
+    if not dims.empty:
+        d = np.geomspace(dims.min() / 1.5, dims.max() * 1.5, 50)
+        ax2.plot(d, PAPER_A * d ** PAPER_B, color="tab:orange", label="paper: 0.00054 d^0.5")
     if not per.empty:
         ax2.errorbar(per["dim"], per["c_star"], yerr=_yerr(per["c_star"], per["c_lo"], per["c_hi"]), fmt="o",
                      capsize=3, color="black", label=f"c* per data set ({_pct(level)} interval)")
-        d = np.geomspace(per["dim"].min() / 1.5, per["dim"].max() * 1.5, 50)
-        ax2.plot(d, PAPER_A * d ** PAPER_B, color="tab:orange", label="paper: 0.00054 d^0.5")
         if result.fit is not None and len(per) < 3:
             f = result.fit  # the joint fit uses every run, but a line through 2 c* values would look like evidence
             joint = (f"; b from every run (joint fit): {f.b:.2f} [{f.b_lo:.2f}, {f.b_hi:.2f}]"
@@ -136,8 +161,27 @@ def plot_c_scaling(result: CScaling, level: float = 0.95) -> Figure:
     ax2.set_xlabel("dimension d = C*H*W (number of values per image)")
     ax2.set_ylabel("best c* (whole-sample L2 units)")
     ax2.set_title("Best c against dimension (log-log)")
-    ax2.legend(fontsize=8)
-    return fig
+    shown = np.r_[per["c_lo"].to_numpy(float) if not per.empty else [], per["c_hi"].to_numpy(float) if not per.empty else [],
+                  bounds["c_hi"].where(bounds["bound"] == "below range", bounds["c_lo"]).to_numpy(float)]
+    shown = shown[np.isfinite(shown) & (shown > 0)]
+    if shown.size:  # room for the arrows, which autoscaling leaves out
+        ax2.set_ylim(min(shown.min(), PAPER_A * dims.min() ** PAPER_B) / 3,
+                     max(shown.max(), PAPER_A * dims.max() ** PAPER_B) * 3)
+    if ax2.get_legend_handles_labels()[1]:
+        ax2.legend(fontsize=7)
+    else:
+        ax2.text(0.5, 0.5, "no data set searched enough values of c", transform=ax2.transAxes, ha="center",
+                 fontsize=8)
+
+
+def _tested_ticks(ax, values: np.ndarray) -> None:
+    """Label a log axis at the tested values when they are few (a grid), instead of matplotlib's crowded minor
+    labels; a random search's many values keep the default ticks."""
+    tested = np.unique(values[np.isfinite(values) & (values > 0)])
+    if 2 <= tested.size <= 8:
+        ax.set_xticks(tested)
+        ax.set_xticklabels([f"{v:.2g}" for v in tested], rotation=30, fontsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_dropout(result: DropoutResult, level: float = 0.95) -> Figure:

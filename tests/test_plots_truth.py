@@ -57,6 +57,27 @@ def test_c_scaling_clips_fd_intervals_at_zero_and_draws_no_fit_through_two_data_
     assert not any(label.startswith("fit:") for label in labels)
 
 
+def test_c_star_bounds_are_drawn_as_arrows_beside_the_papers_line(tmp_path):
+    # FD still falling at the smallest c on both data sets (the cpu ladder): no c* is located, and the dimension
+    # panel shows each bound as an arrow below it, with the paper's line, instead of empty axes.
+    cs = [1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3]
+    noisy = {0: -1.0, 1: 0.0, 2: 1.0}
+    rows = (_c_rows("patches-8", cs, lambda c, s: 100 + 30 * math.log2(c / 1e-4) + 4 * noisy[s])
+            + _c_rows("patches-16", cs, lambda c, s: 200 + 50 * math.log2(c / 1e-4) + 5 * noisy[s]))
+    synthetic.write_experiment(tmp_path / "c", rows)
+    result = estimate_c_star(load_trials([tmp_path]), n_boot=20)
+    assert set(result.per_dataset["bound"]) == {"below range"}
+    fig = plots.plot_c_scaling(result)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    labels = panels[2].get_legend_handles_labels()[1]
+    assert "paper: 0.00054 d^0.5" in labels
+    assert any(label.startswith("c* < bound per data set") for label in labels), labels
+    low, high = panels[2].get_ylim()
+    assert low < 2e-4 / 1.5 and high > 0.00054 * 768 ** 0.5  # both bounds' arrows and the paper's line fit
+    assert sorted(t.get_text() for t in panels[2].texts) == ["patches-16", "patches-8"]
+    # The per-data-set panels are labelled at the tested values, not with crowded minor ticks.
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == ["0.0001", "0.0002", "0.0004", "0.0008", "0.0016"]
+
 def test_searched_keys_keep_strata_apart_list_only_searched_keys_and_read_the_plans_log_scale(tmp_path):
     rng = np.random.default_rng(3)
     rows = []
