@@ -122,20 +122,14 @@ def _dimension_panel(ax2, result: CScaling, level: float) -> None:
     bounds = per[per["bound"].isin(["below range", "above range"])] if "bound" in per.columns else per.iloc[:0]
     if "bound" in per.columns:
         per = per[per["bound"] == "two-sided"]
-    if not bounds.empty:
-        # A one-sided bound is still an answer about c*: an arrow from the bound into the open side.
-        for bound, marker, side in (("below range", "v", "c_hi"), ("above range", "^", "c_lo")):
-            rows = bounds[bounds["bound"] == bound]
-            if rows.empty:
-                continue
-            ax2.errorbar(rows["dim"], rows[side], yerr=0.4 * rows[side].to_numpy(float), fmt=marker,
-                         uplims=bound == "below range", lolims=bound == "above range", capsize=3,
-                         color="tab:grey", label=f"c* {'<' if bound == 'below range' else '>'} bound per data set "
-                                                 f"(best at the range's {'low' if bound == 'below range' else 'high'} end)")
-            for _, row in rows.iterrows():
-                ax2.annotate(row["dataset"], (row["dim"], row[side]), textcoords="offset points", xytext=(5, 4),
-                             fontsize=7, color="tab:grey")
-    dims = pd.concat([per["dim"], bounds["dim"]]) if "dim" in per.columns else pd.Series(dtype=float)
+    _bound_arrows(ax2, bounds)
+    unlocated = (result.per_dataset[result.per_dataset["bound"] == "not located"]
+                 if "bound" in result.per_dataset.columns else result.per_dataset.iloc[:0])
+    if not unlocated.empty:  # values at both ends tie with the best: no point to draw, but not silently dropped
+        ax2.plot([], [], " ", label="c* not located (both ends tie with the best): "
+                                    + ", ".join(unlocated["dataset"].astype(str)))
+    dims = (pd.concat([per["dim"], bounds["dim"], unlocated["dim"]]) if "dim" in per.columns
+            else pd.Series(dtype=float))
     if not dims.empty:
         d = np.geomspace(dims.min() / 1.5, dims.max() * 1.5, 50)
         ax2.plot(d, PAPER_A * d ** PAPER_B, color="tab:orange", label="paper: 0.00054 d^0.5")
@@ -170,15 +164,31 @@ def _dimension_panel(ax2, result: CScaling, level: float) -> None:
     if ax2.get_legend_handles_labels()[1]:
         ax2.legend(fontsize=7)
     else:
-        ax2.text(0.5, 0.5, "no data set searched enough values of c", transform=ax2.transAxes, ha="center",
+        ax2.text(0.5, 0.5, "no data set searched enough values of c (3)", transform=ax2.transAxes, ha="center",
                  fontsize=8)
 
 
+def _bound_arrows(ax2, bounds: pd.DataFrame) -> None:
+    """One-sided c* bounds on the dimension panel: a caret at the bound with an arrow into the open side."""
+    for bound, marker, side in (("below range", "v", "c_hi"), ("above range", "^", "c_lo")):
+        rows = bounds[bounds["bound"] == bound]
+        if rows.empty:
+            continue
+        ax2.errorbar(rows["dim"], rows[side], yerr=0.4 * rows[side].to_numpy(float), fmt=marker,
+                     uplims=bound == "below range", lolims=bound == "above range", capsize=3,
+                     color="tab:grey", label=f"c* {'<' if bound == 'below range' else '>'} bound per data set "
+                                             f"(best at, or tied with, the range's "
+                                             f"{'low' if bound == 'below range' else 'high'} end)")
+        for _, row in rows.iterrows():
+            ax2.annotate(row["dataset"], (row["dim"], row[side]), textcoords="offset points", xytext=(5, 4),
+                         fontsize=7, color="tab:grey")
+
+
 def _tested_ticks(ax, values: np.ndarray) -> None:
-    """Label a log axis at the tested values when they are few (a grid), instead of matplotlib's crowded minor
-    labels; a random search's many values keep the default ticks."""
+    """Label a log axis at the tested values when they are few and at least a factor 1.3 apart (a grid), instead
+    of matplotlib's crowded minor labels; a random search's values keep the default ticks."""
     tested = np.unique(values[np.isfinite(values) & (values > 0)])
-    if 2 <= tested.size <= 8:
+    if 2 <= tested.size <= 8 and np.min(tested[1:] / tested[:-1]) >= 1.3:
         ax.set_xticks(tested)
         ax.set_xticklabels([f"{v:.2g}" for v in tested], rotation=30, fontsize=7)
         ax.xaxis.set_minor_formatter(NullFormatter())

@@ -77,6 +77,19 @@ def test_c_star_bounds_are_drawn_as_arrows_beside_the_papers_line(tmp_path):
     assert sorted(t.get_text() for t in panels[2].texts) == ["patches-16", "patches-8"]
     # The per-data-set panels are labelled at the tested values, not with crowded minor ticks.
     assert [t.get_text() for t in panels[0].get_xticklabels()] == ["0.0001", "0.0002", "0.0004", "0.0008", "0.0016"]
+    # A flat curve (both ends tie with the best) has no point to draw but is named, with the paper's line kept;
+    # its close random draws keep matplotlib's ticks instead of overlapping labels.
+    flat_cs = [1e-4, 1.1e-4, 1e-3, 1e-2, 1e-1]
+    flat = _c_rows("patches-32", flat_cs, lambda c, s: 300 + noisy[s])
+    synthetic.write_experiment(tmp_path / "flat", flat)
+    only_flat = estimate_c_star(load_trials([tmp_path / "flat"]), n_boot=20)
+    assert set(only_flat.per_dataset["bound"]) == {"not located"}
+    fig = plots.plot_c_scaling(only_flat)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    labels = panels[1].get_legend_handles_labels()[1]
+    assert "paper: 0.00054 d^0.5" in labels and any(l.startswith("c* not located") and "patches-32" in l
+                                                     for l in labels), labels
+    assert "0.00011" not in [t.get_text() for t in panels[0].get_xticklabels()]
 
 def test_searched_keys_keep_strata_apart_list_only_searched_keys_and_read_the_plans_log_scale(tmp_path):
     rng = np.random.default_rng(3)
