@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis.selection import value_token
 from analysis.stats import (LEVEL, MIN_SEEDS, N_BOOT, Estimate, detectable_effect, inflate, percentile_ci,
                            seed_blocks)
 
@@ -219,7 +220,7 @@ def level_detectable(x, y, seeds, level: float = LEVEL) -> float:
     an optimum left open could have told apart: a difference between tested values smaller than this (the best
     against the edge value it ties with, a dip between neighbours) goes unseen. NaN when fewer than two values
     have MIN_SEEDS seeds or the model leaves no residual degrees of freedom (a random search, one run per value)."""
-    frame = pd.DataFrame({"x": np.asarray(x, float), "y": np.asarray(y, float), "seed": [_seed_token(v) for v in seeds]})
+    frame = pd.DataFrame({"x": np.asarray(x, float), "y": np.asarray(y, float), "seed": [value_token(v) for v in seeds]})
     frame = frame[np.isfinite(frame["x"]) & np.isfinite(frame["y"])]
     per_value = frame.groupby("x")["seed"].nunique()
     frame = frame[frame["x"].isin(per_value.index[per_value >= MIN_SEEDS])]
@@ -239,11 +240,3 @@ def level_detectable(x, y, seeds, level: float = LEVEL) -> float:
     per = float(np.median(frame.groupby("x")["seed"].nunique()))
     return detectable_effect(math.sqrt(2.0 * resid_var / per), df, level)
 
-
-def _seed_token(seed) -> str:
-    """A seed as text, 0 and 0.0 alike (a seed column may mix ints and floats)."""
-    try:
-        number = float(seed)
-    except (TypeError, ValueError):
-        return str(seed)
-    return str(int(number)) if np.isfinite(number) and number.is_integer() else str(seed)

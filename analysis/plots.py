@@ -82,7 +82,8 @@ def plot_c_scaling(result: CScaling, level: float = 0.95) -> Figure:
     """One panel per data set: metric against c with the estimated c* (each data set on its own metric
     scale: FD values of different data sets are not comparable; a grid's tested values label the c axis); last
     panel: c* against d, log-log, with the fitted power law (drawn only through at least 3 data sets: two points
-    always lie on a line), one-sided bounds as arrows into their open side, and the paper's 0.00054 sqrt(d). Metric intervals are clipped at 0, the Frechet distance's floor, and say so."""
+    always lie on a line), one-sided bounds as arrows into their open side, and the paper's 0.00054 sqrt(d).
+    Metric intervals are clipped at 0, the Frechet distance's floor, and say so."""
     datasets = sorted(result.curves["dataset"].unique()) if not result.curves.empty else []
     panels = len(datasets) + 1
     ncols = min(3, panels)
