@@ -13,10 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tune import campaign
+from ict_core import rundir
+from tune import campaign, carry
 from tune.findings import ExportError, export_findings
 from tune import plan as planning
 from tune.plan import resolve_plan
+from tune.reuse import reuse_index
 
 REPO = Path(__file__).resolve().parent.parent
 # Shrinks every trial of the shipped smoke budgets to seconds (real training on the bundled digits).
@@ -152,6 +154,13 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     assert state["searches"]["fourier_scale"]["state"] == "running"
     first_before = pd.read_parquet(cdir / "weighting" / "trials.parquet")
     second_before = pd.read_parquet(second)
+    # tune/carry.py packs the finished search only; the unfinished one is to be started over.
+    half = carry.pack(cdir, tmp_path / "carried-half")
+    assert half["packed"] == ["weighting"] and "fourier_scale" in half["left"]
+    assert not (tmp_path / "carried-half" / "fourier_scale").exists()
+    half_state = json.loads((tmp_path / "carried-half" / campaign.STATE_FILE).read_text())
+    assert half_state["searches"]["fourier_scale"]["state"] == "pending"
+    assert half_state["searches"]["weighting"] == state["searches"]["weighting"]
     findings = tmp_path / "docs" / "findings" / "tiny"
     with pytest.raises(ExportError, match="not finished.*fourier_scale.*--resume"):
         export_findings(cdir, findings)
@@ -190,6 +199,31 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     for path in findings.rglob("*.parquet"):
         assert str(cdir) not in pd.read_parquet(path).astype(str).to_string(), path
 
+    # Carried to a fresh folder (another machine, a later session): --resume finds every search done, reuses the
+    # carried runs and rebuilds the same report; nothing in the packed folder names this machine's folders.
+    packed = tmp_path / "carried"
+    out = carry.pack(cdir, packed)
+    assert sorted(out["packed"]) == ["fourier_scale", "weighting"] and out["left"] == []
+    assert out["runs"] == len(first_after) + len(second_after)
+    assert not list(packed.rglob(rundir.CHECKPOINTS)) and not list(packed.rglob("ray"))
+    for path in packed.rglob("*"):
+        if path.is_file() and path.suffix != ".png":
+            text = path.read_text() if path.suffix != ".parquet" else pd.read_parquet(path).astype(str).to_string()
+            assert str(cdir) not in text and str(REPO) not in text and "/tmp/ray" not in text, path
+    with pytest.raises(carry.CarryError, match="exists"):
+        carry.unpack(packed, cdir)
+    moved = tmp_path / "elsewhere" / "camp"
+    carry.unpack(packed, moved)
+    assert len(reuse_index([moved])) == len(reuse_index([cdir])) > 0  # every trained run can be reused there
+    assert all(str(moved) in v["path"] for v in reuse_index([moved]).values())
+    args = cmd[2:]
+    args[args.index("--storage") + 1] = str(moved.parent)
+    again = _in_process(campaign.main, args + ["--resume"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "weighting: done" in again.stdout and "fourier_scale: done" in again.stdout
+    assert pd.read_parquet(moved / "weighting" / "trials.parquet")["run_key"].tolist() == first_after["run_key"].tolist()
+    assert (moved / "report" / "report.md").read_text().count("fourier_scale") == report.count("fourier_scale")
+
 
 def test_dry_run_of_a_gpu_budget_on_a_cpu_machine_counts_but_does_not_time(capsys):
     import torch
@@ -202,3 +236,13 @@ def test_dry_run_of_a_gpu_budget_on_a_cpu_machine_counts_but_does_not_time(capsy
     (row,) = planning.plan_compute(resolve_plan("weighting", "gpu"))
     assert (f"campaign: 1 search(es), {row['runs']} runs, {row['images']:,} images; 1 stratum(s) could not be "
             f"timed here") in out
+
+
+def test_carry_refuses_what_is_not_a_campaign_or_a_pack(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert carry.main(["pack", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
+    assert "holds no campaign.json" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    (tmp_path / "empty" / campaign.STATE_FILE).write_text("{}")
+    assert carry.main(["unpack", str(tmp_path / "empty"), str(tmp_path / "camp")]) == 2
+    assert "not a folder written by `tune/carry.py pack`" in capsys.readouterr().err
+    assert not (tmp_path / "camp").exists()
