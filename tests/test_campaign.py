@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,7 +134,7 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     storage = tmp_path / "results"
     cmd = [sys.executable, str(REPO / "tune" / "campaign.py"), "--budget", "smoke", "--spaces",
            "weighting,fourier_scale", "--storage", str(storage), "--name", "camp",
-           *sum((["--set", s] for s in _tiny_set(tmp_path / "featnet-cache")), [])]
+           *sum((["--set", s] for s in _tiny_set(storage / "featnet-cache")), [])]
     cdir = storage / "camp"
     second = cdir / "fourier_scale" / "trials.parquet"
     log = open(tmp_path / "driver.log", "w")
@@ -161,7 +162,7 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     half_state = json.loads((tmp_path / "carried-half" / campaign.STATE_FILE).read_text())
     assert half_state["searches"]["fourier_scale"]["state"] == "pending"
     assert half_state["searches"]["weighting"] == state["searches"]["weighting"]
-    findings = tmp_path / "docs" / "findings" / "tiny"
+    findings = storage / "findings" / "tiny"  # beside the campaign: the path a carried campaign.json may name
     with pytest.raises(ExportError, match="not finished.*fourier_scale.*--resume"):
         export_findings(cdir, findings)
     assert not findings.exists()
@@ -199,8 +200,7 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     for path in findings.rglob("*.parquet"):
         assert str(cdir) not in pd.read_parquet(path).astype(str).to_string(), path
 
-    # Carried to a fresh folder (another machine, a later session): --resume finds every search done, reuses the
-    # carried runs and rebuilds the same report; nothing in the packed folder names this machine's folders.
+    # The finished campaign packed whole: nothing in the packed folder names this machine's folders.
     packed = tmp_path / "carried"
     out = carry.pack(cdir, packed)
     assert sorted(out["packed"]) == ["fourier_scale", "weighting"] and out["left"] == []
@@ -209,20 +209,33 @@ def test_campaign_killed_in_its_second_search_resumes_to_the_report(tmp_path):
     for path in packed.rglob("*"):
         if path.is_file() and path.suffix != ".png":
             text = path.read_text() if path.suffix != ".parquet" else pd.read_parquet(path).astype(str).to_string()
-            assert str(cdir) not in text and str(REPO) not in text and "/tmp/ray" not in text, path
+            assert str(tmp_path) not in text and str(REPO) not in text and "/tmp/ray" not in text, path
+    with pytest.raises(carry.CarryError, match="would overwrite"):
+        carry.pack(cdir, storage)  # the folder that holds the campaign
     with pytest.raises(carry.CarryError, match="exists"):
         carry.unpack(packed, cdir)
+
+    # The half pack carried to a fresh folder (another machine, a later session): --resume skips the finished
+    # search, starts the unfinished one over, and copies the carried runs it shares instead of training them.
     moved = tmp_path / "elsewhere" / "camp"
-    carry.unpack(packed, moved)
-    assert len(reuse_index([moved])) == len(reuse_index([cdir])) > 0  # every trained run can be reused there
+    carry.unpack(tmp_path / "carried-half", moved)
+    assert len(reuse_index([moved])) == len(first_before[~first_before["reused"].fillna(False).astype(bool)]) > 0
     assert all(str(moved) in v["path"] for v in reuse_index([moved]).values())
-    args = cmd[2:]
-    args[args.index("--storage") + 1] = str(moved.parent)
+    shutil.copytree(storage / "featnet-cache", moved.parent / "featnet-cache")  # the feature network, not retrained
+    args = [a.replace(str(storage), str(moved.parent)) for a in cmd[2:]]
     again = _in_process(campaign.main, args + ["--resume"])
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "weighting: done" in again.stdout and "fourier_scale: done" in again.stdout
+    assert "weighting: done" in again.stdout and "fourier_scale: starting" in again.stdout
     assert pd.read_parquet(moved / "weighting" / "trials.parquet")["run_key"].tolist() == first_after["run_key"].tolist()
-    assert (moved / "report" / "report.md").read_text().count("fourier_scale") == report.count("fourier_scale")
+    redone = pd.read_parquet(moved / "fourier_scale" / "trials.parquet")
+    assert sorted(redone["run_key"]) == sorted(second_after["run_key"])
+    copied = redone[redone["reused"].fillna(False).astype(bool)]
+    shared = set(first_after["run_key"]) & set(second_after["run_key"])
+    assert set(copied["run_key"]) == shared and all(copied["reused_from"].str.startswith("weighting/"))
+    grids = [p.name.split("_best_")[0].split("_worst_")[0] for p in (cdir / "report").rglob("*.png")]
+    assert sorted(p.name.split("_best_")[0].split("_worst_")[0] for p in (moved / "report").rglob("*.png")) == sorted(grids)
+    assert any("_best_" in p.name for p in (moved / "report").rglob("*.png"))  # sample grids from carried runs too
+    assert "no samples/step_" not in (moved / "report" / "report.md").read_text()
 
 
 def test_dry_run_of_a_gpu_budget_on_a_cpu_machine_counts_but_does_not_time(capsys):

@@ -20,9 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,54 +37,117 @@ if __name__ == "__main__" and __package__ in (None, ""):
 from ict_core import rundir
 from ict_core.fileio import atomic_write_text
 from tune import REPO_ROOT
-from tune.findings import EXPERIMENT_FILES, TEXT_SUFFIXES, _copy, _scrub_text
+from tune.findings import EXPERIMENT_FILES, TEXT_SUFFIXES
 from tune.reuse import REUSED_FILE
 
 STATE_FILE = "campaign.json"  # tune/campaign.py's state file
 RECORD_FILES = (rundir.CONFIG, rundir.PROVENANCE, rundir.METRICS, rundir.EVALS, rundir.SUMMARY, REUSED_FILE)
-CAMPAIGN_TOKEN = "{carried-campaign}"  # stands for the campaign folder's absolute path in packed files
-REPO_TOKEN = "{carried-repo}"  # ... and for the repository's
+# Placeholders for this machine's absolute paths in packed files, the longest path first when nested.
+CAMPAIGN_TOKEN = "{carried-campaign}"  # the campaign folder
+STORAGE_TOKEN = "{carried-storage}"  # the folder it lies in (--storage)
+REPO_TOKEN = "{carried-repo}"  # the repository that ran it
 CARRY_NOTE = "CARRIED.md"
-
-
 TEXT = TEXT_SUFFIXES | {".jsonl"}  # metrics.jsonl and evals.jsonl are text too
+# A path counts only as a whole path: followed by a separator, a quote, a space, punctuation or the end.
+_END = r"""([/\\"'\s,;:)\]}]|$)"""  # kept by the replacement as group 1 (pyarrow's RE2 has no lookahead)
 
 
 class CarryError(RuntimeError):
     pass
 
 
+def _pairs(campaign_dir: Path) -> list[tuple[str, str]]:
+    """(absolute path, token), longest first, so a path inside another gets its own token."""
+    pairs = {}
+    for token, path in ((CAMPAIGN_TOKEN, campaign_dir), (STORAGE_TOKEN, campaign_dir.parent), (REPO_TOKEN, REPO_ROOT)):
+        for form in (path, path.resolve()):
+            if str(form) not in ("/", "") and str(form) not in pairs:
+                pairs[str(form)] = token
+    return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+
+
+def _scrub(text: str, pairs) -> str:
+    for old, new in pairs:
+        text = re.sub(re.escape(old) + _END, lambda m, new=new: new + m.group(1), text)
+    return text
+
+
+def _scrub_parquet(src: Path, dest: Path, pairs) -> None:
+    table = pq.read_table(src)
+    columns = []
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            for old, new in pairs:
+                column = pc.replace_substring_regex(column, re.escape(old) + _END, new.replace("\\", "\\\\") + "\\1")
+        columns.append(column)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    pq.write_table(pa.Table.from_arrays(columns, schema=table.schema), tmp)
+    os.replace(tmp, dest)
+
+
+def _without_argv(text: str) -> str:
+    """A provenance record (a run's provenance.json, experiment.json's "provenance") without the command line of
+    the process that wrote it: a Ray worker's names this machine's sockets and addresses."""
+    record = json.loads(text)
+    record.pop("argv", None)
+    if isinstance(record.get("provenance"), dict):
+        record["provenance"].pop("argv", None)
+    return json.dumps(record, indent=2, sort_keys=True) + "\n"
+
+
 def _copy_file(src: Path, dest: Path, pairs) -> None:
-    if src.name == rundir.PROVENANCE:  # without the Ray worker's command line: it names this machine's sockets
-        record = json.loads(src.read_text())
-        record.pop("argv", None)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(dest, _scrub_text(json.dumps(record, indent=2, sort_keys=True) + "\n", pairs))
-    elif src.suffix == ".jsonl":
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(dest, _scrub_text(src.read_text(), pairs))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.suffix == ".parquet":
+        _scrub_parquet(src, dest, pairs)
+    elif src.suffix in TEXT:
+        text = src.read_text()
+        if src.name in (rundir.PROVENANCE, "experiment.json"):
+            text = _without_argv(text)
+        atomic_write_text(dest, _scrub(text, pairs))
     else:
-        _copy(src, dest, pairs)
+        shutil.copyfile(src, dest)
 
 
-def _leaks(folder: Path, pairs) -> list[str]:
-    """Packed text files that still name an absolute path of this machine."""
+def _machine_paths(campaign_dir: Path) -> list[str]:
+    """Absolute paths no packed file may name: the campaign's, its storage's, the repository's, the home and
+    temporary folders."""
+    paths = {str(p) for p in (campaign_dir, campaign_dir.parent, REPO_ROOT, Path.home(), Path(tempfile.gettempdir()))}
+    paths |= {str(Path(p).resolve()) for p in list(paths)}
+    return sorted(p for p in paths if p not in ("/", ""))
+
+
+def _leaks(folder: Path, paths: list[str]) -> list[str]:
+    """Packed files (text, and Parquet string columns) that still name one of `paths`."""
     bad = []
+    patterns = [(p, re.compile(re.escape(p) + _END)) for p in paths]
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix in TEXT:
+        if not path.is_file():
+            continue
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+            text = "\n".join(str(v) for c in table.columns if pa.types.is_string(c.type) or
+                             pa.types.is_large_string(c.type) for v in c.to_pylist() if v)
+        elif path.suffix in TEXT:
             text = path.read_text(errors="replace")
-            bad += [f"{path.relative_to(folder)} names {old}" for old, _ in pairs if old in text]
+        else:
+            continue
+        bad += [f"{path.relative_to(folder)} names {p}" for p, rx in patterns if rx.search(text)]
     return bad
 
 
-def _pairs(campaign_dir: Path) -> list[tuple[str, str]]:
-    """(absolute path, token), the campaign folder before the repository (it may lie inside it)."""
-    pairs = []
-    for path in dict.fromkeys([campaign_dir, campaign_dir.resolve()]):
-        pairs.append((str(path), CAMPAIGN_TOKEN))
-    for path in dict.fromkeys([REPO_ROOT, REPO_ROOT.resolve()]):
-        pairs.append((str(path), REPO_TOKEN))
-    return pairs
+def _git_ignored(staging: Path, dest: Path) -> list[str]:
+    """Files packed in `staging` that, moved to `dest`, the repository's .gitignore would leave out of a commit
+    (none when `dest` lies outside the repository)."""
+    if REPO_ROOT not in dest.parents or not (REPO_ROOT / ".git").exists():
+        return []
+    files = [str((dest / p.relative_to(staging)).relative_to(REPO_ROOT)) for p in staging.rglob("*") if p.is_file()]
+    try:
+        out = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO_ROOT, input="\n".join(files),
+                             capture_output=True, text=True, check=False)
+    except OSError:  # no git on this machine: nothing to check against
+        return []
+    return out.stdout.split()
 
 
 def _state(folder: Path) -> dict:
@@ -88,17 +158,24 @@ def _state(folder: Path) -> dict:
 
 
 def pack(campaign_dir, dest) -> dict:
-    """Write the finished searches of `campaign_dir` into `dest` (replaced); returns {"packed": [...], "left": [...],
-    "runs": n}."""
+    """Write the finished searches of `campaign_dir` into `dest` (replacing an earlier pack there); returns
+    {"packed": [...], "left": [...], "runs": n}."""
+    from tune.campaign import _experiment_finished
+
     campaign_dir, dest = Path(campaign_dir).absolute(), Path(dest).absolute()
     state = _state(campaign_dir)
-    if dest == campaign_dir or campaign_dir in dest.parents:
-        raise CarryError(f"pack {dest}: must lie outside the campaign folder {campaign_dir}")
+    for inside in (campaign_dir, REPO_ROOT):
+        if dest == inside or dest in inside.parents or (inside == campaign_dir and campaign_dir in dest.parents):
+            raise CarryError(f"pack {dest}: would overwrite {inside}; give a new folder outside the campaign")
+    if dest.exists() and not (dest / CARRY_NOTE).is_file():
+        raise CarryError(f"pack {dest}: exists and was not written by pack ({CARRY_NOTE} missing); give a new folder")
     pairs = _pairs(campaign_dir)
     staging = dest.with_name(dest.name + ".packing")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    done = [n for n, e in state["searches"].items() if e.get("state") == "done"]
+    # A search whose experiment says finished is done even where the driver died before campaign.json said so.
+    done = [n for n, e in state["searches"].items()
+            if e.get("state") == "done" or _experiment_finished(campaign_dir / n)]
     left = [n for n in state["searches"] if n not in done]
     runs = 0
     for name in done:
@@ -120,16 +197,25 @@ def pack(campaign_dir, dest) -> dict:
                 _copy_file(png, staging / name / rel / rundir.SAMPLES / png.name, pairs)
             runs += 1
     carried = json.loads(json.dumps(state))
-    for name in left:  # started over by --resume: the runs behind them are not carried
-        carried["searches"][name] = {"state": "pending", "wall_s": 0.0}
+    for name in done:
+        carried["searches"][name]["state"] = "done"
+    for name in left:  # started over by --resume; the wall time already spent on them stays counted
+        entry = carried["searches"][name]
+        carried["searches"][name] = {**{k: entry[k] for k in ("experiment", "started", "wall_s") if k in entry},
+                                     "state": "pending"}
     carried.pop("finished", None)
     carried.pop("report", None)
-    atomic_write_text(staging / STATE_FILE, _scrub_text(json.dumps(carried, indent=2, sort_keys=True) + "\n", pairs))
+    atomic_write_text(staging / STATE_FILE, _scrub(json.dumps(carried, indent=2, sort_keys=True) + "\n", pairs))
     atomic_write_text(staging / CARRY_NOTE, _note(state, done, left, runs))
-    leaks = _leaks(staging, pairs)
-    if leaks:
+    problems = _leaks(staging, _machine_paths(campaign_dir))
+    if problems:
         shutil.rmtree(staging, ignore_errors=True)
-        raise CarryError("pack: packed files still name this machine's folders: " + "; ".join(leaks[:5]))
+        raise CarryError("pack: packed files still name this machine's folders: " + "; ".join(problems[:5]))
+    ignored = _git_ignored(staging, dest)
+    if ignored:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CarryError(f"pack: .gitignore would leave {len(ignored)} packed file(s) out of a commit, e.g. "
+                         f"{ignored[0]}; pack into a folder the repository keeps")
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(staging, dest)
@@ -159,7 +245,8 @@ def unpack(src, campaign_dir) -> dict:
     if campaign_dir.exists():
         raise CarryError(f"unpack: {campaign_dir} exists; unpack into a new folder (a campaign there would be mixed "
                          f"with the carried one)")
-    back = [(CAMPAIGN_TOKEN, str(campaign_dir)), (REPO_TOKEN, str(REPO_ROOT))]
+    back = [(CAMPAIGN_TOKEN, str(campaign_dir)), (STORAGE_TOKEN, str(campaign_dir.parent)),
+            (REPO_TOKEN, str(REPO_ROOT))]
     staging = campaign_dir.with_name(campaign_dir.name + ".unpacking")
     shutil.rmtree(staging, ignore_errors=True)
     for path in sorted(src.rglob("*")):
