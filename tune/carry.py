@@ -7,13 +7,15 @@
 A campaign folder holds checkpoints, Ray's state (pickles that name this machine's folders) and logs: too big and
 too local to commit. `pack` writes what a later `--resume` needs from every *finished* search: its tables
 (trials.parquet, evals.parquet), Optuna journal, experiment.json, stratum ledgers, and each run's record (config,
-provenance without the worker's command line, metrics, evaluations, summary, reuse note and sample grids;
-not its checkpoints), so that the report reads them and later searches reuse their runs (tune/reuse.py) instead of
-training them again. The campaign folder's and the repository's absolute paths are replaced by placeholders that
-`unpack` fills in with the new locations; a packed file that still names either fails the pack. Run `pack` from the
-clone that ran the campaign, so that its repository is the one scrubbed. A search that was not finished is left behind and marked pending, so `--resume`
-starts it over; its runs are lost (pack between searches to lose nothing). campaign.json keeps the sessions, wall
-times and commits, so the exported README still names every session that ran the campaign.
+provenance without the process's command line, metrics, evaluations, summary, reuse note and sample grids; not its
+checkpoints), so that the report reads them and later searches reuse their runs (tune/reuse.py) instead of
+training them again. The absolute paths of the campaign folder, the folder it lies in and the repository are
+replaced by placeholders that `unpack` fills in with the new locations; a packed file that still names one of
+them, the home folder or the temporary folder fails the pack, and so does a packed file that .gitignore would
+leave out of a commit. Run `pack` from the clone that ran the campaign, so that its repository is the one
+replaced. A search that was not finished is left behind and marked pending, so `--resume` starts it over; its
+runs are lost (pack between searches to lose nothing), the wall time spent on it stays counted. campaign.json
+keeps the sessions and commits, so the exported README still names every session that ran the campaign.
 """
 from __future__ import annotations
 
@@ -153,7 +155,8 @@ def _git_ignored(staging: Path, dest: Path) -> list[str]:
 def _state(folder: Path) -> dict:
     path = folder / STATE_FILE
     if not path.is_file():
-        raise CarryError(f"{folder} holds no {STATE_FILE}: give a campaign folder (tune/campaign.py's --storage/--name)")
+        raise CarryError(f"{folder} holds no {STATE_FILE}: give a campaign folder "
+                         f"(tune/campaign.py's --storage/--name)")
     return json.loads(path.read_text())
 
 
@@ -241,7 +244,8 @@ def unpack(src, campaign_dir) -> dict:
     """Restore a packed campaign into `campaign_dir` (which must not exist yet); returns its campaign.json."""
     src, campaign_dir = Path(src).absolute(), Path(campaign_dir).absolute()
     if not (src / STATE_FILE).is_file() or not (src / CARRY_NOTE).is_file():
-        raise CarryError(f"unpack {src}: not a folder written by `tune/carry.py pack` (no {STATE_FILE} and {CARRY_NOTE})")
+        raise CarryError(f"unpack {src}: not a folder written by `tune/carry.py pack` "
+                         f"(no {STATE_FILE} and {CARRY_NOTE})")
     if campaign_dir.exists():
         raise CarryError(f"unpack: {campaign_dir} exists; unpack into a new folder (a campaign there would be mixed "
                          f"with the carried one)")
