@@ -12,7 +12,7 @@ import pytest
 
 SPACE = """name: {name}
 fixed: {{data.name: digits, network.channels: 8, network.channel_mult: [1], network.dropout: 0.0,
-        train.total_steps: 60, train.batch_size: 16, optim.lr: 1.0e-3, train.ema_rate: 0.9,
+        train.total_steps: 150, train.batch_size: 16, optim.lr: 1.0e-3, train.ema_rate: 0.9,
         train.log_every: 1000, eval.every: 0, eval.num_samples: 100, eval.grid: false,
         eval.cache_dir: "{cache}"}}
 params:
