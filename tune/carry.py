@@ -39,7 +39,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 from ict_core import rundir
 from ict_core.fileio import atomic_write_text
 from tune import REPO_ROOT
-from tune.findings import EXPERIMENT_FILES, TEXT_SUFFIXES
+from tune.findings import TEXT_SUFFIXES, copy_search_files
 from tune.reuse import REUSED_FILE
 
 STATE_FILE = "campaign.json"  # tune/campaign.py's state file
@@ -183,11 +183,7 @@ def pack(campaign_dir, dest) -> dict:
     runs = 0
     for name in done:
         exp = campaign_dir / name
-        for fname in EXPERIMENT_FILES:
-            if (exp / fname).exists():
-                _copy_file(exp / fname, staging / name / fname, pairs)
-        for ledger in sorted((exp / "strata").glob("*.json")):
-            _copy_file(ledger, staging / name / "strata" / ledger.name, pairs)
+        copy_search_files(exp, staging / name, lambda src, dest: _copy_file(src, dest, pairs))
         for summary in sorted((exp / "runs").rglob(rundir.SUMMARY)):
             seed_dir = summary.parent
             if rundir.CHECKPOINTS in seed_dir.relative_to(exp).parts:

@@ -134,6 +134,16 @@ def readme(state: dict, budget_text: str) -> str:
     return "\n".join(lines)
 
 
+def copy_search_files(exp: Path, out: Path, copy) -> None:
+    """A search's evidence (EXPERIMENT_FILES and its stratum ledgers) from `exp` into `out`, each file through
+    `copy(src, dest)` (which rewrites this machine's paths); run folders are left to the caller."""
+    for fname in EXPERIMENT_FILES:
+        if (exp / fname).exists():
+            copy(exp / fname, out / fname)
+    for ledger in sorted((exp / "strata").glob("*.json")):
+        copy(ledger, out / "strata" / ledger.name)
+
+
 PILOT_DIR = "pilot"  # kept across exports: the budget pilot's curves that chose the budget (tune/budget_pilot.py)
 
 
@@ -161,12 +171,7 @@ def export_findings(campaign_dir: Path, dest: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name in state["searches"]:
-        exp = campaign_dir / name
-        for fname in EXPERIMENT_FILES:
-            if (exp / fname).exists():
-                _copy(exp / fname, staging / name / fname, pairs)
-        for ledger in sorted((exp / "strata").glob("*.json")):
-            _copy(ledger, staging / name / "strata" / ledger.name, pairs)
+        copy_search_files(campaign_dir / name, staging / name, lambda src, dest: _copy(src, dest, pairs))
     report_dir = (campaign_dir / state["report"]).parent
     for path in sorted(report_dir.rglob("*")):
         if path.is_file():
