@@ -195,6 +195,12 @@ def test_shipped_spaces_declare_claims_and_a_design():
     ([{"name": "w", "type": "contrast", "key": "loss.weighting", "paper": "ict", "strata": ["mnist"]}],
      "claims[0].strata"),
     ([{"name": "w", "type": "contrast", "key": "loss.wieghting", "paper": "ict"}], "claims[0].key: must be a config key"),
+    ([{"name": "w", "type": "contrast", "key": "loss.weighting", "paper": "ict", "at": {"loss.hubr_c": 0.1}}],
+     "claims[0].at: keys must be config keys"),
+    ([{"name": "w", "type": "contrast", "key": "loss.weighting", "paper": "ict", "at": {"loss.huber_c": "big"}}],
+     "claims[0].at.loss.huber_c"),
+    ([{"name": "w", "type": "ranking", "key": "loss.weighting", "at": {"loss.huber_c": 0.1}}],
+     "claims[0].at: is a contrast's mapping"),
 ])
 def test_bad_claims_fail_naming_the_value(tmp_path, claims, message):
     with pytest.raises(SpaceError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -289,6 +295,33 @@ def test_optimum_arm_is_the_best_tested_value_against_the_reference():
     trials = _rows({"exponential": [3, 4, 5], "sqrt": [5, 6, 7], "linear": [1, 1, 1]}, 3, key="curriculum.shape")
     d = claim_data(ranking, claim_arms(ranking, trials, "final_fd"), [], 8)
     assert d.kind == "ranking" and d.values.shape == (3, 3)
+
+
+def test_metric_claim_tests_pseudo_huber_at_the_papers_c_not_the_arm_a_tie_picks(tmp_path):
+    """What the issue-22 cpu campaign hit: the metric space runs Pseudo-Huber at four c, all with 3 seeds; the
+    contrast's paper arm was the one with the most seeds, the tie broken by name, i.e. c = 0.3, the c nearest L2.
+    The designer grew c = 0.3 and L2 to 6 seeds while the report tested the paper's c (0.00432 at d = 64) at 3.
+    With the space's `at: {loss.huber_c: paper}` the designer tests the report's arm."""
+    claim = load_space("metric").plan("cpu").claims[0]
+    assert claim.arms == {"a": "pseudo_huber", "a_at": {"loss.huber_c": pytest.approx(0.00054 * 8)}, "b": "l2"}
+    paper_c = 0.00054 * 8
+    fds = {0.003: [9.0, 9.5, 9.4], paper_c: [9.1, 9.6, 9.3], 0.03: [10.0, 10.5, 11.0], 0.3: [13.0, 12.5, 13.4]}
+    rows = [_rows({"pseudo_huber": v}, 3, key="loss.metric").assign(**{"loss.huber_c": c}) for c, v in fds.items()]
+    trials = pd.concat(rows + [_rows({"l2": [13.5, 13.0, 14.0]}, 3, key="loss.metric").assign(
+        **{"loss.huber_c": paper_c})], ignore_index=True)
+    d = claim_data(claim, claim_arms(claim, trials, "final_fd"), [], 6)
+    assert list(d.values) == pytest.approx([9.1 - 13.5, 9.6 - 13.0, 9.3 - 14.0])
+    # Without `at`, the tie between the four c goes to the name: c = 0.3, the arm the campaign grew.
+    bare = type(claim)(claim.name, claim.type, claim.kind, claim.key, claim.stratum, {"a": "pseudo_huber", "b": "l2"})
+    assert list(claim_data(bare, claim_arms(bare, trials, "final_fd"), [], 6).values) == pytest.approx(
+        [13.0 - 13.5, 12.5 - 13.0, 13.4 - 14.0])
+    # An `at` naming a configuration the space never runs fails when planned, naming it.
+    tree = yaml.safe_load((SPACE_DIR / "metric.yaml").read_text())
+    tree["claims"][0]["at"] = {"loss.huber_c": 0.5}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(SpaceError, match=r"stratum digits runs no configuration with loss.metric='pseudo_huber' and "
+                                         r"\{'loss.huber_c': 0.5\}"):
+        load_space(tmp_path / "m.yaml").plan("cpu")
 
 
 def test_the_best_arm_chosen_at_the_first_look_is_kept_when_its_later_seeds_regress():

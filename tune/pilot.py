@@ -94,7 +94,10 @@ def claim_spread(claim, pilot: pd.DataFrame, space: str, metric: str) -> dict | 
     if rows.empty:
         return None
     if claim.kind == "paired" and claim.arms.get("a") is not None:
-        a = _arm_values(rows, claim.key, claim.arms["a"], metric)
+        a_rows = rows
+        for key, value in (claim.arms.get("a_at") or {}).items():  # the paper arm's other settings (space `at`)
+            a_rows = a_rows[_matches(a_rows[key], value)] if key in a_rows.columns else a_rows.iloc[:0]
+        a = _arm_values(a_rows, claim.key, claim.arms["a"], metric)
         b = _arm_values(rows, claim.key, claim.arms["b"], metric)
         if a is not None and b is not None:
             common = a.index.intersection(b.index)

@@ -4,8 +4,8 @@ configurations the next round trains (tune/designer.py tests; tune/search.py run
 A claim's arms are configurations of its stratum, identified by their config columns (not by Tune's trial id, so
 a configuration trained again in a later round with more seeds is the same arm):
 
-  contrast   a: the configuration at key = paper, b: at the alternative (the one with the most completed seeds
-             where several match, e.g. Pseudo-Huber at several c)
+  contrast   a: the configuration at key = paper (and at the claim's `at`, e.g. Pseudo-Huber at the paper's c),
+             b: at the alternative (where several match, the one with the most completed seeds)
   optimum    a: the best configuration (lowest mean metric for mode min) not at the reference; b: at the reference
   c_star     the same with the reference c = 0.00054 sqrt(d) of the stratum
   ranking    for each value of key its best configuration; the seeds x arms matrix over the seeds all arms share
@@ -89,7 +89,14 @@ def _pick_arms(claim, rows: pd.DataFrame, groups: dict, mode: str) -> list | Non
         arms = [a for a in (best(at(v)) for v in claim.arms["values"]) if a is not None]
         return arms if len(arms) >= 2 else None
     b_sigs = at(claim.arms["b"])
-    a = best([s for s in groups if s not in b_sigs]) if claim.arms.get("a") is None else most_seeds(at(claim.arms["a"]))
+    if claim.arms.get("a") is None:
+        a = best([s for s in groups if s not in b_sigs])
+    else:
+        a_sigs = at(claim.arms["a"])
+        for key, value in (claim.arms.get("a_at") or {}).items():  # the space's `at`: which of them is the paper's
+            a_sigs = [s for s in a_sigs if key in rows.columns
+                      and bool(_match(rows.loc[rows["_sig"] == s, key].iloc[:1], value).iloc[0])]
+        a = most_seeds(a_sigs)
     b = most_seeds(b_sigs)
     return None if a is None or b is None else [a, b]
 

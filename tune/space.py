@@ -18,9 +18,10 @@ A space is a YAML mapping; every config knob in it is an ict_core.config dotted 
                  too large to train there; default: all. seeds_min..seeds_max, looks and max_runs are the
                  budget's sequential design, tune/designer.py: claims start at seeds_min seeds and open ones get
                  more at `looks` planned looks up to seeds_max, within max_runs runs in all)
-    claims       [{name, type: contrast|optimum|ranking|c_star, key, paper, reference, strata}]  the verdicts
-                 the space is run for (tune/designer.py tests them; `Plan.claims` holds one per stratum and
-                 alternative)
+    claims       [{name, type: contrast|optimum|ranking|c_star, key, paper, reference, strata, at}]  the
+                 verdicts the space is run for (tune/designer.py tests them; `Plan.claims` holds one per stratum
+                 and alternative); a contrast's `at` picks its paper arm where several configurations run at
+                 `paper` (metric: {loss.huber_c: paper})
 
 A budget's model size, steps and evaluation are written once, in the preset tune/budgets/<budget>.yaml (`paper`
 inherits the cifar10 preset through `base:`). A trial's config is that preset, then the space's `fixed`, the
@@ -226,12 +227,25 @@ class Space:
                         coerce(key, value)
                     except ConfigError as err:
                         raise self.error(f"{where}.{name}", str(err)) from None
+            if claim.at is not None:
+                if claim.type != "contrast" or not isinstance(claim.at, dict) or not claim.at:
+                    raise self.error(f"{where}.at", f"is a contrast's mapping of other config keys to the paper "
+                                     f"arm's values, e.g. {{loss.huber_c: paper}}; got {claim.at!r} on a "
+                                     f"{claim.type} claim")
+                for at_key, value in claim.at.items():
+                    if at_key not in all_keys() or at_key == key:
+                        raise self.error(f"{where}.at", f"keys must be config keys other than {key}, got {at_key!r}")
+                    if not is_named_value(at_key, value):
+                        try:
+                            coerce(at_key, value)
+                        except ConfigError as err:
+                            raise self.error(f"{where}.at.{at_key}", str(err)) from None
             if claim.strata is not None:
                 bad = [s for s in claim.strata if s not in strata] if isinstance(claim.strata, list) else [claim.strata]
                 if bad or not claim.strata:
                     raise self.error(f"{where}.strata", f"must list strata of this space ({', '.join(strata)}), "
                                      f"got {claim.strata!r}")
-            out.append(ClaimYaml(claim.name, claim.type, key, claim.paper, claim.reference, claim.strata))
+            out.append(ClaimYaml(claim.name, claim.type, key, claim.paper, claim.reference, claim.strata, claim.at))
         return out
 
     def _param(self, key: str, spec) -> Param:

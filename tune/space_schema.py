@@ -92,7 +92,9 @@ class ClaimYaml:
     """One declared claim. contrast: `key` at `paper` against each other value the space runs (an ablation);
     optimum: the best tested value of the searched `key` against `reference` (Q2: dropout 0); ranking: the
     values of the searched `key` differ (Q3: curricula), the best named only when they do; c_star: the best
-    tested loss.huber_c against the paper's 0.00054 sqrt(d) of the stratum. strata: where (default: all)."""
+    tested loss.huber_c against the paper's 0.00054 sqrt(d) of the stratum. strata: where (default: all).
+    at: a contrast's paper arm where several configurations run at `paper` ({loss.huber_c: paper}: the metric
+    claim is Pseudo-Huber at the paper's c against L2, not at whichever c the data or a tie would pick)."""
 
     name: str = ""
     type: str = field(default="", metadata=one_of(*CLAIM_TYPES))
@@ -100,6 +102,7 @@ class ClaimYaml:
     paper: Any = None
     reference: Any = None
     strata: Optional[list] = None
+    at: Optional[dict] = None
 
 
 @dataclass(frozen=True)

@@ -170,10 +170,12 @@ def _plan_claims(space, strata: list) -> list:
                     raise space.error(f"claims ({claim.name}).paper", f"{claim.key}={claim.paper!r} is not a "
                                       f"value stratum {st.name} runs; it runs {values or 'a continuous range'}")
                 alts = [v for v in values if v != paper]
+                arm_a = {"a": paper}
+                if claim.at:
+                    arm_a["a_at"] = _paper_arm_at(space, claim, st, paper)
                 for alt in alts:
                     name = base if len(alts) == 1 else f"{base}:{alt}"
-                    out.append(PlannedClaim(name, claim.type, "paired", claim.key, st.name,
-                                            {"a": paper, "b": alt}))
+                    out.append(PlannedClaim(name, claim.type, "paired", claim.key, st.name, {**arm_a, "b": alt}))
             elif claim.type == "ranking":
                 if values is None or len(values) < 2:
                     raise space.error(f"claims ({claim.name}).key", f"a ranking needs a choice or grid param "
@@ -184,6 +186,17 @@ def _plan_claims(space, strata: list) -> list:
                 ref = coerce(claim.key, resolve_named_value(claim.key, ref, st.dim))
                 out.append(PlannedClaim(base, claim.type, "paired", claim.key, st.name, {"a": None, "b": ref}))
     return out
+
+def _paper_arm_at(space, claim, stratum, paper) -> dict:
+    """A contrast's `at` resolved for a stratum ("paper" c of its d), checked against the configurations it runs."""
+    at = {k: coerce(k, resolve_named_value(k, v, stratum.dim)) for k, v in claim.at.items()}
+    if stratum.variants:
+        runs = [{**stratum.fixed, **v} for v in stratum.variants]
+        if not any(r.get(claim.key, paper) == paper and all(r.get(k) == v for k, v in at.items()) for r in runs):
+            raise space.error(f"claims ({claim.name}).at", f"stratum {stratum.name} runs no configuration with "
+                              f"{claim.key}={paper!r} and {at}")
+    return at
+
 
 def _values(key: str, stratum) -> list | None:
     """The values of `key` a stratum runs (grid variants, choices), or None for a continuous param."""
