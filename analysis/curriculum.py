@@ -116,6 +116,19 @@ def _values_at(runs: dict, names: list, metric: str, budget: float) -> tuple[dic
     return values, seeds_of, pruned, ses
 
 
+def _unblocked_detectable(groups: list, level: float) -> float:
+    """The smallest difference between two curricula that a t test on the pooled within-curriculum variance
+    detects with 80% power, at the harmonic mean of their seed counts (a design grown unevenly, some curricula at
+    6 seeds and some at 3, is not seed-blocked); NaN without residual degrees of freedom."""
+    sizes = np.array([g.size for g in groups], float)
+    df = float(sizes.sum() - len(groups))
+    if df < 1 or (sizes < 1).any():
+        return math.nan
+    pooled = sum(float(((g - g.mean()) ** 2).sum()) for g in groups) / df
+    n_h = len(sizes) / float((1.0 / sizes).sum())
+    return detectable_effect(math.sqrt(2.0 * pooled / n_h), df, level)
+
+
 def _tests(test, drawn: list, values: dict, ests: dict, level: float) -> tuple[float, float, bool, float, float]:
     """(global_f, global_p, seed_blocked, detectable, runner_up_p) of the curricula `drawn`: the seed-blocked F
     test when `test` (blocked_test) has residual degrees of freedom, else the one-way F test; and the lowest mean
@@ -129,6 +142,7 @@ def _tests(test, drawn: list, values: dict, ests: dict, level: float) -> tuple[f
         groups = [np.asarray(values[n], float) for n in drawn]
         if sum(g.size for g in groups) > len(groups):
             global_f, global_p = (float(v) for v in scipy.stats.f_oneway(*groups))
+        detectable = _unblocked_detectable(groups, level)
     runner_p = math.nan
     if len(drawn) >= 2:
         order = sorted(drawn, key=lambda n: ests[n].value)
@@ -161,7 +175,8 @@ def rank_curricula(trials: pd.DataFrame, evals: pd.DataFrame, metric: str = "fd"
     global_f, global_p are its F test of "all curricula equal" (seed_blocked true); otherwise P(best) uses
     independent draws of each mean and global_p is the one-way F test. runner_up_p: the test of the lowest
     mean against the next lowest (the blocked contrast, else Welch's t). detectable: the smallest difference
-    between two curricula the blocked design detects with 80% power at `level` (NaN unless blocked).
+    between two curricula the design detects with 80% power at `level` (blocked: from the blocked model's
+    residual; otherwise from the pooled within-curriculum variance at the harmonic mean of the seed counts).
     """
     rng = np.random.default_rng(seed)
     c = curves(trials, evals, metric, by_shape=by_shape)

@@ -373,6 +373,27 @@ def test_no_best_curriculum_is_named_when_the_curricula_do_not_differ(tmp_path):
     assert "differ (seed-blocked F" in q3 and "the best is exponential" in q3
 
 
+def test_an_unevenly_grown_curriculum_design_still_says_what_it_could_detect():
+    """What the issue-22 campaign's curriculum search produced: the designer grew 4 of 8 curricula to 6 seeds, so
+    the design is not seed-blocked; its Q3 row must still state the smallest difference it could detect, and that
+    number must track the seed noise (4x the noise, about 4x the difference) and shrink with more seeds."""
+    same = {"exponential": 6.0, "sqrt": 6.0, "constant": 6.0, "linear": 6.0}
+
+    def detectable(noise: float, seeds: int, grown: int) -> float:
+        trials, evals = synthetic.planted_curricula(np.random.default_rng(21), final_fd=same, seeds=grown, noise=noise)
+        keep = {t["trial_id"] for t in trials if t["curriculum.shape"] in ("exponential", "sqrt") or t["seed"] < seeds}
+        trials = [t for t in trials if t["trial_id"] in keep]
+        evals = [e for e in evals if e["trial_id"] in keep]
+        ranking = final_ranking(rank_curricula(pd.DataFrame(trials), pd.DataFrame(evals), n_boot=200).ranking)
+        assert not ranking["seed_blocked"].any()
+        return float(ranking["detectable"].iloc[0])
+
+    base = detectable(0.3, 3, 6)
+    assert math.isfinite(base) and base > 0
+    assert detectable(1.2, 3, 6) == pytest.approx(4 * base, rel=0.1)
+    assert detectable(0.3, 5, 8) < base
+
+
 # ---- b of c* = a d^b fitted jointly from all runs -------------------------------------------------
 
 def _near_optima(rng, seeds=3, noise=0.3, seed_sd=2.0):
