@@ -144,6 +144,25 @@ def test_an_optimum_below_the_range_is_open_and_says_what_its_seeds_could_tell_a
     assert quiet["detectable"].endswith(" FD") and loud["detectable"].endswith(" FD")
     assert float(loud["detectable"].split()[0]) > 3 * float(quiet["detectable"].split()[0])
 
+def test_b_that_cannot_be_fitted_is_an_open_answer_not_a_missing_row():
+    """What the issue-22 cpu ladder produced: c at several dimensions, c* located at one. b is one of the answers
+    the tables were run for, so it stays in the table (and the decided count) as open, saying why."""
+    rng = np.random.default_rng(7)
+    ladder = _planted_ladder(rng, b=0.9, seeds=3, noise=0.5, miss=1.4)
+    full = _ladder_answers(ladder)
+    law = "Q1 c* = a d^b across data sets (paper: b = 0.5)"
+    assert full.loc[law, "answer or verdict"].startswith("b = ")  # the planted ladder locates c* everywhere
+    # Every other data set: FD still falling at its smallest c (the cpu ladder's patches), a one-sided bound.
+    one = [r if r["dataset"] == ladder[0]["dataset"] else
+           {**r, "final_fd": 100 + 10 * math.log2(r["loss.huber_c"]) + 0.1 * rng.normal()} for r in ladder]
+    table = _ladder_answers(one)
+    row = table.loc[law]
+    assert row["decided"] == "no" and row["answer or verdict"].startswith("no answer: c* located on both sides at 1 of")
+    assert row["answer or verdict"].endswith("the fit needs 2")
+    # A single dimension asks nothing of b: no row.
+    assert law not in _ladder_answers([r for r in ladder if r["dataset"] == ladder[0]["dataset"]]).index
+
+
 def test_an_open_dropout_optimum_states_its_detectable_difference_too():
     from analysis.dropout import analyze_dropout
 
