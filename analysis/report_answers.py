@@ -102,7 +102,8 @@ def _q1_rows(cs, min_seeds: int) -> list[dict]:
     elif per["dim"].nunique() >= 2:
         # The tables ask for b (c* at several dimensions) and cannot fit it: an open answer, counted as one.
         rows.append(_row(f"Q1 c* = a d^b across data sets (paper: b = {PAPER_B})",
-                         f"no answer: c* located on both sides at {located['dim'].nunique()} of "
+                         f"no answer: c* located on both sides at "
+                         f"{located.loc[np.isfinite(located['c_star'].astype(float)), 'dim'].nunique()} of "
                          f"{per['dim'].nunique()} dimensions; the fit needs 2", "-",
                          f"{len(per)} data sets", False))
     for family, fit in cs.family_fits.items():

@@ -315,6 +315,11 @@ def test_metric_claim_tests_pseudo_huber_at_the_papers_c_not_the_arm_a_tie_picks
     bare = type(claim)(claim.name, claim.type, claim.kind, claim.key, claim.stratum, {"a": "pseudo_huber", "b": "l2"})
     assert list(claim_data(bare, claim_arms(bare, trials, "final_fd"), [], 6).values) == pytest.approx(
         [13.0 - 13.5, 12.5 - 13.0, 13.4 - 14.0])
+    # Arms an earlier look chose before the space pinned its paper arm (the campaign's c = 0.3 and L2) are not
+    # grown again: the claim re-picks the paper's c.
+    old = claim_arms(bare, trials, "final_fd")["arms"]
+    assert list(claim_data(claim, claim_arms(claim, trials, "final_fd", fixed=old), [], 6).values) == pytest.approx(
+        [9.1 - 13.5, 9.6 - 13.0, 9.3 - 14.0])
     # An `at` naming a configuration the space never runs fails when planned, naming it.
     tree = yaml.safe_load((SPACE_DIR / "metric.yaml").read_text())
     tree["claims"][0]["at"] = {"loss.huber_c": 0.5}
@@ -322,6 +327,32 @@ def test_metric_claim_tests_pseudo_huber_at_the_papers_c_not_the_arm_a_tie_picks
     with pytest.raises(SpaceError, match=r"stratum digits runs no configuration with loss.metric='pseudo_huber' and "
                                          r"\{'loss.huber_c': 0.5\}"):
         load_space(tmp_path / "m.yaml").plan("cpu")
+    # So does an `at` on a range a sampled search draws from: no run would sit exactly at it.
+    tree = yaml.safe_load((SPACE_DIR / "metric.yaml").read_text())
+    tree.pop("points")
+    tree["search"] = {"algorithm": "optuna_tpe"}
+    tree["params"] = {"loss.metric": {"type": "choice", "values": ["pseudo_huber", "l2"]},
+                      "loss.huber_c": {"type": "loguniform", "low": 0.001, "high": 0.3}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(SpaceError, match="stratum digits runs no configuration with"):
+        load_space(tmp_path / "t.yaml").plan("cpu")
+
+
+def test_the_metric_pilot_pairs_the_papers_c_with_l2_over_every_round_of_its_seeds():
+    """A pilot whose arms the designer grew: L2's seeds 0-2 and 3-5 ran as two trials (two config_ids). The spread
+    is the paired one of the paper's c against L2 (all of L2's seeds one arm), not c = 0.3's."""
+    claim = load_space("metric").plan("cpu").claims[0]
+    paper_c, rows = 0.00054 * 8, []
+    planted = {("pseudo_huber", paper_c): [9.0, 10.0, 9.5], ("pseudo_huber", 0.3): [13.0, 12.0, 14.0, 13.0, 12.5, 13.5],
+               ("l2", paper_c): [13.0, 13.2, 13.1, 13.3, 13.0, 13.4]}
+    for (metric_name, c), fds in planted.items():
+        for seed, fd in enumerate(fds):
+            rows.append({"stratum": "digits", "status": "completed", "seed": seed, "final_fd": fd,
+                         "loss.metric": metric_name, "loss.huber_c": c,
+                         "config_id": f"{'b' if seed < 3 else 'a'}-{metric_name}-{c}"})  # round 2's id sorts first
+    spread = claim_spread(claim, pd.DataFrame(rows), "metric", "final_fd")
+    assert spread["how"] == "paired difference over 3 seeds"
+    assert spread["sd"] == pytest.approx(np.std([9.0 - 13.0, 10.0 - 13.2, 9.5 - 13.1], ddof=1))
 
 
 def test_the_best_arm_chosen_at_the_first_look_is_kept_when_its_later_seeds_regress():

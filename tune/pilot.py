@@ -22,6 +22,7 @@ from ict_core.errors import BadInput
 from ict_core.records import COMPLETED, TRIALS_FILE
 from tune.design_plan import POWER, detectable_effect
 from tune.designer import ALPHA
+from tune.rounds import signatures
 
 UNKNOWN = "unknown until a pilot (--pilot DIR: an earlier experiment of this space)"
 
@@ -62,14 +63,16 @@ def _matches(column: pd.Series, value) -> pd.Series:
 
 
 def _arm_values(rows: pd.DataFrame, key: str, value, metric: str) -> pd.Series | None:
-    """{seed: metric} of the configuration at key == value with the most seeds, or None."""
+    """{seed: metric} of the configuration at key == value with the most seeds, or None. A configuration is
+    its config columns (rounds.signatures), not its trial id: one the designer grew spans several trial ids."""
     if key not in rows.columns:
         return None
     hit = rows[_matches(rows[key], value)]
     if hit.empty:
         return None
-    best = hit.groupby("config_id")["seed"].nunique().sort_values(ascending=False, kind="stable").index[0]
-    arm = hit[hit["config_id"] == best]
+    hit = hit.assign(_sig=signatures(hit).to_numpy())
+    best = hit.groupby("_sig")["seed"].nunique().sort_values(ascending=False, kind="stable").index[0]
+    arm = hit[hit["_sig"] == best]
     return arm.groupby("seed")[metric].mean()
 
 

@@ -62,12 +62,27 @@ def claim_arms(claim, trials: pd.DataFrame, metric: str, mode: str = "min", fixe
         return None
     rows = rows.assign(_sig=signatures(rows))
     groups = {sig: _per_seed(g, metric) for sig, g in rows.groupby("_sig", sort=True)}
-    kept = fixed and all(sig in groups for sig in fixed)
+    kept = fixed and all(sig in groups for sig in fixed) and _still_its_arms(claim, rows, fixed)
     arms = list(fixed) if kept else _pick_arms(claim, rows, groups, mode)
     if arms is None:
         return None
     return {"arms": arms, "values": {s: groups[s] for s in arms},
             "overrides": {s: rows[rows["_sig"] == s].iloc[0] for s in arms}}
+
+
+def _at(rows: pd.DataFrame, sig: str, key: str, value) -> bool:
+    """Whether configuration `sig` runs `key` at `value`."""
+    return key in rows.columns and bool(_match(rows.loc[rows["_sig"] == sig, key].iloc[:1], value).iloc[0])
+
+
+def _still_its_arms(claim, rows: pd.DataFrame, fixed) -> bool:
+    """Whether arms an earlier look chose still fit the claim's named arms (a contrast's paper value and `at`, its
+    alternative): a search started before a space pinned its paper arm re-picks instead of growing the old one."""
+    if claim.kind != "paired" or len(fixed) != 2:
+        return True
+    a, b = fixed
+    wanted_a = {} if claim.arms.get("a") is None else {claim.key: claim.arms["a"], **(claim.arms.get("a_at") or {})}
+    return (all(_at(rows, a, k, v) for k, v in wanted_a.items()) and _at(rows, b, claim.key, claim.arms["b"]))
 
 
 def _pick_arms(claim, rows: pd.DataFrame, groups: dict, mode: str) -> list | None:
@@ -94,8 +109,7 @@ def _pick_arms(claim, rows: pd.DataFrame, groups: dict, mode: str) -> list | Non
     else:
         a_sigs = at(claim.arms["a"])
         for key, value in (claim.arms.get("a_at") or {}).items():  # the space's `at`: which of them is the paper's
-            a_sigs = [s for s in a_sigs if key in rows.columns
-                      and bool(_match(rows.loc[rows["_sig"] == s, key].iloc[:1], value).iloc[0])]
+            a_sigs = [s for s in a_sigs if _at(rows, s, key, value)]
         a = most_seeds(a_sigs)
     b = most_seeds(b_sigs)
     return None if a is None or b is None else [a, b]

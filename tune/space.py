@@ -20,8 +20,8 @@ A space is a YAML mapping; every config knob in it is an ict_core.config dotted 
                  more at `looks` planned looks up to seeds_max, within max_runs runs in all)
     claims       [{name, type: contrast|optimum|ranking|c_star, key, paper, reference, strata, at}]  the
                  verdicts the space is run for (tune/designer.py tests them; `Plan.claims` holds one per stratum
-                 and alternative); a contrast's `at` picks its paper arm where several configurations run at
-                 `paper` (metric: {loss.huber_c: paper})
+                 and alternative); a contrast's `at` picks its paper arm (arm a only) where several
+                 configurations run at `paper` (metric: {loss.huber_c: paper})
 
 A budget's model size, steps and evaluation are written once, in the preset tune/budgets/<budget>.yaml (`paper`
 inherits the cifar10 preset through `base:`). A trial's config is that preset, then the space's `fixed`, the

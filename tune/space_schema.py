@@ -108,7 +108,8 @@ class ClaimYaml:
 @dataclass(frozen=True)
 class PlannedClaim:
     """A claim resolved for one stratum: what the designer tests (kind paired: arm a - arm b per seed; ranking:
-    every value of `key`). arms: {"a": value, "b": value} or {"values": [...]}; None for the best tested value."""
+    every value of `key`). arms: {"a": value, "b": value} or {"values": [...]}; None for the best tested value;
+    a contrast's "a_at": {key: value}, the paper arm's other settings (the space's `at`; arm b is not pinned)."""
 
     name: str
     type: str

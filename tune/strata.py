@@ -187,14 +187,19 @@ def _plan_claims(space, strata: list) -> list:
                 out.append(PlannedClaim(base, claim.type, "paired", claim.key, st.name, {"a": None, "b": ref}))
     return out
 
+
 def _paper_arm_at(space, claim, stratum, paper) -> dict:
     """A contrast's `at` resolved for a stratum ("paper" c of its d), checked against the configurations it runs."""
     at = {k: coerce(k, resolve_named_value(k, v, stratum.dim)) for k, v in claim.at.items()}
     if stratum.variants:
         runs = [{**stratum.fixed, **v} for v in stratum.variants]
-        if not any(r.get(claim.key, paper) == paper and all(r.get(k) == v for k, v in at.items()) for r in runs):
-            raise space.error(f"claims ({claim.name}).at", f"stratum {stratum.name} runs no configuration with "
-                              f"{claim.key}={paper!r} and {at}")
+        found = any(r.get(claim.key, paper) == paper and all(r.get(k) == v for k, v in at.items()) for r in runs)
+    else:  # a sampled search: each `at` value must be one it always or sometimes runs, not a point of a range
+        found = all(stratum.fixed[k] == v if k in stratum.fixed else v in stratum.choices.get(k, ())
+                    for k, v in at.items())
+    if not found:
+        raise space.error(f"claims ({claim.name}).at", f"stratum {stratum.name} runs no configuration with "
+                          f"{claim.key}={paper!r} and {at}")
     return at
 
 
