@@ -75,14 +75,21 @@ def _at(rows: pd.DataFrame, sig: str, key: str, value) -> bool:
     return key in rows.columns and bool(_match(rows.loc[rows["_sig"] == sig, key].iloc[:1], value).iloc[0])
 
 
+def _named_a(claim) -> dict:
+    """{key: value} that a paired claim's arm a must run: a contrast's paper value and its `at`; {} when the data
+    pick arm a (optimum, c_star)."""
+    if claim.arms.get("a") is None:
+        return {}
+    return {claim.key: claim.arms["a"], **(claim.arms.get("a_at") or {})}
+
+
 def _still_its_arms(claim, rows: pd.DataFrame, fixed) -> bool:
     """Whether arms an earlier look chose still fit the claim's named arms (a contrast's paper value and `at`, its
     alternative): a search started before a space pinned its paper arm re-picks instead of growing the old one."""
     if claim.kind != "paired" or len(fixed) != 2:
         return True
     a, b = fixed
-    wanted_a = {} if claim.arms.get("a") is None else {claim.key: claim.arms["a"], **(claim.arms.get("a_at") or {})}
-    return (all(_at(rows, a, k, v) for k, v in wanted_a.items()) and _at(rows, b, claim.key, claim.arms["b"]))
+    return all(_at(rows, a, k, v) for k, v in _named_a(claim).items()) and _at(rows, b, claim.key, claim.arms["b"])
 
 
 def _pick_arms(claim, rows: pd.DataFrame, groups: dict, mode: str) -> list | None:
@@ -107,10 +114,7 @@ def _pick_arms(claim, rows: pd.DataFrame, groups: dict, mode: str) -> list | Non
     if claim.arms.get("a") is None:
         a = best([s for s in groups if s not in b_sigs])
     else:
-        a_sigs = at(claim.arms["a"])
-        for key, value in (claim.arms.get("a_at") or {}).items():  # the space's `at`: which of them is the paper's
-            a_sigs = [s for s in a_sigs if _at(rows, s, key, value)]
-        a = most_seeds(a_sigs)
+        a = most_seeds([s for s in groups if all(_at(rows, s, k, v) for k, v in _named_a(claim).items())])
     b = most_seeds(b_sigs)
     return None if a is None or b is None else [a, b]
 
